@@ -1,0 +1,157 @@
+"""Load, default-fill and validate the workflow configuration against ``config/schema.yaml``.
+
+One function, :func:`validate_config`, serves both the Snakefile (start-up validation, before
+any job runs) and the stand-alone scripts. Every problem is reported as one
+:class:`ConfigError` whose message names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from laplace_head.errors import LaplaceHeadError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+PLACEHOLDER_PREFIX = "/path/to/"
+
+
+class ConfigError(LaplaceHeadError, ValueError):
+    """A configuration value is missing, mistyped, unknown or points nowhere."""
+
+
+def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict:
+    """Read the JSON Schema (YAML syntax)."""
+    with open(schema_path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def fill_defaults(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict:
+    """Return a copy of ``config`` with every missing key set to the schema's default."""
+    filled = copy.deepcopy(dict(config))
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in filled and "default" in subschema:
+            filled[key] = copy.deepcopy(subschema["default"])
+        if subschema.get("type") == "object" and isinstance(filled.get(key), Mapping):
+            filled[key] = fill_defaults(filled[key], subschema)
+    return filled
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, config_name: str) -> str:
+    key = _key_of(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"{key}." if key != "<top level>" else ""
+        return (
+            f"{config_name}: unknown key {', '.join(where + e for e in extra)}. "
+            f"Valid keys here: {', '.join(allowed)}. Fix the spelling or remove it."
+        )
+    if error.validator == "enum":
+        options = ", ".join(map(repr, error.validator_value))
+        return f"{config_name}: {key} = {error.instance!r} is not one of {options}. Use one of them."
+    if error.validator == "type":
+        return (
+            f"{config_name}: {key} = {error.instance!r} must be of type {error.validator_value}. "
+            f"Edit {key} in {config_name}."
+        )
+    return f"{config_name}: {key} = {error.instance!r}: {error.message}. Edit {key} in {config_name}."
+
+
+def validate_config(
+    config: Mapping[str, Any],
+    config_name: str = "config/config.yaml",
+    check_paths: bool = True,
+    schema_path: str | os.PathLike = SCHEMA_PATH,
+) -> dict:
+    """Fill defaults and validate ``config``; return the resolved config.
+
+    Parameters
+    ----------
+    config
+        The raw configuration (e.g. Snakemake's ``config`` or a parsed YAML file).
+    config_name
+        How the user knows the file, used in messages ("edit config/config.yaml: ...").
+    check_paths
+        Also require ``data.images_root`` and ``data.masks_root`` to exist and reject
+        ``/path/to/...`` placeholders.
+
+    Raises
+    ------
+    ConfigError
+        One message that names the offending key and the fix.
+    """
+    schema = load_schema(schema_path)
+    resolved = fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_describe(errors[0], config_name))
+    _check_relations(resolved, config_name)
+    if check_paths:
+        _check_paths(resolved, config_name)
+    return resolved
+
+
+def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
+    prompts = config["prompt_generation"]
+    if prompts["min_pairs"] > prompts["max_pairs"]:
+        raise ConfigError(
+            f"{config_name}: prompt_generation.min_pairs ({prompts['min_pairs']}) is larger than "
+            f"prompt_generation.max_pairs ({prompts['max_pairs']}). Make min_pairs <= max_pairs."
+        )
+
+
+def _check_paths(config: Mapping[str, Any], config_name: str) -> None:
+    data = config["data"]
+    for key in ("images_root", "masks_root", "project_root"):
+        value = str(data[key])
+        if value.startswith(PLACEHOLDER_PREFIX):
+            raise ConfigError(
+                f"edit {config_name}: data.{key} is still the placeholder {value!r}; "
+                f"set it to your {key.replace('_', ' ')} folder."
+            )
+    for key in ("images_root", "masks_root"):
+        if not Path(data[key]).is_dir():
+            raise ConfigError(
+                f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
+                f"folder (relative paths are resolved from {os.getcwd()})."
+            )
+    sam = config["sam"]
+    if sam["backend"] == "sam" and str(sam["checkpoint"]).startswith(PLACEHOLDER_PREFIX):
+        raise ConfigError(
+            f"edit {config_name}: sam.checkpoint is still the placeholder {sam['checkpoint']!r}; "
+            "download an official checkpoint from https://github.com/facebookresearch/"
+            "segment-anything#model-checkpoints or set sam.backend: random_walker."
+        )
+
+
+def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
+    """Read a YAML config file and return it validated with defaults filled in."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH.")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, sam:, ...).")
+    return validate_config(raw, config_name=str(path), check_paths=check_paths)
+
+
+def project_path(config: Mapping[str, Any], *parts: str) -> Path:
+    """A path under ``data.project_root``."""
+    return Path(config["data"]["project_root"]).joinpath(*parts)
