@@ -1,0 +1,20 @@
+# Named targets for running the workflow stage by stage or split by split (see README).
+
+
+rule prompt_sets:
+    input:
+        get_all_prompt_shard_summaries,
+
+
+rule sam_precompute:
+    input:
+        get_all_precompute_shard_summaries,
+
+
+for _split in SPLITS:
+
+    rule:
+        name:
+            f"split_{_split}"
+        input:
+            proj("training_data", "no_image", f"{_split}.h5"),
