@@ -60,13 +60,30 @@ def _describe(error: jsonschema.ValidationError, config_name: str) -> str:
         )
     if error.validator == "enum":
         options = ", ".join(map(repr, error.validator_value))
-        return f"{config_name}: {key} = {error.instance!r} is not one of {options}. Use one of them."
+        return (
+            f"{config_name}: {key} = {error.instance!r} is not one of {options}. Use one of them."
+        )
     if error.validator == "type":
         return (
             f"{config_name}: {key} = {error.instance!r} must be of type {error.validator_value}. "
             f"Edit {key} in {config_name}."
         )
-    return f"{config_name}: {key} = {error.instance!r}: {error.message}. Edit {key} in {config_name}."
+    return (
+        f"{config_name}: {key} = {error.instance!r}: {error.message}. Edit {key} in {config_name}."
+    )
+
+
+def _file_defining(key_path: list, sources: list[str], fallback: str) -> str:
+    """The last of ``sources`` (YAML files, later ones override) that sets ``key_path``."""
+    for source in reversed(sources):
+        try:
+            node = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+            for part in key_path:
+                node = node[part]
+            return str(source)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError):
+            continue
+    return fallback
 
 
 def validate_config(
@@ -74,6 +91,7 @@ def validate_config(
     config_name: str = "config/config.yaml",
     check_paths: bool = True,
     schema_path: str | os.PathLike = SCHEMA_PATH,
+    sources: list[str] | None = None,
 ) -> dict:
     """Fill defaults and validate ``config``; return the resolved config.
 
@@ -83,6 +101,9 @@ def validate_config(
         The raw configuration (e.g. Snakemake's ``config`` or a parsed YAML file).
     config_name
         How the user knows the file, used in messages ("edit config/config.yaml: ...").
+    sources
+        The YAML files merged into ``config`` (later ones win); messages then name the file
+        that sets the offending key.
     check_paths
         Also require ``data.images_root`` and ``data.masks_root`` to exist and reject
         ``/path/to/...`` placeholders.
@@ -97,10 +118,16 @@ def validate_config(
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
-        raise ConfigError(_describe(errors[0], config_name))
+        error = errors[0]
+        key_path = list(error.absolute_path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            key_path += extra[:1]
+        config_name = _file_defining(key_path, list(sources or []), config_name)
+        raise ConfigError(_describe(error, config_name))
     _check_relations(resolved, config_name)
     if check_paths:
-        _check_paths(resolved, config_name)
+        _check_paths(resolved, config_name, list(sources or []))
     return resolved
 
 
@@ -113,22 +140,25 @@ def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
         )
 
 
-def _check_paths(config: Mapping[str, Any], config_name: str) -> None:
+def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str]) -> None:
     data = config["data"]
     for key in ("images_root", "masks_root", "project_root"):
         value = str(data[key])
+        config_name = _file_defining(["data", key], sources, default_name)
         if value.startswith(PLACEHOLDER_PREFIX):
             raise ConfigError(
                 f"edit {config_name}: data.{key} is still the placeholder {value!r}; "
                 f"set it to your {key.replace('_', ' ')} folder."
             )
     for key in ("images_root", "masks_root"):
+        config_name = _file_defining(["data", key], sources, default_name)
         if not Path(data[key]).is_dir():
             raise ConfigError(
                 f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
                 f"folder (relative paths are resolved from {os.getcwd()})."
             )
     sam = config["sam"]
+    config_name = _file_defining(["sam", "checkpoint"], sources, default_name)
     if sam["backend"] == "sam" and str(sam["checkpoint"]).startswith(PLACEHOLDER_PREFIX):
         raise ConfigError(
             f"edit {config_name}: sam.checkpoint is still the placeholder {sam['checkpoint']!r}; "
@@ -148,7 +178,9 @@ def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, sam:, ...).")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (data:, sam:, ...)."
+        )
     return validate_config(raw, config_name=str(path), check_paths=check_paths)
 
 

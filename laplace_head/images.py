@@ -99,7 +99,9 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
             try:
                 array = np.load(path, allow_pickle=False)
             except ValueError as exc:
-                raise ImageReadError(f"mask unreadable (pickled objects are refused): {exc}") from exc
+                raise ImageReadError(
+                    f"mask unreadable (pickled objects are refused): {exc}"
+                ) from exc
         else:
             with Image.open(path) as image:
                 image.load()

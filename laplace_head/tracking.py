@@ -61,7 +61,11 @@ class Tracker:
             self._run.watch(model, log="all", log_freq=log_freq)
 
     def log_artifact(
-        self, path: str | os.PathLike, name: str, artifact_type: str, aliases: list[str] | None = None
+        self,
+        path: str | os.PathLike,
+        name: str,
+        artifact_type: str,
+        aliases: list[str] | None = None,
     ) -> None:
         """Log a file as a versioned artifact."""
         if self._run is not None:

@@ -9,13 +9,17 @@ from laplace_head.config import ConfigError, validate_config
 from laplace_head.sharding import shard_names
 
 
-def _config_name():
-    files = list(getattr(workflow, "overwrite_configfiles", None) or [])
-    return str(files[-1]) if files else "config/config.yaml"
+def _config_files():
+    """Config files in the order Snakemake merged them (later ones win)."""
+    files = [str(f) for f in workflow.configfiles]
+    overrides = [str(f) for f in (getattr(workflow, "overwrite_configfiles", None) or [])]
+    return [f for f in files if f not in overrides] + overrides
 
 
 try:
-    _resolved = validate_config(config, config_name=_config_name())
+    _resolved = validate_config(
+        config, config_name=_config_files()[-1], sources=_config_files()
+    )
 except ConfigError as error:
     sys.stderr.write(f"\nConfiguration error: {error}\n\n")
     raise SystemExit(1)
