@@ -17,6 +17,6 @@ include: "rules/targets.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_targets(),
-    default_target: True

@@ -187,3 +187,19 @@ def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
 def project_path(config: Mapping[str, Any], *parts: str) -> Path:
     """A path under ``data.project_root``."""
     return Path(config["data"]["project_root"]).joinpath(*parts)
+
+
+def schema_markdown(schema_path: str | os.PathLike = SCHEMA_PATH) -> str:
+    """The config reference as a Markdown table (key, default, description), from the schema."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for section, section_schema in load_schema(schema_path)["properties"].items():
+        for key, prop in section_schema.get("properties", {}).items():
+            default = yaml.safe_dump(prop.get("default"), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            description = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
+            rows.append(f"| `{section}.{key}` | `{default}` | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")

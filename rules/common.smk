@@ -12,7 +12,9 @@ from laplace_head.sharding import shard_names
 def _config_files():
     """Config files in the order Snakemake merged them (later ones win)."""
     files = [str(f) for f in workflow.configfiles]
-    overrides = [str(f) for f in (getattr(workflow, "overwrite_configfiles", None) or [])]
+    overrides = [
+        str(f) for f in (getattr(workflow, "overwrite_configfiles", None) or [])
+    ]
     return [f for f in files if f not in overrides] + overrides
 
 
@@ -76,7 +78,9 @@ def get_all_prompt_shard_summaries(wildcards):
 
 
 def get_all_precompute_shard_summaries(wildcards):
-    return [path for split in SPLITS for path in shard_summaries("sam_precompute", split)]
+    return [
+        path for split in SPLITS for path in shard_summaries("sam_precompute", split)
+    ]
 
 
 def get_final_targets():
@@ -85,4 +89,3 @@ def get_final_targets():
         proj("manifests", "all_samples.csv"),
         *expand(proj("training_data", "no_image", "{split}.h5"), split=SPLITS),
     ]
-

@@ -9,12 +9,12 @@ checkpoint build_manifests:
         proj("logs", "build_manifests", "build_manifests.log"),
     benchmark:
         proj("benchmarks", "build_manifests", "build_manifests.tsv")
+    conda:
+        "../envs/laplace_head.yaml"
+    threads: 2
     params:
         images_root=config["data"]["images_root"],
         masks_root=config["data"]["masks_root"],
         split_seed=config["data"]["split_seed"],
-    threads: 2
-    conda:
-        "../envs/laplace_head.yaml"
     script:
         "../workflow_scripts/build_manifests.py"

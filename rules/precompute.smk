@@ -8,9 +8,9 @@ rule precompute_sam:
         proj("logs", "precompute_sam", "{split}", "shard_{shard}.log"),
     benchmark:
         proj("benchmarks", "precompute_sam", "{split}", "shard_{shard}.tsv")
-    resources:
-        gpu=1,
     conda:
         "../envs/laplace_head.yaml"
+    resources:
+        gpu=1,
     script:
         "../workflow_scripts/precompute_sam.py"

@@ -6,6 +6,7 @@ Stand-alone: ``python workflow_scripts/generate_promptsets.py --config config/co
 
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 
@@ -70,7 +71,8 @@ if "snakemake" in globals():
             snakemake.wildcards.split,
             snakemake.wildcards.shard,
             params.shard_size,
-            params.prompt_dir,
+            # <project>/prompt_sets/<split>/_shards/shard_NNNN.json -> <project>/prompt_sets
+            Path(snakemake.output.summary).parents[2],
             {
                 f"num_promptsets_{snakemake.wildcards.split}": params.num_promptsets,
                 "min_pairs": params.min_pairs,
