@@ -13,6 +13,10 @@ include: "rules/manifests.smk"
 include: "rules/prompts.smk"
 include: "rules/precompute.smk"
 include: "rules/training_data.smk"
+include: "rules/visualize.smk"
+include: "rules/train.smk"
+include: "rules/laplace.smk"
+include: "rules/evaluate.smk"
 include: "rules/targets.smk"
 
 

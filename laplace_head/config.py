@@ -125,10 +125,21 @@ def validate_config(
             key_path += extra[:1]
         config_name = _file_defining(key_path, list(sources or []), config_name)
         raise ConfigError(_describe(error, config_name))
+    _coerce_integers(resolved, schema)
     _check_relations(resolved, config_name)
     if check_paths:
         _check_paths(resolved, config_name, list(sources or []))
     return resolved
+
+
+def _coerce_integers(config: dict, schema: Mapping[str, Any]) -> None:
+    """Turn integral floats that the schema accepts as integers (``shard_size: 64.0``) into int."""
+    for key, subschema in schema.get("properties", {}).items():
+        value = config.get(key)
+        if isinstance(value, dict):
+            _coerce_integers(value, subschema)
+        elif subschema.get("type") == "integer" and isinstance(value, float):
+            config[key] = int(value)
 
 
 def _check_relations(config: Mapping[str, Any], config_name: str) -> None:

@@ -11,11 +11,13 @@ a ``reason`` rather than dropped, so nothing vanishes silently.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+LOGGER = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_EXTENSIONS = (".npy", ".png")
 SAFE_SEPARATOR = "__"
@@ -73,7 +75,22 @@ def _list_files(folder: Path, extensions: tuple[str, ...]) -> tuple[dict, list[s
 def _class_folders(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True))
+    folders = []
+    for entry in os.scandir(root):
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError as exc:  # e.g. a symlink loop: not a class folder, but say so
+            LOGGER.warning("ignoring %s: not a usable class folder (%s)", entry.path, exc)
+            continue
+        if is_dir:
+            folders.append(entry.name)
+        elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS + MASK_EXTENSIONS:
+            LOGGER.warning(
+                "ignoring %s: files must be inside a class folder (%s/<class>/<stem>)",
+                entry.path,
+                root,
+            )
+    return sorted(folders)
 
 
 def scan_dataset(images_root: str | os.PathLike, masks_root: str | os.PathLike) -> list[ScanEntry]:
@@ -104,6 +121,7 @@ def scan_dataset(images_root: str | os.PathLike, masks_root: str | os.PathLike) 
         for stem in sorted(set(images) | set(masks)):
             entries.append(_pair(class_name, stem, images.get(stem, []), masks.get(stem, [])))
     _flag_safe_id_collisions(entries)
+    _flag_undecodable_names(entries)
     return sorted(entries, key=lambda e: (e.sample_id, e.image_path, e.mask_path))
 
 
@@ -139,3 +157,22 @@ def _flag_safe_id_collisions(entries: list[ScanEntry]) -> None:
                 entry.reason = entry.reason or (
                     f"safe id {safe_id!r} collides with {sorted(ids - {entry.sample_id})}"
                 )
+
+
+def _flag_undecodable_names(entries: list[ScanEntry]) -> None:
+    """Mark entries whose file or folder name is not valid UTF-8 (they cannot go in a CSV).
+
+    The names are kept readable with backslash escapes (``bad\\xff.jpg``) so the manifest still
+    shows which file to rename.
+    """
+    for entry in entries:
+        fields = ("sample_id", "safe_id", "class_name", "stem", "image_path", "mask_path")
+        values = [getattr(entry, name) for name in fields]
+        try:
+            for value in values:
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            for name, value in zip(fields, values):
+                raw = value.encode("utf-8", "surrogateescape")
+                setattr(entry, name, raw.decode("utf-8", "backslashreplace"))
+            entry.reason = "file or folder name is not valid UTF-8; rename it"

@@ -78,6 +78,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask (``.npy`` or ``.png``) and binarise it as ``value > 0``.
 
+    Colour PNG masks count a pixel as foreground when any colour channel is > 0 (alpha is
+    ignored).
+
     ``.npy`` files are read with ``allow_pickle=False`` (an object array is refused). NaN counts
     as background.
 
@@ -99,15 +102,19 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
             try:
                 array = np.load(path, allow_pickle=False)
             except ValueError as exc:
-                raise ImageReadError(
-                    f"mask unreadable (pickled objects are refused): {exc}"
-                ) from exc
+                pickled = "pickle" in str(exc) or "Object arrays" in str(exc)
+                hint = " (pickled objects are refused)" if pickled else ""
+                raise ImageReadError(f"mask unreadable{hint}: {exc}") from exc
+            if not isinstance(array, np.ndarray):  # np.load gives an NpzFile for .npz data
+                array.close()
+                raise ImageReadError("mask unreadable: an .npz archive, not a single .npy array")
         else:
             with Image.open(path) as image:
                 image.load()
                 array = np.asarray(image)
-                if array.ndim == 3:
-                    array = array[..., 0] if image.mode not in ("RGB", "RGBA") else array.max(-1)
+                if array.ndim == 3:  # colour: any colour channel > 0; alpha is ignored
+                    rgb = image.mode in ("RGB", "RGBA")
+                    array = array[..., :3].max(-1) if rgb else array[..., 0]
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a per-sample reason

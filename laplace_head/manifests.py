@@ -95,12 +95,15 @@ def build_manifests(
         ],
         columns=[c for c in MANIFEST_COLUMNS if c != "split"],
     )
+    # An empty scan gives object columns; boolean masks must stay boolean (empty images_root).
+    frame = frame.astype({"valid": bool, "size_mismatch": bool})
     valid = frame[frame["valid"]]
     frozen = read_frozen_assignment(manifests_dir)
     assignment, dropped = assign_splits(
         valid.groupby("class")["sample_id"].apply(list).to_dict(), split_seed, frozen
     )
-    frame["split"] = frame["sample_id"].map(assignment).fillna("")
+    # Only valid rows carry a split (an invalid row may share the id of a valid one).
+    frame["split"] = frame["sample_id"].map(assignment).where(frame["valid"]).fillna("")
     frame = frame.sort_values(["sample_id", "image_path"], kind="mergesort")
     atomic_write_csv(manifests_dir / "all_samples.csv", frame[MANIFEST_COLUMNS])
     for split in SPLITS:
@@ -141,6 +144,13 @@ def _report(frame: pd.DataFrame, frozen: dict[str, str], dropped: list[str]) -> 
 
 
 def _log_report(report: dict) -> None:
+    if report["n_valid"] == 0:
+        LOGGER.warning(
+            "no valid samples (%d candidates): the split manifests are empty and stage 2 has "
+            "nothing to do; check data.images_root / data.masks_root and the reasons in "
+            "all_samples.csv",
+            report["n_candidates"],
+        )
     LOGGER.info(
         "valid %d, invalid %d (%d valid with mask/image size mismatch)",
         report["n_valid"],

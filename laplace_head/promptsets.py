@@ -28,12 +28,32 @@ def promptset_json_path(prompt_dir: str | os.PathLike, split: str, safe_id: str)
     return Path(prompt_dir) / split / f"{safe_id}.json"
 
 
-def _is_complete(path: Path, num_promptsets: int) -> bool:
+def _is_complete(path: Path, num_promptsets: int, expected: dict) -> bool:
+    """True when ``path`` is a loadable record drawn from the same sample with the same settings.
+
+    A record made with another ``prompt_seed``/``min_pairs``/``max_pairs`` (config changed) or for
+    another image/mask is stale and gets regenerated.
+    """
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        return len(record["promptsets"]) == num_promptsets
+        same = all(record[key] == value for key, value in expected.items())
+        return same and len(record["promptsets"]) == num_promptsets
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _identity(row: pd.Series, split: str, min_pairs: int, max_pairs: int, seed: int) -> dict:
+    return {
+        "sample_id": str(row["sample_id"]),
+        "split": split,
+        "image_path": str(row["image_path"]),
+        "mask_path": str(row["mask_path"]),
+        "image_h": int(row["image_h"]),
+        "image_w": int(row["image_w"]),
+        "prompt_seed": int(seed),
+        "min_pairs": int(min_pairs),
+        "max_pairs": int(max_pairs),
+    }
 
 
 def build_promptset_record(
@@ -83,7 +103,8 @@ def generate_promptsets_shard(
     summary = {"split": split, "generated": 0, "skipped": 0, "failed": 0, "failures": []}
     for _, row in tqdm(shard_frame.iterrows(), total=len(shard_frame), desc=f"prompts {split}"):
         path = promptset_json_path(prompt_dir, split, row["safe_id"])
-        if not force and _is_complete(path, num_promptsets):
+        expected = _identity(row, split, min_pairs, max_pairs, prompt_seed)
+        if not force and _is_complete(path, num_promptsets, expected):
             summary["skipped"] += 1
             continue
         try:

@@ -84,8 +84,12 @@ def get_all_precompute_shard_summaries(wildcards):
 
 
 def get_final_targets():
-    """What `snakemake` with no target builds: every stage that exists, for every split."""
+    """What `snakemake` with no target builds: every stage, every split, the configured run."""
     return [
         proj("manifests", "all_samples.csv"),
         *expand(proj("training_data", "no_image", "{split}.h5"), split=SPLITS),
+        proj("reports", "debug_panels", "train_panels.json"),
+        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_summary.json"),
+        proj("laplace", "no_image", f"run_{RUN_ID}", "posterior_meta.json"),
+        proj("reports", "eval", f"run_{RUN_ID}", "metrics.json"),
     ]

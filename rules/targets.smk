@@ -11,6 +11,21 @@ rule sam_precompute:
         get_all_precompute_shard_summaries,
 
 
+rule train:
+    input:
+        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_summary.json"),
+
+
+rule sanity_check:
+    input:
+        proj("checkpoints", "no_image", f"run_{RUN_ID}", "sanity_check.json"),
+
+
+rule sanity_panels:
+    input:
+        proj("reports", "debug_panels", "train_panels.json"),
+
+
 for _split in SPLITS:
 
     rule:

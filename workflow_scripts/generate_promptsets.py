@@ -4,7 +4,6 @@ Stand-alone: ``python workflow_scripts/generate_promptsets.py --config config/co
 [--split train] [--force]`` processes every shard of the chosen split(s).
 """
 
-
 import argparse
 from pathlib import Path
 
@@ -19,7 +18,9 @@ from laplace_head.splits import SPLITS
 
 
 def run(split_csv, split, shard, shard_size, prompt_dir, prompt_cfg, summary_path, force=False):
-    frame = pd.read_csv(split_csv, keep_default_na=False)
+    # Ids, classes and stems stay strings ("007" must not become 7).
+    text_columns = ["sample_id", "safe_id", "class", "stem", "image_path", "mask_path"]
+    frame = pd.read_csv(split_csv, keep_default_na=False, dtype=dict.fromkeys(text_columns, str))
     summary = generate_promptsets_shard(
         shard_rows(frame, shard, shard_size),
         split,

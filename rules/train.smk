@@ -1,0 +1,41 @@
+# Stage 5: train the head. The only declared output is training_summary.json, written last:
+# Snakemake deletes the declared outputs of an interrupted job, so declaring last.pt,
+# optimizer_last.pt, ... would let it delete exactly the files that resume needs. Re-running
+# the same command after a kill resumes from the last completed epoch (resume="auto").
+
+
+rule train_head:
+    input:
+        train_h5=proj("training_data", "no_image", "train.h5"),
+        val_h5=proj("training_data", "no_image", "val.h5"),
+    output:
+        summary=proj("checkpoints", "no_image", "run_{run_id}", "training_summary.json"),
+    log:
+        proj("logs", "train_head", "run_{run_id}.log"),
+    benchmark:
+        proj("benchmarks", "train_head", "run_{run_id}.tsv")
+    conda:
+        "../envs/laplace_head.yaml"
+    resources:
+        gpu=1,
+    params:
+        run_id="{run_id}",
+    script:
+        "../workflow_scripts/train_head.py"
+
+
+rule sanity_check_head:
+    input:
+        train_h5=proj("training_data", "no_image", "train.h5"),
+    output:
+        sanity=proj("checkpoints", "no_image", "run_{run_id}", "sanity_check.json"),
+    log:
+        proj("logs", "sanity_check_head", "run_{run_id}.log"),
+    conda:
+        "../envs/laplace_head.yaml"
+    resources:
+        gpu=1,
+    params:
+        run_id="{run_id}",
+    script:
+        "../workflow_scripts/train_head.py"

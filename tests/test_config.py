@@ -1,0 +1,270 @@
+"""laplace_head.config: defaults, one clear ConfigError per problem, naming the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from laplace_head.config import (
+    ConfigError,
+    fill_defaults,
+    load_config,
+    load_schema,
+    project_path,
+    validate_config,
+)
+from laplace_head.errors import LaplaceHeadError
+
+
+def _leaf_keys(node: dict, schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, subschema in schema.get("properties", {}).items():
+        if subschema.get("type") == "object":
+            keys |= _leaf_keys(node.get(key) or {}, subschema, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def _present_keys(node: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in node.items():
+        if isinstance(value, dict):
+            keys |= _present_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def _all_properties(schema: dict, prefix: str = ""):
+    for key, subschema in schema.get("properties", {}).items():
+        yield f"{prefix}{key}", subschema
+        if subschema.get("type") == "object":
+            yield from _all_properties(subschema, f"{prefix}{key}.")
+
+
+def test_schema_gives_every_key_a_description_and_default_and_closes_objects() -> None:
+    schema = load_schema()
+    assert schema["additionalProperties"] is False
+    for key, subschema in _all_properties(schema):
+        assert subschema.get("description"), f"{key} has no description"
+        assert "default" in subschema, f"{key} has no default"
+        if subschema.get("type") == "object":
+            assert subschema.get("additionalProperties") is False, key
+
+
+def test_config_yaml_carries_every_schema_key(repo_root: Path) -> None:
+    """config/config.yaml is the reference users edit: every key of the schema is in it."""
+    raw = yaml.safe_load((repo_root / "config" / "config.yaml").read_text(encoding="utf-8"))
+    missing = _leaf_keys(raw, load_schema()) - _present_keys(raw)
+    assert not missing, f"config/config.yaml lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "real_dev.yaml"])
+def test_shipped_configs_validate(repo_root: Path, name: str) -> None:
+    raw = yaml.safe_load((repo_root / "config" / name).read_text(encoding="utf-8"))
+    resolved = validate_config(raw, config_name=name, check_paths=False)
+    assert resolved["data"]["shard_size"] >= 1
+
+
+def test_empty_config_resolves_to_the_schema_defaults() -> None:
+    resolved = validate_config({}, check_paths=False)
+    schema = load_schema()
+    for key, subschema in _all_properties(schema):
+        if subschema.get("type") == "object":
+            continue
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == subschema["default"], key
+    assert fill_defaults({"data": {"shard_size": 3}}, schema)["data"]["split_seed"] == 123
+
+
+def test_defaults_do_not_leak_between_calls() -> None:
+    first = validate_config({}, check_paths=False)
+    first["laplace"]["prior_precision_grid"].append(99.0)
+    assert 99.0 not in validate_config({}, check_paths=False)["laplace"]["prior_precision_grid"]
+
+
+# One case per kind of schema violation: (config, key the message must name).
+VIOLATIONS = {
+    "wrong type": ({"data": {"shard_size": "big"}}, "data.shard_size"),
+    "bool for integer": ({"data": {"shard_size": True}}, "data.shard_size"),
+    "fractional float for integer": ({"data": {"split_seed": 1.5}}, "data.split_seed"),
+    "null for number": ({"training": {"lr": None}}, "training.lr"),
+    "string for boolean": ({"wandb": {"enabled": "yes"}}, "wandb.enabled"),
+    "section not a mapping": ({"data": 5}, "data"),
+    "enum": ({"sam": {"backend": "sam2"}}, "sam.backend"),
+    "minimum": ({"data": {"shard_size": 0}}, "data.shard_size"),
+    "exclusive minimum": ({"prompt_generation": {"gaussian_sigma": 0}}, "gaussian_sigma"),
+    "pattern": ({"training": {"run_id": "my run/1"}}, "training.run_id"),
+    "empty array": ({"laplace": {"prior_precision_grid": []}}, "laplace.prior_precision_grid"),
+    "bad array item": ({"laplace": {"temperature_grid": [1.0, -2.0]}}, "temperature_grid"),
+    "unknown top-level key": ({"trainig": {}}, "trainig"),
+    "unknown nested key": ({"data": {"shard_sz": 3}}, "data.shard_sz"),
+    "min_pairs > max_pairs": (
+        {"prompt_generation": {"min_pairs": 5, "max_pairs": 2}},
+        "prompt_generation.min_pairs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VIOLATIONS))
+def test_each_violation_gives_one_config_error_naming_the_key(case: str) -> None:
+    config, key = VIOLATIONS[case]
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, config_name="my.yaml", check_paths=False)
+    message = str(caught.value)
+    assert key in message
+    assert "my.yaml" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert isinstance(caught.value, LaplaceHeadError)
+
+
+def test_unknown_key_lists_the_valid_keys() -> None:
+    with pytest.raises(ConfigError, match="Valid keys here: .*shard_size"):
+        validate_config({"data": {"shard_sz": 3}}, check_paths=False)
+
+
+def test_min_pairs_message_names_both_keys() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"prompt_generation": {"min_pairs": 5, "max_pairs": 2}}, check_paths=False)
+    assert "min_pairs" in str(caught.value) and "max_pairs" in str(caught.value)
+
+
+def test_several_violations_still_give_one_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(
+            {"data": {"shard_size": "x"}, "sam": {"backend": "nope"}, "bogus": 1},
+            check_paths=False,
+        )
+    message = str(caught.value)
+    named = [key for key in ("data.shard_size", "sam.backend", "bogus") if key in message]
+    assert len(named) == 1, message
+
+
+def test_integral_floats_become_integers() -> None:
+    resolved = validate_config({"data": {"shard_size": 64.0}}, check_paths=False)
+    assert resolved["data"]["shard_size"] == 64
+    assert isinstance(resolved["data"]["shard_size"], int)
+
+
+def _roots(tmp_path: Path) -> dict:
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    return {
+        "images_root": str(tmp_path / "images"),
+        "masks_root": str(tmp_path / "masks"),
+        "project_root": str(tmp_path / "project"),
+    }
+
+
+def test_paths_are_checked(tmp_path: Path) -> None:
+    resolved = validate_config({"data": _roots(tmp_path), "sam": {"backend": "random_walker"}})
+    assert project_path(resolved, "manifests", "train.csv") == tmp_path / "project" / (
+        "manifests/train.csv"
+    )
+
+
+@pytest.mark.parametrize("key", ["images_root", "masks_root", "project_root"])
+def test_placeholder_paths_say_edit_the_config(tmp_path: Path, key: str) -> None:
+    data = {**_roots(tmp_path), key: "/path/to/" + key}
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"data": data, "sam": {"backend": "random_walker"}})
+    assert str(caught.value).startswith("edit config/config.yaml: data." + key)
+    assert "placeholder" in str(caught.value)
+
+
+def test_shipped_config_yaml_stops_at_the_images_root_placeholder(repo_root: Path) -> None:
+    with pytest.raises(ConfigError, match=r"edit .*config\.yaml: data\.images_root"):
+        load_config(repo_root / "config" / "config.yaml")
+
+
+@pytest.mark.parametrize("key", ["images_root", "masks_root"])
+def test_missing_input_folder_is_named(tmp_path: Path, key: str) -> None:
+    data = {**_roots(tmp_path), key: str(tmp_path / "nowhere")}
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"data": data, "sam": {"backend": "random_walker"}})
+    assert f"data.{key}" in str(caught.value) and "does not exist" in str(caught.value)
+
+
+def test_input_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    data = {**_roots(tmp_path), "images_root": str(tmp_path / "file")}
+    with pytest.raises(ConfigError, match="data.images_root"):
+        validate_config({"data": data, "sam": {"backend": "random_walker"}})
+
+
+def test_sam_checkpoint_placeholder_only_matters_for_the_sam_backend(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sam.checkpoint .*random_walker"):
+        validate_config({"data": _roots(tmp_path), "sam": {"backend": "sam"}})
+    validate_config({"data": _roots(tmp_path), "sam": {"backend": "random_walker"}})
+
+
+def test_check_paths_false_skips_path_checks() -> None:
+    validate_config({"data": {"images_root": "/nowhere/at/all"}}, check_paths=False)
+
+
+def _write(path: Path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return str(path)
+
+
+def test_message_names_the_file_that_sets_the_key(tmp_path: Path) -> None:
+    base = _write(tmp_path / "base.yaml", {"data": {"shard_size": 4}})
+    override = _write(tmp_path / "override.yaml", {"sam": {"backend": "nope"}})
+    merged = {"data": {"shard_size": 4}, "sam": {"backend": "nope"}}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(merged, config_name=override, check_paths=False, sources=[base, override])
+    assert str(caught.value).startswith(override)
+
+    merged = {"data": {"shard_size": "x"}, "sam": {"backend": "sam"}}
+    base = _write(tmp_path / "base.yaml", {"data": {"shard_size": "x"}})
+    override = _write(tmp_path / "override.yaml", {"sam": {"backend": "sam"}})
+    with pytest.raises(ConfigError) as caught:
+        validate_config(merged, config_name=override, check_paths=False, sources=[base, override])
+    assert str(caught.value).startswith(base)
+
+
+def test_unknown_key_names_the_file_that_has_it(tmp_path: Path) -> None:
+    base = _write(tmp_path / "base.yaml", {"data": {"shard_size": 4}})
+    override = _write(tmp_path / "override.yaml", {"data": {"shard_sz": 4}})
+    merged = {"data": {"shard_size": 4, "shard_sz": 4}}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(merged, config_name=override, check_paths=False, sources=[base, override])
+    assert str(caught.value).startswith(override) and "data.shard_sz" in str(caught.value)
+
+
+def test_placeholder_names_the_file_that_left_it(tmp_path: Path) -> None:
+    roots = _roots(tmp_path)
+    base = _write(tmp_path / "base.yaml", {"data": {"images_root": "/path/to/images_root"}})
+    override = _write(
+        tmp_path / "override.yaml",
+        {"data": {"masks_root": roots["masks_root"], "project_root": roots["project_root"]}},
+    )
+    merged = {"data": {**roots, "images_root": "/path/to/images_root"}}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(merged, config_name=override, sources=[base, override])
+    assert str(caught.value).startswith(f"edit {base}: data.images_root")
+
+
+def test_load_config_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml", check_paths=False)["data"]["shard_size"] == 64
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "mine.yaml", {"training": {"num_epochs": 0}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_paths=False)
+    assert str(caught.value).startswith(path) and "training.num_epochs" in str(caught.value)

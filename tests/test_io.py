@@ -1,0 +1,161 @@
+"""laplace_head.io: atomic writers, canonical JSON, safe .npy loading, stable hashes and seeds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from laplace_head import io
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(io.TMP_PREFIX))
+
+
+def test_atomic_write_json_is_canonical_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "record.json"
+    io.atomic_write_json(path, {"b": 1, "a": [1, 2], "ü": "ß"})
+    text = path.read_text(encoding="utf-8")
+    assert text == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1,\n  "ü": "ß"\n}\n'
+    assert io.read_json(path) == {"a": [1, 2], "b": 1, "ü": "ß"}
+    assert _leftovers(path.parent) == []
+
+
+def test_json_dumps_does_not_depend_on_key_order() -> None:
+    assert io.json_dumps({"x": 1, "y": {"b": 2, "a": 3}}) == io.json_dumps(
+        {"y": {"a": 3, "b": 2}, "x": 1}
+    )
+
+
+def test_atomic_write_replaces_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    io.atomic_write_text(path, "old")
+    io.atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_path_failure_keeps_the_old_file_and_removes_the_temp(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"complete")
+    with pytest.raises(RuntimeError, match="disk full"), io.atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(io.TMP_PREFIX)
+        assert tmp.suffix == ".pt"  # writers that infer a format from the suffix still work
+        tmp.write_bytes(b"half writ")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"complete"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_path_failure_without_old_file_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "new.h5"
+    with pytest.raises(KeyboardInterrupt), io.atomic_path(path) as tmp:
+        tmp.write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_save_npy_round_trip_and_refuses_objects(tmp_path: Path) -> None:
+    array = np.arange(12, dtype=np.float16).reshape(3, 4)
+    io.atomic_save_npy(tmp_path / "a.npy", array)
+    loaded = io.load_npy_safe(tmp_path / "a.npy")
+    assert loaded.dtype == np.float16 and np.array_equal(loaded, array)
+    with pytest.raises(ValueError):
+        io.atomic_save_npy(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object))
+    assert not (tmp_path / "o.npy").exists()
+    assert _leftovers(tmp_path) == []
+
+
+class _TouchOnUnpickle:
+    """Unpickling this object creates a marker file (proof that a loader ran pickle)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_load_npy_safe_never_unpickles(tmp_path: Path) -> None:
+    # Positive control: the payload really does run when unpickled.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_TouchOnUnpickle(control)))
+    assert control.exists()
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([_TouchOnUnpickle(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        io.load_npy_safe(path)
+    (tmp_path / "raw.npy").write_bytes(pickle.dumps(_TouchOnUnpickle(marker)))
+    with pytest.raises(ValueError):
+        io.load_npy_safe(tmp_path / "raw.npy")
+    assert not marker.exists()
+
+
+def test_atomic_write_csv_round_trip(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"sample_id": ["a/ü x", "b/$(rm);`q`"], "n": [1, 2]})
+    io.atomic_write_csv(tmp_path / "f.csv", frame)
+    back = pd.read_csv(tmp_path / "f.csv", keep_default_na=False)
+    assert back.equals(frame)
+    assert "\r" not in (tmp_path / "f.csv").read_text()
+
+
+def test_yaml_round_trip_keeps_key_order(tmp_path: Path) -> None:
+    io.atomic_write_yaml(tmp_path / "c.yaml", {"z": 1, "a": {"ü": [1.5, None]}})
+    assert list(io.read_yaml(tmp_path / "c.yaml")) == ["z", "a"]
+    assert io.read_yaml(tmp_path / "c.yaml")["a"] == {"ü": [1.5, None]}
+
+
+def test_file_md5_matches_hashlib(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 + 7)
+    (tmp_path / "f").write_bytes(data)
+    assert io.file_md5(tmp_path / "f", chunk_size=1024) == hashlib.md5(data).hexdigest()
+
+
+def test_stable_hash_and_derive_seed_properties() -> None:
+    assert io.stable_hash("cls/a") == io.stable_hash("cls/a")
+    assert io.stable_hash("cls/a") != io.stable_hash("cls/b")
+    assert 0 <= io.stable_hash("x", n_bytes=2) < 2**16
+    seed = io.derive_seed(777, "cls/a")
+    assert 0 <= seed < 2**63
+    assert seed == io.derive_seed(777, "cls/a")
+    assert seed != io.derive_seed(778, "cls/a")
+    # The key boundaries matter: ("a", "b") is not ("ab",), and order matters.
+    assert io.derive_seed(1, "a", "b") != io.derive_seed(1, "ab")
+    assert io.derive_seed(1, "a", "b") != io.derive_seed(1, "b", "a")
+    assert io.derive_seed(1, 5) == io.derive_seed(1, "5")
+
+
+def test_hashes_do_not_depend_on_the_process(repo_root: Path) -> None:
+    """BLAKE2b, not Python's salted hash(): identical in processes with other hash seeds."""
+    code = (
+        "from laplace_head.io import derive_seed, stable_hash; "
+        "print(stable_hash('ü/x'), derive_seed(3, 'ü/x'))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=repo_root,
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in (0, 1, 12345)
+    }
+    assert outputs == {f"{io.stable_hash('ü/x')} {io.derive_seed(3, 'ü/x')}\n"}
+
+
+def test_json_is_valid_for_unicode_and_metacharacters(tmp_path: Path) -> None:
+    record = {"sample_id": "kl asse/ü $x;`y` 'q' \"d\""}
+    io.atomic_write_json(tmp_path / "r.json", record)
+    assert json.loads((tmp_path / "r.json").read_bytes()) == record
