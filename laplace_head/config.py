@@ -212,5 +212,26 @@ def schema_markdown(schema_path: str | os.PathLike = SCHEMA_PATH) -> str:
     return "\n".join(rows) + "\n"
 
 
+README_START = "<!-- config-reference:start -->\n"
+README_END = "<!-- config-reference:end -->"
+
+
+def update_readme(readme_path: str | os.PathLike) -> bool:
+    """Rewrite the config reference between the README markers; return True if it changed."""
+    path = Path(readme_path)
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    updated = text[:start] + schema_markdown() + text[end:]
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
 if __name__ == "__main__":
-    print(schema_markdown(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        changed = update_readme(REPO_ROOT / "README.md")
+        print("README.md config reference " + ("updated" if changed else "already current"))
+    else:
+        print(schema_markdown(), end="")

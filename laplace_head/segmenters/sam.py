@@ -1,0 +1,342 @@
+"""The ``sam`` base segmenter: a frozen Segment Anything Model behind :class:`BaseSegmenter`.
+
+How logits are produced, per image and prompt set
+-------------------------------------------------
+1. ``set_image`` runs SAM's image encoder once (``SamPredictor.set_image``: longest side resized
+   to 1024, normalised, padded).
+2. The prompt sets of the image are decoded against that one embedding. Prompt sets with the
+   same number of points are stacked into one batch and decoded in one call (the same
+   prompt-encoder + mask-decoder calls as ``SamPredictor.predict_torch``). Padding shorter sets
+   with ``label = -1`` points is **not** used: SAM's two-way transformer attends to every token,
+   so extra "not a point" tokens change the logits (by ~30 % of their range on a random tiny SAM,
+   see ``tests/test_segmenters.py``), whereas batching equal-length sets is exact.
+3. ``multimask_output=True``; the branch with the highest predicted IoU is kept and its index and
+   all three predicted IoUs are returned.
+4. The kept branch's 256 x 256 low-resolution logits are post-processed to the original image
+   size with ``Sam.postprocess_masks`` (bilinear up to 1024, crop the padding, bilinear to
+   H x W) - exactly what ``SamPredictor.predict(return_logits=True)`` returns - and then resized
+   to 256 x 256 with bilinear interpolation (``align_corners=False``, ``antialias=True``, i.e.
+   area-aware when downscaling and plain bilinear when upscaling). Only the kept branch is
+   post-processed, so memory stays at one H x W plane per prompt set.
+
+Checkpoints are read with ``torch.load(map_location="cpu", weights_only=True)`` into the model
+that ``segment_anything.sam_model_registry[model_type]`` builds, so a checkpoint saved on a GPU
+also loads on a CPU-only machine and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.io import file_md5, json_dumps, stable_hash
+from laplace_head.segmenters.base import LOGITS_SIZE, BaseSegmenter, Prediction
+
+LOGGER = logging.getLogger(__name__)
+
+CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+DEVICES = ("auto", "cuda", "cpu")
+# Image-encoder width of each official model type (image_encoder.pos_embed is (1, 64, 64, C)).
+_EMBED_DIM_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+# Post-processed planes per interpolation call: bounds memory for very large images.
+_MAX_PIXELS_PER_CHUNK = 16_000_000
+# Bump when the logits post-processing changes, so cached logits are recomputed.
+POSTPROCESS_VERSION = 1
+
+
+class SamCheckpointError(LaplaceHeadError):
+    """The SAM checkpoint is missing, unreadable or does not match ``sam.model_type``."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``sam.device`` (auto | cuda | cpu) to a torch device.
+
+    Raises
+    ------
+    ValueError
+        For a value outside auto | cuda | cpu.
+    LaplaceHeadError
+        For ``cuda`` on a machine without a usable GPU.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"sam.device = {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LaplaceHeadError(
+            "sam.device = 'cuda' but no CUDA GPU is available on this machine; set "
+            "sam.device: cpu (slow) or sam.device: auto (GPU when there is one)."
+        )
+    return torch.device(device)
+
+
+def _guess_model_type(state_dict: Mapping[str, Any]) -> str | None:
+    pos_embed = state_dict.get("image_encoder.pos_embed")
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 4:
+        return _EMBED_DIM_TO_TYPE.get(int(pos_embed.shape[-1]))
+    return None
+
+
+def load_sam_model(model_type: str, checkpoint: str | os.PathLike) -> torch.nn.Module:
+    """Build ``sam_model_registry[model_type]`` and load ``checkpoint`` into it (on the CPU).
+
+    Raises
+    ------
+    ValueError
+        For a ``model_type`` outside vit_h | vit_l | vit_b.
+    SamCheckpointError
+        If the file is missing or unreadable, or its weights do not fit ``model_type``.
+    """
+    from segment_anything import sam_model_registry
+
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"sam.model_type = {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+    path = Path(checkpoint)
+    where = f"Official checkpoints: {CHECKPOINTS_URL}"
+    if not path.is_file():
+        raise SamCheckpointError(
+            f"SAM checkpoint {str(path)!r} (sam.checkpoint) does not exist. Download the "
+            f"{model_type} checkpoint and set sam.checkpoint to its path. {where}"
+        )
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
+        raise SamCheckpointError(
+            f"SAM checkpoint {str(path)!r} (sam.checkpoint) cannot be read as a PyTorch state "
+            f"dict ({type(exc).__name__}: {exc}). Re-download it. {where}"
+        ) from exc
+    if not isinstance(state_dict, Mapping):
+        raise SamCheckpointError(
+            f"SAM checkpoint {str(path)!r} holds a {type(state_dict).__name__}, not a state "
+            f"dict. Use an official SAM checkpoint. {where}"
+        )
+    guessed = _guess_model_type(state_dict)
+    if guessed is not None and guessed != model_type:
+        raise SamCheckpointError(
+            f"SAM checkpoint {str(path)!r} is a {guessed} checkpoint but sam.model_type = "
+            f"{model_type!r}; set sam.model_type: {guessed} or use the {model_type} checkpoint. "
+            f"{where}"
+        )
+    model = sam_model_registry[model_type](checkpoint=None)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        summary = str(exc).splitlines()[0][:300]
+        raise SamCheckpointError(
+            f"SAM checkpoint {str(path)!r} does not match sam.model_type = {model_type!r} "
+            f"({summary}). Set sam.model_type to the checkpoint's type (vit_h, vit_l or vit_b). "
+            f"{where}"
+        ) from exc
+    return model
+
+
+def _state_dict_md5(model: torch.nn.Module) -> str:
+    digest = hashlib.md5()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode("utf-8"))
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SamSegmenter(BaseSegmenter):
+    """Frozen SAM (``SamPredictor``) returning the highest-IoU branch's logits at 256 x 256.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of an official SAM checkpoint for ``model_type``. Read here, so a bad file fails
+        before any image is processed.
+    model_type
+        vit_h | vit_l | vit_b (must match the checkpoint; default vit_h). With ``model=`` it is
+        only a label (default ``"custom"``).
+    device
+        auto | cuda | cpu.
+    model
+        An already built ``segment_anything.modeling.Sam`` (e.g. :func:`build_tiny_sam` in
+        tests) used instead of a checkpoint; its weights are hashed for :attr:`info`.
+    """
+
+    name = "sam"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        model_type: str | None = None,
+        device: str = "auto",
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        from segment_anything import SamPredictor
+
+        if (checkpoint is None) == (model is None):
+            raise ValueError("give exactly one of checkpoint= (a file) or model= (a built Sam)")
+        self.device = resolve_device(device)
+        if model is None:
+            model_type = model_type or "vit_h"
+            model = load_sam_model(model_type, checkpoint)
+            self._checkpoint = str(checkpoint)
+            self._checkpoint_md5: str | None = file_md5(checkpoint)
+            self._weights_md5: str | None = None
+        else:
+            model_type = model_type or "custom"
+            self._checkpoint = None
+            self._checkpoint_md5 = None
+            self._weights_md5 = _state_dict_md5(model)
+        self.model_type = model_type
+        self.model = model.to(self.device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.predictor = SamPredictor(self.model)
+        identity = {
+            "name": self.name,
+            "model_type": self.model_type,
+            "checkpoint_md5": self._checkpoint_md5,
+            "weights_md5": self._weights_md5,
+            "postprocess_version": POSTPROCESS_VERSION,
+        }
+        self._fingerprint = f"{stable_hash(json_dumps(identity)):016x}"
+        LOGGER.info(
+            "SAM %s loaded on %s (%s)", model_type, self.device, self._checkpoint or "in-memory"
+        )
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_type": self.model_type,
+            "checkpoint": self._checkpoint,
+            "checkpoint_md5": self._checkpoint_md5,
+            "weights_md5": self._weights_md5,
+            "device": str(self.device),
+            "multimask_output": True,
+            "branch_selection": "highest predicted IoU",
+            "logits_resize": "postprocess_masks to original size, then bilinear antialias to 256",
+            "fingerprint": self._fingerprint,
+        }
+
+    def _set_image(self, image_rgb: np.ndarray) -> None:
+        with torch.inference_mode():
+            self.predictor.set_image(image_rgb, image_format="RGB")
+
+    def _predict_batch(self, prompt_sets: list[tuple[np.ndarray, np.ndarray]]) -> list[Prediction]:
+        results: list[Prediction | None] = [None] * len(prompt_sets)
+        groups: dict[int, list[int]] = {}
+        for index, (points, _) in enumerate(prompt_sets):
+            groups.setdefault(len(points), []).append(index)
+        for indices in groups.values():
+            points = np.stack([prompt_sets[i][0] for i in indices])
+            labels = np.stack([prompt_sets[i][1] for i in indices])
+            for index, prediction in zip(indices, self._decode(points, labels)):
+                results[index] = prediction
+        return results  # type: ignore[return-value]
+
+    def _decode(self, points_xy: np.ndarray, labels: np.ndarray) -> list[Prediction]:
+        """Decode B prompt sets of N points each: (B, N, 2) points, (B, N) labels."""
+        predictor, model = self.predictor, self.model
+        coords = predictor.transform.apply_coords(points_xy.astype(np.float64), self.image_hw)
+        with torch.inference_mode():
+            coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
+            sparse, dense = model.prompt_encoder(
+                points=(coords_t, labels_t), boxes=None, masks=None
+            )
+            low_res, iou = model.mask_decoder(
+                image_embeddings=predictor.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            best = iou.argmax(dim=1)
+            kept = low_res[torch.arange(len(best), device=low_res.device), best][:, None]
+            logits_256 = self._postprocess(kept)
+        scores = iou.float().cpu().numpy()
+        return [
+            (logits_256[i], int(best[i]), [float(s) for s in scores[i]])
+            for i in range(len(points_xy))
+        ]
+
+    def _postprocess(self, low_res: torch.Tensor) -> np.ndarray:
+        """(B, 1, 256, 256) decoder logits -> (B, 256, 256) float32 at the image's 256 grid."""
+        height, width = self.image_hw
+        chunk = max(1, _MAX_PIXELS_PER_CHUNK // (height * width))
+        out = []
+        for start in range(0, len(low_res), chunk):
+            full = self.model.postprocess_masks(
+                low_res[start : start + chunk], self.predictor.input_size, (height, width)
+            )
+            resized = F.interpolate(
+                full.float(),
+                (LOGITS_SIZE, LOGITS_SIZE),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+            out.append(resized[:, 0].cpu().numpy().astype(np.float32))
+        return np.concatenate(out, axis=0)
+
+
+def build_tiny_sam(seed: int = 0, img_size: int = 64) -> torch.nn.Module:
+    """A tiny SAM from segment_anything's own classes with random weights (tests, benches).
+
+    Same architecture family as the official models (ViT encoder with windowed + global
+    attention and relative positions, prompt encoder, two-way-transformer mask decoder with three
+    multimask outputs) at a few ten-thousand parameters; ``img_size`` replaces 1024. Never used
+    by the workflow itself. The global RNG state is left untouched.
+    """
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    patch_size, embed_dim, prompt_dim = 8, 32, 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=embed_dim,
+                depth=2,
+                num_heads=2,
+                mlp_ratio=2.0,
+                out_chans=prompt_dim,
+                qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=4,
+                global_attn_indexes=(1,),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=prompt_dim,
+                image_embedding_size=(img_size // patch_size, img_size // patch_size),
+                input_image_size=(img_size, img_size),
+                mask_in_chans=4,
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(
+                    depth=2, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2
+                ),
+                transformer_dim=prompt_dim,
+                iou_head_depth=3,
+                iou_head_hidden_dim=32,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+    return sam.eval()

@@ -1,0 +1,93 @@
+"""A tiny trained head, its best.pt and a fitted Laplace run, for the stage 6-7 tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from synthetic_h5 import make_synthetic_h5
+
+from laplace_head.data import H5SegmentationDataset
+from laplace_head.head import NoImageHead
+from laplace_head.laplace_fit import fit_laplace
+
+MAP_SIZE = 32
+PRIOR_GRID = [1e-2, 1.0, 100.0]
+TEMPERATURE_GRID = [1.0, 30.0, 1000.0]
+
+
+def train_tiny_head(
+    train_h5: Path, steps: int = 30, seed: int = 0, overconfidence: float = 4.0
+) -> NoImageHead:
+    """A NoImageHead fitted for a few full-batch Adam steps, then made overconfident.
+
+    Multiplying the final conv by ``overconfidence`` mimics a head whose logits are too sharp
+    for held-out data (as heads trained on millions of correlated pixels are), so that posterior
+    spread - and therefore tempering - measurably lowers the validation NLL.
+    """
+    torch.manual_seed(seed)
+    head = NoImageHead()
+    dataset = H5SegmentationDataset(train_h5, in_memory="always")
+    inputs, target = dataset.get_batch(range(len(dataset)))
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(inputs), target)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        head.final_conv.weight.mul_(overconfidence)
+        head.final_conv.bias.mul_(overconfidence)
+    return head.eval()
+
+
+def save_best(head: NoImageHead, path: Path, epoch: int = 3) -> Path:
+    """best.pt in the stage 5 contract layout (a plain dict)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model_state": head.state_dict(),
+            "model_args": head.constructor_args,
+            "epoch": epoch,
+            "metrics": {"val_iou": 0.5, "val_dice": 0.6, "val_loss": 0.3, "train_loss": 0.2},
+            "run_id": "t1",
+            "config": {"training": {"logit_clip": 20.0}},
+        },
+        path,
+    )
+    return path
+
+
+def make_fitted_run(root: Path, max_pixels_fit: int | None = 1500) -> SimpleNamespace:
+    """Project-like layout under ``root`` with train/val/test splits, best.pt and a fit."""
+    data = root / "training_data" / "no_image"
+    data.mkdir(parents=True, exist_ok=True)
+    train_h5 = make_synthetic_h5(data / "train.h5", 4, seed=0, size=MAP_SIZE, split="train")
+    val_h5 = make_synthetic_h5(data / "val.h5", 2, seed=1, size=MAP_SIZE, split="val")
+    test_h5 = make_synthetic_h5(data / "test.h5", 4, seed=2, size=MAP_SIZE, split="test")
+    head = train_tiny_head(train_h5)
+    best = save_best(head, root / "checkpoints" / "no_image" / "run_t1" / "best.pt")
+    laplace_dir = root / "laplace" / "no_image" / "run_t1"
+    meta = fit_laplace(
+        best,
+        train_h5,
+        val_h5,
+        laplace_dir,
+        PRIOR_GRID,
+        TEMPERATURE_GRID,
+        logit_clip=20.0,
+        max_pixels_fit=max_pixels_fit,
+        seed=0,
+        run_id="t1",
+    )
+    return SimpleNamespace(
+        root=root,
+        train_h5=train_h5,
+        val_h5=val_h5,
+        test_h5=test_h5,
+        head=head,
+        best=best,
+        laplace_dir=laplace_dir,
+        meta=meta,
+    )

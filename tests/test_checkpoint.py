@@ -1,0 +1,130 @@
+"""Checkpoint dicts, atomic training state, resume rules and their error messages."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from laplace_head import checkpoint as ckpt
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.head import NoImageHead
+from laplace_head.io import atomic_write_json, atomic_write_yaml, read_json
+
+CONFIG = {"head": {"channels_in": 3, "hidden_channels": 4}, "training": {"lr": 0.001}}
+
+
+def _model_and_optimizer():
+    torch.manual_seed(0)
+    model = NoImageHead(hidden_channels=4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _write_state(run_dir, epoch=2):
+    model, optimizer = _model_and_optimizer()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    last = ckpt.model_checkpoint(model, epoch, {"val_iou": 0.5}, "t", CONFIG)
+    atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, CONFIG)
+    ckpt.save_training_state(run_dir, last, optimizer, scaler, {"epoch": epoch, "best": 0.5})
+    return model, optimizer
+
+
+def test_head_roundtrip_rebuilds_from_saved_arguments(tmp_path):
+    model, _ = _model_and_optimizer()
+    payload = ckpt.model_checkpoint(model, 3, {"val_iou": 0.7}, "v1", CONFIG)
+    ckpt.save_checkpoint(tmp_path / "best.pt", payload)
+    loaded, saved = ckpt.load_head_from_checkpoint(tmp_path / "best.pt")
+    assert loaded.hidden_channels == 4 and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert saved["epoch"] == 3 and saved["metrics"] == {"val_iou": 0.7}
+    assert saved["run_id"] == "v1" and saved["config"] == CONFIG
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_missing_unreadable_and_foreign_checkpoints_name_the_file(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="best.pt.*missing"):
+        ckpt.load_head_from_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "broken.pt").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="broken.pt.*unreadable"):
+        ckpt.load_head_from_checkpoint(tmp_path / "broken.pt")
+    torch.save({"epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(ckpt.CheckpointError, match="other.pt.*model_state"):
+        ckpt.load_head_from_checkpoint(tmp_path / "other.pt")
+
+
+def test_training_state_roundtrip(tmp_path):
+    model, optimizer = _write_state(tmp_path)
+    state = ckpt.load_training_state(tmp_path)
+    assert state["epoch_state"] == {"epoch": 2, "best": 0.5}
+    assert state["last"]["epoch"] == 2
+    restored = torch.optim.AdamW(NoImageHead(hidden_channels=4).parameters(), lr=1e-3)
+    restored.load_state_dict(state["optimizer"])
+    for group_state, expected in zip(restored.state.values(), optimizer.state.values()):
+        assert torch.equal(group_state["exp_avg"], expected["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ckpt.RESUME_FILES)
+def test_resume_fails_naming_each_missing_file(tmp_path, name):
+    _write_state(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(ckpt.CheckpointError, match=f"{name}.*is missing"):
+        ckpt.load_training_state(tmp_path)
+
+
+def test_resume_fails_on_unreadable_state_or_mixed_epochs(tmp_path):
+    _write_state(tmp_path, epoch=2)
+    (tmp_path / ckpt.OPTIMIZER_FILE).write_bytes(b"\x00" * 10)
+    with pytest.raises(ckpt.CheckpointError, match="optimizer_last.pt.*unreadable"):
+        ckpt.load_training_state(tmp_path)
+    _write_state(tmp_path, epoch=2)
+    torch.save({"epoch": 3, "state": {}}, tmp_path / ckpt.SCALER_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="scaler_last.pt is from epoch 3"):
+        ckpt.load_training_state(tmp_path)
+    (tmp_path / ckpt.EPOCH_STATE_FILE).write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="epoch_state.json.*unreadable"):
+        ckpt.load_training_state(tmp_path)
+
+
+def test_rng_states_roundtrip_through_json(tmp_path):
+    states = ckpt.capture_rng_states()
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    atomic_write_json(tmp_path / "rng.json", states)
+    ckpt.restore_rng_states(read_json(tmp_path / "rng.json"))
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_config_differences_ignore_runtime_keys():
+    saved = {
+        "head": {"hidden_channels": 16},
+        "training": {"lr": 0.001, "num_workers": 8, "device": "cuda", "run_id": "a"},
+        "wandb": {"mode": "offline"},
+    }
+    current = {
+        "head": {"hidden_channels": 16},
+        "training": {"lr": 0.01, "num_workers": 0, "device": "cpu", "run_id": "b"},
+        "wandb": {"mode": "online"},
+    }
+    assert ckpt.config_differences(saved, current) == ["training.lr: 0.001 -> 0.01"]
+
+
+def test_prepare_run_dir_rules(tmp_path):
+    assert ckpt.prepare_run_dir(tmp_path, "auto", False, CONFIG) is None
+    _write_state(tmp_path)
+    with pytest.raises(LaplaceHeadError, match="--resume.*--force"):
+        ckpt.prepare_run_dir(tmp_path, "never", False, CONFIG)
+    assert ckpt.prepare_run_dir(tmp_path, "auto", False, CONFIG)["epoch_state"]["epoch"] == 2
+    changed = {**CONFIG, "training": {"lr": 0.5}}
+    with pytest.raises(LaplaceHeadError, match=r"training.lr: 0.001 -> 0.5"):
+        ckpt.prepare_run_dir(tmp_path, "require", False, changed)
+    forced = ckpt.prepare_run_dir(tmp_path, "require", True, changed)
+    assert forced["config_differences"] == ["training.lr: 0.001 -> 0.5"]
+    assert ckpt.prepare_run_dir(tmp_path, "never", True, CONFIG) is None
+    assert not (tmp_path / ckpt.LAST_FILE).exists()
+    assert not (tmp_path / ckpt.EPOCH_STATE_FILE).exists()
+    with pytest.raises(ValueError, match="never, auto, require"):
+        ckpt.prepare_run_dir(tmp_path, "maybe", False, CONFIG)

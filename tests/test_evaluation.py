@@ -1,0 +1,189 @@
+"""Stage 7: metrics checked against independent NumPy computations, per class, figures."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from laplace_fixtures import make_fitted_run
+from synthetic_h5 import make_synthetic_h5
+
+from laplace_head.evaluation import (
+    METHODS,
+    evaluate,
+    fit_temperature_scaling,
+    histogram_auroc,
+    markdown_table,
+)
+from laplace_head.io import read_json
+from laplace_head.uncertainty import load_posterior
+
+
+def _exact_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks for ties
+    _, inverse, counts = np.unique(sorted_scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks[order] = (ends - (counts - 1) / 2.0)[inverse]
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
+    return total / p.size
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    run = make_fitted_run(tmp_path_factory.mktemp("evaluation"))
+    # two classes in the test split, to exercise the per-class breakdown
+    test_h5 = run.root / "test_two_classes.h5"
+    shutil.copy(run.test_h5, test_h5)
+    with h5py.File(test_h5, "r+") as handle:
+        classes = np.array(["alpha", "alpha", "beta", "beta"], dtype=object)
+        del handle["index/class"]
+        handle["index"].create_dataset(
+            "class", data=classes, dtype=h5py.string_dtype(encoding="utf-8")
+        )
+    out = run.root / "reports" / "eval" / "run_t1"
+    metrics = evaluate(
+        run.laplace_dir,
+        test_h5,
+        run.val_h5,
+        out,
+        n_posterior_samples=8,
+        ece_bins=10,
+        prompt_sigma=3.0,
+        n_examples=2,
+        run_id="t1",
+    )
+    return run, test_h5, out, metrics
+
+
+def test_outputs_written(evaluated):
+    _, _, out, metrics = evaluated
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "metrics.md",
+        "reliability.png",
+        "uncertainty_examples.png",
+    ):
+        assert (out / name).is_file(), name
+    on_disk = read_json(out / "metrics.json")
+    assert set(on_disk["overall"]) == set(METHODS)
+    table = pd.read_csv(out / "metrics.csv")
+    assert len(table) == 3 * len(METHODS)  # overall + 2 classes
+    assert "| overall | laplace |" in (out / "metrics.md").read_text()
+
+
+def test_base_and_map_metrics_match_numpy(evaluated):
+    run, test_h5, _, metrics = evaluated
+    with h5py.File(test_h5, "r") as handle:
+        raw = handle["logits_256"][:].astype(np.float64)
+        y = handle["gt_mask_256"][:].astype(np.float64)
+        inputs = np.stack(
+            [
+                np.clip(handle["logits_256"][:].astype(np.float32), -20, 20),
+                handle["pos_map"][:],
+                handle["neg_map"][:],
+            ],
+            axis=1,
+        )
+    base = metrics["overall"]["base"]
+    p = 1 / (1 + np.exp(-raw))
+    nll = np.mean(np.logaddexp(0, raw) - y * raw)
+    assert base["nll"] == pytest.approx(nll, rel=1e-9)
+    assert base["brier"] == pytest.approx(np.mean((p - y) ** 2), rel=1e-9)
+    assert base["ece"] == pytest.approx(_ece(p.ravel(), y.ravel(), 10), rel=1e-6)
+    pred, truth = raw > 0, y > 0.5
+    iou = [(a & b).sum() / (a | b).sum() for a, b in zip(pred, truth)]
+    assert base["iou"] == pytest.approx(np.mean(iou), rel=1e-6)
+
+    with torch.no_grad():
+        z = run.head(torch.from_numpy(inputs.astype(np.float32)))[:, 0].double().numpy()
+    map_metrics = metrics["overall"]["map"]
+    assert map_metrics["nll"] == pytest.approx(np.mean(np.logaddexp(0, z) - y * z), rel=1e-5)
+    entropy_rank = -np.abs(z).ravel()  # entropy is monotone in -|z|
+    errors = ((z > 0) != (y > 0.5)).ravel()
+    assert map_metrics["auroc_entropy"] == pytest.approx(
+        _exact_auroc(entropy_rank, errors), abs=2e-3
+    )
+    assert map_metrics["error_rate"] == pytest.approx(errors.mean())
+
+
+def test_decision_metrics_shared_and_laplace_has_bald(evaluated):
+    _, _, _, metrics = evaluated
+    overall = metrics["overall"]
+    for method in ("map_temperature_scaled", "laplace"):
+        assert overall[method]["iou"] == pytest.approx(overall["map"]["iou"])
+        assert overall[method]["dice"] == pytest.approx(overall["map"]["dice"])
+    assert overall["laplace"]["auroc_bald"] is not None
+    assert "auroc_bald" not in overall["map"]
+    assert metrics["temperature_scaling"]["temperature"] > 0
+    assert metrics["ece_binning"].startswith("10 equal-width bins")
+
+
+def test_per_class_breakdown_sums_to_overall(evaluated):
+    _, _, _, metrics = evaluated
+    assert set(metrics["per_class"]) == {"alpha", "beta"}
+    for method in METHODS:
+        parts = [metrics["per_class"][c][method] for c in ("alpha", "beta")]
+        assert sum(p["n_rows"] for p in parts) == metrics["overall"][method]["n_rows"] == 4
+        pooled = sum(p["nll"] * p["n_pixels"] for p in parts) / sum(p["n_pixels"] for p in parts)
+        assert pooled == pytest.approx(metrics["overall"][method]["nll"], rel=1e-9)
+
+
+def test_temperature_scaling_minimises_validation_nll(evaluated):
+    run, _, _, metrics = evaluated
+    posterior = load_posterior(run.laplace_dir)
+    result = fit_temperature_scaling(posterior, run.val_h5)
+    assert result == metrics["temperature_scaling"]
+    tau = result["temperature"]
+    assert tau > 1  # the fixture head is overconfident
+    assert result["val_nll_after"] < result["val_nll_before"]
+    with h5py.File(run.val_h5, "r") as handle:
+        inputs = np.stack([handle[k][:] for k in ("logits_256", "pos_map", "neg_map")], axis=1)
+        y = handle["gt_mask_256"][:].astype(np.float64)
+    z = posterior.map_logits(inputs).double().numpy()
+
+    def nll(t):
+        return np.mean(np.logaddexp(0, z / t) - y * z / t)
+
+    assert nll(tau) == pytest.approx(result["val_nll_after"], rel=1e-6)
+    assert nll(tau) <= min(nll(tau * 0.97), nll(tau * 1.03))
+
+
+def test_histogram_auroc():
+    assert histogram_auroc(np.array([0, 0, 5]), np.array([5, 0, 0])) == 1.0
+    assert histogram_auroc(np.array([5, 0, 0]), np.array([0, 0, 5])) == 0.0
+    assert histogram_auroc(np.array([0, 3, 0]), np.array([0, 7, 0])) == 0.5
+    assert histogram_auroc(np.zeros(3), np.array([1, 2, 3])) is None
+
+
+def test_empty_test_split(evaluated, tmp_path):
+    run = evaluated[0]
+    empty = make_synthetic_h5(tmp_path / "test.h5", 0, size=32, split="test")
+    metrics = evaluate(run.laplace_dir, empty, run.val_h5, tmp_path / "out", n_posterior_samples=4)
+    assert metrics["n_rows"] == 0
+    assert all(v is None for v in metrics["overall"].values())
+    assert (tmp_path / "out" / "reliability.png").is_file()
+    assert (tmp_path / "out" / "uncertainty_examples.png").is_file()
+
+
+def test_markdown_table_formats_missing_values():
+    frame = pd.DataFrame([{"scope": "overall", "method": "map", "nll": 0.123456, "auroc": None}])
+    text = markdown_table(frame)
+    assert "| overall | map | 0.1235 | - |" in text

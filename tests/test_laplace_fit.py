@@ -1,0 +1,272 @@
+"""Stage 6: the laplace-torch fit equals the closed-form Bernoulli GGN, tuning, artifacts, skips."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, make_fitted_run, save_best
+from synthetic_h5 import make_synthetic_h5
+
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.head import NoImageHead
+from laplace_head.io import read_json
+from laplace_head.laplace_fit import LaplaceFitError, fit_laplace
+from laplace_head.laplace_model import (
+    PixelBernoulliLayer,
+    pixel_subset,
+    pixels_per_row,
+    rebuild_laplace,
+)
+from laplace_head.laplace_tuning import edge_report
+from laplace_head.uncertainty import load_posterior
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_fitted_run(tmp_path_factory.mktemp("laplace_fit"))
+
+
+def _numpy_features(head: NoImageHead, h5_path, clip: float = 20.0):
+    """Per-pixel trunk features (N, H*W, C) float64 and labels (N, H*W), read with h5py."""
+    with h5py.File(h5_path, "r") as handle:
+        logits = np.clip(handle["logits_256"][:].astype(np.float32), -clip, clip)
+        inputs = np.stack([logits, handle["pos_map"][:], handle["neg_map"][:]], axis=1)
+        labels = handle["gt_mask_256"][:].reshape(len(logits), -1).astype(np.float64)
+    with torch.no_grad():
+        feats = head.trunk(torch.from_numpy(inputs.astype(np.float32))).numpy()
+    return feats.reshape(feats.shape[0], feats.shape[1], -1).transpose(0, 2, 1), labels
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_fitted_precision_equals_closed_form_bernoulli_ggn(run):
+    """precision_i = sum_pixels p(1-p) phi_i^2 / T + prior (bias feature = 1), same pixels."""
+    feats, _ = _numpy_features(run.head, run.train_h5)
+    n_rows, n_pixels, _ = feats.shape
+    per_row = pixels_per_row(n_rows, n_pixels, 1500)
+    assert per_row < n_pixels  # the subsampled path is the one under test
+    weight = run.head.final_conv.weight.detach().double().numpy().reshape(-1)
+    bias = float(run.head.final_conv.bias.detach().double())
+    ggn = np.zeros(weight.size + 1)
+    for row in range(n_rows):
+        subset = pixel_subset(row, n_pixels, per_row, seed=0)
+        phi = feats[row] if subset is None else feats[row, subset]
+        phi = np.concatenate([phi.astype(np.float64), np.ones((phi.shape[0], 1))], axis=1)
+        p = _sigmoid(phi[:, :-1] @ weight + bias)
+        ggn += ((p * (1 - p))[:, None] * phi**2).sum(axis=0)
+    prior, temperature = run.meta["prior_precision"], run.meta["temperature"]
+    expected = ggn / temperature + prior
+
+    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)
+    la = rebuild_laplace(state["laplace_state"], run.head)
+    np.testing.assert_allclose(la.H.numpy(), ggn, rtol=1e-7)
+    np.testing.assert_allclose(la.posterior_precision.numpy(), expected, rtol=1e-7)
+    posterior = load_posterior(run.laplace_dir)
+    np.testing.assert_allclose(posterior.variance.double().numpy(), 1 / expected, rtol=1e-6)
+    assert run.meta["n_data"] == n_rows * per_row == la.n_data
+    assert run.meta["n_params"] == 17
+
+
+def test_closed_form_probit_matches_laplace_torch_predictive(run):
+    posterior = load_posterior(run.laplace_dir)
+    la = posterior.to_laplace()
+    with h5py.File(run.test_h5, "r") as handle:
+        inputs = np.stack([handle[k][0] for k in ("logits_256", "pos_map", "neg_map")])
+    feats = posterior.features(inputs)[0].flatten(1).T.double()  # (H*W, C)
+    with pytest.warns(UserWarning, match="ASDL backend"):
+        reference = la(feats, pred_type="glm", link_approx="probit")[:, 1]
+    closed_form = posterior.predictive_probability(inputs)[0].flatten()
+    np.testing.assert_allclose(closed_form.numpy(), reference.numpy(), atol=2e-6)
+    # the two-logit layer reproduces the MAP head exactly
+    layer = PixelBernoulliLayer.from_conv(run.head.final_conv)
+    logits = layer(feats)
+    assert torch.all(logits[:, 0] == 0)
+    np.testing.assert_allclose(
+        logits[:, 1].detach().numpy(), posterior.map_logits(inputs)[0].flatten().numpy(), atol=1e-5
+    )
+
+
+def test_tempering_changes_the_chosen_nll(run, tmp_path):
+    nll = np.asarray(run.meta["grid"]["val_nll"])
+    assert nll.shape == (len(PRIOR_GRID), len(TEMPERATURE_GRID))
+    assert np.ptp(nll, axis=1).max() > 1e-3  # T moves the NLL at a fixed prior
+    assert run.meta["val_nll"] == pytest.approx(nll.min())
+    assert run.meta["temperature"] > 1.0
+    untempered = fit_laplace(
+        run.best,
+        run.train_h5,
+        run.val_h5,
+        tmp_path / "t1_only",
+        PRIOR_GRID,
+        [1.0],
+        20.0,
+        max_pixels_fit=1500,
+    )
+    assert untempered["temperature"] == 1.0
+    np.testing.assert_allclose(np.asarray(untempered["grid"]["val_nll"])[:, 0], nll[:, 0])
+    # the untempered posterior sits on the MAP: the tempered one is measurably better
+    assert untempered["val_nll"] > run.meta["val_nll"] + 1e-3
+    assert run.meta["val_nll"] < run.meta["val_nll_map"]
+
+
+def test_validation_nll_grid_is_the_probit_nll_of_each_pair(run):
+    """Recompute one grid entry independently (numpy) on every validation pixel."""
+    feats, labels = _numpy_features(run.head, run.val_h5)
+    phi = np.concatenate([feats.reshape(-1, feats.shape[-1]), np.ones((feats[..., 0].size, 1))], 1)
+    y = labels.reshape(-1)
+    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)["laplace_state"]
+    mean, ggn = state["mean"].numpy(), state["H"].numpy()
+    i, j = 1, 2
+    variance = 1 / (ggn / TEMPERATURE_GRID[j] + PRIOR_GRID[i])
+    z = phi @ mean / np.sqrt(1 + math.pi / 8 * (phi**2 @ variance))
+    nll = np.mean(np.logaddexp(0, z) - y * z)
+    assert run.meta["grid"]["val_nll"][i][j] == pytest.approx(nll, rel=1e-9)
+    assert run.meta["n_val_pixels"] == y.size
+
+
+def test_marglik_grid_matches_closed_form(run):
+    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)["laplace_state"]
+    mean, ggn, loss = state["mean"].numpy(), state["H"].numpy(), float(state["loss"])
+    i, j = 2, 1
+    prior, temperature = PRIOR_GRID[i], TEMPERATURE_GRID[j]
+    precision = ggn / temperature + prior
+    expected = -loss / temperature - 0.5 * (
+        np.log(precision).sum() - mean.size * np.log(prior) + prior * (mean**2).sum()
+    )
+    marglik = run.meta["marglik"]
+    assert marglik["log_marglik"][i][j] == pytest.approx(expected, rel=1e-9)
+    assert marglik["grid_optimum"]["log_marglik"] == pytest.approx(np.max(marglik["log_marglik"]))
+    assert marglik["optimized_prior_precision_at_chosen_temperature"] > 0
+
+
+def test_artifacts_and_meta_fields(run):
+    names = sorted(p.name for p in run.laplace_dir.iterdir())
+    assert names == sorted(
+        ["laplace_state.pt", "laplace_config.yaml", "posterior_meta.json", "val_nll_grid.png"]
+    )
+    meta = read_json(run.laplace_dir / "posterior_meta.json")
+    for key in (
+        "prior_precision",
+        "temperature",
+        "grid",
+        "n_params",
+        "n_data",
+        "source_checkpoint",
+        "source_checkpoint_md5",
+        "laplace_torch_version",
+        "backend",
+        "fit_time_s",
+        "posterior_variance",
+        "effective_observations",
+        "subsampled",
+        "marglik",
+    ):
+        assert key in meta, key
+    assert meta["backend"] == "AsdlGGN"
+    assert meta["laplace_torch_version"].startswith("0.3")
+    assert meta["subsampled"] is True
+    assert meta["effective_observations"] == pytest.approx(meta["n_data"] / meta["temperature"])
+    assert meta["prior_precision"] in PRIOR_GRID and meta["temperature"] in TEMPERATURE_GRID
+    config = yaml.safe_load((run.laplace_dir / "laplace_config.yaml").read_text())
+    assert config["chosen_temperature"] == meta["temperature"]
+    assert config["backend"] == "AsdlGGN"
+    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)
+    assert state["laplace_state"]["temperature"] == meta["temperature"]
+    assert float(state["laplace_state"]["prior_precision"]) == meta["prior_precision"]
+    assert state["head_model_args"] == {"channels_in": 3, "hidden_channels": 16}
+
+
+class _RecordingTracker:
+    def __init__(self):
+        self.calls = []
+
+    def log(self, metrics, step=None):
+        self.calls.append(("log", dict(metrics), step))
+
+    def log_table(self, key, frame):
+        self.calls.append(("log_table", key, len(frame)))
+
+    def summary(self, values):
+        self.calls.append(("summary", dict(values)))
+
+    def log_image(self, key, path):
+        self.calls.append(("log_image", key, path))
+
+    def log_artifact(self, path, name, artifact_type, aliases=None):
+        self.calls.append(("artifact", name, artifact_type))
+
+
+def test_skip_refit_on_force_and_on_new_checkpoint(run, tmp_path):
+    out = tmp_path / "out"
+    args = (run.train_h5, run.val_h5, out, PRIOR_GRID, [1.0, 100.0], 20.0)
+    best = save_best(run.head, tmp_path / "best.pt")
+    tracker = _RecordingTracker()
+    first = fit_laplace(best, *args, max_pixels_fit=800, tracker=tracker)
+    grid_logs = [c for c in tracker.calls if c[0] == "log"]
+    assert len(grid_logs) == len(PRIOR_GRID) * 2  # one per (prior, temperature) pair
+    assert {"laplace/val_nll", "laplace/prior_precision", "laplace/temperature"} <= set(
+        grid_logs[0][1]
+    )
+    assert [c[0] for c in tracker.calls[-4:]] == ["log_table", "summary", "log_image", "artifact"]
+    state = out / "laplace_state.pt"
+    stamp = state.stat().st_mtime_ns
+    assert fit_laplace(best, *args, max_pixels_fit=800) == first
+    assert state.stat().st_mtime_ns == stamp  # skipped
+    fit_laplace(best, *args, max_pixels_fit=800, force=True)
+    assert state.stat().st_mtime_ns != stamp
+    stamp = state.stat().st_mtime_ns
+    fit_laplace(best, *args, max_pixels_fit=900)  # settings changed -> refit
+    assert state.stat().st_mtime_ns != stamp
+    stamp = state.stat().st_mtime_ns
+    torch.manual_seed(5)
+    save_best(NoImageHead(), best)  # a new best.pt (MD5 differs) -> refit
+    refit = fit_laplace(best, *args, max_pixels_fit=900)
+    assert state.stat().st_mtime_ns != stamp
+    assert refit["source_checkpoint_md5"] != first["source_checkpoint_md5"]
+
+
+def test_edge_report_flags_edges_and_flat_axes():
+    nll = np.array([[3.0, 2.0, 2.5], [1.0, 1.5, 2.0]])  # optimum (1, 0): both at an edge
+    report = edge_report(nll, (1, 0), [0.1, 1.0], [1.0, 10.0, 100.0])
+    assert report["prior_precision_at_edge"] and report["temperature_at_edge"]
+    assert any("upper edge of laplace.prior_precision_grid" in w for w in report["warnings"])
+    assert any("lower edge of laplace.temperature_grid" in w for w in report["warnings"])
+    flat = edge_report(np.ones((3, 1)), (0, 0), [1.0, 2.0, 3.0], [1.0])
+    assert not flat["temperature_at_edge"]
+    assert any("does not change" in w for w in flat["warnings"])
+    inner = edge_report(np.array([[2.0], [1.0], [3.0]]), (1, 0), [1.0, 2.0, 3.0], [1.0])
+    assert inner["warnings"] == [] and not inner["prior_precision_at_edge"]
+
+
+def test_clear_errors(run, tmp_path):
+    args = (run.train_h5, run.val_h5, tmp_path / "o", PRIOR_GRID, TEMPERATURE_GRID, 20.0)
+    with pytest.raises(LaplaceHeadError, match="best.pt|does not exist"):
+        fit_laplace(tmp_path / "missing" / "best.pt", *args)
+    with pytest.raises(LaplaceFitError, match="final_conv"):
+        fit_laplace(run.best, *args, target_layer="trunk")
+    with pytest.raises(LaplaceFitError, match="positive"):
+        fit_laplace(run.best, run.train_h5, run.val_h5, tmp_path / "o", [0.0], [1.0], 20.0)
+    empty = make_synthetic_h5(tmp_path / "empty.h5", 0, size=32)
+    with pytest.raises(LaplaceFitError, match="empty"):
+        fit_laplace(run.best, empty, *args[1:])
+
+
+def test_import_filters_only_the_asdl_jit_warning():
+    code = (
+        "import warnings; warnings.simplefilter('error', FutureWarning)\n"
+        "from laplace_head.laplace_model import import_laplace; import_laplace()\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "FutureWarning" not in result.stderr

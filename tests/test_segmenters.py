@@ -1,0 +1,236 @@
+"""Base segmenters: registry, SAM (tiny random SAM on CPU) and random_walker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.segmenters import (
+    SEGMENTER_REGISTRY,
+    build_segmenter,
+    build_segmenter_from_settings,
+)
+from laplace_head.segmenters.random_walker import RandomWalkerSegmenter, probability_to_logits
+from laplace_head.segmenters.sam import (
+    CHECKPOINTS_URL,
+    SamCheckpointError,
+    SamSegmenter,
+    build_tiny_sam,
+    resolve_device,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    return SamSegmenter(model=build_tiny_sam(seed=0), device="cpu")
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+
+
+def _prompt(rng: np.random.Generator, k: int, hw=(50, 70)):
+    points = rng.uniform(0, 1, (2 * k, 2)) * [hw[1] - 1, hw[0] - 1]
+    return points, np.array([1] * k + [0] * k)
+
+
+def test_registry_lists_backends_and_rejects_unknown():
+    assert set(SEGMENTER_REGISTRY) == {"sam", "random_walker"}
+    with pytest.raises(ValueError, match="random_walker, sam"):
+        build_segmenter("medsam")
+    with pytest.raises(ValueError, match="valid backends"):
+        build_segmenter_from_settings("medsam")
+    segmenter = build_segmenter_from_settings(
+        "random_walker", random_walker_max_side=40, random_walker_beta=50
+    )
+    assert segmenter.info["max_side"] == 40 and segmenter.info["beta"] == 50
+
+
+@pytest.mark.parametrize("backend", ["sam", "random_walker"])
+def test_predict_before_set_image_raises(backend):
+    segmenter = (
+        SamSegmenter(model=build_tiny_sam(0), device="cpu")
+        if backend == "sam"
+        else RandomWalkerSegmenter()
+    )
+    with pytest.raises(RuntimeError, match="set_image"):
+        segmenter.predict(np.array([[1.0, 2.0]]), np.array([1]))
+    with pytest.raises(ValueError, match="uint8"):
+        segmenter.set_image(np.zeros((8, 8, 3), dtype=np.float32))
+
+
+def test_sam_matches_sam_predictor_reference(tiny_sam, image):
+    """Our output = SamPredictor.predict(return_logits=True)'s best branch, resized to 256."""
+    rng = np.random.default_rng(1)
+    points, labels = _prompt(rng, 3)
+    tiny_sam.set_image(image)
+    logits, branch, scores = tiny_sam.predict(points, labels)
+    masks, iou, _ = tiny_sam.predictor.predict(points, labels, return_logits=True)
+    assert logits.shape == (256, 256) and logits.dtype == np.float32
+    assert len(scores) == 3 and branch == int(np.argmax(iou))
+    np.testing.assert_allclose(scores, iou, rtol=1e-5, atol=1e-6)
+    reference = F.interpolate(
+        torch.as_tensor(masks[branch])[None, None],
+        (256, 256),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )[0, 0].numpy()
+    np.testing.assert_allclose(logits, reference, atol=1e-5)
+
+
+def test_sam_batch_equals_one_by_one_and_padding_would_not(tiny_sam, image):
+    rng = np.random.default_rng(2)
+    prompt_sets = [_prompt(rng, k) for k in (1, 3, 1, 2, 3)]
+    tiny_sam.set_image(image)
+    batched = tiny_sam.predict_batch(prompt_sets)
+    for prompt_set, (logits, branch, scores) in zip(prompt_sets, batched):
+        single_logits, single_branch, single_scores = tiny_sam.predict(*prompt_set)
+        np.testing.assert_allclose(logits, single_logits, atol=1e-5)
+        assert branch == single_branch
+        np.testing.assert_allclose(scores, single_scores, atol=1e-6)
+    # Why sets of different sizes are grouped instead of padded with label -1: SAM attends to
+    # padding tokens, so padding changes the logits.
+    points, labels = prompt_sets[0]
+    padded = (np.concatenate([points, np.zeros((4, 2))]), np.concatenate([labels, [-1] * 4]))
+    _, _, low_unpadded = tiny_sam.predictor.predict(points, labels, return_logits=True)
+    _, _, low_padded = tiny_sam.predictor.predict(*padded, return_logits=True)
+    assert np.abs(low_padded - low_unpadded).max() > 1e-3
+
+
+def test_sam_handles_large_and_portrait_images(tiny_sam):
+    rng = np.random.default_rng(3)
+    for shape in [(300, 40, 3), (17, 23, 3)]:
+        tiny_sam.set_image(rng.integers(0, 256, shape, dtype=np.uint8))
+        logits, _, _ = tiny_sam.predict(*_prompt(rng, 2, shape[:2]))
+        assert logits.shape == (256, 256) and np.isfinite(logits).all()
+
+
+def test_sam_info_identifies_weights(tiny_sam):
+    other = SamSegmenter(model=build_tiny_sam(seed=1), device="cpu")
+    same = SamSegmenter(model=build_tiny_sam(seed=0), device="cpu")
+    assert tiny_sam.info["name"] == "sam" and tiny_sam.info["checkpoint_md5"] is None
+    assert tiny_sam.info["fingerprint"] == same.info["fingerprint"]
+    assert tiny_sam.info["fingerprint"] != other.info["fingerprint"]
+
+
+def test_missing_and_unreadable_checkpoint_fail_at_construction(tmp_path):
+    missing = tmp_path / "sam_vit_b.pth"
+    with pytest.raises(SamCheckpointError) as info:
+        SamSegmenter(checkpoint=missing, model_type="vit_b", device="cpu")
+    assert str(missing) in str(info.value) and CHECKPOINTS_URL in str(info.value)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(SamCheckpointError, match="cannot be read") as info:
+        SamSegmenter(checkpoint=garbage, model_type="vit_b", device="cpu")
+    assert CHECKPOINTS_URL in str(info.value)
+
+
+def test_model_type_mismatch_names_file_and_fix(tmp_path):
+    tiny_checkpoint = tmp_path / "tiny.pth"
+    torch.save(build_tiny_sam(0).state_dict(), tiny_checkpoint)
+    with pytest.raises(SamCheckpointError, match="does not match sam.model_type") as info:
+        SamSegmenter(checkpoint=tiny_checkpoint, model_type="vit_b", device="cpu")
+    assert str(tiny_checkpoint) in str(info.value) and CHECKPOINTS_URL in str(info.value)
+    # A checkpoint of another official size is recognised from its encoder width, before the
+    # (large) model is even built.
+    vit_b_like = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, vit_b_like)
+    with pytest.raises(SamCheckpointError, match="is a vit_b checkpoint.*model_type: vit_b"):
+        SamSegmenter(checkpoint=vit_b_like, model_type="vit_h", device="cpu")
+    with pytest.raises(ValueError, match="vit_h, vit_l, vit_b"):
+        SamSegmenter(checkpoint=vit_b_like, model_type="vit_x", device="cpu")
+
+
+def test_device_validation(monkeypatch):
+    with pytest.raises(ValueError, match="auto, cuda, cpu"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(LaplaceHeadError, match="sam.device.*sam.device: cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_vit_b_checkpoint_loads_through_registry(tmp_path):
+    """A ViT-B-shaped random checkpoint saved to disk loads and segments on the CPU."""
+    from segment_anything import sam_model_registry
+
+    checkpoint = tmp_path / "sam_vit_b_random.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), checkpoint)
+    segmenter = SamSegmenter(checkpoint=checkpoint, model_type="vit_b", device="cpu")
+    assert segmenter.info["model_type"] == "vit_b" and len(segmenter.info["checkpoint_md5"]) == 32
+    rng = np.random.default_rng(0)
+    segmenter.set_image(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    outputs = segmenter.predict_batch([_prompt(rng, 2, (120, 160)), _prompt(rng, 1, (120, 160))])
+    assert [o[0].shape for o in outputs] == [(256, 256)] * 2
+    assert all(np.isfinite(o[0]).all() and len(o[2]) == 3 for o in outputs)
+    with pytest.raises(SamCheckpointError, match="is a vit_b checkpoint"):
+        SamSegmenter(checkpoint=checkpoint, model_type="vit_l", device="cpu")
+
+
+def _disk_image(height=60, width=90):
+    """A bright ellipse on a dark, slightly noisy background, and its mask."""
+    rows, cols = np.mgrid[:height, :width]
+    mask = ((rows - 28) / 18.0) ** 2 + ((cols - 50) / 25.0) ** 2 <= 1.0
+    rng = np.random.default_rng(0)
+    image = np.where(mask[..., None], [200, 60, 40], [30, 80, 120]) + rng.normal(
+        0, 6, (*mask.shape, 3)
+    )
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def test_random_walker_segments_a_simple_shape():
+    image, mask = _disk_image()
+    segmenter = RandomWalkerSegmenter(max_side=48, beta=90)
+    segmenter.set_image(image)
+    points = np.array([[50, 28], [42, 22], [5, 5], [85, 55]], dtype=float)
+    logits, branch, scores = segmenter.predict(points, np.array([1, 1, 0, 0]))
+    assert logits.shape == (256, 256) and logits.dtype == np.float32 and branch == 0
+    assert len(scores) == 1 and 0.5 <= scores[0] <= 1.0
+    assert np.abs(logits).max() <= 9.22
+    rows = np.minimum(((np.arange(256) + 0.5) * 60 / 256).astype(int), 59)
+    cols = np.minimum(((np.arange(256) + 0.5) * 90 / 256).astype(int), 89)
+    truth = mask[rows[:, None], cols[None, :]]
+    predicted = logits > 0
+    assert (predicted & truth).sum() / (predicted | truth).sum() > 0.8
+
+
+def test_random_walker_is_deterministic():
+    image, _ = _disk_image()
+    points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
+    outputs = []
+    for _ in range(2):
+        segmenter = RandomWalkerSegmenter(max_side=40)
+        segmenter.set_image(image)
+        outputs.append(segmenter.predict(points, labels))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][2] == outputs[1][2]
+    fingerprints = {RandomWalkerSegmenter(beta=b).info["fingerprint"] for b in (10, 20, 10)}
+    assert len(fingerprints) == 2
+
+
+def test_random_walker_degenerate_inputs():
+    segmenter = RandomWalkerSegmenter(max_side=16)
+    segmenter.set_image(np.full((40, 40, 3), 128, dtype=np.uint8))  # constant image
+    logits, _, _ = segmenter.predict(np.array([[10, 10], [30, 30]], float), np.array([1, 0]))
+    assert np.isfinite(logits).all() and logits[20, 20] > 0 > logits[235, 235]
+    # Positive and negative points on the same small-grid pixel: the positive wins; with no
+    # negative seed left every pixel is foreground.
+    logits, _, _ = segmenter.predict(np.array([[10, 10], [10.4, 10.4]]), np.array([1, 0]))
+    assert (logits > 9).all()
+    with pytest.raises(ValueError, match="labels must be 1"):
+        segmenter.predict(np.array([[1.0, 1.0]]), np.array([2]))
+    with pytest.raises(ValueError, match="max_side"):
+        RandomWalkerSegmenter(max_side=4)
+
+
+def test_probability_to_logits_is_clipped():
+    logits = probability_to_logits(np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(logits, [-9.2102, 0.0, 9.2102], atol=1e-3)
