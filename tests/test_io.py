@@ -159,3 +159,16 @@ def test_json_is_valid_for_unicode_and_metacharacters(tmp_path: Path) -> None:
     record = {"sample_id": "kl asse/ü $x;`y` 'q' \"d\""}
     io.atomic_write_json(tmp_path / "r.json", record)
     assert json.loads((tmp_path / "r.json").read_bytes()) == record
+
+
+def test_atomic_writes_get_umask_permissions_not_0600(tmp_path) -> None:
+    import stat
+
+    from laplace_head.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == 0o644
