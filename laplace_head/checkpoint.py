@@ -37,7 +37,8 @@ OPTIMIZER_FILE = "optimizer_last.pt"
 SCALER_FILE = "scaler_last.pt"
 EPOCH_STATE_FILE = "epoch_state.json"
 SUMMARY_FILE = "training_summary.json"
-RESUME_FILES = (CONFIG_FILE, LAST_FILE, OPTIMIZER_FILE, SCALER_FILE, EPOCH_STATE_FILE)
+# best.pt too: it exists from the first completed epoch on, and the summary reads it.
+RESUME_FILES = (CONFIG_FILE, LAST_FILE, BEST_FILE, OPTIMIZER_FILE, SCALER_FILE, EPOCH_STATE_FILE)
 STATE_FORMAT_VERSION = 1
 
 
@@ -291,7 +292,7 @@ def prepare_run_dir(
             "it, --force to start it over (its checkpoints are deleted), or choose a new run_id."
         )
     if resume == "never" or (resume == "auto" and not has_epochs):
-        for name in (*RESUME_FILES, BEST_FILE, SUMMARY_FILE):
+        for name in (*RESUME_FILES, SUMMARY_FILE):
             (run_dir / name).unlink(missing_ok=True)
         return None
     state = load_training_state(run_dir)

@@ -28,6 +28,7 @@ def _write_state(run_dir, epoch=2):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     last = ckpt.model_checkpoint(model, epoch, {"val_iou": 0.5}, "t", CONFIG)
     atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, CONFIG)
+    ckpt.save_checkpoint(run_dir / ckpt.BEST_FILE, last)
     ckpt.save_training_state(run_dir, last, optimizer, scaler, {"epoch": epoch, "best": 0.5})
     return model, optimizer
 

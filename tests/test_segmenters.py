@@ -186,9 +186,10 @@ def _disk_image(height=60, width=90):
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def test_random_walker_segments_a_simple_shape():
+@pytest.mark.parametrize("beta", [90.0, 2000.0])
+def test_random_walker_segments_a_simple_shape(beta):
     image, mask = _disk_image()
-    segmenter = RandomWalkerSegmenter(max_side=48, beta=90)
+    segmenter = RandomWalkerSegmenter(max_side=48, beta=beta)
     segmenter.set_image(image)
     points = np.array([[50, 28], [42, 22], [5, 5], [85, 55]], dtype=float)
     logits, branch, scores = segmenter.predict(points, np.array([1, 1, 0, 0]))

@@ -85,7 +85,7 @@ def test_one_epoch_writes_every_run_file(tmp_path):
     config_path = _project(tmp_path, num_epochs=1)
     summary = _train(config_path)
     run_dir = _run_dir(config_path)
-    for name in (*ckpt.RESUME_FILES, ckpt.BEST_FILE, ckpt.SUMMARY_FILE):
+    for name in (*ckpt.RESUME_FILES, ckpt.SUMMARY_FILE):
         assert (run_dir / name).is_file(), name
     assert read_json(run_dir / ckpt.SUMMARY_FILE) == summary
     assert summary["epochs_trained"] == 1 and summary["device"] == "cpu" and not summary["amp"]

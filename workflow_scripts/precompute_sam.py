@@ -7,7 +7,6 @@ Stand-alone: ``python workflow_scripts/precompute_sam.py --config config/config.
 with the segmenter loaded once).
 """
 
-
 import argparse
 
 from laplace_head.cli import run_user_facing, setup_logging

@@ -130,11 +130,16 @@ def parse_scontrol_jobs(text: str) -> list[dict[str, str]]:
 
 
 def rules_in_job_log(log_path: Path) -> Counter:
-    """How many jobs of each rule a SLURM job's Snakemake log shows it ran."""
+    """How many jobs of each rule a SLURM job's log shows it ran.
+
+    Inside a SLURM job, the jobstep executor prints ``rule NAME:`` (or ``checkpoint NAME:``)
+    once per Snakemake job it runs; the srun step below it prints ``localrule NAME:`` again,
+    which is not counted.
+    """
     if not log_path.is_file():
         return Counter()
     text = log_path.read_text(encoding="utf-8", errors="replace")
-    return Counter(re.findall(r"^\s*(?:local)?rule (\w+):$", text, flags=re.MULTILINE))
+    return Counter(re.findall(r"^\s*(?:rule|checkpoint) (\w+):$", text, flags=re.MULTILINE))
 
 
 def finished_rules(log_text: str) -> Counter:
@@ -144,7 +149,7 @@ def finished_rules(log_text: str) -> Counter:
 
 def local_rules(log_text: str) -> set[str]:
     """Rules the main Snakemake process ran itself (printed as ``localrule NAME:``)."""
-    return set(re.findall(r"^\s*localrule (\w+):$", log_text, flags=re.MULTILINE))
+    return set(re.findall(r"^\s*local(?:rule|checkpoint) (\w+):$", log_text, re.MULTILINE))
 
 
 def slurm_jobs(env: dict) -> list[SlurmJob]:
@@ -237,12 +242,13 @@ def cluster_run(slurm_env: dict) -> ClusterRun:
         str(REPO_ROOT / "profiles" / "slurm"),
         "--configfile",
         str(config_path),
-        # Test-only: no slurmdbd here, so poll squeue instead of sacct, and poll early;
+        # Test-only: no slurmdbd here, so poll squeue instead of sacct, and poll
+        # early (the interval grows by 10 s per check until a job ends: 6, 22, 48 s);
         # keep every job's SLURM log (the plugin deletes successful ones) to read what ran.
         "--slurm-status-command",
         "squeue",
         "--slurm-init-seconds-before-status-checks",
-        "2",
+        "6",
         "--slurm-keep-successful-logs",
         "--slurm-logdir",
         str(out_dir / "slurm_logs"),
