@@ -5,9 +5,9 @@ Reading strategy, chosen so that data loading is never the training bottleneck:
 * **Lazy, per-process handles.** The file is opened on first access in each process (main or
   DataLoader worker) and the handle is dropped when the dataset is pickled, so forked or spawned
   workers never share an HDF5 handle (h5py handles are not fork-safe).
-* **Batched reads.** :meth:`H5SegmentationDataset.__getitems__` (used by the DataLoader when a
-  batch sampler is given) reads a whole batch with one sorted fancy-index read per dataset
-  instead of ``batch_size`` small reads.
+* **Batched reads.** :func:`make_loader` hands each worker a whole batch of row indices
+  (:meth:`H5SegmentationDataset.get_batch`), so nothing is collated sample by sample; rows are
+  read one plain slice each (h5py's fancy indexing is far slower on chunked datasets).
 * **In-RAM mode.** ``in_memory="always"`` copies the four arrays into memory at construction
   (float16/uint8, 7 bytes per pixel, ~0.46 MB per row); ``"auto"`` does so when that footprint is
   below a quarter of the memory currently available; ``"never"`` always reads from disk.
@@ -179,18 +179,27 @@ class H5SegmentationDataset(Dataset):
         """Arrays for ``rows`` (1-D int array, any order, repeats allowed) in that order."""
         if self._arrays is not None:
             return {name: array[rows] for name, array in self._arrays.items()}
-        # h5py fancy indexing needs strictly increasing indices: read sorted unique, reorder.
-        unique_rows, inverse = np.unique(rows, return_inverse=True)
+        # One plain read per row: h5py's fancy (list) indexing is ~100x slower on chunked
+        # datasets (34 ms vs 0.2 ms for 8 rows of (1, 256, 256) chunks, measured).
         handle = self._file()
-        return {name: handle[name][unique_rows][inverse] for name in ARRAY_NAMES}
+        arrays = {}
+        for name in ARRAY_NAMES:
+            dataset = handle[name]
+            out = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+            for position, row in enumerate(rows):
+                out[position] = dataset[int(row)]
+            arrays[name] = out
+        return arrays
 
     def _to_tensors(self, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = np.clip(arrays["logits_256"].astype(np.float32), -self.logit_clip, self.logit_clip)
-        inputs = np.stack(
-            [logits, arrays["pos_map"].astype(np.float32), arrays["neg_map"].astype(np.float32)],
-            axis=1,
-        )
-        target = arrays["gt_mask_256"].astype(np.float32)[:, None]
+        # Cast float16 -> float32 straight into the output buffer (one pass, no temporaries).
+        logits = arrays["logits_256"]
+        inputs = np.empty((logits.shape[0], 3, *logits.shape[1:]), dtype=np.float32)
+        inputs[:, 0] = logits  # clip in float32: the bound need not be a float16 value
+        np.clip(inputs[:, 0], -self.logit_clip, self.logit_clip, out=inputs[:, 0])
+        inputs[:, 1] = arrays["pos_map"]
+        inputs[:, 2] = arrays["neg_map"]
+        target = arrays["gt_mask_256"][:, None].astype(np.float32)
         return torch.from_numpy(inputs), torch.from_numpy(target)
 
     def get_batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,12 +29,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from laplace_head.calibration import (
+    CalibrationAccumulator,
+    batch_statistics,
+    fit_temperature_scaling,
+    log_uncertainty,
+)
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.io import atomic_write_csv, atomic_write_json, atomic_write_text, derive_seed
-from laplace_head.metrics import per_image_dice, per_image_iou
-from laplace_head.split_stream import iter_split_batches, split_num_rows
+from laplace_head.split_stream import iter_split_batches
 from laplace_head.uncertainty import (
     Posterior,
     load_posterior,
@@ -44,163 +48,11 @@ from laplace_head.uncertainty import (
 
 LOGGER = logging.getLogger(__name__)
 METHODS = ("base", "map", "map_temperature_scaled", "laplace")
-SCORE_RANGE = (-100.0, 0.0)  # log-uncertainty histogram range for the AUROC
-SCORE_BINS = 5000
 TABLE_COLUMNS = ("iou", "dice", "nll", "brier", "ece", "auroc_entropy", "auroc_bald")
 
 
 class EvaluationError(LaplaceHeadError):
     """Stage 7 cannot run (missing artifacts or invalid settings)."""
-
-
-class CalibrationAccumulator:
-    """Running sums for one (scope, method): NLL, Brier, reliability bins, AUROC histograms."""
-
-    def __init__(self, n_bins: int) -> None:
-        self.n_bins = n_bins
-        self.count = np.zeros(n_bins)
-        self.sum_p = np.zeros(n_bins)
-        self.sum_y = np.zeros(n_bins)
-        self.nll_sum = self.brier_sum = 0.0
-        self.n_pixels = self.n_errors = 0
-        self.iou: list[float] = []
-        self.dice: list[float] = []
-        self.hist: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor, scores: dict) -> None:
-        """Add (B, H, W) effective logits, (B, H, W) {0,1} targets, log-uncertainty scores."""
-        y = target.double()
-        logits = logits.double()
-        p = torch.sigmoid(logits)
-        self.nll_sum += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
-        self.brier_sum += float((p - y).square().sum())
-        self.n_pixels += y.numel()
-        bins = (p * self.n_bins).long().clamp_(0, self.n_bins - 1).flatten().numpy()
-        self.count += np.bincount(bins, minlength=self.n_bins)
-        self.sum_p += np.bincount(bins, p.flatten().numpy(), minlength=self.n_bins)
-        self.sum_y += np.bincount(bins, y.flatten().numpy(), minlength=self.n_bins)
-        self.iou += per_image_iou(logits, target).tolist()
-        self.dice += per_image_dice(logits, target).tolist()
-        errors = ((logits > 0) != (target > 0)).flatten().numpy()
-        self.n_errors += int(errors.sum())
-        for name, score in scores.items():
-            low, high = SCORE_RANGE
-            scaled = (score.double().flatten().numpy() - low) / (high - low) * SCORE_BINS
-            index = np.clip(np.nan_to_num(scaled, nan=0.0, neginf=0.0), 0, SCORE_BINS - 1)
-            index = index.astype(np.int64)
-            err, ok = self.hist.get(name, (np.zeros(SCORE_BINS), np.zeros(SCORE_BINS)))
-            err += np.bincount(index[errors], minlength=SCORE_BINS)
-            ok += np.bincount(index[~errors], minlength=SCORE_BINS)
-            self.hist[name] = (err, ok)
-
-    def reliability(self) -> dict[str, Any]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_p = np.where(self.count > 0, self.sum_p / self.count, np.nan)
-            frequency = np.where(self.count > 0, self.sum_y / self.count, np.nan)
-        gaps = np.abs(np.nan_to_num(mean_p) - np.nan_to_num(frequency)) * self.count
-        ece = float(gaps.sum() / self.n_pixels) if self.n_pixels else None
-        return {
-            "bin_edges": np.linspace(0, 1, self.n_bins + 1).tolist(),
-            "count": self.count.astype(int).tolist(),
-            "mean_probability": _nan_to_none(mean_p),
-            "frequency": _nan_to_none(frequency),
-            "ece": ece,
-        }
-
-    def result(self) -> dict[str, Any]:
-        n = self.n_pixels
-        out: dict[str, Any] = {
-            "n_rows": len(self.iou),
-            "n_pixels": n,
-            "iou": float(np.mean(self.iou)) if self.iou else None,
-            "dice": float(np.mean(self.dice)) if self.dice else None,
-            "nll": self.nll_sum / n if n else None,
-            "brier": self.brier_sum / n if n else None,
-            "ece": self.reliability()["ece"],
-            "error_rate": self.n_errors / n if n else None,
-        }
-        for name, (err, ok) in self.hist.items():
-            out[f"auroc_{name}"] = histogram_auroc(err, ok)
-        return out
-
-
-def _nan_to_none(values: np.ndarray) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values]
-
-
-def histogram_auroc(positive_hist: np.ndarray, negative_hist: np.ndarray) -> float | None:
-    """AUROC P(score_pos > score_neg) + P(tie) / 2 from counts in ascending score bins."""
-    n_pos, n_neg = positive_hist.sum(), negative_hist.sum()
-    if n_pos == 0 or n_neg == 0:
-        return None
-    negatives_below = np.cumsum(negative_hist) - negative_hist
-    wins = (positive_hist * negatives_below).sum() + 0.5 * (positive_hist * negative_hist).sum()
-    return float(wins / (n_pos * n_neg))
-
-
-def log_uncertainty(logits: torch.Tensor) -> torch.Tensor:
-    """log min(p, 1 - p) of sigmoid(logits): ranks pixels exactly as the binary entropy does."""
-    return F.logsigmoid(-logits.double().abs())
-
-
-def fit_temperature_scaling(
-    posterior: Posterior,
-    val_h5: str | os.PathLike,
-    batch_rows: int = 4,
-    max_pixels: int | None = 4_000_000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """One temperature tau for the MAP logits minimising validation pixel NLL (Newton on 1/tau).
-
-    At most ``max_pixels`` validation pixels are used (a seeded uniform subset per row).
-    """
-    n_rows = split_num_rows(val_h5)
-    if n_rows == 0:
-        return {"temperature": 1.0, "n_pixels": 0, "note": "empty validation split: tau = 1"}
-    zs, ys = [], []
-    for batch in iter_split_batches(val_h5, batch_rows, posterior.logit_clip):
-        z = posterior.map_logits(batch.inputs).flatten(1).double()
-        y = batch.gt_mask.flatten(1).double()
-        per_row = z.shape[1] if max_pixels is None else max(1, max_pixels // n_rows)
-        for offset in range(z.shape[0]):
-            if per_row < z.shape[1]:
-                rng = np.random.default_rng(derive_seed(seed, "ts_pixels", batch.start + offset))
-                keep = torch.from_numpy(rng.choice(z.shape[1], per_row, replace=False))
-                zs.append(z[offset, keep])
-                ys.append(y[offset, keep])
-            else:
-                zs.append(z[offset])
-                ys.append(y[offset])
-    z, y = torch.cat(zs), torch.cat(ys)
-
-    def nll(scale: float) -> float:
-        return float(F.binary_cross_entropy_with_logits(scale * z, y))
-
-    scale = 1.0
-    for _ in range(100):
-        p = torch.sigmoid(scale * z)
-        grad = float(((p - y) * z).mean())
-        hess = float((p * (1 - p) * z.square()).mean())
-        if hess <= 0:
-            break
-        step = grad / hess
-        new = scale - step
-        while new <= 0 or nll(new) > nll(scale) + 1e-15:
-            step /= 2
-            new = scale - step
-            if abs(step) < 1e-12:
-                new = scale
-                break
-        if abs(new - scale) < 1e-10 * max(1.0, scale):
-            scale = new
-            break
-        scale = new
-    return {
-        "temperature": 1.0 / scale,
-        "val_nll_before": nll(1.0),
-        "val_nll_after": nll(scale),
-        "n_pixels": int(z.numel()),
-    }
 
 
 def _example_rows(classes: Sequence[str], sample_ids: Sequence[str], n_examples: int) -> list[int]:
@@ -284,17 +136,19 @@ def evaluate(
             "map_temperature_scaled": map_logits / tau,
             "laplace": probit_logits(map_logits, variance),
         }
+        batch_classes = classes[batch.start : batch.start + batch.inputs.shape[0]]
+        for cls in sorted(set(batch_classes)):
+            rows = torch.tensor([i for i, c in enumerate(batch_classes) if c == cls])
+            for method, logits in effective.items():
+                scores = {"entropy": log_uncertainty(logits[rows])}
+                if method == "laplace":
+                    scores["bald"] = bald_score[rows]
+                stats = batch_statistics(logits[rows], batch.gt_mask[rows], scores, ece_bins)
+                for scope in ("overall", cls):
+                    accumulators.setdefault((scope, method), CalibrationAccumulator(ece_bins))
+                    accumulators[(scope, method)].add(stats)
         for offset in range(batch.inputs.shape[0]):
             row = batch.start + offset
-            for scope in ("overall", classes[row]):
-                for method, logits in effective.items():
-                    scores = {"entropy": log_uncertainty(logits[offset : offset + 1])}
-                    if method == "laplace":
-                        scores["bald"] = bald_score[offset : offset + 1]
-                    accumulators.setdefault((scope, method), CalibrationAccumulator(ece_bins))
-                    accumulators[(scope, method)].update(
-                        logits[offset : offset + 1], batch.gt_mask[offset : offset + 1], scores
-                    )
             if row in example_rows:
                 examples.append(
                     _example(posterior, batch, offset, index.iloc[row], maps, weights, prompt_sigma)

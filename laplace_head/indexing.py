@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.faults import fault_point, remove_stale_temp_files
 from laplace_head.io import atomic_write_csv, read_json
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,7 @@ def build_index(
         )
         rows.extend(sample_rows)
         failures.extend(sample_failures)
+        fault_point("build_training_index")
         if not sample_rows:
             without.append(sample["sample_id"])
             failures.append(_failure(sample["sample_id"], None, "no complete prompt set"))
@@ -361,6 +363,8 @@ def write_training_index(
         split, split_csv, precompute_split_dir, shard_summaries, prompt_sets_dir
     )
     failures_csv = failures_path_for(index_csv) if failures_csv is None else failures_csv
+    for path in (Path(failures_csv), Path(index_csv)):
+        remove_stale_temp_files(path.parent, [path.name])
     atomic_write_csv(failures_csv, report["failures"])
     atomic_write_csv(index_csv, index)
     logger.info(

@@ -293,6 +293,8 @@ def _build_meta(
             "max": float(variance.max()),
             "mean": float(variance.mean()),
             "per_parameter": variance.tolist(),
+            "mean_logit_variance_val": float(grid["mean_logit_variance"][chosen]),
+            "n_params_without_curvature": int((la.H == 0).sum()),
         },
         "ggn_diagonal": la.H.double().tolist(),
         "fit_settings": settings,

@@ -27,6 +27,8 @@ from laplace_head.head import NoImageHead
 from laplace_head.laplace_model import flat_features
 from laplace_head.split_stream import iter_split_batches, split_num_rows
 
+GRID_CHUNK_ELEMENTS = 1 << 22
+
 
 class EmptySplitError(LaplaceHeadError):
     """A split needed for tuning has no rows."""
@@ -70,13 +72,17 @@ def validation_nll_grid(
         phi = torch.cat([feats, torch.ones(feats.shape[0], 1, dtype=feats.dtype)], dim=1)
         labels = batch.gt_mask.reshape(-1, 1).double()
         z = phi @ mean.double()
-        logit_var = phi.square() @ flat_var  # (n, G)
-        z_eff = z.unsqueeze(1) / torch.sqrt(1.0 + (math.pi / 8.0) * logit_var)
-        nll_sum += F.binary_cross_entropy_with_logits(
-            z_eff, labels.expand_as(z_eff), reduction="none"
-        ).sum(0)
-        var_sum += logit_var.sum(0)
         map_sum += float(F.binary_cross_entropy_with_logits(z, labels[:, 0], reduction="sum"))
+        # (pixels x grid) temporaries are bounded to ~GRID_CHUNK_ELEMENTS float64 each
+        step = max(1, GRID_CHUNK_ELEMENTS // flat_var.shape[1])
+        for start in range(0, phi.shape[0], step):
+            chunk = slice(start, start + step)
+            logit_var = phi[chunk].square() @ flat_var  # (n, G)
+            z_eff = z[chunk].unsqueeze(1) / torch.sqrt(1.0 + (math.pi / 8.0) * logit_var)
+            nll_sum += F.binary_cross_entropy_with_logits(
+                z_eff, labels[chunk].expand_as(z_eff), reduction="none"
+            ).sum(0)
+            var_sum += logit_var.sum(0)
         n_pixels += phi.shape[0]
     if n_pixels == 0:
         raise EmptySplitError(f"validation split {val_h5} is empty; cannot tune the posterior.")
@@ -108,9 +114,14 @@ def edge_report(
         report[f"{name}_nll_spread"] = spread
         if at_edge and not flat:
             side = "lower" if index == 0 else "upper"
+            hint = {
+                ("temperature", "upper"): " (at very large T the data term vanishes and the "
+                "posterior tends to the prior N(MAP, 1 / prior_precision))",
+                ("temperature", "lower"): " (T = 1 is the untempered Laplace; the MAP limit)",
+            }.get((name, side), "")
             report["warnings"].append(
                 f"the {name} optimum {grid[index]:g} is at the {side} edge of "
-                f"laplace.{name}_grid {list(grid)}: the grid is too narrow, extend it."
+                f"laplace.{name}_grid {list(grid)}: the grid is too narrow, extend it{hint}."
             )
         elif flat and len(grid) > 1:
             report["warnings"].append(

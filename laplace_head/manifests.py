@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from laplace_head.dataset_scan import ScanEntry, scan_dataset
+from laplace_head.faults import fault_point, remove_stale_temp_files
 from laplace_head.io import atomic_write_csv, atomic_write_json
 from laplace_head.splits import SPLITS, assign_splits
 from laplace_head.validation import ValidationResult, validate_entry
@@ -44,10 +46,17 @@ MANIFEST_COLUMNS = [
 
 def _validate_all(entries: list[ScanEntry], workers: int) -> list[ValidationResult]:
     if workers <= 1 or len(entries) < 64:
-        return [validate_entry(e) for e in tqdm(entries, desc="validate", unit="sample")]
+        return _collect(map(validate_entry, entries), len(entries))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        iterator = pool.map(validate_entry, entries, chunksize=16)
-        return list(tqdm(iterator, total=len(entries), desc="validate", unit="sample"))
+        return _collect(pool.map(validate_entry, entries, chunksize=16), len(entries))
+
+
+def _collect(results: Iterator[ValidationResult], total: int) -> list[ValidationResult]:
+    collected = []
+    for result in tqdm(results, total=total, desc="validate", unit="sample"):
+        collected.append(result)
+        fault_point("build_manifests")
+    return collected
 
 
 def read_frozen_assignment(manifests_dir: str | os.PathLike) -> dict[str, str]:
@@ -75,6 +84,8 @@ def build_manifests(
 ) -> dict:
     """Run stage 1 and return a report (counts, per-class table, invalid and dropped samples)."""
     manifests_dir = Path(manifests_dir)
+    outputs = [f"{name}.csv" for name in ("all_samples", *SPLITS, "split_registry")]
+    remove_stale_temp_files(manifests_dir, [*outputs, "manifest_report.json"])
     entries = scan_dataset(Path(images_root).resolve(), Path(masks_root).resolve())
     LOGGER.info("scanned %d candidate samples under %s", len(entries), images_root)
     results = _validate_all(entries, workers)

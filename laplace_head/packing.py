@@ -40,6 +40,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.faults import fault_point, remove_stale_temp_files
 from laplace_head.images import ImageReadError, load_mask, resize_mask_nearest
 from laplace_head.indexing import INDEX_COLUMNS, read_index
 from laplace_head.io import atomic_path, file_md5, load_npy_safe
@@ -187,6 +188,7 @@ def pack_split(
     chunks = None if chunk_rows is None else (int(chunk_rows), SIZE, SIZE)
     layout = {} if chunks is None else {"chunks": chunks, "maxshape": (None, SIZE, SIZE)}
     source_md5 = file_md5(index_csv)
+    remove_stale_temp_files(out_h5.parent, [out_h5.name])  # a killed earlier attempt's file
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as handle:
         datasets = {}
         for name, dtype in [*((n, np.float16) for n in ARRAY_DATASETS), (MASK_DATASET, np.uint8)]:
@@ -244,6 +246,7 @@ def _stream_rows(
             for name, dataset in datasets.items():
                 dataset[start : position + 1] = buffers[name][: slot + 1]
             start = position + 1
+        fault_point("pack_hdf5")
 
 
 def read_h5_index(path: str | os.PathLike) -> pd.DataFrame:

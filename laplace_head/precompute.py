@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.faults import fault_point, remove_stale_temp_files
 from laplace_head.images import ImageReadError, load_image_rgb
 from laplace_head.io import atomic_write_json, read_json
 from laplace_head.precompute_outputs import (
@@ -123,6 +124,7 @@ class _ShardRun:
                 self.counts["failed"] += 1
                 continue
             self.counts["done"] += 1
+            fault_point("precompute_sam")
         if self._executor is not None:
             self.timing["write_wait"] += time.perf_counter() - start
 
@@ -321,6 +323,7 @@ def precompute_shard(
         "timing_s": {key: round(value, 4) for key, value in run.timing.items()},
         "elapsed_s": round(time.perf_counter() - started, 4),
     }
+    remove_stale_temp_files(Path(summary_path).parent, [Path(summary_path).name])
     atomic_write_json(summary_path, summary)
     LOGGER.info(
         "precompute %s: %d done, %d skipped, %d failed prompt sets; %d images encoded; "

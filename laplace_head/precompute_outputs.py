@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from laplace_head.faults import remove_stale_temp_files
 from laplace_head.io import atomic_save_npy, atomic_write_json, read_json
 from laplace_head.prompts import MAP_SIZE, PromptSet, gaussian_prompt_map, rescale_points
 from laplace_head.segmenters import Prediction
@@ -92,6 +93,7 @@ def write_promptset(
     ValueError
         If the logits are not a finite (256, 256) array (nothing is written then).
     """
+    remove_stale_temp_files(directory)  # an interrupted earlier attempt's debris
     logits, branch_index, scores = prediction
     logits = np.asarray(logits, dtype=np.float32)
     if logits.shape != (MAP_SIZE, MAP_SIZE) or not np.isfinite(logits).all():

@@ -10,7 +10,9 @@ the image border: the mean mutual information (BALD, epistemic uncertainty) arou
 suggested label is the class the posterior predicts at ``c``: ``positive`` when the predictive
 probability there is > 0.5, ``negative`` otherwise - the click that a user confirming or
 correcting the prediction there would give if the prediction is right; when it is wrong, the
-user flips it, which is exactly the most informative case.
+user flips it, which is exactly the most informative case. Candidates closer than
+``min_distance`` (default 2 sigma) to a better one are suppressed, so the top suggestions point
+at different regions rather than at neighbouring pixels of one blob.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def rank_prompts(
     sigma: float = 8.0,
     grid_stride: int = 16,
     top_k: int | None = None,
+    min_distance: float | None = None,
 ) -> list[PromptSuggestion]:
     """Rank candidate clicks on one (H, W) BALD map (see the module docstring).
 
@@ -64,6 +67,10 @@ def rank_prompts(
         None uses a regular grid with ``grid_stride`` spacing.
     top_k
         Keep the best ``top_k`` (all when None).
+    min_distance
+        Greedy non-maximum suppression: a candidate closer than this (pixels) to a better
+        ranked one is dropped, so the suggestions cover different regions. None means
+        ``2 * sigma``; 0 keeps every candidate.
 
     Returns
     -------
@@ -79,7 +86,17 @@ def rank_prompts(
     rows = torch.from_numpy(np.rint(points[:, 1]).astype(np.int64))
     scores = smoothed[rows, cols].cpu().numpy()
     p_fg = probability[rows, cols].cpu().numpy()
-    order = np.argsort(-scores, kind="stable")[: top_k if top_k else None]
+    order = np.argsort(-scores, kind="stable")
+    radius = 2.0 * sigma if min_distance is None else float(min_distance)
+    if radius > 0:
+        kept: list[int] = []
+        for i in order:
+            if all(np.hypot(*(points[i] - points[j])) >= radius for j in kept):
+                kept.append(int(i))
+            if top_k and len(kept) == top_k:
+                break
+        order = np.asarray(kept, dtype=np.int64)
+    order = order[: top_k if top_k else None]
     return [
         PromptSuggestion(
             rank=rank,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from laplace_head.faults import fault_point, remove_stale_temp_files
 from laplace_head.images import ImageReadError, load_mask, resize_mask_nearest
 from laplace_head.io import atomic_write_json
 from laplace_head.prompts import sample_promptsets
@@ -101,6 +102,8 @@ def generate_promptsets_shard(
 ) -> dict:
     """Write the prompt-set JSONs of one shard; return counts and per-sample failures."""
     summary = {"split": split, "generated": 0, "skipped": 0, "failed": 0, "failures": []}
+    json_names = [promptset_json_path(prompt_dir, split, s).name for s in shard_frame["safe_id"]]
+    remove_stale_temp_files(Path(prompt_dir) / split, json_names)
     for _, row in tqdm(shard_frame.iterrows(), total=len(shard_frame), desc=f"prompts {split}"):
         path = promptset_json_path(prompt_dir, split, row["safe_id"])
         expected = _identity(row, split, min_pairs, max_pairs, prompt_seed)
@@ -118,6 +121,7 @@ def generate_promptsets_shard(
             continue
         atomic_write_json(path, record)
         summary["generated"] += 1
+        fault_point("generate_promptsets")
     LOGGER.info(
         "split %s: generated %d, skipped %d, failed %d",
         split,

@@ -256,6 +256,7 @@ class Posterior:
         generator: torch.Generator | None = None,
         weight_samples: torch.Tensor | None = None,
         top_k: int | None = None,
+        min_distance: float | None = None,
     ) -> list[PromptSuggestion]:
         """Rank candidate clicks by the epistemic uncertainty they would resolve.
 
@@ -274,6 +275,10 @@ class Posterior:
             with ``grid_stride`` spacing.
         top_k
             Keep the best ``top_k`` (all when None).
+        min_distance
+            Suppress candidates closer than this to a better one (None: ``2 * sigma``; 0: off).
+        n_samples, generator, weight_samples
+            Posterior samples for the BALD map (see :meth:`sample_logits`).
 
         Returns
         -------
@@ -293,6 +298,7 @@ class Posterior:
             sigma=sigma,
             grid_stride=grid_stride,
             top_k=top_k,
+            min_distance=min_distance,
         )
 
     def predict_split(

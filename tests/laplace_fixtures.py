@@ -18,7 +18,7 @@ TEMPERATURE_GRID = [1.0, 30.0, 1000.0]
 
 
 def train_tiny_head(
-    train_h5: Path, steps: int = 30, seed: int = 0, overconfidence: float = 4.0
+    train_h5: Path, steps: int = 30, seed: int = 0, overconfidence: float = 6.0
 ) -> NoImageHead:
     """A NoImageHead fitted for a few full-batch Adam steps, then made overconfident.
 

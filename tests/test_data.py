@@ -39,6 +39,8 @@ def test_item_layout_dtype_and_clipping(split_h5):
         np.testing.assert_array_equal(inputs[1].numpy(), handle["pos_map"][0].astype(np.float32))
         np.testing.assert_array_equal(target[0].numpy(), handle["gt_mask_256"][0])
     assert set(torch.unique(target).tolist()) <= {0.0, 1.0}
+    odd_clip = H5SegmentationDataset(split_h5, logit_clip=7.3, in_memory="never")[0][0]
+    assert odd_clip[0].max().item() == pytest.approx(7.3, abs=1e-6)  # not rounded to float16
 
 
 def test_in_memory_and_lazy_reads_agree_for_unsorted_repeated_rows(split_h5):

@@ -12,15 +12,8 @@ import torch
 from laplace_fixtures import make_fitted_run
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head.evaluation import (
-    METHODS,
-    evaluate,
-    fit_temperature_scaling,
-    histogram_auroc,
-    markdown_table,
-)
+from laplace_head.evaluation import METHODS, evaluate, markdown_table
 from laplace_head.io import read_json
-from laplace_head.uncertainty import load_posterior
 
 
 def _exact_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -132,7 +125,7 @@ def test_decision_metrics_shared_and_laplace_has_bald(evaluated):
         assert overall[method]["dice"] == pytest.approx(overall["map"]["dice"])
     assert overall["laplace"]["auroc_bald"] is not None
     assert "auroc_bald" not in overall["map"]
-    assert metrics["temperature_scaling"]["temperature"] > 0
+    assert metrics["temperature_scaling"]["temperature"] > 1  # the fixture head is overconfident
     assert metrics["ece_binning"].startswith("10 equal-width bins")
 
 
@@ -144,33 +137,6 @@ def test_per_class_breakdown_sums_to_overall(evaluated):
         assert sum(p["n_rows"] for p in parts) == metrics["overall"][method]["n_rows"] == 4
         pooled = sum(p["nll"] * p["n_pixels"] for p in parts) / sum(p["n_pixels"] for p in parts)
         assert pooled == pytest.approx(metrics["overall"][method]["nll"], rel=1e-9)
-
-
-def test_temperature_scaling_minimises_validation_nll(evaluated):
-    run, _, _, metrics = evaluated
-    posterior = load_posterior(run.laplace_dir)
-    result = fit_temperature_scaling(posterior, run.val_h5)
-    assert result == metrics["temperature_scaling"]
-    tau = result["temperature"]
-    assert tau > 1  # the fixture head is overconfident
-    assert result["val_nll_after"] < result["val_nll_before"]
-    with h5py.File(run.val_h5, "r") as handle:
-        inputs = np.stack([handle[k][:] for k in ("logits_256", "pos_map", "neg_map")], axis=1)
-        y = handle["gt_mask_256"][:].astype(np.float64)
-    z = posterior.map_logits(inputs).double().numpy()
-
-    def nll(t):
-        return np.mean(np.logaddexp(0, z / t) - y * z / t)
-
-    assert nll(tau) == pytest.approx(result["val_nll_after"], rel=1e-6)
-    assert nll(tau) <= min(nll(tau * 0.97), nll(tau * 1.03))
-
-
-def test_histogram_auroc():
-    assert histogram_auroc(np.array([0, 0, 5]), np.array([5, 0, 0])) == 1.0
-    assert histogram_auroc(np.array([5, 0, 0]), np.array([0, 0, 5])) == 0.0
-    assert histogram_auroc(np.array([0, 3, 0]), np.array([0, 7, 0])) == 0.5
-    assert histogram_auroc(np.zeros(3), np.array([1, 2, 3])) is None
 
 
 def test_empty_test_split(evaluated, tmp_path):

@@ -136,8 +136,14 @@ def test_score_prompts_ranks_by_neighbourhood_bald_with_predicted_labels(monkeyp
     assert [s.rank for s in ranked] == [0, 1, 2]
     assert [s.label for s in ranked] == ["positive", "negative", "negative"]
     assert ranked[0].score > ranked[1].score > ranked[2].score == pytest.approx(0)
-    grid = posterior.score_prompts(_inputs(1), sigma=1.5, grid_stride=4, top_k=2)
-    assert len(grid) == 2 and grid[0].score >= grid[1].score
+    grid = posterior.score_prompts(_inputs(1), sigma=1.5, grid_stride=1, top_k=3)
+    assert len(grid) == 3 and grid[0].score >= grid[1].score >= grid[2].score
+    assert (grid[0].x, grid[0].y) == (17, 5)  # the blob centre
+    for a in grid:  # non-maximum suppression: suggestions at least 2 sigma apart
+        for b in grid:
+            assert a is b or np.hypot(a.x - b.x, a.y - b.y) >= 3.0
+    dense = posterior.score_prompts(_inputs(1), sigma=1.5, grid_stride=1, top_k=3, min_distance=0)
+    assert max(np.hypot(a.x - 17, a.y - 5) for a in dense) <= 1.5  # all in the blob
     assert ranked[0].to_dict()["label"] == "positive"
 
 

@@ -10,7 +10,7 @@ STATE_DIR="$(realpath -m "${1:-${LH_SLURM_DIR:-/tmp/laplace_head_slurm}}")"
 export SLURM_CONF="$STATE_DIR/etc/slurm.conf"
 
 if [[ -f "$SLURM_CONF" ]]; then
-    scancel --quiet --user="$(id -un)" 2>/dev/null || true
+    timeout 30 scancel --quiet --user="$(id -un)" 2>/dev/null || true
     sleep 1
 fi
 

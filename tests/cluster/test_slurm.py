@@ -2,22 +2,24 @@
 
 Skipped unless ``LAPLACE_HEAD_CLUSTER_TEST=1`` (``make test-cluster`` sets it). Needs root
 and a Debian-like machine: install.sh installs slurm-wlm and munge when they are missing,
-start_cluster.sh starts munged, slurmctld and slurmd with one GPU advertised as a GRES, and
-stop_cluster.sh stops exactly those daemons afterwards.
+start_cluster.sh starts munged, slurmctld and slurmd with two stand-in GPUs advertised as a
+GRES, and stop_cluster.sh stops exactly those daemons afterwards.
 
 The workflow runs as a user would run it, from the repository root:
 
-    snakemake --workflow-profile profiles/slurm --configfile <demo config>
+    snakemake --workflow-profile profiles/slurm --configfile <smaller demo config>
 
-plus two test-only flags: this cluster has no accounting database, so ``sacct`` cannot report
-job states and the plugin must poll ``squeue`` (which works because slurm.conf keeps finished
-jobs for MinJobAge=900 s), starting 2 s after a submission instead of 40 s. The shipped profile
+plus test-only flags: this cluster has no accounting database, so ``sacct`` cannot report job
+states and the plugin must poll ``squeue`` (which works because slurm.conf keeps finished jobs
+for MinJobAge=900 s), first 6 s after a submission instead of 40 s; and every job's SLURM log
+is kept, in the test's output folder, to read which rules each job ran. The shipped profile
 itself keeps the plugin's default (sacct), which real clusters need.
 
 Checks: the workflow completes; every rule that did not run locally ran inside SLURM jobs, each
-SLURM job ran one rule only (precompute_sam and train_head one job per Snakemake job, the many
-small generate_promptsets jobs bundled by the profile's job group); GPU rules were submitted
-with a GPU request (scontrol: TresPerJob gres:gpu:1), CPU rules without one.
+SLURM job ran one rule only (precompute_sam, train_head, ... one SLURM job per Snakemake job;
+the many small generate_promptsets jobs bundled by the profile's job group); GPU rules were
+submitted with a GPU request (scontrol: TresPerJob gres:gpu:1), CPU rules without one.
+Outputs and logs stay in $LH_CLUSTER_TEST_OUT (default /tmp/laplace_head_cluster_test).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(__file__).resolve().parent
 ENV_FLAG = "LAPLACE_HEAD_CLUSTER_TEST"
 SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 WORKFLOW_TIMEOUT_S = 1200
 
 pytestmark = [
@@ -237,7 +238,9 @@ def cluster_run(slurm_env: dict) -> ClusterRun:
     config_path = write_demo_config(out_dir)
     log_path = out_dir / "snakemake.log"
     command = [
-        str(SNAKEMAKE),
+        sys.executable,
+        "-m",
+        "snakemake",
         "--workflow-profile",
         str(REPO_ROOT / "profiles" / "slurm"),
         "--configfile",

@@ -1,0 +1,120 @@
+"""profiles/default and profiles/slurm: parsed the way Snakemake parses them, checked key by key.
+
+Fast and always on; the run on a real SLURM cluster is test_slurm.py (opt-in).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.cli import parse_set_resources
+from snakemake.profiles import ProfileConfigFileParser
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PROFILE = REPO_ROOT / "profiles" / "default" / "config.yaml"
+SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
+GPU_RULES = {"precompute_sam", "train_head", "fit_laplace"}
+CPU_RULES = {
+    "build_manifests",
+    "generate_promptsets",
+    "build_training_index",
+    "pack_hdf5",
+    "evaluate",
+    "visualize_sanity",
+}
+
+
+def snakemake_args(path: Path) -> dict:
+    """The profile as Snakemake turns it into command-line defaults."""
+    with path.open(encoding="utf-8") as stream:
+        return dict(ProfileConfigFileParser().parse(stream))
+
+
+def workflow_rules() -> set[str]:
+    names = set()
+    for source in [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "rules").glob("*.smk"))]:
+        text = source.read_text(encoding="utf-8")
+        names.update(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
+    return names
+
+
+def test_default_profile_keys() -> None:
+    args = snakemake_args(DEFAULT_PROFILE)
+    assert args["cores"] == "all"
+    assert args["resources"] == ["gpu=1"]
+    for flag in ("rerun-incomplete", "printshellcmds", "show-failed-logs"):
+        assert str(args[flag]).lower() == "true", flag
+    assert int(args["latency-wait"]) >= 0
+    assert "executor" not in args  # local execution
+
+
+def test_default_profile_explains_every_key() -> None:
+    """Each key is preceded by a comment line saying what it does."""
+    lines = DEFAULT_PROFILE.read_text(encoding="utf-8").splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r"^[a-z-]+:", line)]
+    assert len(keys) == len(yaml.safe_load("\n".join(lines)))
+    for index in keys:
+        assert lines[index - 1].startswith("#"), f"no comment above '{lines[index]}'"
+    assert "CUDA_VISIBLE_DEVICES" in "\n".join(lines)
+
+
+def test_slurm_profile_uses_the_slurm_executor_without_forcing_squeue() -> None:
+    args = snakemake_args(SLURM_PROFILE)
+    assert args["executor"] == "slurm"
+    assert int(args["jobs"]) >= 1
+    assert int(args["retries"]) >= 1
+    # Real clusters report job states through sacct; the squeue fallback is a test-only flag.
+    assert not any(key.startswith("slurm-") for key in args)
+
+
+def test_slurm_default_resources_are_editable_placeholders() -> None:
+    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    defaults = profile["default-resources"]
+    assert set(defaults) >= {"slurm_partition", "slurm_account", "mem_mb", "runtime"}
+    assert defaults["slurm_partition"] == "" and defaults["slurm_account"] == ""
+    assert defaults["cpus_per_task"] == "threads"
+
+
+def test_slurm_gpu_rules_get_one_gpu_and_cpu_rules_none() -> None:
+    args = snakemake_args(SLURM_PROFILE)
+    per_rule = parse_set_resources(args["set-resources"])  # raises on a malformed entry
+    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    set_resources = profile["set-resources"]
+    for rule in GPU_RULES:
+        assert set_resources[rule]["gpu"] == 1, rule
+    for rule in CPU_RULES:
+        assert "gpu" not in set_resources.get(rule, {}), rule
+        assert "gres" not in set_resources.get(rule, {}), rule
+    assert set(per_rule) == set(set_resources)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_slurm_memory_and_runtime_grow_with_attempt(attempt: int) -> None:
+    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    entries = [profile["default-resources"], *profile["set-resources"].values()]
+    for resources in entries:
+        for name in ("mem_mb", "runtime"):
+            if name in resources:
+                expression = str(resources[name])
+                first = eval(expression, {"attempt": 1})  # the profile's own text
+                value = eval(expression, {"attempt": attempt})
+                assert value == first * attempt, f"{name}: {expression}"
+
+
+def test_slurm_profile_names_only_rules_of_the_workflow() -> None:
+    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    named = set(profile["set-resources"]) | set(profile["groups"])
+    missing = named - workflow_rules()
+    assert not missing, f"profiles/slurm names rules the workflow does not have: {missing}"
+
+
+def test_slurm_profile_groups_the_small_cpu_jobs() -> None:
+    args = snakemake_args(SLURM_PROFILE)
+    groups = dict(entry.split("=") for entry in args["groups"])
+    components = dict(entry.split("=") for entry in args["group-components"])
+    assert groups["generate_promptsets"] in components
+    assert int(components[groups["generate_promptsets"]]) > 1
+    assert not set(groups) & GPU_RULES
