@@ -47,3 +47,8 @@ real-dev: $(STAMP)
 
 clean-demo:
 	rm -rf demo_data demo_project
+
+## make test-cluster: the demo through profiles/slurm on a throw-away one-node SLURM cluster
+## (root; installs Debian's slurm-wlm and munge when missing; about 5 minutes)
+test-cluster: $(STAMP)
+	LAPLACE_HEAD_CLUSTER_TEST=1 $(PY) -m pytest tests/cluster -v -s

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from laplace_head.errors import LaplaceHeadError
 
@@ -25,11 +26,36 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     logging.captureWarnings(True)
 
 
+# OSErrors that describe the machine, not a bug: reported like user errors, with the fix.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free disk space (disk quota exceeded)",
+    errno.EROFS: "make the output location writable",
+    errno.EACCES: "fix the permissions",
+}
+RESUME_HINT = (
+    "and run the same command again: finished outputs are kept and every file is written "
+    "atomically, so nothing half-written is left under a final name."
+)
+
+
 def run_user_facing(func: Callable[[], T]) -> T:
-    """Call ``func``; on a :class:`LaplaceHeadError` log its message (no traceback) and exit 1."""
+    """Call ``func``; on a :class:`LaplaceHeadError` log its message (no traceback) and exit 1.
+
+    A full disk, a read-only file system or a permission error (:data:`ENVIRONMENT_ERRNOS`) is
+    reported the same way, with what to do; other exceptions keep their traceback.
+    """
     try:
         return func()
     except LaplaceHeadError as exc:
-        logging.getLogger("laplace_head").error("%s", exc)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        _fail(f"{exc}. {ENVIRONMENT_ERRNOS[exc.errno].capitalize()} {RESUME_HINT}")
+
+
+def _fail(message: str) -> NoReturn:
+    logging.getLogger("laplace_head").error("%s", message)
+    print(f"ERROR: {message}", file=sys.stderr)
+    raise SystemExit(1) from None

@@ -105,8 +105,8 @@ def validate_config(
         The YAML files merged into ``config`` (later ones win); messages then name the file
         that sets the offending key.
     check_paths
-        Also require ``data.images_root`` and ``data.masks_root`` to exist and reject
-        ``/path/to/...`` placeholders.
+        Also require ``data.images_root`` and ``data.masks_root`` to exist, ``data.project_root``
+        to be (or be creatable as) a writable folder, and reject ``/path/to/...`` placeholders.
 
     Raises
     ------
@@ -168,6 +168,10 @@ def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str
                 f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
                 f"folder (relative paths are resolved from {os.getcwd()})."
             )
+    _check_writable_folder(
+        str(data["project_root"]),
+        _file_defining(["data", "project_root"], sources, default_name),
+    )
     sam = config["sam"]
     config_name = _file_defining(["sam", "checkpoint"], sources, default_name)
     if sam["backend"] == "sam" and str(sam["checkpoint"]).startswith(PLACEHOLDER_PREFIX):
@@ -175,6 +179,35 @@ def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str
             f"edit {config_name}: sam.checkpoint is still the placeholder {sam['checkpoint']!r}; "
             "download an official checkpoint from https://github.com/facebookresearch/"
             "segment-anything#model-checkpoints or set sam.backend: random_walker."
+        )
+
+
+def _check_writable_folder(value: str, config_name: str) -> None:
+    """``data.project_root`` is a folder, or can be created, in a place this process may write.
+
+    Checked before any job starts, so an unwritable location fails with one message instead of
+    an error from deep inside Snakemake (or a job) later. ``os.access`` also sees read-only
+    mounts, for root too.
+    """
+    path = Path(value).absolute()
+    existing = path
+    while not os.path.exists(existing):  # False (not an error) for unsearchable parents too
+        existing = existing.parent
+    if not existing.is_dir():
+        what = (
+            "is not a folder"
+            if existing == path
+            else f"cannot be created: {str(existing)!r} is a file"
+        )
+        raise ConfigError(
+            f"edit {config_name}: data.project_root = {value!r} {what}; choose a folder "
+            "(it is created when missing)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"edit {config_name}: data.project_root = {value!r} is not writable "
+            f"({str(existing)!r} is on a read-only file system or lacks write permission); "
+            "choose a folder you can write to."
         )
 
 
