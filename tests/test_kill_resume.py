@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,14 +76,10 @@ def snakemake(
     ctx: SimpleNamespace, targets: list[str], env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run snakemake on the test config; ``env`` adds variables (fault hooks)."""
-    args = [
-        *targets,
-        *("--workflow-profile", "none", "--cores", "2", "--rerun-incomplete"),
-        *("--configfile", "config/demo.yaml", str(ctx.config)),
-    ]
+    args = snakemake_command(ctx, targets)
     base = {k: v for k, v in os.environ.items() if k not in FAULT_ENVS}
     process = subprocess.run(
-        [str(Path(sys.executable).parent / "snakemake"), *args],
+        args,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -92,6 +89,15 @@ def snakemake(
     if check and process.returncode != 0:
         pytest.fail(f"snakemake {args} failed:\n{process.stdout[-4000:]}\n{process.stderr[-6000:]}")
     return process
+
+
+def snakemake_command(ctx: SimpleNamespace, targets: list[str]) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "snakemake"),
+        *targets,
+        *("--workflow-profile", "none", "--cores", "2", "--rerun-incomplete"),
+        *("--configfile", "config/demo.yaml", str(ctx.config)),
+    ]
 
 
 def reset_project(ctx: SimpleNamespace, parts: list[str]) -> Path:
@@ -283,6 +289,50 @@ def test_stage1_build_manifests(ctx: SimpleNamespace) -> None:
     assert_same_as_reference(ctx, ["manifests"])
 
 
+def test_ctrl_c_releases_the_lock_and_the_same_command_resumes(ctx: SimpleNamespace) -> None:
+    """Ctrl-C (SIGINT to the whole foreground process group) while a job runs: Snakemake stops
+    the job, removes the lock and exits; the same command then runs without ``--unlock``."""
+    project = reset_project(ctx, [])
+    target = [str(project / "manifests" / "all_samples.csv")]
+    log = project / "logs" / "build_manifests" / "build_manifests.log"
+    env = {k: v for k, v in os.environ.items() if k not in FAULT_ENVS}
+    process = subprocess.Popen(
+        snakemake_command(ctx, target),
+        cwd=REPO_ROOT,
+        env={**env, "WANDB_MODE": "disabled", PAUSE_AT_ENV: "build_manifests:2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        job = wait_for_pause(process, log)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.kill(job, signal.SIGCONT)  # the job wakes up to its pending SIGINT
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0
+    assert "Terminating processes on user request" in output, output[-3000:]
+    assert not list((project / "manifests").glob("*.csv"))
+    snakemake(ctx, target)  # no "Directory cannot be locked": the lock was released
+    assert_no_debris(project)
+    assert_same_as_reference(ctx, ["manifests"])
+
+
+def wait_for_pause(process: subprocess.Popen, log: Path, timeout: float = 300) -> int:
+    """The pid of the job that stopped itself at a ``LAPLACE_HEAD_PAUSE_AT`` point."""
+    deadline = time.monotonic() + timeout
+    while not (match := re.search(r"stopped pid (\d+)", log.read_text() if log.exists() else "")):
+        assert process.poll() is None, "snakemake ended before the pause point"
+        assert time.monotonic() < deadline, "the pause point was never reached"
+        time.sleep(0.05)
+    return int(match.group(1))
+
+
 def test_stage2_generate_promptsets(ctx: SimpleNamespace) -> None:
     """Killed after the 2nd JSON of every shard job that has >= 2 samples."""
     project = reset_project(ctx, ["manifests"])
@@ -437,15 +487,9 @@ def test_stage6_fit_laplace_killed_from_outside(ctx: SimpleNamespace) -> None:
     project = reset_project(ctx, [*STAGE_DIRS, "checkpoints"])
     target = [str(project / LAPLACE_DIR / "posterior_meta.json")]
     log = project / "logs" / "fit_laplace" / "run_v1.log"
-    args = [
-        str(Path(sys.executable).parent / "snakemake"),
-        *target,
-        *("--workflow-profile", "none", "--cores", "2", "--rerun-incomplete"),
-        *("--configfile", "config/demo.yaml", str(ctx.config)),
-    ]
     env = {k: v for k, v in os.environ.items() if k not in FAULT_ENVS}
     process = subprocess.Popen(
-        args,
+        snakemake_command(ctx, target),
         cwd=REPO_ROOT,
         env={**env, "WANDB_MODE": "disabled"},
         stdout=subprocess.DEVNULL,
