@@ -3,7 +3,6 @@
 Stand-alone: ``python workflow_scripts/build_manifests.py --config config/config.yaml``.
 """
 
-
 import argparse
 from pathlib import Path
 
