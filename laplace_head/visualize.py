@@ -251,3 +251,21 @@ def _remove_stale(out_dir: Path, split: str, keep: Sequence[Path]) -> None:
     for png in out_dir.glob(f"{split}__*__promptset_[0-9][0-9][0-9][0-9]*.png"):
         if png.name not in keep_names:
             png.unlink()
+
+
+def write_overview(panel_paths: Sequence[str | os.PathLike], out_png: str | os.PathLike) -> Path:
+    """Stack the first four sanity panels vertically into one PNG (for the HTML report)."""
+    from PIL import Image
+
+    if not panel_paths:
+        raise ValueError("no sanity panels to put in the overview")
+    images = [Image.open(path).convert("RGB") for path in list(panel_paths)[:4]]
+    width = max(image.width for image in images)
+    overview = Image.new("RGB", (width, sum(image.height for image in images)), "white")
+    top = 0
+    for image in images:
+        overview.paste(image, (0, top))
+        top += image.height
+    with atomic_path(out_png) as tmp:
+        overview.save(tmp, format="PNG")
+    return Path(out_png)

@@ -90,6 +90,7 @@ def get_final_targets():
         *expand(proj("training_data", "no_image", "{split}.h5"), split=SPLITS),
         proj("reports", "debug_panels", "train_panels.json"),
         proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_summary.json"),
+        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_curves.png"),
         proj("laplace", "no_image", f"run_{RUN_ID}", "posterior_meta.json"),
         proj("reports", "eval", f"run_{RUN_ID}", "metrics.json"),
     ]

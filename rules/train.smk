@@ -39,3 +39,21 @@ rule sanity_check_head:
         run_id="{run_id}",
     script:
         "../workflow_scripts/train_head.py"
+
+
+rule plot_training_curves:
+    input:
+        summary=proj("checkpoints", "no_image", "run_{run_id}", "training_summary.json"),
+    output:
+        png=report(
+            proj("checkpoints", "no_image", "run_{run_id}", "training_curves.png"),
+            category="Training",
+            subcategory="run {run_id}",
+            labels={"figure": "loss and validation IoU per epoch"},
+        ),
+    log:
+        proj("logs", "plot_training_curves", "run_{run_id}.log"),
+    conda:
+        "../envs/laplace_head.yaml"
+    script:
+        "../workflow_scripts/plot_training_curves.py"

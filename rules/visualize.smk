@@ -6,6 +6,12 @@ rule visualize_sanity:
         h5=proj("training_data", "no_image", "{split}.h5"),
     output:
         listing=proj("reports", "debug_panels", "{split}_panels.json"),
+        overview=report(
+            proj("reports", "debug_panels", "{split}_overview.png"),
+            category="Sanity panels",
+            subcategory="{split}",
+            labels={"figure": "image / GT / base mask / base logits / pos map / neg map"},
+        ),
     log:
         proj("logs", "visualize_sanity", "{split}.log"),
     conda:

@@ -4,6 +4,13 @@ side by side write disjoint files; every job has its own log and summary.
 The first run is held in the middle of its ``build_manifests`` job with
 ``LAPLACE_HEAD_PAUSE_AT`` (:mod:`laplace_head.faults`: the job stops itself with SIGSTOP and is
 resumed with SIGCONT), so the second run meets a lock that is really held.
+
+Snakemake keeps its locks in the working directory (``.snakemake/locks``) and locks files, not
+folders: a second run from the same working directory that would write any of the same files
+is refused; a run on another ``project_root`` is not; a run from *another* working directory
+(a second checkout) on the same ``project_root`` is not refused either (README caveat). The
+static side of "shards never share a file" (every sample in exactly one shard, for many shard
+sizes) is ``tests/test_promptsets.py::test_sharding_assignment_is_stable_and_complete``.
 """
 
 from __future__ import annotations
@@ -31,11 +38,18 @@ NUM_PROMPTSETS = {"train": 2, "val": 1, "test": 1}
 
 
 def _args(targets: list[str], config: Path) -> list[str]:
+    """Snakemake's working directory (where its locks live) is private to each test: a run of
+    another process in the checkout can never add or remove a lock these tests look at."""
+    workdir = config.parent / "workdir"
+    if not workdir.is_dir():
+        workdir.mkdir()
+        (workdir / "config").symlink_to(REPO_ROOT / "config", target_is_directory=True)
     return [
         str(Path(sys.executable).parent / "snakemake"),
         *targets,
+        *("--directory", str(workdir)),
         *("--workflow-profile", "none", "--cores", "2", "--rerun-incomplete"),
-        *("--configfile", "config/demo.yaml", str(config)),
+        *("--configfile", str(REPO_ROOT / "config" / "demo.yaml"), str(config)),
     ]
 
 

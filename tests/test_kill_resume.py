@@ -1,7 +1,9 @@
 """Kill-and-resume for every stage: a real SIGKILL in the middle of a stage, then the same command.
 
 One uninterrupted reference run (module fixture) builds stages 1-6 on a tiny demo-like dataset
-(random_walker backend) under ``<tmp>/project`` and is copied to ``<tmp>/reference``. Each test
+(random_walker backend; one sample's mask has a single foreground pixel) under
+``<tmp>/project`` and is copied to ``<tmp>/reference``; Snakemake works in a private
+``<tmp>/workdir`` (``--directory``), so other runs in the checkout never touch its locks. Each test
 then rebuilds ``<tmp>/project`` from the reference's outputs of the earlier stages (same path, so
 absolute paths inside files match), runs Snakemake with the stage killed, checks that Snakemake
 failed, runs the same command again (``--rerun-incomplete``, as ``profiles/default`` does) and
@@ -73,10 +75,16 @@ DOT = "dot/dot_000"  # a mask with a single foreground pixel, carried through ev
 
 
 def snakemake(
-    ctx: SimpleNamespace, targets: list[str], env: dict | None = None, check: bool = True
+    ctx: SimpleNamespace,
+    targets: list[str],
+    env: dict | None = None,
+    check: bool = True,
+    extra_config: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run snakemake on the test config; ``env`` adds variables (fault hooks)."""
+    """Run snakemake on the test config (plus ``extra_config``); ``env`` adds variables."""
     args = snakemake_command(ctx, targets)
+    if extra_config is not None:
+        args.append(str(extra_config))  # --configfile is last: one more file
     base = {k: v for k, v in os.environ.items() if k not in FAULT_ENVS}
     process = subprocess.run(
         args,
@@ -92,12 +100,25 @@ def snakemake(
 
 
 def snakemake_command(ctx: SimpleNamespace, targets: list[str]) -> list[str]:
+    """The command line; Snakemake's working directory (its ``.snakemake/`` with locks and
+    metadata) is private to this module, so runs of other processes in the checkout never
+    touch its locks."""
     return [
         str(Path(sys.executable).parent / "snakemake"),
         *targets,
+        *("--directory", str(ctx.workdir)),
         *("--workflow-profile", "none", "--cores", "2", "--rerun-incomplete"),
-        *("--configfile", "config/demo.yaml", str(ctx.config)),
+        *("--configfile", str(REPO_ROOT / "config" / "demo.yaml"), str(ctx.config)),
     ]
+
+
+def private_workdir(root: Path) -> Path:
+    """A Snakemake working directory outside the checkout (``config/`` linked for the
+    Snakefile's default ``configfile:``)."""
+    workdir = root / "workdir"
+    workdir.mkdir()
+    (workdir / "config").symlink_to(REPO_ROOT / "config", target_is_directory=True)
+    return workdir
 
 
 def reset_project(ctx: SimpleNamespace, parts: list[str]) -> Path:
@@ -238,6 +259,7 @@ def ctx(tmp_path_factory) -> SimpleNamespace:
     }
     config.write_text(yaml.safe_dump(overrides))
     ctx = SimpleNamespace(root=root, config=config, project=root / "project")
+    ctx.workdir = private_workdir(root)
     ctx.reference = root / "reference"
     start = time.perf_counter()
     snakemake(ctx, [*(str(ctx.project / t) for t in reference_targets())])
@@ -526,3 +548,30 @@ def test_stage6_fit_laplace_killed_from_outside(ctx: SimpleNamespace) -> None:
         torch.load(project / LAPLACE_DIR / "laplace_state.pt", weights_only=False),
         torch.load(ctx.reference / LAPLACE_DIR / "laplace_state.pt", weights_only=False),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A config change between runs
+# --------------------------------------------------------------------------------------------
+
+
+def test_config_change_reruns_exactly_the_affected_stage(ctx: SimpleNamespace) -> None:
+    """A setting that changes stage-3 outputs (the random_walker beta) re-runs every
+    precompute shard job (which then recomputes the stale prompt sets: see
+    ``tests/test_precompute.py::test_changed_sigma_or_segmenter_recomputes``); settings the
+    outputs do not depend on (the SAM checkpoint while the backend is random_walker, the
+    device) re-run nothing. Dry runs on the reference outputs."""
+    reset_project(ctx, ["manifests", "prompt_sets", "sam_precompute"])
+    irrelevant = ctx.root / "irrelevant.yaml"
+    irrelevant.write_text(
+        yaml.safe_dump({"sam": {"checkpoint": "/elsewhere.pth", "device": "auto"}})
+    )
+    process = snakemake(ctx, ["sam_precompute", "-n"], extra_config=irrelevant)
+    assert "Nothing to be done" in process.stdout + process.stderr
+    relevant = ctx.root / "relevant.yaml"
+    relevant.write_text(yaml.safe_dump({"sam": {"random_walker_beta": 500}}))
+    output = snakemake(ctx, ["sam_precompute", "-n"], extra_config=relevant).stdout
+    n_shards = len(summaries(ctx.reference, "sam_precompute"))
+    assert output.count("Params have changed since last execution") == n_shards
+    assert re.search(rf"^precompute_sam\s+{n_shards}\s*$", output, re.MULTILINE), output
+    assert not re.search(r"^(build_manifests|generate_promptsets)\s+\d", output, re.MULTILINE)

@@ -11,11 +11,15 @@ from pathlib import Path
 from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config
 from laplace_head.splits import SPLITS
-from laplace_head.visualize import write_sanity_panels
+from laplace_head.visualize import write_overview, write_sanity_panels
 
 
-def run(source, out_dir, n, seed, split, listing_json=None) -> None:
-    write_sanity_panels(source, out_dir, n=n, seed=seed, split=split, listing_json=listing_json)
+def run(source, out_dir, n, seed, split, listing_json=None, overview_png=None) -> None:
+    panels = write_sanity_panels(
+        source, out_dir, n=n, seed=seed, split=split, listing_json=listing_json
+    )
+    if overview_png:
+        write_overview(panels, overview_png)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +51,7 @@ if "snakemake" in globals():
             int(snakemake.params.get("seed", 0)),
             snakemake.wildcards.split,
             snakemake.output.listing,
+            snakemake.output.overview,
         )
     )
 elif __name__ == "__main__":
