@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
+from laplace_head.indexing import INDEX_COLUMNS
 from laplace_head.io import atomic_path
 from laplace_head.prompts import gaussian_prompt_map
 
@@ -34,24 +35,6 @@ INDEX_STRING_COLUMNS = (
 )
 INDEX_INT_COLUMNS = ("promptset_id", "image_h", "image_w", "k_pairs", "branch")
 INDEX_FLOAT_COLUMNS = ("score",)
-INDEX_COLUMNS = (
-    "sample_id",
-    "safe_id",
-    "class",
-    "split",
-    "promptset_id",
-    "image_path",
-    "image_h",
-    "image_w",
-    "mask_path",
-    "logits_256_path",
-    "pos_map_path",
-    "neg_map_path",
-    "meta_path",
-    "k_pairs",
-    "branch",
-    "score",
-)
 
 
 def _random_gt(rng: np.random.Generator, size: int) -> np.ndarray:
