@@ -4,6 +4,15 @@
 # the same command after a kill resumes from the last completed epoch (resume="auto").
 
 
+def training_settings():
+    """The head and training settings that change the weights, as params: changing one under an
+    existing run id re-runs train_head, which then refuses with the differing keys (use a new
+    training.run_id, or resume with --force stand-alone)."""
+    ignored = {"run_id", "num_workers", "device", "in_memory"}
+    training = {k: v for k, v in config["training"].items() if k not in ignored}
+    return {"head": config["head"], "training": training}
+
+
 rule train_head:
     input:
         train_h5=proj("training_data", "no_image", "train.h5"),
@@ -20,6 +29,7 @@ rule train_head:
         gpu=1,
     params:
         run_id="{run_id}",
+        settings=training_settings(),
     script:
         "../workflow_scripts/train_head.py"
 

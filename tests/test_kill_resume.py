@@ -249,7 +249,8 @@ def ctx(tmp_path_factory) -> SimpleNamespace:
             "num_promptsets_test": 1,
             "max_pairs": 4,
         },
-        "training": {"num_epochs": 2, "batch_size": 4, "num_workers": 0},
+        # CPU even where a GPU is visible: only there is a resumed run equal bit for bit.
+        "training": {"num_epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu"},
         "laplace": {
             "prior_precision_grid": [0.01, 1.0, 100.0],
             "temperature_grid": [1.0, 100.0, 10000.0],

@@ -11,6 +11,7 @@ import pandas as pd
 
 from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, project_path
+from laplace_head.faults import remove_stale_temp_files
 from laplace_head.io import atomic_write_json
 from laplace_head.promptsets import generate_promptsets_shard
 from laplace_head.sharding import shard_names, shard_rows
@@ -31,6 +32,7 @@ def run(split_csv, split, shard, shard_size, prompt_dir, prompt_cfg, summary_pat
         prompt_cfg["prompt_seed"],
         force=force,
     )
+    remove_stale_temp_files(Path(summary_path).parent, [Path(summary_path).name])
     atomic_write_json(summary_path, {"shard": shard, **summary})
 
 
