@@ -10,7 +10,9 @@ rule visualize_sanity:
             proj("reports", "debug_panels", "{split}_overview.png"),
             category="Sanity panels",
             subcategory="{split}",
-            labels={"figure": "image / GT / base mask / base logits / pos map / neg map"},
+            labels={
+                "figure": "image / GT / base mask / base logits / pos map / neg map"
+            },
         ),
     log:
         proj("logs", "visualize_sanity", "{split}.log"),
