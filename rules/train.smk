@@ -2,15 +2,10 @@
 # Snakemake deletes the declared outputs of an interrupted job, so declaring last.pt,
 # optimizer_last.pt, ... would let it delete exactly the files that resume needs. Re-running
 # the same command after a kill resumes from the last completed epoch (resume="auto").
-
-
-def training_settings():
-    """The head and training settings that change the weights, as params: changing one under an
-    existing run id re-runs train_head, which then refuses with the differing keys (use a new
-    training.run_id, or resume with --force stand-alone)."""
-    ignored = {"run_id", "num_workers", "device", "in_memory"}
-    training = {k: v for k, v in config["training"].items() if k not in ignored}
-    return {"head": config["head"], "training": training}
+# The head and training settings that change the weights are params: changing one under an
+# existing run id re-runs train_head, which then refuses and names the changed keys (use a new
+# training.run_id). Settings that do not change the result are left out.
+TRAINING_KEYS_NOT_IN_RESULT = {"run_id", "num_workers", "device", "in_memory"}
 
 
 rule train_head:
@@ -29,7 +24,12 @@ rule train_head:
         gpu=1,
     params:
         run_id="{run_id}",
-        settings=training_settings(),
+        head=config["head"],
+        training={
+            key: value
+            for key, value in config["training"].items()
+            if key not in TRAINING_KEYS_NOT_IN_RESULT
+        },
     script:
         "../workflow_scripts/train_head.py"
 
