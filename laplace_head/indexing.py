@@ -186,20 +186,28 @@ def read_shard_failures(shard_summaries: Iterable[str | os.PathLike]) -> list[di
     return failures
 
 
+def _read_csv_with_columns(
+    path: str | os.PathLike, columns: Sequence[str], dtypes: dict, what: str, rule: str
+) -> pd.DataFrame:
+    """Read a CSV (empty file -> no rows) and require ``columns``; text stays text."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype=dtypes)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=list(columns))
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TrainingIndexError(f"{what} {str(path)!r} lacks columns {missing}; re-run {rule}.")
+    return frame
+
+
 def _read_split_csv(split_csv: Path) -> pd.DataFrame:
     if not split_csv.is_file():
         raise TrainingIndexError(
             f"split manifest {str(split_csv)!r} does not exist; run build_manifests."
         )
-    try:
-        frame = pd.read_csv(split_csv, keep_default_na=False, dtype=SPLIT_TEXT_DTYPES)
-    except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=SPLIT_COLUMNS)
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise TrainingIndexError(
-            f"split manifest {str(split_csv)!r} lacks columns {missing}; re-run build_manifests."
-        )
+    frame = _read_csv_with_columns(
+        split_csv, SPLIT_COLUMNS, SPLIT_TEXT_DTYPES, "split manifest", "build_manifests"
+    )
     return frame.sort_values("sample_id", kind="mergesort").reset_index(drop=True)
 
 
@@ -331,15 +339,9 @@ def read_index(index_csv: str | os.PathLike) -> pd.DataFrame:
     Text columns stay text even when they look numeric (a class named ``1``).
     """
     text_columns = {c: str for c in INDEX_COLUMNS if c not in INDEX_DTYPES}
-    try:
-        frame = pd.read_csv(index_csv, keep_default_na=False, dtype=text_columns)
-    except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=INDEX_COLUMNS)
-    missing = [c for c in INDEX_COLUMNS if c not in frame.columns]
-    if missing:
-        raise TrainingIndexError(
-            f"index {str(index_csv)!r} lacks columns {missing}; re-run build_training_index."
-        )
+    frame = _read_csv_with_columns(
+        index_csv, INDEX_COLUMNS, text_columns, "index", "build_training_index"
+    )
     for column, dtype in INDEX_DTYPES.items():
         frame[column] = frame[column].astype(dtype)
     return frame[INDEX_COLUMNS]
