@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo_data/.complete: $(STAMP) laplace_head/demo_data.py
-	$(PY) -m laplace_head.demo_data --out demo_data
+	$(PY) -m laplace_head.dataset.demo --out demo_data
 	touch $@
 
 ## make demo: the whole workflow on the bundled synthetic data (random_walker, CPU)

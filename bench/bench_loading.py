@@ -5,8 +5,9 @@ default chunking/compression, then times one epoch of shuffled batches (``batch_
 ``num_workers=0`` so only the reading is measured) of float32 tensors
 ``inputs (B, 3, 256, 256)`` / ``target (B, 1, 256, 256)`` from:
 
-- ``h5``: :class:`laplace_head.data.H5SegmentationDataset` with ``in_memory="never"`` (reads
-  the HDF5 from disk) through :func:`laplace_head.data.make_loader`;
+- ``h5``: :class:`laplace_head.training.dataset.H5SegmentationDataset`
+  with ``in_memory="never"`` (reads
+  the HDF5 from disk) through :func:`laplace_head.training.dataset.make_loader`;
 - ``ram``: the same Dataset with ``in_memory="always"`` (the same arrays from in-memory numpy
   arrays, same conversion code);
 - ``numpy``: bare numpy fancy indexing of in-memory arrays + the same clip/stack/float32
@@ -44,10 +45,10 @@ import numpy as np
 import torch
 from bench_packing import make_fake_index
 
-from laplace_head.data import H5SegmentationDataset, make_loader
-from laplace_head.images import load_mask, resize_mask_nearest
-from laplace_head.indexing import read_index
-from laplace_head.packing import pack_split
+from laplace_head.cache.index import read_index
+from laplace_head.cache.packing import pack_split
+from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.training.dataset import H5SegmentationDataset, make_loader
 
 LOGIT_CLIP = 20.0
 

@@ -6,12 +6,12 @@ SAM's upsampled low-resolution logits or the random walker's clipped probabiliti
 Gaussians at points on foreground/background), indexes it with stage 4, then packs it with every
 (chunk_rows, compression) pair and measures:
 
-- write time of :func:`laplace_head.packing.pack_split` (includes reading the ``.npy`` files,
+- write time of :func:`laplace_head.cache.packing.pack_split` (includes reading the ``.npy`` files,
   the same for every setting),
 - file size,
 - random-access reads, rows in shuffled order, samples/s: ``row`` reads one row of all four
   datasets at a time; ``batch`` reads the sorted rows of a batch of 8 with one fancy-index
-  read per dataset (what ``laplace_head.data`` does),
+  read per dataset (what ``laplace_head.training.dataset`` does),
 - a full in-memory load (``dataset[()]`` of all four datasets), seconds.
 
 Reads run on a warm page cache (the file was just written), like every epoch after the first.
@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from laplace_head.images import load_mask, resize_mask_nearest
-from laplace_head.indexing import write_training_index
-from laplace_head.io import atomic_save_npy, atomic_write_csv, atomic_write_json
-from laplace_head.packing import ARRAY_DATASETS, MASK_DATASET, pack_split
-from laplace_head.prompts import gaussian_prompt_map
+from laplace_head.cache.index import write_training_index
+from laplace_head.cache.packing import ARRAY_DATASETS, MASK_DATASET, pack_split
+from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.prompts.sampling import gaussian_prompt_map
+from laplace_head.util.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
 
 REAL_DEV = Path("/work/shared/data/real_dev")
 SETTINGS = [(None, "none")] + [

@@ -4,7 +4,7 @@ For N images x K prompt sets it times, on the same machine and inputs:
 
 - floor: N calls of ``set_image`` (the image encoder runs once per image - the least any
   implementation must do),
-- ours: :func:`laplace_head.precompute.precompute_shard` (read images, encode once, decode all
+- ours: :func:`laplace_head.cache.precompute.precompute_shard` (read images, encode once, decode all
   prompt sets, write logits/prompt maps/meta atomically),
 - naive: the same stage with a segmenter that re-encodes the image for every prompt set.
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laplace_head.precompute import precompute_shard
-from laplace_head.prompts import sample_promptsets
+from laplace_head.cache.precompute import precompute_shard
+from laplace_head.prompts.sampling import sample_promptsets
 from laplace_head.segmenters import BaseSegmenter
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
 from laplace_head.segmenters.sam import SamSegmenter, build_tiny_sam

@@ -1,6 +1,6 @@
 """Is data loading the bottleneck of training? Throughput of the real loop vs the compute floor.
 
-Runs :func:`laplace_head.training.train_one_epoch` (the loop ``train_head`` uses: forward,
+Runs :func:`laplace_head.training.loop.train_one_epoch` (the loop ``train_head`` uses: forward,
 BCE + Dice, backward, AdamW step) with the same model and batch size over
 
 - ``floor``: batches already in memory as float32 tensors (no loading at all: the compute floor),
@@ -37,9 +37,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from synthetic_h5 import make_synthetic_h5  # noqa: E402
 
-from laplace_head.data import H5SegmentationDataset, make_loader  # noqa: E402
-from laplace_head.head import NoImageHead  # noqa: E402
-from laplace_head.training import resolve_device, train_one_epoch  # noqa: E402
+from laplace_head.model.head import NoImageHead  # noqa: E402
+from laplace_head.training.dataset import H5SegmentationDataset, make_loader  # noqa: E402
+from laplace_head.training.loop import train_one_epoch  # noqa: E402
+from laplace_head.util.devices import resolve_device  # noqa: E402
 
 TARGET_RATIO = 0.85
 

@@ -11,7 +11,7 @@ def __getattr__(name: str):
     # Lazy so that `import laplace_head` stays cheap (no torch / laplace-torch import) for the
     # CPU-only stages 1-2 and the Snakefile.
     if name == "load_posterior":
-        from laplace_head.uncertainty import load_posterior
+        from laplace_head.bayes.posterior import load_posterior
 
         return load_posterior
     raise AttributeError(f"module 'laplace_head' has no attribute {name!r}")

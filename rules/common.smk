@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 
 from laplace_head.config import ConfigError, validate_config
-from laplace_head.sharding import shard_names
+from laplace_head.dataset.sharding import shard_names
 
 
 def _config_files():

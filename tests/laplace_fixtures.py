@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import torch
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head.data import H5SegmentationDataset
-from laplace_head.head import NoImageHead
-from laplace_head.laplace_fit import fit_laplace
+from laplace_head.bayes.fit import fit_laplace
+from laplace_head.model.head import NoImageHead
+from laplace_head.training.dataset import H5SegmentationDataset
 
 MAP_SIZE = 32
 PRIOR_GRID = [1e-2, 1.0, 100.0]

@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from laplace_head.indexing import INDEX_COLUMNS
-from laplace_head.io import atomic_path
-from laplace_head.prompts import gaussian_prompt_map
+from laplace_head.cache.index import INDEX_COLUMNS
+from laplace_head.prompts.sampling import gaussian_prompt_map
+from laplace_head.util.atomic import atomic_path
 
 INDEX_STRING_COLUMNS = (
     "sample_id",

@@ -7,15 +7,15 @@ import pytest
 import torch
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head.calibration import (
+from laplace_head.bayes.posterior import Posterior, binary_entropy_from_logits
+from laplace_head.evaluation.calibration import (
     CalibrationAccumulator,
     batch_statistics,
     fit_temperature_scaling,
     histogram_auroc,
     log_uncertainty,
 )
-from laplace_head.head import NoImageHead
-from laplace_head.uncertainty import Posterior, binary_entropy_from_logits
+from laplace_head.model.head import NoImageHead
 
 
 def _posterior(scale: float) -> Posterior:

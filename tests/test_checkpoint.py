@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from laplace_head import checkpoint as ckpt
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.head import NoImageHead
-from laplace_head.io import atomic_write_json, atomic_write_yaml, read_json
+from laplace_head.model.head import NoImageHead
+from laplace_head.training import checkpoint as ckpt
+from laplace_head.util.atomic import atomic_write_json, atomic_write_yaml, read_json
 
 CONFIG = {"head": {"channels_in": 3, "hidden_channels": 4}, "training": {"lr": 0.001}}
 

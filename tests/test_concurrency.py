@@ -2,7 +2,7 @@
 side by side write disjoint files; every job has its own log and summary.
 
 The first run is held in the middle of its ``build_manifests`` job with
-``LAPLACE_HEAD_PAUSE_AT`` (:mod:`laplace_head.faults`: the job stops itself with SIGSTOP and is
+``LAPLACE_HEAD_PAUSE_AT`` (:mod:`laplace_head.util.faults`: the job stops itself with SIGSTOP and is
 resumed with SIGCONT), so the second run meets a lock that is really held.
 
 Snakemake keeps its locks in the working directory (``.snakemake/locks``) and locks files, not
@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from laplace_head.faults import KILL_AT_ENV, PAUSE_AT_ENV
-from laplace_head.sharding import shard_names, shard_rows
-from laplace_head.splits import SPLITS
+from laplace_head.dataset.sharding import shard_names, shard_rows
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.util.faults import KILL_AT_ENV, PAUSE_AT_ENV
 
 pytestmark = pytest.mark.workflow
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 from synthetic_h5 import INDEX_COLUMNS, make_synthetic_h5
 
-from laplace_head.data import (
-    DataFileError,
+from laplace_head.cache.split_h5 import DataFileError, read_h5_index
+from laplace_head.training.dataset import (
     EpochBatchSampler,
     H5SegmentationDataset,
     make_loader,
-    read_h5_index,
     should_load_in_memory,
 )
 

@@ -1,4 +1,4 @@
-"""laplace_head.dataset_scan: pairing images with masks, sample ids, pairing failures."""
+"""laplace_head.dataset.scan: pairing images with masks, sample ids, pairing failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from laplace_head.dataset_scan import make_safe_id, make_sample_id, scan_dataset
+from laplace_head.dataset.scan import make_safe_id, make_sample_id, scan_dataset
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:

@@ -28,11 +28,11 @@ import pandas as pd
 import pytest
 import torch
 
-from laplace_head.cli import run_user_facing
+from laplace_head.cache.precompute import precompute_shard
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.precompute import precompute_shard
 from laplace_head.segmenters import build_segmenter_from_settings
-from laplace_head.training import TrainingSettings, train_head
+from laplace_head.training.loop import TrainingSettings, train_head
+from laplace_head.util.console import run_user_facing
 
 pytestmark = pytest.mark.workflow
 
@@ -137,7 +137,7 @@ def test_training_device_cuda_without_gpu(tmp_path: Path) -> None:
 
     settings = TrainingSettings.from_config(validate_config(config, check_paths=False))
     run_dir = tmp_path / "run_t"
-    with pytest.raises(LaplaceHeadError, match="training.device is 'cuda' but no CUDA GPU"):
+    with pytest.raises(LaplaceHeadError, match="training.device = 'cuda' but no CUDA GPU"):
         train_head(tmp_path / "train.h5", tmp_path / "val.h5", run_dir, settings, "t")
     assert not run_dir.exists() or not any(run_dir.iterdir())
 

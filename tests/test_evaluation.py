@@ -12,8 +12,8 @@ import torch
 from laplace_fixtures import make_fitted_run
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head.evaluation import METHODS, evaluate, markdown_table
-from laplace_head.io import read_json
+from laplace_head.evaluation.evaluate import METHODS, evaluate, markdown_table
+from laplace_head.util.atomic import read_json
 
 
 def _exact_auroc(scores: np.ndarray, positive: np.ndarray) -> float:

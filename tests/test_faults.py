@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from laplace_head import faults
-from laplace_head.faults import (
-    KILL_AT_ENV,
-    PAUSE_AT_ENV,
-    fault_point,
-    parse_spec,
-    remove_stale_temp_files,
-)
-from laplace_head.io import atomic_write_json
+from laplace_head.util import faults
+from laplace_head.util.atomic import atomic_write_json, remove_stale_temp_files
+from laplace_head.util.faults import KILL_AT_ENV, PAUSE_AT_ENV, fault_point, parse_spec
 
 COUNTING_SCRIPT = """
-from laplace_head.faults import fault_point
+from laplace_head.util.faults import fault_point
 for i in range(5):
     fault_point("other")
     fault_point("x")
@@ -68,7 +62,7 @@ def test_kill_at_the_nth_call_of_that_name_only() -> None:
 def test_pause_stops_the_process_until_sigcont(tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     code = (
-        "from laplace_head.cli import setup_logging\n"
+        "from laplace_head.util.console import setup_logging\n"
         f"setup_logging({str(log)!r})\n" + COUNTING_SCRIPT
     )
     process = _python(code, **{PAUSE_AT_ENV: "x:2"})
@@ -99,7 +93,7 @@ def test_leftover_of_a_write_killed_midway_is_removed(tmp_path: Path) -> None:
     """A real SIGKILL inside ``atomic_path`` leaves a ``.tmp-*`` file and no final file."""
     code = (
         "import os, signal\n"
-        "from laplace_head.io import atomic_path\n"
+        "from laplace_head.util.atomic import atomic_path\n"
         f"with atomic_path({str(tmp_path / 'out.h5')!r}) as tmp:\n"
         "    tmp.write_bytes(b'half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

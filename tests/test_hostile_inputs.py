@@ -23,11 +23,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from laplace_head.dataset_scan import ScanEntry
-from laplace_head.images import load_image_rgb, load_mask
-from laplace_head.manifests import build_manifests
-from laplace_head.promptsets import generate_promptsets_shard
-from laplace_head.validation import validate_entry
+from laplace_head.dataset.checks import validate_entry
+from laplace_head.dataset.images import load_image_rgb, load_mask
+from laplace_head.dataset.manifests import build_manifests
+from laplace_head.dataset.scan import ScanEntry
+from laplace_head.prompts.promptsets import generate_promptsets_shard
 
 H, W = 20, 30
 MARKER_NAME = "UNPICKLED"

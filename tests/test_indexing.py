@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from laplace_head.indexing import (
+from laplace_head.cache.index import (
     FAILURE_COLUMNS,
     INDEX_COLUMNS,
     TrainingIndexError,
     build_index,
     failures_path_for,
-    meta_fields,
     read_index,
     write_training_index,
 )
+from laplace_head.cache.promptset_format import meta_fields
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def write_promptset(folder: Path, k: int = 2, branch: int = 1, seed: int = 0) ->
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("logits_256", "pos_map", "neg_map"):
         np.save(folder / f"{name}.npy", rng.normal(0, 3, (256, 256)).astype(np.float16))
-    scores = [0.5, 0.9, 0.7]  # keys as laplace_head.precompute writes them
+    scores = [0.5, 0.9, 0.7]  # keys as laplace_head.cache.precompute writes them
     meta = {"k": k, "branch_index": branch, "scores": scores, "score": scores[branch]}
     (folder / "meta.json").write_text(json.dumps(meta))
 
@@ -168,22 +168,25 @@ def test_samples_outside_the_split_and_stray_folders_are_ignored(tmp_path):
     assert index.safe_id.tolist() == ["cat__a"]
 
 
-def test_meta_fields_variants():
-    assert meta_fields({"k": 3, "branch": 2, "scores": [0.1, 0.2, 0.8]}) == (3, 2, 0.8)
-    assert meta_fields({"k_pairs": 1, "branch_index": 0, "score": 0.5}) == (1, 0, 0.5)
-    assert meta_fields({"k": 2, "branch_index": 1, "scores": [0.4, 0.6], "score": None}) == (
+def test_meta_fields_reads_exactly_what_the_writer_writes():
+    assert meta_fields({"k": 3, "branch_index": 2, "scores": [0.1, 0.2, 0.8], "score": 0.8}) == (
+        3,
         2,
-        1,
-        0.6,
+        0.8,
     )
-    with pytest.raises(KeyError):
-        meta_fields({"k": 1, "scores": [0.3]})
+    # key names the stage-3 writer never writes are not accepted
+    for meta in (
+        {"k_pairs": 1, "branch_index": 0, "score": 0.5},
+        {"k": 1, "branch": 0, "score": 0.5},
+    ):
+        with pytest.raises(KeyError):
+            meta_fields(meta)
 
 
 def test_write_training_index_round_trip_and_log(tmp_path, caplog):
     split_csv, precompute = make_split(tmp_path, {"a": 2, "b": 1}, cls="7")
     index_csv = tmp_path / "training_data" / "no_image" / "train_index.csv"
-    with caplog.at_level(logging.INFO, logger="laplace_head.indexing"):
+    with caplog.at_level(logging.INFO, logger="laplace_head.cache.index"):
         report = write_training_index("train", split_csv, precompute, [], index_csv)
     assert "3 rows, 2 unique samples" in caplog.text and "mean k_pairs 1.33" in caplog.text
     assert report["n_rows"] == 3

@@ -1,4 +1,4 @@
-"""laplace_head.io: atomic writers, canonical JSON, safe .npy loading, stable hashes and seeds."""
+"""laplace_head.util.atomic and .seeding: atomic writers, canonical JSON, safe .npy, seeds."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head import io
+from laplace_head.util import atomic as io
+from laplace_head.util import seeding
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -122,23 +123,23 @@ def test_file_md5_matches_hashlib(tmp_path: Path) -> None:
 
 
 def test_stable_hash_and_derive_seed_properties() -> None:
-    assert io.stable_hash("cls/a") == io.stable_hash("cls/a")
-    assert io.stable_hash("cls/a") != io.stable_hash("cls/b")
-    assert 0 <= io.stable_hash("x", n_bytes=2) < 2**16
-    seed = io.derive_seed(777, "cls/a")
+    assert seeding.stable_hash("cls/a") == seeding.stable_hash("cls/a")
+    assert seeding.stable_hash("cls/a") != seeding.stable_hash("cls/b")
+    assert 0 <= seeding.stable_hash("x", n_bytes=2) < 2**16
+    seed = seeding.derive_seed(777, "cls/a")
     assert 0 <= seed < 2**63
-    assert seed == io.derive_seed(777, "cls/a")
-    assert seed != io.derive_seed(778, "cls/a")
+    assert seed == seeding.derive_seed(777, "cls/a")
+    assert seed != seeding.derive_seed(778, "cls/a")
     # The key boundaries matter: ("a", "b") is not ("ab",), and order matters.
-    assert io.derive_seed(1, "a", "b") != io.derive_seed(1, "ab")
-    assert io.derive_seed(1, "a", "b") != io.derive_seed(1, "b", "a")
-    assert io.derive_seed(1, 5) == io.derive_seed(1, "5")
+    assert seeding.derive_seed(1, "a", "b") != seeding.derive_seed(1, "ab")
+    assert seeding.derive_seed(1, "a", "b") != seeding.derive_seed(1, "b", "a")
+    assert seeding.derive_seed(1, 5) == seeding.derive_seed(1, "5")
 
 
 def test_hashes_do_not_depend_on_the_process(repo_root: Path) -> None:
     """BLAKE2b, not Python's salted hash(): identical in processes with other hash seeds."""
     code = (
-        "from laplace_head.io import derive_seed, stable_hash; "
+        "from laplace_head.util.seeding import derive_seed, stable_hash; "
         "print(stable_hash('ü/x'), derive_seed(3, 'ü/x'))"
     )
     outputs = {
@@ -152,7 +153,7 @@ def test_hashes_do_not_depend_on_the_process(repo_root: Path) -> None:
         ).stdout
         for hash_seed in (0, 1, 12345)
     }
-    assert outputs == {f"{io.stable_hash('ü/x')} {io.derive_seed(3, 'ü/x')}\n"}
+    assert outputs == {f"{seeding.stable_hash('ü/x')} {seeding.derive_seed(3, 'ü/x')}\n"}
 
 
 def test_json_is_valid_for_unicode_and_metacharacters(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_json_is_valid_for_unicode_and_metacharacters(tmp_path: Path) -> None:
 def test_atomic_writes_get_umask_permissions_not_0600(tmp_path) -> None:
     import stat
 
-    from laplace_head.io import atomic_write_text
+    from laplace_head.util.atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -21,7 +21,7 @@ checks that
   the resumed shard summaries skip exactly what was on disk and encode only images with missing
   prompt sets; training resumes after the last finished epoch.
 
-Kills inside a job use :mod:`laplace_head.faults` (``LAPLACE_HEAD_KILL_AT``) and, for training,
+Kills inside a job use :mod:`laplace_head.util.faults` (``LAPLACE_HEAD_KILL_AT``) and, for training,
 ``LAPLACE_HEAD_KILL_AFTER_STEPS``; stage 6 is killed from outside (SIGKILL to the whole Snakemake
 process group, Snakemake included). That the SAM backend encodes each image at most once and not
 at all when its prompt sets are complete is shown with a counting tiny SAM in
@@ -50,11 +50,11 @@ import torch
 import yaml
 from PIL import Image
 
-from laplace_head.demo_data import make_sample, write_demo_dataset
-from laplace_head.faults import KILL_AT_ENV, PAUSE_AT_ENV
-from laplace_head.sharding import shard_rows
-from laplace_head.splits import SPLITS
-from laplace_head.training import KILL_AFTER_STEPS_ENV
+from laplace_head.dataset.demo import make_sample, write_demo_dataset
+from laplace_head.dataset.sharding import shard_rows
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.training.loop import KILL_AFTER_STEPS_ENV
+from laplace_head.util.faults import KILL_AT_ENV, PAUSE_AT_ENV
 
 pytestmark = pytest.mark.workflow
 

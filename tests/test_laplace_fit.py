@@ -15,18 +15,18 @@ import yaml
 from laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, make_fitted_run, save_best
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head.errors import LaplaceHeadError
-from laplace_head.head import NoImageHead
-from laplace_head.io import read_json
-from laplace_head.laplace_fit import LaplaceFitError, fit_laplace
-from laplace_head.laplace_model import (
+from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
+from laplace_head.bayes.layer import (
     PixelBernoulliLayer,
     pixel_subset,
     pixels_per_row,
     rebuild_laplace,
 )
-from laplace_head.laplace_tuning import edge_report
-from laplace_head.uncertainty import load_posterior
+from laplace_head.bayes.posterior import load_posterior
+from laplace_head.bayes.tuning import edge_report
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.model.head import NoImageHead
+from laplace_head.util.atomic import read_json
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_clear_errors(run, tmp_path):
 def test_import_filters_only_the_asdl_jit_warning():
     code = (
         "import warnings; warnings.simplefilter('error', FutureWarning)\n"
-        "from laplace_head.laplace_model import import_laplace; import_laplace()\n"
+        "from laplace_head.bayes.layer import import_laplace; import_laplace()\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": ""}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from laplace_head.losses import BceDiceLoss, bce_dice_loss, soft_dice_loss
+from laplace_head.model.losses import BceDiceLoss, bce_dice_loss, soft_dice_loss
 
 
 def _image(values):

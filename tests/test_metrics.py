@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from laplace_head.metrics import (
+from laplace_head.model.metrics import (
     SegmentationMeter,
     base_segmenter_iou,
     per_image_dice,

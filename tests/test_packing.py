@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from laplace_head.images import load_mask, resize_mask_nearest
-from laplace_head.indexing import read_index, write_training_index
-from laplace_head.io import file_md5
-from laplace_head.packing import (
+from laplace_head.cache.index import read_index, write_training_index
+from laplace_head.cache.packing import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_COMPRESSION,
     PackingError,
     compression_kwargs,
     pack_split,
-    read_h5_index,
 )
+from laplace_head.cache.split_h5 import read_h5_index
+from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.util.atomic import file_md5
 
 REPO = Path(__file__).resolve().parent.parent
 ARRAYS = ("logits_256", "pos_map", "neg_map")
@@ -63,7 +63,12 @@ def make_indexed_split(
             np.save(folder / "logits_256.npy", logits)
             np.save(folder / "pos_map.npy", rng.random((256, 256)).astype(np.float16))
             np.save(folder / "neg_map.npy", rng.random((256, 256)).astype(np.float16))
-            meta = {"k": 1 + promptset_id, "branch": 2, "scores": [0.1, 0.2, 0.3]}
+            meta = {
+                "k": 1 + promptset_id,
+                "branch_index": 2,
+                "scores": [0.1, 0.2, 0.3],
+                "score": 0.3,
+            }
             (folder / "meta.json").write_text(json.dumps(meta))
     split_csv = root / "manifests" / f"{split}.csv"
     split_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -13,20 +13,20 @@ import pytest
 import yaml
 from PIL import Image
 
-from laplace_head.errors import LaplaceHeadError
-from laplace_head.io import read_json
-from laplace_head.precompute import (
+from laplace_head.cache.precompute import (
     ARRAY_FILES,
     META_FILE,
     precompute_shard,
     promptset_dir,
     read_promptset_outputs,
     run_precompute,
-    shard_summary_path,
 )
-from laplace_head.prompts import gaussian_prompt_map, rescale_points, sample_promptsets
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import ProjectLayout
+from laplace_head.prompts.sampling import gaussian_prompt_map, rescale_points, sample_promptsets
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
 from laplace_head.segmenters.sam import SamSegmenter, build_tiny_sam
+from laplace_head.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"cls/a": (40, 56), "cls/b": (64, 48), "other/c": (30, 30)}
@@ -111,7 +111,9 @@ def _all_dirs(project_root: Path) -> list[Path]:
 
 def _mtimes(directories) -> dict[Path, int]:
     return {
-        d / n: (d / n).stat().st_mtime_ns for d in directories for n in (*ARRAY_FILES, META_FILE)
+        d / n: (d / n).stat().st_mtime_ns
+        for d in directories
+        for n in (*ARRAY_FILES.values(), META_FILE)
     }
 
 
@@ -166,7 +168,7 @@ def test_resume_recomputes_only_what_is_missing(project):
     assert resumed.encoder_calls == 1
     after = _mtimes(directories)
     changed = {path for path in before if after[path] != before[path]}
-    assert changed == {victim / name for name in (*ARRAY_FILES, META_FILE)}
+    assert changed == {victim / name for name in (*ARRAY_FILES.values(), META_FILE)}
     # A corrupt (truncated) array is not "complete" either.
     logits_path = promptset_dir(root / "sam_precompute/train", "other__c", 0) / "logits_256.npy"
     logits_path.write_bytes(logits_path.read_bytes()[:200])
@@ -271,7 +273,10 @@ def test_run_precompute_all_shards_and_script(tmp_path):
         ("val", "0000", 1),
     ]
     for split, shard in [("train", "0000"), ("train", "0001"), ("val", "0000")]:
-        assert read_json(shard_summary_path(tmp_path, split, shard))["done"] > 0
+        assert (
+            read_json(ProjectLayout(tmp_path).shard_summary("sam_precompute", split, shard))["done"]
+            > 0
+        )
     with pytest.raises(LaplaceHeadError, match="shard '0005' does not exist"):
         run_precompute(tmp_path, ["val"], "0005", 2, 6.0, "random_walker")
     with pytest.raises(LaplaceHeadError, match="build_manifests"):
@@ -296,7 +301,7 @@ def test_run_precompute_all_shards_and_script(tmp_path):
             if handler not in saved[0]:
                 handler.close()
         root_logger.handlers[:], root_logger.level = saved
-    summary = read_json(shard_summary_path(tmp_path, "train", "0001"))
+    summary = read_json(ProjectLayout(tmp_path).shard_summary("sam_precompute", "train", "0001"))
     assert (summary["skipped"], summary["done"]) == (N_PROMPTSETS, 0)
 
 

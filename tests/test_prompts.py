@@ -1,17 +1,17 @@
-"""laplace_head.prompts: seeded point sampling, coordinate rescaling, Gaussian prompt maps."""
+"""laplace_head.prompts.sampling: seeded points, coordinate rescaling, Gaussian prompt maps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from laplace_head.prompts import (
-    MAP_SIZE,
+from laplace_head.prompts.sampling import (
     PromptSet,
     gaussian_prompt_map,
     rescale_points,
     sample_promptsets,
 )
+from laplace_head.settings import GRID_SIZE
 
 
 def _asymmetric_mask(height: int = 40, width: int = 70) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_rescale_points_aligns_pixel_centres() -> None:
 def test_gaussian_map_peak_sigma_and_layout() -> None:
     sigma = 8.0
     prompt_map = gaussian_prompt_map(np.array([[40.0, 100.0]]), sigma)
-    assert prompt_map.shape == (MAP_SIZE, MAP_SIZE) and prompt_map.dtype == np.float16
+    assert prompt_map.shape == (GRID_SIZE, GRID_SIZE) and prompt_map.dtype == np.float16
     assert prompt_map[100, 40] == 1.0  # row = y, column = x
     assert np.unravel_index(np.argmax(prompt_map), prompt_map.shape) == (100, 40)
     np.testing.assert_allclose(float(prompt_map[100, 48]), np.exp(-0.5), rtol=1e-3)

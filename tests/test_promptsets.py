@@ -1,4 +1,4 @@
-"""laplace_head.promptsets (stage 2): per-sample JSONs, skipping, forcing, shard independence."""
+"""laplace_head.prompts.promptsets (stage 2): per-sample JSONs, skipping, forcing, shards."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head.images import load_mask, resize_mask_nearest
-from laplace_head.manifests import build_manifests
-from laplace_head.promptsets import generate_promptsets_shard, promptset_json_path
-from laplace_head.sharding import num_shards, shard_names, shard_rows
+from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.dataset.manifests import build_manifests
+from laplace_head.dataset.sharding import num_shards, shard_names, shard_rows
+from laplace_head.prompts.promptsets import generate_promptsets_shard, promptset_json_path
 
 SETTINGS = {"num_promptsets": 3, "min_pairs": 1, "max_pairs": 4, "prompt_seed": 77}
 RECORD_KEYS = {

@@ -19,8 +19,8 @@ from laplace_head.segmenters.sam import (
     SamCheckpointError,
     SamSegmenter,
     build_tiny_sam,
-    resolve_device,
 )
+from laplace_head.util.devices import resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +148,11 @@ def test_model_type_mismatch_names_file_and_fix(tmp_path):
 
 def test_device_validation(monkeypatch):
     with pytest.raises(ValueError, match="auto, cuda, cpu"):
-        resolve_device("tpu")
+        resolve_device("tpu", "sam.device")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(LaplaceHeadError, match="sam.device.*sam.device: cpu"):
-        resolve_device("cuda")
+        resolve_device("cuda", "sam.device")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""laplace_head.splits (and its use by stage 1): stratified 80/10/10, tiny classes, freezing."""
+"""laplace_head.dataset.splits (and stage 1): stratified 80/10/10, tiny classes, freezing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head.manifests import REGISTRY_NAME, build_manifests, read_frozen_assignment
-from laplace_head.splits import SPLITS, assign_splits, target_sizes
+from laplace_head.dataset.manifests import REGISTRY_NAME, build_manifests, read_frozen_assignment
+from laplace_head.dataset.splits import SPLITS, assign_splits, target_sizes
 
 TINY = {1: (1, 0, 0), 2: (1, 1, 0)} | {n: (n - 2, 1, 1) for n in range(3, 10)}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from laplace_head.demo_data import write_demo_dataset
+from laplace_head.dataset.demo import write_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.workflow

@@ -13,11 +13,11 @@ import torch
 import yaml
 from synthetic_h5 import make_synthetic_h5
 
-from laplace_head import checkpoint as ckpt
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.io import read_json, read_yaml
-from laplace_head.sanity import SanityCheckFailed, sanity_check_to_file
-from laplace_head.training import KILL_AFTER_STEPS_ENV, TrainingSettings, train_head
+from laplace_head.training import checkpoint as ckpt
+from laplace_head.training.loop import KILL_AFTER_STEPS_ENV, TrainingSettings, train_head
+from laplace_head.training.sanity import SanityCheckFailed, sanity_check_to_file
+from laplace_head.util.atomic import read_json, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "workflow_scripts" / "train_head.py"

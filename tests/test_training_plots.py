@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laplace_head.training_plots import plot_training_curves, plot_training_summary
-from laplace_head.visualize import write_overview
+from laplace_head.evaluation.sanity_panels import write_overview
+from laplace_head.training.plots import plot_training_curves, plot_training_summary
 
 
 def _history(n_epochs: int) -> list[dict]:

@@ -10,9 +10,7 @@ import torch
 from laplace_fixtures import make_fitted_run
 
 import laplace_head
-from laplace_head.head import NoImageHead
-from laplace_head.prompt_scoring import gaussian_neighbourhood_mean
-from laplace_head.uncertainty import (
+from laplace_head.bayes.posterior import (
     Posterior,
     PosteriorLoadError,
     UncertaintyInputError,
@@ -20,6 +18,8 @@ from laplace_head.uncertainty import (
     stack_inputs,
     uncertainty_from_samples,
 )
+from laplace_head.bayes.prompt_scoring import gaussian_neighbourhood_mean
+from laplace_head.model.head import NoImageHead
 
 SIZE = 24
 

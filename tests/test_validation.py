@@ -1,4 +1,4 @@
-"""laplace_head.validation: every failure reason of a sample, and what a valid one records."""
+"""laplace_head.dataset.checks: every failure reason of a sample, and what a valid one records."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laplace_head.dataset_scan import ScanEntry
-from laplace_head.validation import validate_entry
+from laplace_head.dataset.checks import validate_entry
+from laplace_head.dataset.scan import ScanEntry
 
 HEIGHT, WIDTH = 20, 30
 

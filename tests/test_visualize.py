@@ -13,10 +13,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from laplace_head.indexing import write_training_index
-from laplace_head.io import read_json
-from laplace_head.packing import pack_split
-from laplace_head.visualize import choose_rows, panel_name, prompt_points, write_sanity_panels
+from laplace_head.cache.index import write_training_index
+from laplace_head.cache.packing import pack_split
+from laplace_head.evaluation.sanity_panels import (
+    choose_rows,
+    panel_name,
+    prompt_points,
+    write_sanity_panels,
+)
+from laplace_head.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,8 +59,9 @@ def make_packed_split(root: Path, n_samples: int, promptsets: int, split: str = 
                 np.save(folder / f"{name}.npy", rng.normal(0, 5, (256, 256)).astype(np.float16))
             meta = {
                 "k": 1,
-                "branch": 0,
+                "branch_index": 0,
                 "scores": [0.7],
+                "score": 0.7,
                 "pos_points": [[30, 20]],
                 "neg_points": [[5, 40]],
             }

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laplace_head.demo_data import write_demo_dataset
+from laplace_head.dataset.demo import write_demo_dataset
 from laplace_head.segmenters.sam import build_tiny_sam
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

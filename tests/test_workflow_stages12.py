@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head.images import load_mask, resize_mask_nearest
-from laplace_head.sharding import shard_names
-from laplace_head.splits import SPLITS, target_sizes
+from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.dataset.sharding import shard_names
+from laplace_head.dataset.splits import SPLITS, target_sizes
 
 pytestmark = pytest.mark.workflow
 

@@ -6,10 +6,10 @@ Stand-alone: ``python workflow_scripts/build_manifests.py --config config/config
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, project_path, validate_config
-from laplace_head.manifests import build_manifests
-from laplace_head.tracking import init_tracker
+from laplace_head.dataset.manifests import build_manifests
+from laplace_head.util.console import run_user_facing, setup_logging
+from laplace_head.util.tracking import init_tracker
 
 
 def run(config: dict, manifests_dir: Path, workers: int) -> None:

@@ -7,10 +7,10 @@ Stand-alone: ``python workflow_scripts/build_training_index.py --config config/c
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
+from laplace_head.cache.index import write_training_index
 from laplace_head.config import load_config, validate_config
-from laplace_head.indexing import write_training_index
-from laplace_head.splits import SPLITS
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def run(project_root, split, split_csv, summaries, index_csv, failures_csv) -> None:

@@ -7,10 +7,10 @@ Writes reports/eval/run_<id>/metrics.{json,csv,md}, reliability.png, uncertainty
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, validate_config
-from laplace_head.evaluation import evaluate
-from laplace_head.tracking import init_tracker
+from laplace_head.evaluation.evaluate import evaluate
+from laplace_head.util.console import run_user_facing, setup_logging
+from laplace_head.util.tracking import init_tracker
 
 
 def run(config, settings, run_id, laplace_dir, test_h5, val_h5, out_dir) -> None:

@@ -7,10 +7,10 @@ Stand-alone: ``python workflow_scripts/fit_laplace.py --config config/config.yam
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
+from laplace_head.bayes.fit import fit_laplace
 from laplace_head.config import load_config, validate_config
-from laplace_head.laplace_fit import fit_laplace
-from laplace_head.tracking import init_tracker
+from laplace_head.util.console import run_user_facing, setup_logging
+from laplace_head.util.tracking import init_tracker
 
 
 def run(config, laplace, run_id, checkpoint, train_h5, val_h5, out_dir, force=False) -> None:

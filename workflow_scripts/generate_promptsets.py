@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, project_path
-from laplace_head.faults import remove_stale_temp_files
-from laplace_head.io import atomic_write_json
-from laplace_head.promptsets import generate_promptsets_shard
-from laplace_head.sharding import shard_names, shard_rows
-from laplace_head.splits import SPLITS
+from laplace_head.dataset.sharding import shard_names, shard_rows
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.prompts.promptsets import generate_promptsets_shard
+from laplace_head.util.atomic import atomic_write_json, remove_stale_temp_files
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def run(split_csv, split, shard, shard_size, prompt_dir, prompt_cfg, summary_path, force=False):

@@ -3,16 +3,16 @@
 Stand-alone: ``python workflow_scripts/pack_hdf5.py --config config/config.yaml [--split train]
 [--chunk-rows N] [--compression none|lzf|gzip-N]`` packs the chosen split (default: all
 three). Under Snakemake the optional ``params.chunk_rows`` / ``params.compression`` override the
-measured defaults of :mod:`laplace_head.packing` (contiguous, uncompressed).
+measured defaults of :mod:`laplace_head.cache.packing` (contiguous, uncompressed).
 """
 
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
+from laplace_head.cache.packing import DEFAULT_CHUNK_ROWS, DEFAULT_COMPRESSION, pack_split
 from laplace_head.config import load_config
-from laplace_head.packing import DEFAULT_CHUNK_ROWS, DEFAULT_COMPRESSION, pack_split
-from laplace_head.splits import SPLITS
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def run(split, index_csv, out_h5, chunk_rows=DEFAULT_CHUNK_ROWS, compression=DEFAULT_COMPRESSION):

@@ -6,9 +6,9 @@ Stand-alone: ``python workflow_scripts/plot_training_curves.py --config config/c
 
 import argparse
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, project_path
-from laplace_head.training_plots import plot_training_summary
+from laplace_head.training.plots import plot_training_summary
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,9 +9,9 @@ with the segmenter loaded once).
 
 import argparse
 
-from laplace_head.cli import run_user_facing, setup_logging
+from laplace_head.cache.precompute import run_precompute
 from laplace_head.config import load_config, project_path, validate_config
-from laplace_head.precompute import run_precompute
+from laplace_head.util.console import run_user_facing, setup_logging
 
 SPLITS = ("train", "val", "test")
 

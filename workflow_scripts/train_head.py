@@ -7,10 +7,10 @@ Stand-alone: ``python workflow_scripts/train_head.py --config config/config.yaml
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config, validate_config
-from laplace_head.sanity import sanity_check_to_file
-from laplace_head.training import TrainingSettings, train_head
+from laplace_head.training.loop import TrainingSettings, train_head
+from laplace_head.training.sanity import sanity_check_to_file
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def run(config, run_id, train_h5, val_h5, run_dir, resume, force=False) -> None:

@@ -8,10 +8,10 @@ packed yet, ``<split>_index.csv``) and writes ``reports/debug_panels/<split>__*.
 import argparse
 from pathlib import Path
 
-from laplace_head.cli import run_user_facing, setup_logging
 from laplace_head.config import load_config
-from laplace_head.splits import SPLITS
-from laplace_head.visualize import write_overview, write_sanity_panels
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.evaluation.sanity_panels import write_overview, write_sanity_panels
+from laplace_head.util.console import run_user_facing, setup_logging
 
 
 def run(source, out_dir, n, seed, split, listing_json=None, overview_png=None) -> None:

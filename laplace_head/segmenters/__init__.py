@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from laplace_head.segmenters.base import LOGITS_SIZE, BaseSegmenter, Prediction
+from laplace_head.segmenters.base import BaseSegmenter, Prediction
 
 
 def _build_sam(**kwargs: Any) -> BaseSegmenter:
@@ -71,7 +71,6 @@ def build_segmenter_from_settings(
 
 
 __all__ = [
-    "LOGITS_SIZE",
     "SEGMENTER_REGISTRY",
     "BaseSegmenter",
     "Prediction",

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-LOGITS_SIZE = 256
 # Type of one prediction: ((256, 256) float32 logits, kept branch index, per-branch scores).
 Prediction = tuple[np.ndarray, int, list[float]]
 

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from laplace_head.io import json_dumps, stable_hash
-from laplace_head.segmenters.base import LOGITS_SIZE, BaseSegmenter, Prediction
+from laplace_head.segmenters.base import BaseSegmenter, Prediction
+from laplace_head.settings import GRID_SIZE
+from laplace_head.util.atomic import json_dumps
+from laplace_head.util.seeding import stable_hash
 
 LOGGER = logging.getLogger(__name__)
 
@@ -158,5 +160,5 @@ class RandomWalkerSegmenter(BaseSegmenter):
     def _predict(self, points_xy: np.ndarray, labels: np.ndarray) -> Prediction:
         prob_small = self._foreground_probability(self._seed_labels(points_xy, labels))
         confidence = float(np.maximum(prob_small, 1.0 - prob_small).mean())
-        prob_256 = _resize_float(prob_small, LOGITS_SIZE, LOGITS_SIZE)
+        prob_256 = _resize_float(prob_small, GRID_SIZE, GRID_SIZE)
         return probability_to_logits(prob_256), 0, [confidence]

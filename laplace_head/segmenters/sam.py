@@ -39,14 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.io import file_md5, json_dumps, stable_hash
-from laplace_head.segmenters.base import LOGITS_SIZE, BaseSegmenter, Prediction
+from laplace_head.segmenters.base import BaseSegmenter, Prediction
+from laplace_head.settings import GRID_SIZE
+from laplace_head.util.atomic import file_md5, json_dumps
+from laplace_head.util.devices import resolve_device
+from laplace_head.util.seeding import stable_hash
 
 LOGGER = logging.getLogger(__name__)
 
 CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
-DEVICES = ("auto", "cuda", "cpu")
 # Image-encoder width of each official model type (image_encoder.pos_embed is (1, 64, 64, C)).
 _EMBED_DIM_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 # Post-processed planes per interpolation call: bounds memory for very large images.
@@ -57,28 +59,6 @@ POSTPROCESS_VERSION = 1
 
 class SamCheckpointError(LaplaceHeadError):
     """The SAM checkpoint is missing, unreadable or does not match ``sam.model_type``."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map ``sam.device`` (auto | cuda | cpu) to a torch device.
-
-    Raises
-    ------
-    ValueError
-        For a value outside auto | cuda | cpu.
-    LaplaceHeadError
-        For ``cuda`` on a machine without a usable GPU.
-    """
-    if device not in DEVICES:
-        raise ValueError(f"sam.device = {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LaplaceHeadError(
-            "sam.device = 'cuda' but no CUDA GPU is available on this machine; set "
-            "sam.device: cpu (slow) or sam.device: auto (GPU when there is one)."
-        )
-    return torch.device(device)
 
 
 def _guess_model_type(state_dict: Mapping[str, Any]) -> str | None:
@@ -181,7 +161,7 @@ class SamSegmenter(BaseSegmenter):
 
         if (checkpoint is None) == (model is None):
             raise ValueError("give exactly one of checkpoint= (a file) or model= (a built Sam)")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "sam.device")
         if model is None:
             model_type = model_type or "vit_h"
             model = load_sam_model(model_type, checkpoint)
@@ -278,7 +258,7 @@ class SamSegmenter(BaseSegmenter):
             )
             resized = F.interpolate(
                 full.float(),
-                (LOGITS_SIZE, LOGITS_SIZE),
+                (GRID_SIZE, GRID_SIZE),
                 mode="bilinear",
                 align_corners=False,
                 antialias=True,

@@ -1,0 +1,399 @@
+"""The fitted Laplace head as a predictive model: probabilities, samples, BALD, prompt scores.
+
+``load_posterior`` rebuilds the MAP head and the diagonal Gaussian posterior over its final 1x1
+conv (17 numbers: 16 weights, then the bias) from the artifacts of stage 6. Every pixel's
+refined logit is ``z = phi . w + b`` with ``phi`` the (16,) trunk feature of that pixel, so:
+
+* the **predictive probability** is the closed-form probit GLM predictive, exact for a diagonal
+  posterior over a linear last layer: ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2`` and
+  ``p = sigmoid(z_map / sqrt(1 + pi * var(z) / 8))``;
+* **samples** draw weight vectors ``w_s ~ N(mean, diag(variance))`` and push them through the
+  frozen features; the same weight samples can be reused for several inputs (candidate prompts)
+  so that their uncertainties differ only through the inputs;
+* **entropies** (nats) from S samples ``p_s = sigmoid(z_s)``: predictive entropy
+  ``H[mean_s p_s]`` (total), expected entropy ``mean_s H[p_s]`` (aleatoric) and their
+  difference, the mutual information / BALD (epistemic).
+
+Inputs are [logits_256, pos_map, neg_map] stacked as (3, H, W) or (B, 3, H, W) (float16/32/64,
+NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. A packed
+split is streamed with :meth:`Posterior.predict_split`. Prompt scores (ranked candidate clicks
+with a suggested label) are defined in :mod:`laplace_head.bayes.prompt_scoring`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from laplace_head.bayes.prompt_scoring import PromptSuggestion, UncertaintyInputError, rank_prompts
+from laplace_head.cache.split_h5 import iter_split_batches
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.model.head import NoImageHead
+from laplace_head.util.atomic import read_json
+
+STATE_NAME = "laplace_state.pt"
+META_NAME = "posterior_meta.json"
+CONFIG_NAME = "laplace_config.yaml"
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+class PosteriorLoadError(LaplaceHeadError):
+    """A Laplace run folder is missing or holds incomplete / incompatible artifacts."""
+
+
+def probit_logits(map_logits: torch.Tensor, logit_variance: torch.Tensor) -> torch.Tensor:
+    """Effective logits of the probit predictive: ``z / sqrt(1 + pi * var / 8)`` (same shape)."""
+    return map_logits / torch.sqrt(1.0 + (math.pi / 8.0) * logit_variance)
+
+
+def binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of Bernoulli(sigmoid(logits)), computed stably in float64."""
+    logits = logits.double()
+    log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
+    return -(log_p.exp() * log_p + log_q.exp() * log_q)
+
+
+def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Predictive entropy, expected entropy, BALD and mean probability from logit samples.
+
+    Parameters
+    ----------
+    logit_samples
+        (S, ...) sampled logits (any trailing shape, e.g. (S, B, H, W)).
+
+    Returns
+    -------
+    dict
+        ``mean_probability``, ``predictive_entropy``, ``expected_entropy``,
+        ``mutual_information`` (= BALD, clamped at 0), each of the trailing shape, float32;
+        entropies in nats (max ln 2).
+    """
+    samples = logit_samples.double()
+    p_mean = torch.sigmoid(samples).mean(0)
+    q_mean = torch.sigmoid(-samples).mean(0)  # 1 - p_mean without cancellation
+    total = -(p_mean * torch.log(p_mean.clamp_min(1e-300)))
+    total = total - q_mean * torch.log(q_mean.clamp_min(1e-300))
+    expected = binary_entropy_from_logits(samples).mean(0)
+    bald = (total - expected).clamp_min(0.0)
+    return {
+        "mean_probability": p_mean.float(),
+        "predictive_entropy": total.float(),
+        "expected_entropy": expected.float(),
+        "mutual_information": bald.float(),
+    }
+
+
+def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
+    """Stack (H, W) or (B, H, W) maps into (3, H, W) / (B, 3, H, W) float32 head inputs."""
+    arrays = [np.asarray(a) for a in (logits_256, pos_map, neg_map)]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim not in (2, 3):
+        raise UncertaintyInputError(
+            "logits_256, pos_map and neg_map must share one shape, (H, W) or (B, H, W); got "
+            f"{[a.shape for a in arrays]}"
+        )
+    axis = 0 if arrays[0].ndim == 2 else 1
+    return np.stack([a.astype(np.float32) for a in arrays], axis=axis)
+
+
+@dataclass
+class Posterior:
+    """MAP head + diagonal Gaussian over its final 1x1 conv ([w_0..w_{C-1}, b]).
+
+    Attributes
+    ----------
+    head
+        The MAP :class:`NoImageHead` (eval mode, frozen).
+    mean, variance
+        (C + 1,) float32 posterior mean (= MAP) and marginal variances; the bias is last.
+    prior_precision, temperature
+        The hyperparameters chosen on validation NLL.
+    logit_clip
+        Clip applied to the logits input channel (as in training).
+    """
+
+    head: NoImageHead
+    mean: torch.Tensor
+    variance: torch.Tensor
+    prior_precision: float
+    temperature: float
+    logit_clip: float
+    meta: dict = field(default_factory=dict)
+    laplace_state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def as_inputs(self, inputs: Any) -> torch.Tensor:
+        """Validate and convert inputs to a (B, 3, H, W) float32 tensor with clipped logits."""
+        if isinstance(inputs, torch.Tensor):
+            tensor = inputs.detach()
+            if not tensor.is_floating_point():
+                raise UncertaintyInputError(
+                    f"inputs must be a float tensor; got dtype {tensor.dtype}"
+                )
+        else:
+            array = np.asarray(inputs)
+            if array.dtype.type not in FLOAT_DTYPES:
+                raise UncertaintyInputError(
+                    f"inputs must be float16/float32/float64; got dtype {array.dtype}"
+                )
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        channels = self.head.channels_in
+        if tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)
+        if tensor.ndim != 4 or tensor.shape[1] != channels or min(tensor.shape[2:]) < 1:
+            raise UncertaintyInputError(
+                f"inputs must have shape ({channels}, H, W) or (B, {channels}, H, W) = "
+                f"[logits_256, pos_map, neg_map]; got {tuple(tensor.shape)}. "
+                "Use stack_inputs(logits_256, pos_map, neg_map) to build them."
+            )
+        tensor = tensor.to(self.device, torch.float32).clone()
+        if not torch.isfinite(tensor[:, 1:]).all():
+            raise UncertaintyInputError("pos_map / neg_map contain NaN or infinite values")
+        tensor[:, 0] = tensor[:, 0].nan_to_num(0.0).clamp(-self.logit_clip, self.logit_clip)
+        return tensor
+
+    @torch.no_grad()
+    def features(self, inputs: Any) -> torch.Tensor:
+        """Frozen trunk features, (B, C, H, W) float32."""
+        return self.head.features(self.as_inputs(inputs))
+
+    @torch.no_grad()
+    def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAP logits and their posterior variance, both (B, H, W) float32."""
+        feats = self.features(inputs)
+        n_feat = feats.shape[1]
+        weights, bias = self.mean[:n_feat], self.mean[n_feat]
+        var_w, var_b = self.variance[:n_feat], self.variance[n_feat]
+        map_logits = torch.einsum("bchw,c->bhw", feats, weights) + bias
+        variance = torch.einsum("bchw,c->bhw", feats.square(), var_w) + var_b
+        return map_logits, variance
+
+    def map_logits(self, inputs: Any) -> torch.Tensor:
+        """Refined MAP logits (B, H, W) float32 (= the trained head's output)."""
+        return self.logit_moments(inputs)[0]
+
+    def map_probability(self, inputs: Any) -> torch.Tensor:
+        """MAP foreground probability sigmoid(z_map), (B, H, W) float32."""
+        return torch.sigmoid(self.map_logits(inputs))
+
+    def predictive_logits(self, inputs: Any) -> torch.Tensor:
+        """Effective logits of the probit predictive, (B, H, W) float32."""
+        return probit_logits(*self.logit_moments(inputs))
+
+    def predictive_probability(self, inputs: Any) -> torch.Tensor:
+        """Probit GLM predictive foreground probability, (B, H, W) float32."""
+        return torch.sigmoid(self.predictive_logits(inputs))
+
+    def sample_weights(
+        self, n_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n_samples`` draws of [w, b] from the posterior, (S, C + 1) float32."""
+        if n_samples < 1:
+            raise UncertaintyInputError(f"n_samples must be >= 1; got {n_samples}")
+        noise = torch.randn(n_samples, self.mean.numel(), generator=generator, device=self.device)
+        return self.mean + noise * self.variance.sqrt()
+
+    @torch.no_grad()
+    def sample_logits(
+        self,
+        inputs: Any,
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+        weight_samples: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Refined logit maps under posterior weight samples, (S, B, H, W) float32.
+
+        Pass ``weight_samples`` (from :meth:`sample_weights`) to reuse the same draws across
+        inputs, e.g. the same image under several candidate prompts.
+        """
+        if weight_samples is None:
+            weight_samples = self.sample_weights(n_samples, generator)
+        if weight_samples.ndim != 2 or weight_samples.shape[1] != self.mean.numel():
+            raise UncertaintyInputError(
+                f"weight_samples must be (S, {self.mean.numel()}); got "
+                f"{tuple(weight_samples.shape)}"
+            )
+        feats = self.features(inputs)
+        n_feat = feats.shape[1]
+        weight_samples = weight_samples.to(self.device, torch.float32)
+        logits = torch.einsum("bchw,sc->sbhw", feats, weight_samples[:, :n_feat])
+        return logits + weight_samples[:, n_feat].view(-1, 1, 1, 1)
+
+    def uncertainty_maps(
+        self,
+        inputs: Any,
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+        weight_samples: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-pixel uncertainty maps (B, H, W), see :func:`uncertainty_from_samples`.
+
+        Adds ``predictive_probability`` (closed-form probit, no sampling noise).
+        """
+        samples = self.sample_logits(inputs, n_samples, generator, weight_samples)
+        maps = uncertainty_from_samples(samples)
+        maps["predictive_probability"] = self.predictive_probability(inputs)
+        return maps
+
+    def score_prompts(
+        self,
+        inputs: Any,
+        candidates_xy: Any | None = None,
+        sigma: float = 8.0,
+        grid_stride: int = 16,
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+        weight_samples: torch.Tensor | None = None,
+        top_k: int | None = None,
+        min_distance: float | None = None,
+    ) -> list[PromptSuggestion]:
+        """Rank candidate clicks by the epistemic uncertainty they would resolve.
+
+        Definition: ``score(c) = sum_u g(u - c) BALD(u) / sum_u g(u - c)`` with ``g`` a Gaussian
+        of standard deviation ``sigma`` (the prompt maps' sigma) truncated at 3 sigma and
+        renormalised at the border - the mean BALD in the neighbourhood a click at ``c``
+        would inform. The suggested label is the predicted class at ``c``: positive when the
+        predictive probability there is > 0.5, negative otherwise.
+
+        Parameters
+        ----------
+        inputs
+            One prompt set: (3, H, W) or (1, 3, H, W).
+        candidates_xy
+            (M, 2) (x, y) pixel coordinates on the H x W input grid; None uses a regular grid
+            with ``grid_stride`` spacing.
+        top_k
+            Keep the best ``top_k`` (all when None).
+        min_distance
+            Suppress candidates closer than this to a better one (None: ``2 * sigma``; 0: off).
+        n_samples, generator, weight_samples
+            Posterior samples for the BALD map (see :meth:`sample_logits`).
+
+        Returns
+        -------
+        list of PromptSuggestion
+            Sorted by decreasing score (ties by position in the candidate list).
+        """
+        tensor = self.as_inputs(inputs)
+        if tensor.shape[0] != 1:
+            raise UncertaintyInputError(
+                f"score_prompts takes one prompt set, (3, H, W); got batch of {tensor.shape[0]}"
+            )
+        maps = self.uncertainty_maps(tensor, n_samples, generator, weight_samples)
+        return rank_prompts(
+            maps["mutual_information"][0],
+            maps["predictive_probability"][0],
+            candidates_xy,
+            sigma=sigma,
+            grid_stride=grid_stride,
+            top_k=top_k,
+            min_distance=min_distance,
+        )
+
+    def predict_split(
+        self,
+        h5_path: str | os.PathLike,
+        batch_rows: int = 4,
+        n_samples: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Predictions for a packed split (``training_data/no_image/<split>.h5``), streamed.
+
+        Yields one dict per batch of rows: ``start`` (first row), ``gt_mask`` (B, H, W) uint8,
+        ``map_probability`` and ``predictive_probability`` (B, H, W); with ``n_samples > 0``
+        also the maps of :meth:`uncertainty_maps` (one weight sample set for the whole split).
+        """
+        weights = self.sample_weights(n_samples, generator) if n_samples > 0 else None
+        for batch in iter_split_batches(h5_path, batch_rows, self.logit_clip):
+            out: dict[str, Any] = {"start": batch.start, "gt_mask": batch.gt_mask}
+            if weights is not None:
+                out.update(self.uncertainty_maps(batch.inputs, weight_samples=weights))
+            else:
+                out["predictive_probability"] = self.predictive_probability(batch.inputs)
+            out["map_probability"] = self.map_probability(batch.inputs)
+            yield out
+
+    def to_laplace(self) -> Any:
+        """The laplace-torch ``DiagLaplace`` object rebuilt from the saved state."""
+        from laplace_head.bayes.layer import rebuild_laplace
+
+        return rebuild_laplace(self.laplace_state, self.head)
+
+
+def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> Path:
+    """Find the folder holding ``laplace_state.pt`` for a path a user is likely to pass.
+
+    Accepted: the laplace run folder, its ``laplace_state.pt``, the matching
+    ``checkpoints/no_image/run_<id>`` folder, or the project root together with ``run_id``.
+    """
+    path = Path(path)
+    if run_id is not None:
+        path = path / "laplace" / "no_image" / f"run_{run_id}"
+    if path.is_file() and path.name == STATE_NAME:
+        return path.parent
+    if (path / STATE_NAME).is_file():
+        return path
+    if path.parent.name == "no_image" and path.parent.parent.name == "checkpoints":
+        sibling = path.parent.parent.parent / "laplace" / "no_image" / path.name
+        if (sibling / STATE_NAME).is_file():
+            return sibling
+    raise PosteriorLoadError(
+        f"no {STATE_NAME} under {str(path)!r}; pass the stage-6 folder "
+        "<project_root>/laplace/no_image/run_<id> (or the project root and run_id) and run "
+        "fit_laplace first (snakemake ... or python workflow_scripts/fit_laplace.py)."
+    )
+
+
+def load_posterior(
+    path: str | os.PathLike, run_id: str | None = None, device: str | torch.device = "cpu"
+) -> Posterior:
+    """Load a fitted Laplace head (see :func:`resolve_laplace_dir` for accepted paths).
+
+    Raises
+    ------
+    PosteriorLoadError
+        Missing folder or file, or a state file not written by this package's fit_laplace.
+    """
+    folder = resolve_laplace_dir(path, run_id)
+    try:
+        state = torch.load(folder / STATE_NAME, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise PosteriorLoadError(
+            f"cannot read {folder / STATE_NAME} ({exc}); re-run fit_laplace with --force."
+        ) from exc
+    required = ("laplace_state", "head_model_args", "head_state", "logit_clip")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise PosteriorLoadError(
+            f"{folder / STATE_NAME} lacks {', '.join(missing)}; it was not written by this "
+            "version of fit_laplace. Re-run fit_laplace with --force."
+        )
+    head = NoImageHead(**state["head_model_args"]).to(device)
+    head.load_state_dict(state["head_state"])
+    head.eval().requires_grad_(False)
+    la_state = state["laplace_state"]
+    ggn = la_state["H"].to(device, torch.float64)
+    prior = la_state["prior_precision"].to(device, torch.float64)
+    precision = ggn / float(la_state["temperature"]) + prior
+    meta = read_json(folder / META_NAME) if (folder / META_NAME).is_file() else {}
+    return Posterior(
+        head=head,
+        mean=la_state["mean"].to(device, torch.float32),
+        variance=(1.0 / precision).float(),
+        prior_precision=float(prior.reshape(-1)[0]),
+        temperature=float(la_state["temperature"]),
+        logit_clip=float(state["logit_clip"]),
+        meta=meta,
+        laplace_state=la_state,
+    )

@@ -1,0 +1,272 @@
+"""Load, default-fill and validate the workflow configuration against ``schema.yaml``.
+
+The schema ships inside the package (``laplace_head/config/schema.yaml``), so a non-editable
+install finds it too.
+
+One function, :func:`validate_config`, serves both the Snakefile (start-up validation, before
+any job runs) and the stand-alone scripts. Every problem is reported as one
+:class:`ConfigError` whose message names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from laplace_head.errors import LaplaceHeadError
+
+SCHEMA_PATH = Path(__file__).resolve().with_name("schema.yaml")
+PLACEHOLDER_PREFIX = "/path/to/"
+
+
+class ConfigError(LaplaceHeadError, ValueError):
+    """A configuration value is missing, mistyped, unknown or points nowhere."""
+
+
+def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict:
+    """Read the JSON Schema (YAML syntax)."""
+    with open(schema_path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def fill_defaults(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict:
+    """Return a copy of ``config`` with every missing key set to the schema's default."""
+    filled = copy.deepcopy(dict(config))
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in filled and "default" in subschema:
+            filled[key] = copy.deepcopy(subschema["default"])
+        if subschema.get("type") == "object" and isinstance(filled.get(key), Mapping):
+            filled[key] = fill_defaults(filled[key], subschema)
+    return filled
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, config_name: str) -> str:
+    key = _key_of(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"{key}." if key != "<top level>" else ""
+        return (
+            f"{config_name}: unknown key {', '.join(where + e for e in extra)}. "
+            f"Valid keys here: {', '.join(allowed)}. Fix the spelling or remove it."
+        )
+    if error.validator == "enum":
+        options = ", ".join(map(repr, error.validator_value))
+        return (
+            f"{config_name}: {key} = {error.instance!r} is not one of {options}. Use one of them."
+        )
+    if error.validator == "type":
+        return (
+            f"{config_name}: {key} = {error.instance!r} must be of type {error.validator_value}. "
+            f"Edit {key} in {config_name}."
+        )
+    return (
+        f"{config_name}: {key} = {error.instance!r}: {error.message}. Edit {key} in {config_name}."
+    )
+
+
+def _file_defining(key_path: list, sources: list[str], fallback: str) -> str:
+    """The last of ``sources`` (YAML files, later ones override) that sets ``key_path``."""
+    for source in reversed(sources):
+        try:
+            node = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+            for part in key_path:
+                node = node[part]
+            return str(source)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError):
+            continue
+    return fallback
+
+
+def validate_config(
+    config: Mapping[str, Any],
+    config_name: str = "config/config.yaml",
+    check_paths: bool = True,
+    schema_path: str | os.PathLike = SCHEMA_PATH,
+    sources: list[str] | None = None,
+) -> dict:
+    """Fill defaults and validate ``config``; return the resolved config.
+
+    Parameters
+    ----------
+    config
+        The raw configuration (e.g. Snakemake's ``config`` or a parsed YAML file).
+    config_name
+        How the user knows the file, used in messages ("edit config/config.yaml: ...").
+    sources
+        The YAML files merged into ``config`` (later ones win); messages then name the file
+        that sets the offending key.
+    check_paths
+        Also require ``data.images_root`` and ``data.masks_root`` to exist, ``data.project_root``
+        to be (or be creatable as) a writable folder, and reject ``/path/to/...`` placeholders.
+
+    Raises
+    ------
+    ConfigError
+        One message that names the offending key and the fix.
+    """
+    schema = load_schema(schema_path)
+    resolved = fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        key_path = list(error.absolute_path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            key_path += extra[:1]
+        config_name = _file_defining(key_path, list(sources or []), config_name)
+        raise ConfigError(_describe(error, config_name))
+    _coerce_integers(resolved, schema)
+    _check_relations(resolved, config_name)
+    if check_paths:
+        _check_paths(resolved, config_name, list(sources or []))
+    return resolved
+
+
+def _coerce_integers(config: dict, schema: Mapping[str, Any]) -> None:
+    """Turn integral floats that the schema accepts as integers (``shard_size: 64.0``) into int."""
+    for key, subschema in schema.get("properties", {}).items():
+        value = config.get(key)
+        if isinstance(value, dict):
+            _coerce_integers(value, subschema)
+        elif subschema.get("type") == "integer" and isinstance(value, float):
+            config[key] = int(value)
+
+
+def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
+    prompts = config["prompt_generation"]
+    if prompts["min_pairs"] > prompts["max_pairs"]:
+        raise ConfigError(
+            f"{config_name}: prompt_generation.min_pairs ({prompts['min_pairs']}) is larger than "
+            f"prompt_generation.max_pairs ({prompts['max_pairs']}). Make min_pairs <= max_pairs."
+        )
+
+
+def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str]) -> None:
+    data = config["data"]
+    for key in ("images_root", "masks_root", "project_root"):
+        value = str(data[key])
+        config_name = _file_defining(["data", key], sources, default_name)
+        if value.startswith(PLACEHOLDER_PREFIX):
+            raise ConfigError(
+                f"edit {config_name}: data.{key} is still the placeholder {value!r}; "
+                f"set it to your {key.replace('_', ' ')} folder."
+            )
+    for key in ("images_root", "masks_root"):
+        config_name = _file_defining(["data", key], sources, default_name)
+        if not Path(data[key]).is_dir():
+            raise ConfigError(
+                f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
+                f"folder (relative paths are resolved from {os.getcwd()})."
+            )
+    _check_writable_folder(
+        str(data["project_root"]),
+        _file_defining(["data", "project_root"], sources, default_name),
+    )
+    sam = config["sam"]
+    config_name = _file_defining(["sam", "checkpoint"], sources, default_name)
+    if sam["backend"] == "sam" and str(sam["checkpoint"]).startswith(PLACEHOLDER_PREFIX):
+        raise ConfigError(
+            f"edit {config_name}: sam.checkpoint is still the placeholder {sam['checkpoint']!r}; "
+            "download an official checkpoint from https://github.com/facebookresearch/"
+            "segment-anything#model-checkpoints or set sam.backend: random_walker."
+        )
+
+
+def _check_writable_folder(value: str, config_name: str) -> None:
+    """``data.project_root`` is a folder, or can be created, in a place this process may write.
+
+    Checked before any job starts, so an unwritable location fails with one message instead of
+    an error from deep inside Snakemake (or a job) later. ``os.access`` also sees read-only
+    mounts, for root too.
+    """
+    path = Path(value).absolute()
+    existing = path
+    while not os.path.exists(existing):  # False (not an error) for unsearchable parents too
+        existing = existing.parent
+    if not existing.is_dir():
+        what = (
+            "is not a folder"
+            if existing == path
+            else f"cannot be created: {str(existing)!r} is a file"
+        )
+        raise ConfigError(
+            f"edit {config_name}: data.project_root = {value!r} {what}; choose a folder "
+            "(it is created when missing)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"edit {config_name}: data.project_root = {value!r} is not writable "
+            f"({str(existing)!r} is on a read-only file system or lacks write permission); "
+            "choose a folder you can write to."
+        )
+
+
+def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
+    """Read a YAML config file and return it validated with defaults filled in."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH.")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (data:, sam:, ...)."
+        )
+    return validate_config(raw, config_name=str(path), check_paths=check_paths)
+
+
+def project_path(config: Mapping[str, Any], *parts: str) -> Path:
+    """A path under ``data.project_root``."""
+    return Path(config["data"]["project_root"]).joinpath(*parts)
+
+
+def schema_markdown(schema_path: str | os.PathLike = SCHEMA_PATH) -> str:
+    """The config reference as a Markdown table (key, default, description), from the schema."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for section, section_schema in load_schema(schema_path)["properties"].items():
+        for key, prop in section_schema.get("properties", {}).items():
+            default = yaml.safe_dump(prop.get("default"), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            description = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
+            rows.append(f"| `{section}.{key}` | `{default}` | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+README_START = "<!-- config-reference:start -->\n"
+README_END = "<!-- config-reference:end -->"
+
+
+def update_readme(readme_path: str | os.PathLike) -> bool:
+    """Rewrite the config reference between the README markers; return True if it changed."""
+    path = Path(readme_path)
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    updated = text[:start] + schema_markdown() + text[end:]
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        changed = update_readme(Path.cwd() / "README.md")
+        print("README.md config reference " + ("updated" if changed else "already current"))
+    else:
+        print(schema_markdown(), end="")

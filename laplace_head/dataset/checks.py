@@ -1,0 +1,98 @@
+"""Per-sample integrity checks, each failure with a reason string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from laplace_head.dataset.images import (
+    ImageReadError,
+    load_image_rgb,
+    load_mask,
+    resize_mask_nearest,
+)
+from laplace_head.dataset.scan import ScanEntry
+
+EXIF_ORIENTATION_TAG = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of validating one sample; ``reason`` is empty when valid."""
+
+    image_h: int = 0
+    image_w: int = 0
+    mask_h: int = 0
+    mask_w: int = 0
+    size_mismatch: bool = False
+    reason: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return not self.reason
+
+
+def validate_entry(entry: ScanEntry) -> ValidationResult:
+    """Decode the image and mask of ``entry`` and check them.
+
+    Failure reasons: the pairing reason from the scan, ``image fails to decode: ...``,
+    ``mask unreadable: ...``, ``mask is not 2D``, ``mask has no foreground``,
+    ``mask is all foreground``, ``mask follows the EXIF-rotated (displayed) orientation ...``
+    (a transposed mask for an image whose EXIF tag rotates it by 90 degrees: masks must follow
+    the stored pixel grid), ``mask has no foreground/background after resizing ...``. A
+    mask/image size mismatch is otherwise valid (the mask is resized nearest-neighbour at
+    prompt time) and recorded in ``size_mismatch``.
+    """
+    result = ValidationResult()
+    if entry.reason:
+        result.reason = entry.reason
+        return result
+    try:
+        image = load_image_rgb(entry.image_path)
+        result.image_h, result.image_w = int(image.shape[0]), int(image.shape[1])
+    except ImageReadError as exc:
+        result.reason = str(exc)
+        return result
+    try:
+        mask = load_mask(entry.mask_path)
+    except ImageReadError as exc:
+        result.reason = str(exc)
+        return result
+    result.mask_h, result.mask_w = int(mask.shape[0]), int(mask.shape[1])
+    result.size_mismatch = (result.mask_h, result.mask_w) != (result.image_h, result.image_w)
+    transposed = result.size_mismatch and (result.mask_h, result.mask_w) == (
+        result.image_w,
+        result.image_h,
+    )
+    foreground = int(mask.sum())
+    if foreground == 0:
+        result.reason = "mask has no foreground"
+    elif foreground == mask.size:
+        result.reason = "mask is all foreground"
+    elif transposed and _exif_transposes(entry.image_path):
+        result.reason = (
+            "mask follows the EXIF-rotated (displayed) orientation; masks must follow the "
+            "stored pixel grid (EXIF orientation is not applied)"
+        )
+    elif result.size_mismatch:
+        # Prompts are drawn on the mask resized to the image: it must still have both regions.
+        resized = resize_mask_nearest(mask, result.image_h, result.image_w)
+        foreground = int(resized.sum())
+        if foreground in (0, resized.size):
+            region = "foreground" if foreground == 0 else "background"
+            result.reason = (
+                f"mask has no {region} after resizing to the image size "
+                f"({result.image_h}x{result.image_w})"
+            )
+    return result
+
+
+def _exif_transposes(image_path: str) -> bool:
+    """Whether the image's EXIF orientation tag swaps width and height when displayed."""
+    try:
+        with Image.open(image_path) as image:
+            return image.getexif().get(EXIF_ORIENTATION_TAG, 1) in TRANSPOSING_ORIENTATIONS
+    except Exception:  # noqa: BLE001 - the pixels decoded; unreadable EXIF means no rotation
+        return False

@@ -1,0 +1,186 @@
+"""Stage 1: scan, validate and split the dataset into manifest CSVs.
+
+Writes under ``manifests_dir``: ``all_samples.csv`` (every candidate sample with ``valid`` and
+``reason``), ``train.csv``/``val.csv``/``test.csv`` (valid samples, sorted by id),
+``split_registry.csv`` (the frozen ``sample_id -> split`` assignment, kept across re-runs;
+delete it with the manifests to draw a fresh split) and ``manifest_report.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from laplace_head.dataset.checks import ValidationResult, validate_entry
+from laplace_head.dataset.scan import ScanEntry, scan_dataset
+from laplace_head.dataset.splits import SPLITS, assign_splits
+from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from laplace_head.util.faults import fault_point
+
+LOGGER = logging.getLogger(__name__)
+REGISTRY_NAME = "split_registry.csv"
+MANIFEST_COLUMNS = [
+    "sample_id",
+    "safe_id",
+    "class",
+    "stem",
+    "image_path",
+    "mask_path",
+    "image_h",
+    "image_w",
+    "mask_h",
+    "mask_w",
+    "size_mismatch",
+    "valid",
+    "reason",
+    "split",
+]
+
+
+def _validate_all(entries: list[ScanEntry], workers: int) -> list[ValidationResult]:
+    if workers <= 1 or len(entries) < 64:
+        return _collect(map(validate_entry, entries), len(entries))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return _collect(pool.map(validate_entry, entries, chunksize=16), len(entries))
+
+
+def _collect(results: Iterator[ValidationResult], total: int) -> list[ValidationResult]:
+    collected = []
+    for result in tqdm(results, total=total, desc="validate", unit="sample"):
+        collected.append(result)
+        fault_point("build_manifests")
+    return collected
+
+
+def read_frozen_assignment(manifests_dir: str | os.PathLike) -> dict[str, str]:
+    """The existing ``sample_id -> split`` assignment (registry, else split CSVs), or ``{}``."""
+    manifests_dir = Path(manifests_dir)
+    registry = manifests_dir / REGISTRY_NAME
+    if registry.is_file():
+        frame = pd.read_csv(registry, dtype=str, keep_default_na=False)
+        return dict(zip(frame["sample_id"], frame["split"]))
+    assignment: dict[str, str] = {}
+    for split in SPLITS:
+        path = manifests_dir / f"{split}.csv"
+        if path.is_file():
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            assignment.update(dict.fromkeys(frame["sample_id"], split))
+    return assignment
+
+
+def build_manifests(
+    images_root: str | os.PathLike,
+    masks_root: str | os.PathLike,
+    manifests_dir: str | os.PathLike,
+    split_seed: int,
+    workers: int = 1,
+) -> dict:
+    """Run stage 1 and return a report (counts, per-class table, invalid and dropped samples)."""
+    manifests_dir = Path(manifests_dir)
+    outputs = [f"{name}.csv" for name in ("all_samples", *SPLITS, "split_registry")]
+    remove_stale_temp_files(manifests_dir, [*outputs, "manifest_report.json"])
+    entries = scan_dataset(Path(images_root).resolve(), Path(masks_root).resolve())
+    LOGGER.info("scanned %d candidate samples under %s", len(entries), images_root)
+    results = _validate_all(entries, workers)
+    frame = pd.DataFrame(
+        [
+            {
+                "sample_id": e.sample_id,
+                "safe_id": e.safe_id,
+                "class": e.class_name,
+                "stem": e.stem,
+                "image_path": e.image_path,
+                "mask_path": e.mask_path,
+                **{k: v for k, v in asdict(r).items() if k != "reason"},
+                "valid": r.valid,
+                "reason": r.reason,
+            }
+            for e, r in zip(entries, results)
+        ],
+        columns=[c for c in MANIFEST_COLUMNS if c != "split"],
+    )
+    # An empty scan gives object columns; boolean masks must stay boolean (empty images_root).
+    frame = frame.astype({"valid": bool, "size_mismatch": bool})
+    valid = frame[frame["valid"]]
+    frozen = read_frozen_assignment(manifests_dir)
+    assignment, dropped = assign_splits(
+        valid.groupby("class")["sample_id"].apply(list).to_dict(), split_seed, frozen
+    )
+    # Only valid rows carry a split (an invalid row may share the id of a valid one).
+    frame["split"] = frame["sample_id"].map(assignment).where(frame["valid"]).fillna("")
+    frame = frame.sort_values(["sample_id", "image_path"], kind="mergesort")
+    atomic_write_csv(manifests_dir / "all_samples.csv", frame[MANIFEST_COLUMNS])
+    for split in SPLITS:
+        rows = frame[frame["valid"] & (frame["split"] == split)]
+        atomic_write_csv(manifests_dir / f"{split}.csv", rows[MANIFEST_COLUMNS])
+    registry = pd.DataFrame(sorted(assignment.items()), columns=["sample_id", "split"])
+    atomic_write_csv(manifests_dir / REGISTRY_NAME, registry)
+    report = _report(frame, frozen, dropped)
+    atomic_write_json(manifests_dir / "manifest_report.json", report)
+    _log_report(report)
+    return report
+
+
+def _report(frame: pd.DataFrame, frozen: dict[str, str], dropped: list[str]) -> dict:
+    valid = frame[frame["valid"]]
+    per_class = (
+        frame.assign(invalid=~frame["valid"])
+        .groupby("class")
+        .agg(valid=("valid", "sum"), invalid=("invalid", "sum"))
+        .join(pd.crosstab(valid["class"], valid["split"]).reindex(columns=list(SPLITS)))
+        .fillna(0)
+        .astype(int)
+        .reset_index()
+    )
+    invalid = frame[~frame["valid"]][["sample_id", "image_path", "mask_path", "reason"]]
+    return {
+        "n_candidates": int(len(frame)),
+        "n_valid": int(len(valid)),
+        "n_invalid": int(len(invalid)),
+        "n_size_mismatch": int(valid["size_mismatch"].sum()),
+        "split_sizes": {s: int((valid["split"] == s).sum()) for s in SPLITS},
+        "frozen_from_previous_run": int(sum(sid in frozen for sid in valid["sample_id"])),
+        "newly_assigned": int(sum(sid not in frozen for sid in valid["sample_id"])),
+        "dropped_since_previous_run": dropped,
+        "per_class": per_class.to_dict(orient="records"),
+        "invalid_samples": invalid.to_dict(orient="records"),
+    }
+
+
+def _log_report(report: dict) -> None:
+    if report["n_valid"] == 0:
+        LOGGER.warning(
+            "no valid samples (%d candidates): the split manifests are empty and stage 2 has "
+            "nothing to do; check data.images_root / data.masks_root and the reasons in "
+            "all_samples.csv",
+            report["n_candidates"],
+        )
+    LOGGER.info(
+        "valid %d, invalid %d (%d valid with mask/image size mismatch)",
+        report["n_valid"],
+        report["n_invalid"],
+        report["n_size_mismatch"],
+    )
+    LOGGER.info(
+        "split sizes: %s (kept from previous run: %d, newly assigned: %d)",
+        report["split_sizes"],
+        report["frozen_from_previous_run"],
+        report["newly_assigned"],
+    )
+    if report["dropped_since_previous_run"]:
+        LOGGER.warning(
+            "dropped %d previously assigned samples that are no longer valid: %s",
+            len(report["dropped_since_previous_run"]),
+            report["dropped_since_previous_run"],
+        )
+    LOGGER.info("per class:\n%s", pd.DataFrame(report["per_class"]).to_string(index=False))
+    if report["invalid_samples"]:
+        table = pd.DataFrame(report["invalid_samples"])[["sample_id", "reason"]]
+        LOGGER.warning("invalid samples:\n%s", table.to_string(index=False))

@@ -1,0 +1,264 @@
+"""Stage 7: calibration and accuracy of four predictors on the test split, streamed.
+
+Methods (each gives an *effective logit* l per pixel, p = sigmoid(l)):
+
+* ``base`` - the base segmenter's raw logits_256 as stored (not clipped);
+* ``map`` - the trained head (MAP weights);
+* ``map_temperature_scaled`` - MAP logits divided by one temperature fitted on validation NLL
+  (the honest calibration baseline: one scalar, same data as the Laplace tuning);
+* ``laplace`` - the probit GLM predictive of the Laplace head, ``z / sqrt(1 + pi var(z) / 8)``.
+
+Metrics, overall and per class (the index's ``class`` column): per-image mean IoU and Dice of
+``p > 0.5`` (see :mod:`laplace_head.model.metrics`), mean pixel NLL (nats), Brier score, ECE over
+``ece_bins`` equal-width bins of the foreground probability (sum over bins of
+``n_bin / n * |mean p - fraction foreground|``), and the AUROC of a per-pixel uncertainty for
+detecting misclassified pixels: the predictive entropy for every method, plus the BALD
+(mutual information from posterior weight samples) for the Laplace head. AUROCs are computed
+from fine histograms (log-scale bins), so memory stays bounded for any split size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from laplace_head.bayes.posterior import (
+    Posterior,
+    load_posterior,
+    probit_logits,
+    uncertainty_from_samples,
+)
+from laplace_head.cache.split_h5 import iter_split_batches
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.evaluation.calibration import (
+    CalibrationAccumulator,
+    batch_statistics,
+    fit_temperature_scaling,
+    log_uncertainty,
+)
+from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from laplace_head.util.seeding import derive_seed
+
+LOGGER = logging.getLogger(__name__)
+METHODS = ("base", "map", "map_temperature_scaled", "laplace")
+TABLE_COLUMNS = ("iou", "dice", "nll", "brier", "ece", "auroc_entropy", "auroc_bald")
+
+
+class EvaluationError(LaplaceHeadError):
+    """Stage 7 cannot run (missing artifacts or invalid settings)."""
+
+
+def _example_rows(classes: Sequence[str], sample_ids: Sequence[str], n_examples: int) -> list[int]:
+    """Deterministic example rows: the first row of each class in turn, distinct samples."""
+    chosen: list[int] = []
+    seen: set[str] = set()
+    by_class: dict[str, list[int]] = {}
+    for row, (cls, sample) in enumerate(zip(classes, sample_ids)):
+        if sample not in seen:
+            seen.add(sample)
+            by_class.setdefault(cls, []).append(row)
+    while len(chosen) < n_examples and any(by_class.values()):
+        for cls in sorted(by_class):
+            if by_class[cls] and len(chosen) < n_examples:
+                chosen.append(by_class[cls].pop(0))
+    return sorted(chosen)
+
+
+def _display_image(image_path: str, height: int, width: int) -> np.ndarray | None:
+    from PIL import Image
+
+    from laplace_head.dataset.images import load_image_rgb
+
+    try:
+        image = load_image_rgb(image_path)
+    except (LaplaceHeadError, OSError, ValueError):
+        return None
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def evaluate(
+    laplace_dir: str | os.PathLike,
+    test_h5: str | os.PathLike,
+    val_h5: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_posterior_samples: int = 32,
+    ece_bins: int = 15,
+    prompt_sigma: float = 8.0,
+    batch_rows: int = 4,
+    max_pixels_calibration: int | None = 4_000_000,
+    n_examples: int = 4,
+    seed: int = 0,
+    run_id: str | None = None,
+    tracker: Any = None,
+) -> dict:
+    """Evaluate base / MAP / MAP + temperature scaling / Laplace on the test split.
+
+    Writes ``metrics.json``, ``metrics.csv``, ``metrics.md``, ``reliability.png`` and
+    ``uncertainty_examples.png`` into ``out_dir`` and returns the metrics dict.
+    """
+    from laplace_head.cache.split_h5 import read_h5_index
+    from laplace_head.evaluation.plots import plot_reliability, plot_uncertainty_examples
+
+    if ece_bins < 2 or n_posterior_samples < 2:
+        raise EvaluationError(
+            f"need ece_bins >= 2 and n_posterior_samples >= 2; got {ece_bins}, "
+            f"{n_posterior_samples}"
+        )
+    out_dir = Path(out_dir)
+    posterior = load_posterior(laplace_dir)
+    scaling = fit_temperature_scaling(posterior, val_h5, batch_rows, max_pixels_calibration, seed)
+    tau = scaling["temperature"]
+    LOGGER.info("temperature scaling on val: tau = %.4f", tau)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "evaluate_weights"))
+    weights = posterior.sample_weights(n_posterior_samples, generator)
+
+    index = read_h5_index(test_h5)
+    classes = index["class"].astype(str).tolist() if len(index) else []
+    example_rows = _example_rows(classes, index.get("sample_id", pd.Series()).tolist(), n_examples)
+    accumulators: dict[tuple[str, str], CalibrationAccumulator] = {}
+    examples: list[dict[str, Any]] = []
+    for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
+        map_logits, variance = posterior.logit_moments(batch.inputs)
+        maps = uncertainty_from_samples(
+            posterior.sample_logits(batch.inputs, weight_samples=weights)
+        )
+        bald_score = torch.log(maps["mutual_information"].double().clamp_min(1e-300))
+        effective = {
+            "base": batch.raw_logits.nan_to_num(0.0),
+            "map": map_logits,
+            "map_temperature_scaled": map_logits / tau,
+            "laplace": probit_logits(map_logits, variance),
+        }
+        batch_classes = classes[batch.start : batch.start + batch.inputs.shape[0]]
+        for cls in sorted(set(batch_classes)):
+            rows = torch.tensor([i for i, c in enumerate(batch_classes) if c == cls])
+            for method, logits in effective.items():
+                scores = {"entropy": log_uncertainty(logits[rows])}
+                if method == "laplace":
+                    scores["bald"] = bald_score[rows]
+                stats = batch_statistics(logits[rows], batch.gt_mask[rows], scores, ece_bins)
+                for scope in ("overall", cls):
+                    accumulators.setdefault((scope, method), CalibrationAccumulator(ece_bins))
+                    accumulators[(scope, method)].add(stats)
+        for offset in range(batch.inputs.shape[0]):
+            row = batch.start + offset
+            if row in example_rows:
+                examples.append(
+                    _example(posterior, batch, offset, index.iloc[row], maps, weights, prompt_sigma)
+                )
+
+    results = {key: acc.result() for key, acc in accumulators.items()}
+    metrics = {
+        "run_id": run_id,
+        "split": "test",
+        "n_rows": len(index),
+        "classes": sorted(set(classes)),
+        "methods": {
+            "base": "base segmenter raw logits_256",
+            "map": "MAP head",
+            "map_temperature_scaled": "MAP head logits / tau, tau fitted on val NLL",
+            "laplace": "Laplace head, probit GLM predictive",
+        },
+        "ece_binning": f"{ece_bins} equal-width bins of the foreground probability",
+        "auroc_definition": "AUROC of per-pixel uncertainty (entropy; BALD for laplace) for "
+        "detecting pixels misclassified at p > 0.5",
+        "temperature_scaling": scaling,
+        "laplace": {
+            "prior_precision": posterior.prior_precision,
+            "temperature": posterior.temperature,
+            "n_posterior_samples": n_posterior_samples,
+        },
+        "overall": {m: results.get(("overall", m)) for m in METHODS},
+        "per_class": {
+            cls: {m: results.get((cls, m)) for m in METHODS} for cls in sorted(set(classes))
+        },
+        "reliability": {
+            m: accumulators[("overall", m)].reliability()
+            for m in METHODS
+            if ("overall", m) in accumulators
+        },
+    }
+    _write_outputs(out_dir, metrics, examples)
+    plot_reliability(metrics["reliability"], out_dir / "reliability.png")
+    plot_uncertainty_examples(examples, out_dir / "uncertainty_examples.png")
+    if tracker is not None:
+        tracker.log_table("eval/metrics", metrics_frame(metrics))
+        tracker.summary(
+            {f"eval/{m}/{k}": v for m, r in metrics["overall"].items() if r for k, v in r.items()}
+        )
+        for name in ("reliability", "uncertainty_examples"):
+            tracker.log_image(f"eval/{name}", out_dir / f"{name}.png")
+    return metrics
+
+
+def _example(
+    posterior: Posterior,
+    batch: Any,
+    offset: int,
+    index_row: pd.Series,
+    maps: dict,
+    weights: torch.Tensor,
+    sigma: float,
+) -> dict[str, Any]:
+    inputs = batch.inputs[offset]
+    height, width = inputs.shape[1:]
+    prompts = posterior.score_prompts(inputs, sigma=sigma, weight_samples=weights, top_k=5)
+    image_path = str(index_row.get("image_path", ""))
+    return {
+        "title": f"{index_row.get('sample_id', '')} #{index_row.get('promptset_id', '')}",
+        "image": _display_image(image_path, height, width) if image_path else None,
+        "gt": batch.gt_mask[offset].numpy(),
+        "base_logits": batch.raw_logits[offset].numpy(),
+        "probability": posterior.predictive_probability(inputs)[0].numpy(),
+        "entropy": maps["predictive_entropy"][offset].numpy(),
+        "bald": maps["mutual_information"][offset].numpy(),
+        "prompts": prompts,
+        "pos_map": inputs[1].numpy(),
+        "neg_map": inputs[2].numpy(),
+    }
+
+
+def metrics_frame(metrics: dict) -> pd.DataFrame:
+    """One row per (scope, method) with the headline metrics."""
+    rows = []
+    scopes = {"overall": metrics["overall"], **metrics["per_class"]}
+    for scope, by_method in scopes.items():
+        for method, values in by_method.items():
+            values = values or {}
+            row = {"scope": scope, "method": method, "n_rows": values.get("n_rows", 0)}
+            row.update({column: values.get(column) for column in TABLE_COLUMNS})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["scope", "method", "n_rows", *TABLE_COLUMNS])
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """The metrics table as GitHub markdown (4 decimals, '-' for not applicable)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    for _, row in frame.iterrows():
+        cells = []
+        for value in row:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("-")
+            elif isinstance(value, float):
+                cells.append(f"{value:.4f}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_outputs(out_dir: Path, metrics: dict, examples: list) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = metrics_frame(metrics)
+    atomic_write_csv(out_dir / "metrics.csv", frame)
+    atomic_write_text(out_dir / "metrics.md", markdown_table(frame))
+    atomic_write_json(out_dir / "metrics.json", metrics)

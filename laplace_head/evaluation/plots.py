@@ -1,0 +1,196 @@
+"""Figures of stages 6-7: the validation NLL grid, reliability diagrams, uncertainty maps.
+
+Every figure is drawn with matplotlib's Agg backend (no display needed) and saved atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from laplace_head.util.atomic import atomic_path  # noqa: E402
+
+METHOD_COLORS = {
+    "base": "tab:gray",
+    "map": "tab:blue",
+    "map_temperature_scaled": "tab:orange",
+    "laplace": "tab:green",
+}
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_val_nll_grid(
+    val_nll: np.ndarray,
+    prior_grid: Sequence[float],
+    temperature_grid: Sequence[float],
+    chosen: tuple[int, int],
+    map_nll: float,
+    path: str | os.PathLike,
+) -> None:
+    """Heatmap of validation pixel NLL over (prior precision x temperature) + NLL vs T curves.
+
+    Parameters
+    ----------
+    val_nll
+        (P, T) mean validation NLL (nats per pixel); rows follow ``prior_grid``.
+    chosen
+        (row, column) of the selected pair, marked with a white box.
+    map_nll
+        NLL of the MAP head (no posterior variance), drawn as a reference line.
+    """
+    val_nll = np.asarray(val_nll, dtype=np.float64)
+    fig, (ax_map, ax_curve) = plt.subplots(1, 2, figsize=(12, 4.8))
+    image = ax_map.imshow(val_nll, cmap="viridis_r", aspect="auto", origin="lower")
+    fig.colorbar(image, ax=ax_map, label="val NLL (nats / pixel)")
+    ax_map.set_xticks(range(len(temperature_grid)), [f"{t:g}" for t in temperature_grid])
+    ax_map.set_yticks(range(len(prior_grid)), [f"{p:g}" for p in prior_grid])
+    ax_map.set_xlabel("likelihood temperature T")
+    ax_map.set_ylabel("prior precision")
+    threshold = val_nll.min() + 0.5 * (val_nll.max() - val_nll.min())
+    best = val_nll.min()
+    for (i, j), value in np.ndenumerate(val_nll):
+        color = "black" if value < threshold else "white"
+        text = f"{value:.4f}\n+{value - best:.1e}"
+        ax_map.text(j, i, text, ha="center", va="center", fontsize=6.5, color=color)
+    ax_map.add_patch(
+        plt.Rectangle(
+            (chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False, edgecolor="white", lw=2.5
+        )
+    )
+    ax_map.set_title("val NLL and excess over the best (box: chosen)")
+    for i, prior in enumerate(prior_grid):
+        ax_curve.plot(temperature_grid, val_nll[i], marker="o", label=f"prior {prior:g}")
+    ax_curve.axhline(map_nll, color="black", ls="--", label=f"MAP head {map_nll:.4f}")
+    ax_curve.set_xscale("log")
+    ax_curve.set_xlabel("likelihood temperature T")
+    ax_curve.set_ylabel("val NLL (nats / pixel)")
+    ax_curve.set_title("tempering matters: NLL vs T per prior precision")
+    ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_reliability(
+    reliability: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "test split",
+) -> None:
+    """Reliability diagrams of the foreground probability, one panel per method.
+
+    Parameters
+    ----------
+    reliability
+        method -> {"bin_edges": (K+1,), "count": (K,), "mean_probability": (K,),
+        "frequency": (K,), "ece": float}; empty bins hold NaN.
+    """
+    methods = list(reliability)
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(3.6 * max(1, len(methods)), 3.8))
+    axes = np.atleast_1d(axes)
+    for ax, method in zip(axes, methods):
+        stats = reliability[method]
+        edges = np.asarray(stats["bin_edges"], dtype=np.float64)
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        frequency = np.asarray(stats["frequency"], dtype=np.float64)
+        mean_p = np.asarray(stats["mean_probability"], dtype=np.float64)
+        color = METHOD_COLORS.get(method, "tab:purple")
+        ax.bar(
+            centers,
+            np.nan_to_num(frequency),
+            width=np.diff(edges),
+            color=color,
+            alpha=0.55,
+            edgecolor="black",
+            lw=0.4,
+            label="observed frequency",
+        )
+        ax.plot(mean_p, frequency, "o", color="black", ms=3, label="(mean p, frequency)")
+        ax.plot([0, 1], [0, 1], ls="--", color="red", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted foreground probability")
+        ax.set_title(f"{method}\nECE {stats['ece']:.4f}", fontsize=9)
+    axes[0].set_ylabel("fraction foreground")
+    if methods:
+        axes[0].legend(fontsize=7, loc="lower right")
+    else:
+        axes[0].text(0.5, 0.5, "no test rows", ha="center", va="center")
+    fig.suptitle(f"Reliability ({title}; equal-width bins of p(foreground))", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_uncertainty_examples(
+    examples: Sequence[Mapping[str, Any]], path: str | os.PathLike
+) -> None:
+    """One row per example: image, GT, base logits, Laplace p, entropy, BALD + ranked prompts.
+
+    Parameters
+    ----------
+    examples
+        Each: "title" str, "image" (H, W, 3) uint8 or None, "gt" (H, W), "base_logits" (H, W),
+        "probability" (H, W), "entropy" (H, W), "bald" (H, W) (nats), "prompts" list of
+        PromptSuggestion (top ranked first), optional "pos_map"/"neg_map" (H, W) prompt maps
+        (their 0.5 contours mark the given clicks: green positive, red negative).
+    """
+    columns = (
+        "image",
+        "ground truth",
+        "base logits",
+        "Laplace p(fg)",
+        "predictive entropy",
+        "BALD + suggested clicks",
+    )
+    n_rows = max(1, len(examples))
+    fig, axes = plt.subplots(n_rows, len(columns), figsize=(2.6 * len(columns), 2.7 * n_rows))
+    axes = np.atleast_2d(axes)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not examples:
+        axes[0, 0].text(0.5, 0.5, "no test rows", ha="center", va="center")
+    for row, example in enumerate(examples):
+        ax = axes[row]
+        if example.get("image") is not None:
+            ax[0].imshow(example["image"])
+        else:
+            ax[0].text(0.5, 0.5, "image not available", ha="center", va="center", fontsize=8)
+        ax[1].imshow(example["gt"], cmap="gray", vmin=0, vmax=1)
+        limit = float(np.nanmax(np.abs(example["base_logits"]))) or 1.0
+        ax[2].imshow(example["base_logits"], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax[3].imshow(example["probability"], cmap="magma", vmin=0, vmax=1)
+        ax[4].imshow(example["entropy"], cmap="inferno", vmin=0, vmax=np.log(2))
+        ax[5].imshow(example["bald"], cmap="inferno")
+        for axis in ax[1:4]:
+            _draw_prompt_contours(axis, example.get("pos_map"), example.get("neg_map"))
+        for suggestion in example.get("prompts", []):
+            marker = "P" if suggestion.label == "positive" else "X"
+            color = "lime" if suggestion.label == "positive" else "cyan"
+            ax[5].plot(suggestion.x, suggestion.y, marker=marker, color=color, ms=9, mec="black")
+            ax[5].text(
+                suggestion.x + 4, suggestion.y, str(suggestion.rank + 1), color="white", fontsize=7
+            )
+        ax[0].set_ylabel(example.get("title", ""), fontsize=7)
+    for axis, name in zip(axes[0], columns):
+        axis.set_title(name, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _draw_prompt_contours(ax: plt.Axes, pos_map: Any, neg_map: Any) -> None:
+    for prompt_map, color in ((pos_map, "lime"), (neg_map, "red")):
+        if prompt_map is not None and np.nanmax(prompt_map) > 0.5:
+            ax.contour(
+                np.asarray(prompt_map, dtype=np.float32), levels=[0.5], colors=color, linewidths=1.0
+            )

@@ -1,0 +1,206 @@
+"""Every output path under ``data.project_root``, in one place.
+
+The rules (through ``rules/common.smk``), the workflow scripts, the package, the stand-alone
+commands and the benchmarks all ask :class:`ProjectLayout`; no other module spells an output
+path. Methods take plain strings, so Snakemake wildcards pass straight through
+(``layout.split_h5("{split}")`` is the pattern ``.../training_data/no_image/{split}.h5``).
+
+::
+
+    <project_root>/
+      manifests/            all_samples.csv, train.csv, val.csv, test.csv, split_registry.csv,
+                            manifest_report.json                                     (stage 1)
+      prompt_sets/<split>/  <safe_id>.json, _shards/shard_NNNN.json                   (stage 2)
+      sam_precompute/<split>/<safe_id>/promptset_NNNN/..., _shards/shard_NNNN.json   (stage 3)
+      training_data/<head>/ <split>_index.csv, <split>_failures.csv, <split>.h5   (stages 4, 4.5)
+      checkpoints/<head>/run_<id>/  best.pt, last.pt, ..., training_summary.json      (stage 5)
+      laplace/<head>/run_<id>/      laplace_state.pt, laplace_config.yaml,
+                                    posterior_meta.json, val_nll_grid.png             (stage 6)
+      reports/eval/run_<id>/        metrics.{json,csv,md}, reliability.png, ...       (stage 7)
+      reports/debug_panels/         <split>_panels.json, <split>_overview.png, *.png
+      logs/<rule>/..., benchmarks/<rule>/...
+
+``<head>`` is the head variant; the seed's head sees no image, hence ``no_image``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+HEAD_VARIANT = "no_image"
+SHARD_FORMAT = "{:04d}"
+
+# File names other modules need to find inside a folder of the layout.
+BEST_CHECKPOINT = "best.pt"
+TRAINING_SUMMARY = "training_summary.json"
+LAPLACE_STATE = "laplace_state.pt"
+LAPLACE_CONFIG = "laplace_config.yaml"
+POSTERIOR_META = "posterior_meta.json"
+VAL_NLL_GRID = "val_nll_grid.png"
+EVAL_FILES = {
+    "metrics": "metrics.json",
+    "table": "metrics.csv",
+    "markdown": "metrics.md",
+    "reliability": "reliability.png",
+    "examples": "uncertainty_examples.png",
+}
+
+
+class ProjectLayout:
+    """The output tree of one project (and, for stages 5-7, one training run).
+
+    Parameters
+    ----------
+    project_root
+        ``data.project_root``.
+    run_id
+        ``training.run_id`` (or the wildcard ``"{run_id}"``); needed only by the run paths.
+    head_variant
+        Folder of the head variant under ``training_data/``, ``checkpoints/``, ``laplace/``.
+    """
+
+    def __init__(
+        self,
+        project_root: str | os.PathLike,
+        run_id: str | None = None,
+        head_variant: str = HEAD_VARIANT,
+    ) -> None:
+        self.root = Path(project_root)
+        self.run_id = run_id
+        self.head_variant = head_variant
+
+    def __repr__(self) -> str:
+        return f"ProjectLayout({str(self.root)!r}, run_id={self.run_id!r})"
+
+    def with_run(self, run_id: str) -> ProjectLayout:
+        """The same project, another run."""
+        return ProjectLayout(self.root, run_id, self.head_variant)
+
+    def _run_name(self) -> str:
+        if not self.run_id:
+            raise ValueError("this path belongs to a training run: give ProjectLayout a run_id")
+        return f"run_{self.run_id}"
+
+    # --- stage 1 ---------------------------------------------------------------------------
+    @property
+    def manifests_dir(self) -> Path:
+        return self.root / "manifests"
+
+    def manifest(self, name: str) -> Path:
+        """``manifests/<name>.csv`` for ``all_samples``, a split, or ``split_registry``."""
+        return self.manifests_dir / f"{name}.csv"
+
+    @property
+    def manifest_report(self) -> Path:
+        return self.manifests_dir / "manifest_report.json"
+
+    # --- stage 2 ---------------------------------------------------------------------------
+    def prompt_sets_dir(self, split: str) -> Path:
+        return self.root / "prompt_sets" / split
+
+    def promptset_json(self, split: str, safe_id: str) -> Path:
+        return self.prompt_sets_dir(split) / f"{safe_id}.json"
+
+    # --- stage 3 ---------------------------------------------------------------------------
+    def precompute_dir(self, split: str) -> Path:
+        """``sam_precompute/<split>``; its format: :mod:`laplace_head.cache.promptset_format`."""
+        return self.root / "sam_precompute" / split
+
+    # --- shards of stages 2 and 3 ------------------------------------------------------------
+    def shard_summary(self, stage: str, split: str, shard: str | int) -> Path:
+        """``<prompt_sets|sam_precompute>/<split>/_shards/shard_NNNN.json``."""
+        folders = {"prompt_sets": self.prompt_sets_dir, "sam_precompute": self.precompute_dir}
+        if stage not in folders:
+            raise ValueError(f"stage must be one of {', '.join(folders)}; got {stage!r}")
+        name = shard if isinstance(shard, str) and not shard.isdigit() else _shard_name(shard)
+        return folders[stage](split) / "_shards" / f"shard_{name}.json"
+
+    # --- stages 4 and 4.5 --------------------------------------------------------------------
+    @property
+    def training_data_dir(self) -> Path:
+        return self.root / "training_data" / self.head_variant
+
+    def training_index(self, split: str) -> Path:
+        return self.training_data_dir / f"{split}_index.csv"
+
+    def training_failures(self, split: str) -> Path:
+        return self.training_data_dir / f"{split}_failures.csv"
+
+    def split_h5(self, split: str) -> Path:
+        """The packed split; its format: :mod:`laplace_head.cache.split_h5`."""
+        return self.training_data_dir / f"{split}.h5"
+
+    # --- stage 5 ---------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "checkpoints" / self.head_variant / self._run_name()
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / BEST_CHECKPOINT
+
+    @property
+    def training_summary(self) -> Path:
+        return self.run_dir / TRAINING_SUMMARY
+
+    @property
+    def training_curves(self) -> Path:
+        return self.run_dir / "training_curves.png"
+
+    @property
+    def sanity_check(self) -> Path:
+        return self.run_dir / "sanity_check.json"
+
+    # --- stage 6 ---------------------------------------------------------------------------
+    @property
+    def laplace_dir(self) -> Path:
+        return self.root / "laplace" / self.head_variant / self._run_name()
+
+    def laplace_file(self, name: str) -> Path:
+        """``state``, ``config``, ``meta`` or ``grid_figure`` of the run's posterior."""
+        names = {
+            "state": LAPLACE_STATE,
+            "config": LAPLACE_CONFIG,
+            "meta": POSTERIOR_META,
+            "grid_figure": VAL_NLL_GRID,
+        }
+        return self.laplace_dir / names[name]
+
+    # --- stage 7 ---------------------------------------------------------------------------
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "reports" / "eval" / self._run_name()
+
+    def eval_file(self, name: str) -> Path:
+        """One of :data:`EVAL_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
+        return self.eval_dir / EVAL_FILES[name]
+
+    # --- sanity panels -----------------------------------------------------------------------
+    @property
+    def debug_panels_dir(self) -> Path:
+        return self.root / "reports" / "debug_panels"
+
+    def panels_listing(self, split: str) -> Path:
+        return self.debug_panels_dir / f"{split}_panels.json"
+
+    def panels_overview(self, split: str) -> Path:
+        return self.debug_panels_dir / f"{split}_overview.png"
+
+    # --- Snakemake's logs and benchmarks -------------------------------------------------------
+    def log(self, rule: str, *parts: str) -> Path:
+        """``logs/<rule>/<parts...>`` (the last part without ``.log``)."""
+        return self._under("logs", rule, parts, ".log")
+
+    def benchmark(self, rule: str, *parts: str) -> Path:
+        """``benchmarks/<rule>/<parts...>`` (the last part without ``.tsv``)."""
+        return self._under("benchmarks", rule, parts, ".tsv")
+
+    def _under(self, top: str, rule: str, parts: tuple[str, ...], suffix: str) -> Path:
+        *folders, last = parts or (rule,)
+        return self.root.joinpath(top, rule, *folders, last + suffix)
+
+
+def _shard_name(index: int | str) -> str:
+    return SHARD_FORMAT.format(int(index))

@@ -1,0 +1,1 @@
+"""The NoImageHead, its loss and its segmentation metrics."""

@@ -1,0 +1,1 @@
+"""Stage 2: seeded point-prompt sampling, Gaussian prompt maps and the prompt-set JSONs."""
