@@ -24,7 +24,7 @@ from laplace_head.cache.index import (
 )
 from laplace_head.cache.promptset_format import meta_fields
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_promptset(folder: Path, k: int = 2, branch: int = 1, seed: int = 0) -> None:

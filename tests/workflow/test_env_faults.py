@@ -128,7 +128,7 @@ def test_sam_device_cuda_without_gpu(stage12, snakemake_runner, config_writer):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: 'cuda' is valid here")
 def test_training_device_cuda_without_gpu(tmp_path: Path) -> None:
-    from synthetic_h5 import make_synthetic_h5
+    from helpers.synthetic_h5 import make_synthetic_h5
 
     make_synthetic_h5(tmp_path / "train.h5", 4, seed=1)
     make_synthetic_h5(tmp_path / "val.h5", 2, seed=2, split="val")

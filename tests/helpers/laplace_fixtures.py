@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from synthetic_h5 import make_synthetic_h5
 
+from helpers.synthetic_h5 import make_synthetic_h5
 from laplace_head.bayes.fit import fit_laplace
 from laplace_head.model.head import NoImageHead
 from laplace_head.training.dataset import H5SegmentationDataset

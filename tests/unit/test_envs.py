@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = REPO_ROOT / "envs" / "laplace_head.yaml"
 POST_DEPLOY = REPO_ROOT / "envs" / "laplace_head.post-deploy.sh"
 

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from synthetic_h5 import INDEX_COLUMNS, make_synthetic_h5
+from helpers.synthetic_h5 import INDEX_COLUMNS, make_synthetic_h5
 
 from laplace_head.cache.split_h5 import DataFileError, read_h5_index
 from laplace_head.training.dataset import (

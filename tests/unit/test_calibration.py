@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic_h5 import make_synthetic_h5
+from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.bayes.posterior import Posterior, binary_entropy_from_logits
 from laplace_head.evaluation.calibration import (

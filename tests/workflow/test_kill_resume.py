@@ -58,7 +58,7 @@ from laplace_head.util.faults import KILL_AT_ENV, PAUSE_AT_ENV
 
 pytestmark = pytest.mark.workflow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARD_SIZE = 3
 STAGE_DIRS = ("manifests", "prompt_sets", "sam_precompute", "training_data")
 TIMING_KEYS = {"timing_s", "elapsed_s"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from synthetic_h5 import make_synthetic_h5
+from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.training import checkpoint as ckpt
@@ -19,7 +19,7 @@ from laplace_head.training.loop import KILL_AFTER_STEPS_ENV, TrainingSettings, t
 from laplace_head.training.sanity import SanityCheckFailed, sanity_check_to_file
 from laplace_head.util.atomic import read_json, read_yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "workflow_scripts" / "train_head.py"
 TRAINING = {
     "batch_size": 4,

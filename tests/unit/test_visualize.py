@@ -23,7 +23,7 @@ from laplace_head.evaluation.sanity_panels import (
 )
 from laplace_head.util.atomic import read_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_packed_split(root: Path, n_samples: int, promptsets: int, split: str = "train") -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from laplace_head.dataset.demo import write_demo_dataset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
 
 

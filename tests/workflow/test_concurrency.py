@@ -33,7 +33,7 @@ from laplace_head.util.faults import KILL_AT_ENV, PAUSE_AT_ENV
 
 pytestmark = pytest.mark.workflow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_PROMPTSETS = {"train": 2, "val": 1, "test": 1}
 
 

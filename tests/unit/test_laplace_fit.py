@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, make_fitted_run, save_best
-from synthetic_h5 import make_synthetic_h5
+from helpers.laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, make_fitted_run, save_best
+from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
 from laplace_head.bayes.layer import (

@@ -26,7 +26,7 @@ from laplace_head.cache.split_h5 import read_h5_index
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
 from laplace_head.util.atomic import file_md5
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARRAYS = ("logits_256", "pos_map", "neg_map")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from laplace_head.config import schema_markdown
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_opens_with_the_two_commands() -> None:

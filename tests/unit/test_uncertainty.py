@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from laplace_fixtures import make_fitted_run
+from helpers.laplace_fixtures import make_fitted_run
 
 import laplace_head
 from laplace_head.bayes.posterior import (

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from laplace_fixtures import make_fitted_run
-from synthetic_h5 import make_synthetic_h5
+from helpers.laplace_fixtures import make_fitted_run
+from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.evaluation.evaluate import METHODS, evaluate, markdown_table
 from laplace_head.util.atomic import read_json

@@ -19,7 +19,7 @@ import torch
 from laplace_head.dataset.demo import write_demo_dataset
 from laplace_head.segmenters.sam import build_tiny_sam
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SITECUSTOMIZE = """
 import segment_anything
 from laplace_head.segmenters.sam import build_tiny_sam

@@ -28,7 +28,7 @@ from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
 from laplace_head.segmenters.sam import SamSegmenter, build_tiny_sam
 from laplace_head.util.atomic import read_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIZES = {"cls/a": (40, 56), "cls/b": (64, 48), "other/c": (30, 30)}
 N_PROMPTSETS = 3
 
