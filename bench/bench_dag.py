@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from laplace_head.layout import ProjectLayout
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 COLUMNS = ["sample_id", "safe_id", "class", "stem", "image_path", "mask_path", "image_h",
@@ -28,7 +30,7 @@ COLUMNS = ["sample_id", "safe_id", "class", "stem", "image_path", "mask_path", "
 
 
 def write_manifests(project: Path, n_samples: int) -> None:
-    manifests = project / "manifests"
+    manifests = ProjectLayout(project).manifests_dir
     manifests.mkdir(parents=True)
     rows = []
     for i in range(n_samples):

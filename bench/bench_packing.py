@@ -34,8 +34,10 @@ import pandas as pd
 from scipy import ndimage
 
 from laplace_head.cache.index import write_training_index
-from laplace_head.cache.packing import ARRAY_DATASETS, MASK_DATASET, pack_split
+from laplace_head.cache.packing import pack_split
+from laplace_head.cache.split_h5 import INPUT_ARRAYS, MASK_ARRAY
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import gaussian_prompt_map
 from laplace_head.util.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
 
@@ -76,7 +78,7 @@ def make_fake_split(
     rng = np.random.default_rng(seed)
     mask_paths = sorted((real_dev / "masks_root").glob("*/*.npy"))
     records = []
-    precompute = root / "sam_precompute" / split
+    precompute = ProjectLayout(root).precompute_dir(split)
     for i in range(n_samples):
         mask_path = mask_paths[i % len(mask_paths)]
         cls, stem = mask_path.parent.name, f"{mask_path.stem}_{i:05d}"
@@ -113,7 +115,7 @@ def make_fake_split(
                 "neg_points_256": neg.tolist(),
             }
             atomic_write_json(folder / "meta.json", meta)
-    split_csv = root / "manifests" / f"{split}.csv"
+    split_csv = ProjectLayout(root).manifest(split)
     atomic_write_csv(split_csv, pd.DataFrame(records).sort_values("sample_id"))
     return split_csv, precompute
 
@@ -121,13 +123,13 @@ def make_fake_split(
 def make_fake_index(root: Path, n_samples: int, promptsets: int, seed: int = 0) -> Path:
     """A fake split plus its stage-4 index; returns the index CSV path."""
     split_csv, precompute = make_fake_split(root, n_samples, promptsets, seed)
-    index_csv = root / "training_data" / "no_image" / "train_index.csv"
+    index_csv = ProjectLayout(root).training_index("train")
     write_training_index("train", split_csv, precompute, [], index_csv)
     return index_csv
 
 
 def _random_read(path: Path, order: np.ndarray) -> float:
-    names = [*ARRAY_DATASETS, MASK_DATASET]
+    names = [*INPUT_ARRAYS, MASK_ARRAY]
     with h5py.File(path, "r") as handle:
         datasets = [handle[name] for name in names]
         start = time.perf_counter()
@@ -138,7 +140,7 @@ def _random_read(path: Path, order: np.ndarray) -> float:
 
 
 def _batch_read(path: Path, order: np.ndarray) -> float:
-    names = [*ARRAY_DATASETS, MASK_DATASET]
+    names = [*INPUT_ARRAYS, MASK_ARRAY]
     batches = [np.sort(order[i : i + BATCH_SIZE]) for i in range(0, len(order), BATCH_SIZE)]
     with h5py.File(path, "r") as handle:
         datasets = [handle[name] for name in names]
@@ -152,7 +154,7 @@ def _batch_read(path: Path, order: np.ndarray) -> float:
 def _full_load(path: Path) -> float:
     start = time.perf_counter()
     with h5py.File(path, "r") as handle:
-        for name in [*ARRAY_DATASETS, MASK_DATASET]:
+        for name in [*INPUT_ARRAYS, MASK_ARRAY]:
             handle[name][()]
     return time.perf_counter() - start
 

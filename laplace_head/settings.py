@@ -1,7 +1,131 @@
-"""Facts every stage shares, each named once."""
+"""Per-stage settings taken from the resolved config, and the facts every stage shares.
+
+Each rule passes its stage's settings in ``params:``, built here by :func:`stage_params` from
+the config; the stand-alone commands build the same dicts from a config file. So a script never
+reads the config, and the params a job ran with are also its rerun triggers.
+
+Two kinds of settings:
+
+* **Result settings** change what a stage computes. They travel as plain dicts, which
+  Snakemake records and compares: changing one re-runs the stage (and its downstream jobs).
+* **Runtime settings** (:class:`Runtime`: devices, worker counts, in-RAM loading, wandb, the
+  run id) do not change a result on a given device. They travel as a :class:`Runtime` object;
+  Snakemake records only params it can represent (plain values and containers), so these are
+  not rerun triggers. :data:`RUNTIME_KEYS` is the one list of them.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 # The working grid: base logits, prompt maps, ground truth and head outputs are all
 # GRID_SIZE x GRID_SIZE (the "256" in logits_256).
 GRID_SIZE = 256
+
+# Config keys that never change a stage's result (section -> keys; "*" = the whole section).
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "sam": ("device",),
+    "training": ("run_id", "num_workers", "device", "in_memory"),
+    "wandb": ("*",),
+}
+# Per base segmenter, the ``sam`` keys its outputs depend on (the other backend's keys are not).
+SEGMENTER_KEYS: dict[str, tuple[str, ...]] = {
+    "sam": ("backend", "checkpoint", "model_type"),
+    "random_walker": ("backend", "random_walker_max_side", "random_walker_beta"),
+}
+
+
+class Backend(str, Enum):
+    """The base segmenters (``sam.backend``)."""
+
+    SAM = "sam"
+    RANDOM_WALKER = "random_walker"
+
+
+def result_keys(config: Mapping[str, Any], section: str) -> dict:
+    """The keys of a config section that change a result (:data:`RUNTIME_KEYS` left out)."""
+    runtime = RUNTIME_KEYS.get(section, ())
+    if "*" in runtime:
+        return {}
+    return {key: value for key, value in config[section].items() if key not in runtime}
+
+
+def is_runtime_key(section: str, key: str) -> bool:
+    """True for ``section.key`` listed in :data:`RUNTIME_KEYS`."""
+    runtime = RUNTIME_KEYS.get(section, ())
+    return "*" in runtime or key in runtime
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Machine and bookkeeping settings: never a rerun trigger (see the module docstring)."""
+
+    project_root: str = "."
+    sam_device: str = "auto"
+    training_device: str = "auto"
+    num_workers: int = 0
+    in_memory: str = "auto"
+    wandb: dict = field(default_factory=lambda: {"enabled": False})
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Runtime:
+        training = config["training"]
+        return cls(
+            project_root=str(config["data"]["project_root"]),
+            sam_device=config["sam"]["device"],
+            training_device=training["device"],
+            num_workers=training["num_workers"],
+            in_memory=training["in_memory"],
+            wandb=dict(config["wandb"]),
+        )
+
+
+def segmenter_params(config: Mapping[str, Any]) -> dict:
+    """The ``sam`` keys the configured backend's outputs depend on."""
+    sam = config["sam"]
+    return {key: sam[key] for key in SEGMENTER_KEYS[Backend(sam["backend"]).value]}
+
+
+def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Result settings of every stage, by rule name, from a resolved config."""
+    data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
+    return {
+        "build_manifests": {
+            "images_root": data["images_root"],
+            "masks_root": data["masks_root"],
+            "split_seed": data["split_seed"],
+        },
+        "generate_promptsets": {
+            "shard_size": data["shard_size"],
+            "num_promptsets": {
+                split: prompts[f"num_promptsets_{split}"] for split in ("train", "val", "test")
+            },
+            "min_pairs": prompts["min_pairs"],
+            "max_pairs": prompts["max_pairs"],
+            "prompt_seed": prompts["prompt_seed"],
+        },
+        "precompute_sam": {
+            "shard_size": data["shard_size"],
+            "sigma": prompts["gaussian_sigma"],
+            "segmenter": segmenter_params(config),
+        },
+        "train_head": {
+            "head": dict(config["head"]),
+            "training": result_keys(config, "training"),
+        },
+        "fit_laplace": {
+            "laplace": dict(laplace),
+            "logit_clip": config["training"]["logit_clip"],
+        },
+        "evaluate": {
+            "n_posterior_samples": laplace["n_posterior_samples"],
+            "ece_bins": laplace["ece_bins"],
+            "prompt_sigma": prompts["gaussian_sigma"],
+            "max_pixels_calibration": laplace["max_pixels_fit"],
+            "seed": laplace["seed"],
+        },
+        "visualize_sanity": {"n": 8, "seed": 0},
+    }

@@ -3,10 +3,12 @@
 import functools
 import sys
 
-import pandas as pd
+from laplace_head.dataset.manifests import read_split_manifest
 
 from laplace_head.config import ConfigError, validate_config
 from laplace_head.dataset.sharding import shard_names
+from laplace_head.layout import SPLITS, ProjectLayout
+from laplace_head.settings import Runtime, stage_params
 
 
 def _config_files():
@@ -28,10 +30,14 @@ except ConfigError as error:
 config.clear()
 config.update(_resolved)
 
-PROJECT = config["data"]["project_root"].rstrip("/")
 RUN_ID = config["training"]["run_id"]
-SPLITS = ["train", "val", "test"]
 SHARD_SIZE = config["data"]["shard_size"]
+# Every output path comes from the layout; "{...}" arguments stay Snakemake wildcards.
+LAYOUT = ProjectLayout(config["data"]["project_root"], run_id="{run_id}")
+RUN = LAYOUT.with_run(RUN_ID)
+# Result settings per rule (rerun triggers) and the runtime settings (not triggers).
+PARAMS = stage_params(config)
+RUNTIME = Runtime.from_config(config)
 
 
 wildcard_constraints:
@@ -40,18 +46,13 @@ wildcard_constraints:
     run_id=r"[A-Za-z0-9_.-]+",
 
 
-def proj(*parts):
-    """A path under data.project_root."""
-    return "/".join([PROJECT, *parts])
-
-
 def get_num_promptsets(wildcards):
-    return config["prompt_generation"][f"num_promptsets_{wildcards.split}"]
+    return PARAMS["generate_promptsets"]["num_promptsets"][wildcards.split]
 
 
 @functools.lru_cache(maxsize=None)
 def _split_size(split_csv):
-    return len(pd.read_csv(split_csv, usecols=["sample_id"]))
+    return len(read_split_manifest(split_csv))
 
 
 def get_shards(split):
@@ -60,13 +61,9 @@ def get_shards(split):
     return shard_names(_split_size(manifests.output[split]), SHARD_SIZE)
 
 
-def shard_summaries(stage_dir, split):
+def shard_summaries(stage, split):
     """The per-shard summary files of a stage (prompt_sets or sam_precompute) for a split."""
-    return expand(
-        proj(stage_dir, "{split}", "_shards", "shard_{shard}.json"),
-        split=split,
-        shard=get_shards(split),
-    )
+    return [LAYOUT.shard_summary(stage, split, shard) for shard in get_shards(split)]
 
 
 def get_precompute_shard_summaries(wildcards):
@@ -86,11 +83,11 @@ def get_all_precompute_shard_summaries(wildcards):
 def get_final_targets():
     """What `snakemake` with no target builds: every stage, every split, the configured run."""
     return [
-        proj("manifests", "all_samples.csv"),
-        *expand(proj("training_data", "no_image", "{split}.h5"), split=SPLITS),
-        proj("reports", "debug_panels", "train_panels.json"),
-        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_summary.json"),
-        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_curves.png"),
-        proj("laplace", "no_image", f"run_{RUN_ID}", "posterior_meta.json"),
-        proj("reports", "eval", f"run_{RUN_ID}", "metrics.json"),
+        LAYOUT.manifest("all_samples"),
+        *[LAYOUT.split_h5(split) for split in SPLITS],
+        LAYOUT.panels_listing("train"),
+        RUN.training_summary,
+        RUN.training_curves,
+        RUN.laplace_file("meta"),
+        RUN.eval_file("metrics"),
     ]

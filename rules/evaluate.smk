@@ -4,45 +4,40 @@
 
 rule evaluate:
     input:
-        state=proj("laplace", "no_image", "run_{run_id}", "laplace_state.pt"),
-        meta=proj("laplace", "no_image", "run_{run_id}", "posterior_meta.json"),
-        test_h5=proj("training_data", "no_image", "test.h5"),
-        val_h5=proj("training_data", "no_image", "val.h5"),
+        state=LAYOUT.laplace_file("state"),
+        meta=LAYOUT.laplace_file("meta"),
+        test_h5=LAYOUT.split_h5("test"),
+        val_h5=LAYOUT.split_h5("val"),
     output:
-        metrics=proj("reports", "eval", "run_{run_id}", "metrics.json"),
+        metrics=LAYOUT.eval_file("metrics"),
         table=report(
-            proj("reports", "eval", "run_{run_id}", "metrics.csv"),
+            LAYOUT.eval_file("table"),
             category="Evaluation",
             subcategory="run {run_id}",
             labels={"figure": "metrics table"},
         ),
-        markdown=proj("reports", "eval", "run_{run_id}", "metrics.md"),
+        markdown=LAYOUT.eval_file("markdown"),
         reliability=report(
-            proj("reports", "eval", "run_{run_id}", "reliability.png"),
+            LAYOUT.eval_file("reliability"),
             category="Evaluation",
             subcategory="run {run_id}",
             labels={"figure": "reliability diagrams"},
         ),
         examples=report(
-            proj("reports", "eval", "run_{run_id}", "uncertainty_examples.png"),
+            LAYOUT.eval_file("examples"),
             category="Evaluation",
             subcategory="run {run_id}",
             labels={"figure": "uncertainty maps and suggested clicks"},
         ),
     log:
-        proj("logs", "evaluate", "run_{run_id}.log"),
+        LAYOUT.log("evaluate", "run_{run_id}"),
     benchmark:
-        proj("benchmarks", "evaluate", "run_{run_id}.tsv")
+        LAYOUT.benchmark("evaluate", "run_{run_id}")
     conda:
         "../envs/laplace_head.yaml"
     params:
         run_id="{run_id}",
-        settings={
-            "n_posterior_samples": config["laplace"]["n_posterior_samples"],
-            "ece_bins": config["laplace"]["ece_bins"],
-            "prompt_sigma": config["prompt_generation"]["gaussian_sigma"],
-            "max_pixels_calibration": config["laplace"]["max_pixels_fit"],
-            "seed": config["laplace"]["seed"],
-        },
+        settings=PARAMS["evaluate"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/evaluate.py"

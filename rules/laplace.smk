@@ -4,27 +4,28 @@
 
 rule fit_laplace:
     input:
-        summary=proj("checkpoints", "no_image", "run_{run_id}", "training_summary.json"),
-        train_h5=proj("training_data", "no_image", "train.h5"),
-        val_h5=proj("training_data", "no_image", "val.h5"),
+        summary=LAYOUT.training_summary,
+        train_h5=LAYOUT.split_h5("train"),
+        val_h5=LAYOUT.split_h5("val"),
     output:
-        state=proj("laplace", "no_image", "run_{run_id}", "laplace_state.pt"),
-        config=proj("laplace", "no_image", "run_{run_id}", "laplace_config.yaml"),
-        meta=proj("laplace", "no_image", "run_{run_id}", "posterior_meta.json"),
+        state=LAYOUT.laplace_file("state"),
+        config=LAYOUT.laplace_file("config"),
+        meta=LAYOUT.laplace_file("meta"),
         grid_figure=report(
-            proj("laplace", "no_image", "run_{run_id}", "val_nll_grid.png"),
+            LAYOUT.laplace_file("grid_figure"),
             category="Laplace",
             subcategory="run {run_id}",
             labels={"figure": "validation NLL over prior precision x temperature"},
         ),
     log:
-        proj("logs", "fit_laplace", "run_{run_id}.log"),
+        LAYOUT.log("fit_laplace", "run_{run_id}"),
     benchmark:
-        proj("benchmarks", "fit_laplace", "run_{run_id}.tsv")
+        LAYOUT.benchmark("fit_laplace", "run_{run_id}")
     conda:
         "../envs/laplace_head.yaml"
     params:
         run_id="{run_id}",
-        laplace=config["laplace"],
+        settings=PARAMS["fit_laplace"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/fit_laplace.py"

@@ -1,20 +1,22 @@
+# Stage 1: scan, validate and split (a checkpoint: the split CSVs decide the shards).
+
+
 checkpoint build_manifests:
     output:
-        all_samples=proj("manifests", "all_samples.csv"),
-        train=proj("manifests", "train.csv"),
-        val=proj("manifests", "val.csv"),
-        test=proj("manifests", "test.csv"),
-        report=proj("manifests", "manifest_report.json"),
+        all_samples=LAYOUT.manifest("all_samples"),
+        train=LAYOUT.manifest("train"),
+        val=LAYOUT.manifest("val"),
+        test=LAYOUT.manifest("test"),
+        report=LAYOUT.manifest_report,
     log:
-        proj("logs", "build_manifests", "build_manifests.log"),
+        LAYOUT.log("build_manifests"),
     benchmark:
-        proj("benchmarks", "build_manifests", "build_manifests.tsv")
+        LAYOUT.benchmark("build_manifests")
     conda:
         "../envs/laplace_head.yaml"
     threads: 2
     params:
-        images_root=config["data"]["images_root"],
-        masks_root=config["data"]["masks_root"],
-        split_seed=config["data"]["split_seed"],
+        settings=PARAMS["build_manifests"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/build_manifests.py"

@@ -1,32 +1,25 @@
-# The settings stage-3 outputs depend on, per backend. They are declared as params so that
-# Snakemake's params rerun-trigger re-runs the shard jobs when one changes (each job then
-# recomputes only the stale prompt sets); the other backend's settings and sam.device are left
-# out, so changing those re-runs nothing.
-PRECOMPUTE_SAM_KEYS = {
-    "sam": ["backend", "checkpoint", "model_type"],
-    "random_walker": ["backend", "random_walker_max_side", "random_walker_beta"],
-}
+# Stage 3: base-segmenter logits and prompt maps, one GPU job per shard of a split. The
+# segmenter params hold only the settings the active backend's outputs depend on
+# (laplace_head.settings.SEGMENTER_KEYS): changing one re-runs the shard jobs, which then
+# recompute only the stale prompt sets. sam.device travels in the runtime settings.
 
 
 rule precompute_sam:
     input:
-        split_csv=proj("manifests", "{split}.csv"),
-        prompt_marker=proj("prompt_sets", "{split}", "_shards", "shard_{shard}.json"),
+        split_csv=LAYOUT.manifest("{split}"),
+        prompt_marker=LAYOUT.shard_summary("prompt_sets", "{split}", "{shard}"),
     output:
-        summary=proj("sam_precompute", "{split}", "_shards", "shard_{shard}.json"),
+        summary=LAYOUT.shard_summary("sam_precompute", "{split}", "{shard}"),
     log:
-        proj("logs", "precompute_sam", "{split}", "shard_{shard}.log"),
+        LAYOUT.log("precompute_sam", "{split}", "shard_{shard}"),
     benchmark:
-        proj("benchmarks", "precompute_sam", "{split}", "shard_{shard}.tsv")
+        LAYOUT.benchmark("precompute_sam", "{split}", "shard_{shard}")
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
-        sigma=config["prompt_generation"]["gaussian_sigma"],
-        segmenter={
-            key: config["sam"][key]
-            for key in PRECOMPUTE_SAM_KEYS[config["sam"]["backend"]]
-        },
+        settings=PARAMS["precompute_sam"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/precompute_sam.py"

@@ -1,17 +1,20 @@
+# Stage 2: seeded prompt-set JSONs, one job per shard of a split.
+
+
 rule generate_promptsets:
     input:
-        split_csv=proj("manifests", "{split}.csv"),
+        split_csv=LAYOUT.manifest("{split}"),
     output:
-        summary=proj("prompt_sets", "{split}", "_shards", "shard_{shard}.json"),
+        summary=LAYOUT.shard_summary("prompt_sets", "{split}", "{shard}"),
     log:
-        proj("logs", "generate_promptsets", "{split}", "shard_{shard}.log"),
+        LAYOUT.log("generate_promptsets", "{split}", "shard_{shard}"),
     conda:
         "../envs/laplace_head.yaml"
     params:
-        shard_size=SHARD_SIZE,
+        shard_size=PARAMS["generate_promptsets"]["shard_size"],
         num_promptsets=get_num_promptsets,
-        min_pairs=config["prompt_generation"]["min_pairs"],
-        max_pairs=config["prompt_generation"]["max_pairs"],
-        prompt_seed=config["prompt_generation"]["prompt_seed"],
+        min_pairs=PARAMS["generate_promptsets"]["min_pairs"],
+        max_pairs=PARAMS["generate_promptsets"]["max_pairs"],
+        prompt_seed=PARAMS["generate_promptsets"]["prompt_seed"],
     script:
         "../workflow_scripts/generate_promptsets.py"

@@ -13,17 +13,17 @@ rule sam_precompute:
 
 rule train:
     input:
-        proj("checkpoints", "no_image", f"run_{RUN_ID}", "training_summary.json"),
+        RUN.training_summary,
 
 
 rule sanity_check:
     input:
-        proj("checkpoints", "no_image", f"run_{RUN_ID}", "sanity_check.json"),
+        RUN.sanity_check,
 
 
 rule sanity_panels:
     input:
-        proj("reports", "debug_panels", "train_panels.json"),
+        LAYOUT.panels_listing("train"),
 
 
 for _split in SPLITS:
@@ -32,4 +32,4 @@ for _split in SPLITS:
         name:
             f"split_{_split}"
         input:
-            proj("training_data", "no_image", f"{_split}.h5"),
+            LAYOUT.split_h5(_split),

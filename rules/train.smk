@@ -4,65 +4,61 @@
 # the same command after a kill resumes from the last completed epoch (resume="auto").
 # The head and training settings that change the weights are params: changing one under an
 # existing run id re-runs train_head, which then refuses and names the changed keys (use a new
-# training.run_id). Settings that do not change the result are left out.
-TRAINING_KEYS_NOT_IN_RESULT = {"run_id", "num_workers", "device", "in_memory"}
+# training.run_id). Runtime settings (laplace_head.settings.RUNTIME_KEYS) are not triggers.
 
 
 rule train_head:
     input:
-        train_h5=proj("training_data", "no_image", "train.h5"),
-        val_h5=proj("training_data", "no_image", "val.h5"),
+        train_h5=LAYOUT.split_h5("train"),
+        val_h5=LAYOUT.split_h5("val"),
     output:
-        summary=proj("checkpoints", "no_image", "run_{run_id}", "training_summary.json"),
+        summary=LAYOUT.training_summary,
     log:
-        proj("logs", "train_head", "run_{run_id}.log"),
+        LAYOUT.log("train_head", "run_{run_id}"),
     benchmark:
-        proj("benchmarks", "train_head", "run_{run_id}.tsv")
+        LAYOUT.benchmark("train_head", "run_{run_id}")
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
         run_id="{run_id}",
-        head=config["head"],
-        training={
-            key: value
-            for key, value in config["training"].items()
-            if key not in TRAINING_KEYS_NOT_IN_RESULT
-        },
+        settings=PARAMS["train_head"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/train_head.py"
 
 
 rule sanity_check_head:
     input:
-        train_h5=proj("training_data", "no_image", "train.h5"),
+        train_h5=LAYOUT.split_h5("train"),
     output:
-        sanity=proj("checkpoints", "no_image", "run_{run_id}", "sanity_check.json"),
+        sanity=LAYOUT.sanity_check,
     log:
-        proj("logs", "sanity_check_head", "run_{run_id}.log"),
+        LAYOUT.log("sanity_check_head", "run_{run_id}"),
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
-        run_id="{run_id}",
+        settings=PARAMS["train_head"],
+        runtime=RUNTIME,
     script:
-        "../workflow_scripts/train_head.py"
+        "../workflow_scripts/sanity_check_head.py"
 
 
 rule plot_training_curves:
     input:
-        summary=proj("checkpoints", "no_image", "run_{run_id}", "training_summary.json"),
+        summary=LAYOUT.training_summary,
     output:
         png=report(
-            proj("checkpoints", "no_image", "run_{run_id}", "training_curves.png"),
+            LAYOUT.training_curves,
             category="Training",
             subcategory="run {run_id}",
             labels={"figure": "loss and validation IoU per epoch"},
         ),
     log:
-        proj("logs", "plot_training_curves", "run_{run_id}.log"),
+        LAYOUT.log("plot_training_curves", "run_{run_id}"),
     conda:
         "../envs/laplace_head.yaml"
     script:

@@ -1,27 +1,33 @@
+# Stages 4 and 4.5: the training index of a split, then its packed HDF5.
+
+
 rule build_training_index:
     input:
-        split_csv=proj("manifests", "{split}.csv"),
+        split_csv=LAYOUT.manifest("{split}"),
         summaries=get_precompute_shard_summaries,
     output:
-        index=proj("training_data", "no_image", "{split}_index.csv"),
-        failures=proj("training_data", "no_image", "{split}_failures.csv"),
+        index=LAYOUT.training_index("{split}"),
+        failures=LAYOUT.training_failures("{split}"),
     log:
-        proj("logs", "build_training_index", "{split}.log"),
+        LAYOUT.log("build_training_index", "{split}"),
     conda:
         "../envs/laplace_head.yaml"
+    params:
+        precompute_dir=str(LAYOUT.precompute_dir("{split}")),
+        prompt_sets_dir=str(LAYOUT.prompt_sets_dir("{split}")),
     script:
         "../workflow_scripts/build_training_index.py"
 
 
 rule pack_hdf5:
     input:
-        index=proj("training_data", "no_image", "{split}_index.csv"),
+        index=LAYOUT.training_index("{split}"),
     output:
-        h5=proj("training_data", "no_image", "{split}.h5"),
+        h5=LAYOUT.split_h5("{split}"),
     log:
-        proj("logs", "pack_hdf5", "{split}.log"),
+        LAYOUT.log("pack_hdf5", "{split}"),
     benchmark:
-        proj("benchmarks", "pack_hdf5", "{split}.tsv")
+        LAYOUT.benchmark("pack_hdf5", "{split}")
     conda:
         "../envs/laplace_head.yaml"
     script:

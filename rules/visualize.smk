@@ -1,13 +1,13 @@
-# On-demand sanity panels (image / GT / SAM mask / SAM logits / pos map / neg map).
+# On-demand sanity panels (image / GT / base mask / base logits / pos map / neg map).
 
 
 rule visualize_sanity:
     input:
-        h5=proj("training_data", "no_image", "{split}.h5"),
+        h5=LAYOUT.split_h5("{split}"),
     output:
-        listing=proj("reports", "debug_panels", "{split}_panels.json"),
+        listing=LAYOUT.panels_listing("{split}"),
         overview=report(
-            proj("reports", "debug_panels", "{split}_overview.png"),
+            LAYOUT.panels_overview("{split}"),
             category="Sanity panels",
             subcategory="{split}",
             labels={
@@ -15,11 +15,10 @@ rule visualize_sanity:
             },
         ),
     log:
-        proj("logs", "visualize_sanity", "{split}.log"),
+        LAYOUT.log("visualize_sanity", "{split}"),
     conda:
         "../envs/laplace_head.yaml"
     params:
-        n=8,
-        seed=0,
+        settings=PARAMS["visualize_sanity"],
     script:
         "../workflow_scripts/visualize_sanity.py"

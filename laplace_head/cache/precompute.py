@@ -343,12 +343,7 @@ def run_precompute(
     shard: str | None,
     shard_size: int,
     sigma: float,
-    backend: str,
-    checkpoint: str | None = None,
-    model_type: str = "vit_h",
-    device: str = "auto",
-    random_walker_max_side: int = 160,
-    random_walker_beta: float = 2000.0,
+    segmenter_settings: Mapping[str, Any],
     wandb_config: Mapping[str, Any] | None = None,
     split_csv: str | os.PathLike | None = None,
     summary_path: str | os.PathLike | None = None,
@@ -357,16 +352,17 @@ def run_precompute(
 
     The segmenter is built once, before the first shard, and reused. ``shard=None`` runs every
     shard of each split (``manifests/<split>.csv`` sorted by sample_id, ``shard_size`` samples
-    per shard). ``split_csv`` and ``summary_path`` override the default paths and need exactly
-    one split and one shard.
+    per shard). ``segmenter_settings`` are the keyword arguments of
+    :func:`laplace_head.segmenters.build_segmenter_from_settings` (``backend`` and the keys that
+    backend reads, plus ``device``). ``split_csv`` and ``summary_path`` override the layout's
+    paths and need exactly one split and one shard.
 
     Returns
     -------
     list of dict
         One :func:`precompute_shard` summary per shard processed.
     """
-    import pandas as pd
-
+    from laplace_head.dataset.manifests import read_split_manifest
     from laplace_head.dataset.sharding import shard_names, shard_rows
     from laplace_head.segmenters import build_segmenter_from_settings
     from laplace_head.util.tracking import init_tracker
@@ -374,9 +370,7 @@ def run_precompute(
     if (split_csv is not None or summary_path is not None) and (len(splits) != 1 or shard is None):
         raise ValueError("split_csv / summary_path overrides need exactly one split and one shard")
     layout = ProjectLayout(project_root)
-    segmenter = build_segmenter_from_settings(
-        backend, checkpoint, model_type, device, random_walker_max_side, random_walker_beta
-    )
+    segmenter = build_segmenter_from_settings(**segmenter_settings)
     name = "precompute_" + "_".join([*splits, *([shard] if shard is not None else [])])
     tracker = init_tracker(
         wandb_config or {"enabled": False},
@@ -394,7 +388,7 @@ def run_precompute(
                     f"split manifest {str(csv_path)!r} does not exist; run stage 1 "
                     "(build_manifests) first."
                 )
-            frame = pd.read_csv(csv_path, dtype={"sample_id": str, "safe_id": str})
+            frame = read_split_manifest(csv_path)
             for shard_name in [shard] if shard is not None else shard_names(len(frame), shard_size):
                 try:
                     rows = shard_rows(frame, shard_name, shard_size)

@@ -260,13 +260,3 @@ def update_readme(readme_path: str | os.PathLike) -> bool:
     if updated != text:
         path.write_text(updated, encoding="utf-8")
     return updated != text
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["--update-readme"]:
-        changed = update_readme(Path.cwd() / "README.md")
-        print("README.md config reference " + ("updated" if changed else "already current"))
-    else:
-        print(schema_markdown(), end="")

@@ -6,12 +6,11 @@ backgrounds, at varying sizes and positions. ``ellipse`` images are JPEG, the ot
 a corrupt image, an empty mask, an all-foreground mask, a missing mask, a mask without image,
 and a (valid) mask/image size mismatch.
 
-Run ``python -m laplace_head.dataset.demo --out demo_data`` (what ``make demo`` does).
+Run ``python -m laplace_head demo-data --out demo_data`` (what ``make demo`` does).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -117,16 +116,3 @@ def _write_broken_pairs(images_root: Path, masks_root: Path) -> None:
     # Valid but recorded: the mask is stored at half the image's resolution.
     atomic_write_bytes(images_root / "rectangle" / "size_mismatch.png", _encode(image, "PNG"))
     atomic_save_npy(masks_root / "rectangle" / "size_mismatch.npy", mask[::2, ::2].astype(np.uint8))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
-    parser.add_argument("--per-class", type=int, default=20, help="valid samples per class")
-    args = parser.parse_args(argv)
-    images_root, masks_root = write_demo_dataset(args.out, args.per_class)
-    print(f"demo dataset written: {images_root} and {masks_root}")
-
-
-if __name__ == "__main__":
-    main()

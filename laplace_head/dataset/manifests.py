@@ -21,6 +21,7 @@ from tqdm import tqdm
 from laplace_head.dataset.checks import ValidationResult, validate_entry
 from laplace_head.dataset.scan import ScanEntry, scan_dataset
 from laplace_head.dataset.splits import SPLITS, assign_splits
+from laplace_head.errors import LaplaceHeadError
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
@@ -42,6 +43,26 @@ MANIFEST_COLUMNS = [
     "reason",
     "split",
 ]
+
+
+# Columns read back as text: ids, classes and stems like "007" must not become numbers.
+TEXT_COLUMNS = ("sample_id", "safe_id", "class", "stem", "image_path", "mask_path", "reason")
+
+
+def read_split_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """A manifest CSV written by :func:`build_manifests`, with its text columns kept as text.
+
+    Raises
+    ------
+    LaplaceHeadError
+        When the file does not exist (stage 1 has not run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LaplaceHeadError(
+            f"split manifest {str(path)!r} does not exist; run stage 1 (build_manifests) first."
+        )
+    return pd.read_csv(path, keep_default_na=False, dtype=dict.fromkeys(TEXT_COLUMNS, str))
 
 
 def _validate_all(entries: list[ScanEntry], workers: int) -> list[ValidationResult]:

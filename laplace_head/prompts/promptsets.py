@@ -25,7 +25,8 @@ LOGGER = logging.getLogger(__name__)
 
 
 def promptset_json_path(prompt_dir: str | os.PathLike, split: str, safe_id: str) -> Path:
-    """``<prompt_dir>/<split>/<safe_id>.json``."""
+    """``<prompt_dir>/<split>/<safe_id>.json`` (the layout's ``promptset_json`` for the project's
+    ``prompt_sets`` folder)."""
     return Path(prompt_dir) / split / f"{safe_id}.json"
 
 

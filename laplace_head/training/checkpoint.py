@@ -27,16 +27,18 @@ import numpy as np
 import torch
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import BEST_CHECKPOINT, TRAINING_SUMMARY
 from laplace_head.model.head import NoImageHead
+from laplace_head.settings import is_runtime_key
 from laplace_head.util.atomic import atomic_path, json_dumps, read_json, read_yaml
 
 CONFIG_FILE = "config.yaml"
 LAST_FILE = "last.pt"
-BEST_FILE = "best.pt"
+BEST_FILE = BEST_CHECKPOINT
 OPTIMIZER_FILE = "optimizer_last.pt"
 SCALER_FILE = "scaler_last.pt"
 EPOCH_STATE_FILE = "epoch_state.json"
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = TRAINING_SUMMARY
 # best.pt too: it exists from the first completed epoch on, and the summary reads it.
 RESUME_FILES = (CONFIG_FILE, LAST_FILE, BEST_FILE, OPTIMIZER_FILE, SCALER_FILE, EPOCH_STATE_FILE)
 STATE_FORMAT_VERSION = 1
@@ -239,23 +241,17 @@ def load_training_state(
     }
 
 
-# Keys of the resolved config that change what a run computes. Everything else (where the data
-# lives, wandb, later stages) may differ between the start and the resumption of a run; the
-# runtime-only training keys below do not change the weights on a given device.
+# Sections of the resolved config that change what a run computes. Everything else (where the
+# data lives, wandb, later stages) may differ between the start and the resumption of a run, and
+# so may the runtime keys of laplace_head.settings.RUNTIME_KEYS (run id, workers, device, RAM).
 RESULT_SECTIONS = ("head", "training")
-RUNTIME_ONLY_KEYS = (
-    "training.run_id",
-    "training.num_workers",
-    "training.device",
-    "training.in_memory",
-)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``"section.key: saved -> current"`` for every result-relevant key that differs.
 
-    Compared: every key of the ``head`` and ``training`` sections except
-    :data:`RUNTIME_ONLY_KEYS` (run id, worker count, device, in-RAM loading).
+    Compared: every key of the ``head`` and ``training`` sections except the runtime keys of
+    :data:`laplace_head.settings.RUNTIME_KEYS` (run id, worker count, device, in-RAM loading).
     """
     differences = []
     for section in RESULT_SECTIONS:
@@ -263,7 +259,7 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
         new = dict(current.get(section) or {})
         for key in sorted(set(old) | set(new)):
             dotted = f"{section}.{key}"
-            if dotted not in RUNTIME_ONLY_KEYS and old.get(key) != new.get(key):
+            if not is_runtime_key(section, key) and old.get(key) != new.get(key):
                 differences.append(f"{dotted}: {old.get(key)!r} -> {new.get(key)!r}")
     return differences
 

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from laplace_head.errors import LaplaceHeadError
 
@@ -69,3 +69,12 @@ def _fail(message: str) -> NoReturn:
     logging.getLogger("laplace_head").error("%s", message)
     print(f"ERROR: {message}", file=sys.stderr)
     raise SystemExit(1) from None
+
+
+def run_rule(job: Any, func: Callable[[], T]) -> T:
+    """Run a workflow script's stage call: log to the rule's ``log:`` file, user errors clean.
+
+    ``job`` is the ``snakemake`` object of the script.
+    """
+    setup_logging(job.log[0])
+    return run_user_facing(func)

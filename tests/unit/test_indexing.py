@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from laplace_head.cache.index import (
     write_training_index,
 )
 from laplace_head.cache.promptset_format import meta_fields
+from laplace_head.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -227,9 +226,7 @@ def test_standalone_script(tmp_path, monkeypatch):
     make_split(project, {"a": 2}, split="val")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}}))
-    script = REPO / "workflow_scripts" / "build_training_index.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--config", str(config), "--split", "val"])
-    runpy.run_path(str(script), run_name="__main__")
+    cli_main(["build-training-index", "--config", str(config), "--split", "val"])
     out = project / "training_data" / "no_image"
     assert len(read_index(out / "val_index.csv")) == 2
     assert (out / "val_failures.csv").is_file()

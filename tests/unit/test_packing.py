@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from laplace_head.cache.packing import (
     pack_split,
 )
 from laplace_head.cache.split_h5 import read_h5_index
+from laplace_head.cli import main as cli_main
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
 from laplace_head.util.atomic import file_md5
 
@@ -230,11 +229,8 @@ def test_standalone_script(tmp_path, monkeypatch):
     make_indexed_split(project, n_samples=2, promptsets=1, split="val")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}}))
-    script = REPO / "workflow_scripts" / "pack_hdf5.py"
-    argv = [str(script), "--config", str(config), "--split", "val", "--chunk-rows", "1"]
-    argv += ["--compression", "lzf"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(script), run_name="__main__")
+    argv = ["pack-hdf5", "--config", str(config), "--split", "val", "--chunk-rows", "1"]
+    cli_main([*argv, "--compression", "lzf"])
     with h5py.File(project / "training_data" / "no_image" / "val.h5", "r") as handle:
         assert handle.attrs["compression"] == "lzf" and handle.attrs["n_rows"] == 2
         assert tuple(handle.attrs["chunks"]) == (1, 256, 256)

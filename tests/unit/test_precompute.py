@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.tiny_sam import build_tiny_sam
 from PIL import Image
 
 from laplace_head.cache.precompute import (
@@ -21,11 +21,12 @@ from laplace_head.cache.precompute import (
     read_promptset_outputs,
     run_precompute,
 )
+from laplace_head.cli import main as cli_main
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import gaussian_prompt_map, rescale_points, sample_promptsets
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
-from laplace_head.segmenters.sam import SamSegmenter, build_tiny_sam
+from laplace_head.segmenters.sam import SamSegmenter
 from laplace_head.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -264,8 +265,7 @@ def test_run_precompute_all_shards_and_script(tmp_path):
         None,
         shard_size=2,
         sigma=6.0,
-        backend="random_walker",
-        random_walker_max_side=24,
+        segmenter_settings={"backend": "random_walker", "random_walker_max_side": 24},
     )
     assert [(s["split"], s["shard"], s["n_samples"]) for s in summaries] == [
         ("train", "0000", 2),
@@ -278,10 +278,10 @@ def test_run_precompute_all_shards_and_script(tmp_path):
             > 0
         )
     with pytest.raises(LaplaceHeadError, match="shard '0005' does not exist"):
-        run_precompute(tmp_path, ["val"], "0005", 2, 6.0, "random_walker")
+        run_precompute(tmp_path, ["val"], "0005", 2, 6.0, {"backend": "random_walker"})
     with pytest.raises(LaplaceHeadError, match="build_manifests"):
-        run_precompute(tmp_path, ["test"], "0000", 2, 6.0, "random_walker")
-    # The stand-alone script: one shard of one split; everything is already there -> skipped.
+        run_precompute(tmp_path, ["test"], "0000", 2, 6.0, {"backend": "random_walker"})
+    # The stand-alone command: one shard of one split; everything is already there -> skipped.
     config = {
         "data": {"project_root": str(tmp_path), "shard_size": 2},
         "sam": {"backend": "random_walker", "random_walker_max_side": 24},
@@ -289,12 +289,12 @@ def test_run_precompute_all_shards_and_script(tmp_path):
         "wandb": {"enabled": False},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    script = runpy.run_path(str(REPO / "workflow_scripts" / "precompute_sam.py"))
     root_logger = logging.getLogger()
     saved = root_logger.handlers[:], root_logger.level
     try:
-        script["main"](
-            ["--config", str(tmp_path / "config.yaml"), "--split", "train", "--shard", "1"]
+        cli_main(
+            ["precompute-sam", "--config", str(tmp_path / "config.yaml"), "--split", "train"]
+            + ["--shard", "1"]
         )
     finally:
         for handler in root_logger.handlers:

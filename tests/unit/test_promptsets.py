@@ -192,9 +192,9 @@ def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config
         data={"shard_size": 4},
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    for script in ("build_manifests", "generate_promptsets"):
+    for command in ("build-manifests", "generate-promptsets"):
         process = subprocess.run(
-            [sys.executable, f"workflow_scripts/{script}.py", "--config", str(config)],
+            [sys.executable, "-m", "laplace_head", command, "--config", str(config)],
             cwd=repo_root,
             capture_output=True,
             text=True,

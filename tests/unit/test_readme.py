@@ -13,5 +13,5 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_readme_config_reference_matches_schema() -> None:
-    # Regenerate with: python -m laplace_head.config --update-readme
+    # Regenerate with: python -m laplace_head config-reference --update-readme README.md
     assert schema_markdown() in README.read_text(encoding="utf-8")

@@ -20,7 +20,6 @@ from laplace_head.training.sanity import SanityCheckFailed, sanity_check_to_file
 from laplace_head.util.atomic import read_json, read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "workflow_scripts" / "train_head.py"
 TRAINING = {
     "batch_size": 4,
     "num_epochs": 3,
@@ -54,7 +53,8 @@ def _run_dir(config_path: Path, run_id: str = "t") -> Path:
 
 
 def _script(config_path: Path, *flags: str, env: dict | None = None, run_id: str = "t"):
-    command = [sys.executable, str(SCRIPT), "--config", str(config_path), "--run_id", run_id]
+    command = [sys.executable, "-m", "laplace_head", "train-head", "--config", str(config_path)]
+    command += ["--run_id", run_id]
     return subprocess.run(
         [*command, *flags],
         cwd=REPO,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from PIL import Image
 
 from laplace_head.cache.index import write_training_index
 from laplace_head.cache.packing import pack_split
+from laplace_head.cli import main as cli_main
 from laplace_head.evaluation.sanity_panels import (
     choose_rows,
     panel_name,
@@ -143,9 +142,6 @@ def test_standalone_script(tmp_path, monkeypatch):
     make_packed_split(project, n_samples=3, promptsets=1)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}}))
-    script = REPO / "workflow_scripts" / "visualize_sanity.py"
-    argv = [str(script), "--config", str(config), "--n", "2", "--split", "train"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(script), run_name="__main__")
+    cli_main(["visualize-sanity", "--config", str(config), "--n", "2", "--split", "train"])
     panels = sorted((project / "reports" / "debug_panels").glob("train__*.png"))
     assert len(panels) == 2
