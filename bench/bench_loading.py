@@ -1,30 +1,38 @@
 """Training-data loading throughput: packed HDF5 through the training Dataset vs alternatives.
 
-Builds a fake split from real masks (see ``bench_packing.make_fake_split``), packs it with the
-default chunking/compression, then times one epoch of shuffled batches (``batch_size`` rows,
-``num_workers=0`` so only the reading is measured) of float32 tensors
-``inputs (B, 3, 256, 256)`` / ``target (B, 1, 256, 256)`` from:
+Builds a fake training split from the real_dev masks (``bench_packing.REAL_DEV``) and its
+stage-4 index (``bench_packing.make_fake_index``: ``--samples`` samples x ``--promptsets`` prompt
+sets, in a temporary folder), packs it twice with :func:`laplace_head.cache.packing.pack_split` -
+with the default layout (contiguous, uncompressed) and with one row per chunk - and measures
+samples/s of reading every row once per epoch in shuffled batches of ``--batch-size`` rows,
+converted to float32 tensors ``inputs (B, 3, 256, 256)`` (logits clipped to +-20) /
+``target (B, 1, 256, 256)``. ``torch.set_num_threads(1)`` and ``num_workers=0``, so only reading
+and conversion are measured. Variants:
 
-- ``h5``: :class:`laplace_head.training.dataset.H5SegmentationDataset`
-  with ``in_memory="never"`` (reads
-  the HDF5 from disk) through :func:`laplace_head.training.dataset.make_loader`;
-- ``ram``: the same Dataset with ``in_memory="always"`` (the same arrays from in-memory numpy
-  arrays, same conversion code);
-- ``numpy``: bare numpy fancy indexing of in-memory arrays + the same clip/stack/float32
-  conversion, no Dataset or DataLoader (a lower bound on per-batch overhead);
+- ``h5``: :class:`laplace_head.training.dataset.H5SegmentationDataset` with
+  ``in_memory="never"`` (reads the HDF5 from disk, one plain read per row and array) through
+  :func:`laplace_head.training.dataset.make_loader` (one batch per item, no collate);
+- ``ram``: the same Dataset and loader with ``in_memory="always"`` (the same arrays held in
+  in-memory numpy arrays, same conversion code);
+- ``numpy``: bare numpy fancy indexing of the in-memory arrays plus this script's own
+  clip/stack/float32 conversion (``_to_tensors``), no Dataset or DataLoader (a lower bound on
+  per-batch overhead);
 - ``npy``: what training would do without packing: per row, three ``.npy`` loads plus the
   ground-truth mask read and resized to 256x256 (``load_mask`` + ``resize_mask_nearest``),
-  same conversion;
+  same conversion as ``numpy``;
 - ``npy_dataset``: the same per-file reads the way the seed's ``dataset.py`` did them: a
   ``torch`` Dataset over index rows, one file set per ``__getitem__``, a DataLoader with
   ``batch_size`` and the default collate;
-- ``h5_chunk1``: the Dataset on a file packed with one row per chunk (not the default), to show
-  why the default layout is contiguous.
+- ``h5_chunk1``: the ``h5`` variant on the file packed with ``chunk_rows=1`` (uncompressed)
+  instead of the contiguous default; timed in the first epoch only.
 
-Targets (issue 3): h5 / ram >= 0.7 and h5 / npy >= 3. By default the page cache is warm (every
-epoch after the first on a machine with enough RAM); ``--cold`` evicts every file involved from
-the page cache (``posix_fadvise(DONTNEED)``) before each epoch, like a first epoch or a dataset
-larger than RAM.
+The variants run round-robin, one epoch each per round, for ``--epochs`` rounds, so that a
+change in machine load hits all of them alike; each reports its best epoch. Printed: the rate of
+every variant and the ratios h5 / ram (target >= 0.7), h5 / numpy (no target), h5 / npy and
+h5 / npy_dataset (target >= 3 each); the targets are those of issue 3. By default the page cache
+is warm (every epoch after the first on a machine with enough RAM); ``--cold`` evicts every file
+involved (both HDF5 files, the ``.npy`` files and the masks) from the page cache
+(``posix_fadvise(DONTNEED)``) before each epoch, like a first epoch or a dataset larger than RAM.
 
     .venv/bin/python bench/bench_loading.py [--samples 64] [--promptsets 4] [--batch-size 8]
         [--epochs 5] [--cold]
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         for number in range(args.epochs):
             for name, epoch in variants.items():
                 if name == "h5_chunk1" and number:
-                    continue  # ~100x slower; one epoch shows it
+                    continue  # one epoch is enough for the chunked layout's ratio
                 if args.cold:
                     evict_from_page_cache(files)
                 start = time.perf_counter()

@@ -109,8 +109,9 @@ def make_fake_split(
             atomic_save_npy(folder / "neg_map.npy", gaussian_prompt_map(neg, 8.0))
             meta = {
                 "k": k,
-                "branch": int(rng.integers(0, 3)),
-                "scores": rng.uniform(0.5, 1.0, 3).round(4).tolist(),
+                "branch_index": (branch := int(rng.integers(0, 3))),
+                "scores": (scores := rng.uniform(0.5, 1.0, 3).round(4).tolist()),
+                "score": scores[branch],
                 "pos_points_256": pos.tolist(),
                 "neg_points_256": neg.tolist(),
             }

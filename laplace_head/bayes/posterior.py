@@ -4,15 +4,20 @@
 conv (17 numbers: 16 weights, then the bias) from the artifacts of stage 6. Every pixel's
 refined logit is ``z = phi . w + b`` with ``phi`` the (16,) trunk feature of that pixel, so:
 
-* the **predictive probability** is the closed-form probit GLM predictive, exact for a diagonal
-  posterior over a linear last layer: ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2`` and
-  ``p = sigmoid(z_map / sqrt(1 + pi * var(z) / 8))``;
+* the **predictive probability** is the closed-form probit GLM predictive: the logit variance
+  ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2`` is exact for a diagonal posterior over a linear last
+  layer, and ``p = sigmoid(z_map / sqrt(1 + pi * var(z) / 8))`` is the probit approximation
+  of ``E[sigmoid(z)]``;
 * **samples** draw weight vectors ``w_s ~ N(mean, diag(variance))`` and push them through the
   frozen features; the same weight samples can be reused for several inputs (candidate prompts)
   so that their uncertainties differ only through the inputs;
 * **entropies** (nats) from S samples ``p_s = sigmoid(z_s)``: predictive entropy
   ``H[mean_s p_s]`` (total), expected entropy ``mean_s H[p_s]`` (aleatoric) and their
   difference, the mutual information / BALD (epistemic).
+
+The formulas themselves live in :mod:`laplace_head.bayes.predictive` (shared with the
+hyperparameter search of :mod:`laplace_head.bayes.tuning`); ``probit_logits``,
+``binary_entropy_from_logits`` and ``uncertainty_from_samples`` are re-exported here.
 
 Inputs are [logits_256, pos_map, neg_map] stacked as (3, H, W) or (B, 3, H, W) (float16/32/64,
 NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. A packed
@@ -22,7 +27,6 @@ with a suggested label) are defined in :mod:`laplace_head.bayes.prompt_scoring`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +35,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from laplace_head.bayes.predictive import (
+    binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
+)
+from laplace_head.bayes.predictive import (
+    diagonal_posterior_variance,
+    linear_logits,
+    logit_variance,
+    probit_logits,
+    uncertainty_from_samples,
+)
 from laplace_head.bayes.prompt_scoring import PromptSuggestion, UncertaintyInputError, rank_prompts
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
@@ -47,48 +60,6 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 class PosteriorLoadError(LaplaceHeadError):
     """A Laplace run folder is missing or holds incomplete / incompatible artifacts."""
-
-
-def probit_logits(map_logits: torch.Tensor, logit_variance: torch.Tensor) -> torch.Tensor:
-    """Effective logits of the probit predictive: ``z / sqrt(1 + pi * var / 8)`` (same shape)."""
-    return map_logits / torch.sqrt(1.0 + (math.pi / 8.0) * logit_variance)
-
-
-def binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of Bernoulli(sigmoid(logits)), computed stably in float64."""
-    logits = logits.double()
-    log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
-    return -(log_p.exp() * log_p + log_q.exp() * log_q)
-
-
-def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Predictive entropy, expected entropy, BALD and mean probability from logit samples.
-
-    Parameters
-    ----------
-    logit_samples
-        (S, ...) sampled logits (any trailing shape, e.g. (S, B, H, W)).
-
-    Returns
-    -------
-    dict
-        ``mean_probability``, ``predictive_entropy``, ``expected_entropy``,
-        ``mutual_information`` (= BALD, clamped at 0), each of the trailing shape, float32;
-        entropies in nats (max ln 2).
-    """
-    samples = logit_samples.double()
-    p_mean = torch.sigmoid(samples).mean(0)
-    q_mean = torch.sigmoid(-samples).mean(0)  # 1 - p_mean without cancellation
-    total = -(p_mean * torch.log(p_mean.clamp_min(1e-300)))
-    total = total - q_mean * torch.log(q_mean.clamp_min(1e-300))
-    expected = binary_entropy_from_logits(samples).mean(0)
-    bald = (total - expected).clamp_min(0.0)
-    return {
-        "mean_probability": p_mean.float(),
-        "predictive_entropy": total.float(),
-        "expected_entropy": expected.float(),
-        "mutual_information": bald.float(),
-    }
 
 
 def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
@@ -172,12 +143,8 @@ class Posterior:
     def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """MAP logits and their posterior variance, both (B, H, W) float32."""
         feats = self.features(inputs)
-        n_feat = feats.shape[1]
-        weights, bias = self.mean[:n_feat], self.mean[n_feat]
-        var_w, var_b = self.variance[:n_feat], self.variance[n_feat]
-        map_logits = torch.einsum("bchw,c->bhw", feats, weights) + bias
-        variance = torch.einsum("bchw,c->bhw", feats.square(), var_w) + var_b
-        return map_logits, variance
+        map_logits = linear_logits(feats, self.mean, feature_dim=1)
+        return map_logits, logit_variance(feats, self.variance, feature_dim=1)
 
     def map_logits(self, inputs: Any) -> torch.Tensor:
         """Refined MAP logits (B, H, W) float32 (= the trained head's output)."""
@@ -224,11 +191,8 @@ class Posterior:
                 f"weight_samples must be (S, {self.mean.numel()}); got "
                 f"{tuple(weight_samples.shape)}"
             )
-        feats = self.features(inputs)
-        n_feat = feats.shape[1]
         weight_samples = weight_samples.to(self.device, torch.float32)
-        logits = torch.einsum("bchw,sc->sbhw", feats, weight_samples[:, :n_feat])
-        return logits + weight_samples[:, n_feat].view(-1, 1, 1, 1)
+        return linear_logits(self.features(inputs), weight_samples, feature_dim=1)
 
     def uncertainty_maps(
         self,
@@ -385,12 +349,12 @@ def load_posterior(
     la_state = state["laplace_state"]
     ggn = la_state["H"].to(device, torch.float64)
     prior = la_state["prior_precision"].to(device, torch.float64)
-    precision = ggn / float(la_state["temperature"]) + prior
+    variance = diagonal_posterior_variance(ggn, prior, float(la_state["temperature"]))
     meta = read_json(folder / META_NAME) if (folder / META_NAME).is_file() else {}
     return Posterior(
         head=head,
         mean=la_state["mean"].to(device, torch.float32),
-        variance=(1.0 / precision).float(),
+        variance=variance.float(),
         prior_precision=float(prior.reshape(-1)[0]),
         temperature=float(la_state["temperature"]),
         logit_clip=float(state["logit_clip"]),

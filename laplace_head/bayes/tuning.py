@@ -2,7 +2,8 @@
 
 For a diagonal posterior over the linear last layer the probit GLM predictive is closed form:
 a pixel with features ``phi = [phi_1..phi_C, 1]`` has ``var(z) = sum_i phi_i^2 / P_i`` with
-``P = H / T + prior_precision`` and ``p = sigmoid(z_map / sqrt(1 + pi var(z) / 8))``. Only the
+``P = H / T + prior_precision`` and ``p = sigmoid(z_map / sqrt(1 + pi var(z) / 8))`` (the
+formulas are in :mod:`laplace_head.bayes.predictive`, shared with the Posterior API). Only the
 17 precisions change across the grid, so one streaming pass over the validation split gives the
 NLL of every (prior precision, temperature) pair. laplace-torch's built-in gridsearch is not
 used: it tunes the prior precision only, and with ``glm`` + ``mc`` it silently returns the first
@@ -23,6 +24,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from laplace_head.bayes.layer import flat_features
+from laplace_head.bayes.predictive import (
+    diagonal_posterior_variance,
+    linear_logits,
+    logit_variance,
+    probit_logits,
+)
 from laplace_head.cache.split_h5 import iter_split_batches, split_num_rows
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
@@ -40,7 +47,7 @@ def posterior_variances(
     """Diagonal posterior variances ``1 / (H / T + prior)`` for every pair, (P, T, n_params)."""
     prior = torch.tensor(prior_grid, dtype=torch.float64).view(-1, 1, 1)
     temp = torch.tensor(temperature_grid, dtype=torch.float64).view(1, -1, 1)
-    return 1.0 / (hessian.double().view(1, 1, -1) / temp + prior)
+    return diagonal_posterior_variance(hessian.double().view(1, 1, -1), prior, temp)
 
 
 def validation_nll_grid(
@@ -57,8 +64,8 @@ def validation_nll_grid(
     no posterior variance) and ``n_pixels``.
     """
     grid_shape = variances.shape[:2]
-    flat_var = variances.reshape(-1, variances.shape[-1]).T  # (n_params, G)
-    nll_sum = torch.zeros(flat_var.shape[1], dtype=torch.float64)
+    flat_var = variances.reshape(-1, variances.shape[-1])  # (G, n_params), G = P * T
+    nll_sum = torch.zeros(flat_var.shape[0], dtype=torch.float64)
     var_sum = torch.zeros_like(nll_sum)
     map_sum, n_pixels = 0.0, 0
     n_rows = split_num_rows(val_h5)
@@ -68,22 +75,21 @@ def validation_nll_grid(
         total=math.ceil(n_rows / batch_rows),
         leave=False,
     ):
-        feats = flat_features(head, batch.inputs).reshape(-1, mean.numel() - 1)
-        phi = torch.cat([feats, torch.ones(feats.shape[0], 1, dtype=feats.dtype)], dim=1)
-        labels = batch.gt_mask.reshape(-1, 1).double()
-        z = phi @ mean.double()
-        map_sum += float(F.binary_cross_entropy_with_logits(z, labels[:, 0], reduction="sum"))
-        # (pixels x grid) temporaries are bounded to ~GRID_CHUNK_ELEMENTS float64 each
-        step = max(1, GRID_CHUNK_ELEMENTS // flat_var.shape[1])
-        for start in range(0, phi.shape[0], step):
+        feats = flat_features(head, batch.inputs).reshape(-1, mean.numel() - 1)  # (n, C) f64
+        labels = batch.gt_mask.reshape(-1).double()
+        z = linear_logits(feats, mean.double())  # (n,)
+        map_sum += float(F.binary_cross_entropy_with_logits(z, labels, reduction="sum"))
+        # (grid x pixels) temporaries are bounded to ~GRID_CHUNK_ELEMENTS float64 each
+        step = max(1, GRID_CHUNK_ELEMENTS // flat_var.shape[0])
+        for start in range(0, feats.shape[0], step):
             chunk = slice(start, start + step)
-            logit_var = phi[chunk].square() @ flat_var  # (n, G)
-            z_eff = z[chunk].unsqueeze(1) / torch.sqrt(1.0 + (math.pi / 8.0) * logit_var)
+            logit_var = logit_variance(feats[chunk], flat_var)  # (G, n)
+            z_eff = probit_logits(z[chunk], logit_var)  # (G, n)
             nll_sum += F.binary_cross_entropy_with_logits(
                 z_eff, labels[chunk].expand_as(z_eff), reduction="none"
-            ).sum(0)
-            var_sum += logit_var.sum(0)
-        n_pixels += phi.shape[0]
+            ).sum(1)
+            var_sum += logit_var.sum(1)
+        n_pixels += feats.shape[0]
     if n_pixels == 0:
         raise EmptySplitError(f"validation split {val_h5} is empty; cannot tune the posterior.")
     return {

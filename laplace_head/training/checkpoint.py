@@ -1,6 +1,6 @@
 """Checkpoints of the head and the full training state of a run, saved atomically.
 
-A run directory ``checkpoints/no_image/run_<id>/`` holds:
+A run directory (:attr:`laplace_head.layout.ProjectLayout.run_dir`) holds:
 
 * ``config.yaml`` - the resolved config the run was started with (the truth on resume);
 * ``best.pt`` / ``last.pt`` - plain dicts ``{"model_state", "model_args", "epoch", "metrics",

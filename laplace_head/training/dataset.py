@@ -72,7 +72,7 @@ class H5SegmentationDataset(Dataset):
     Parameters
     ----------
     h5_path
-        ``training_data/no_image/<split>.h5``.
+        the layout's ``split_h5(split)``.
     logit_clip
         Input logits are clipped to ``[-logit_clip, logit_clip]`` (they are unclipped on disk).
     in_memory

@@ -302,9 +302,9 @@ def train_head(
     Parameters
     ----------
     train_h5, val_h5
-        Packed split files ``training_data/no_image/{train,val}.h5``.
+        Packed split files (the layout's ``split_h5("train")``, ``split_h5("val")``).
     run_dir
-        ``checkpoints/no_image/run_<run_id>/``.
+        The run folder (the layout's ``run_dir``).
     settings
         Head and training hyper-parameters.
     run_id

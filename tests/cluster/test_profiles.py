@@ -16,14 +16,16 @@ from snakemake.profiles import ProfileConfigFileParser
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = REPO_ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"precompute_sam", "train_head", "fit_laplace"}
+GPU_RULES = {"precompute_sam", "train_head", "sanity_check_head"}
 CPU_RULES = {
     "build_manifests",
     "generate_promptsets",
     "build_training_index",
     "pack_hdf5",
+    "fit_laplace",  # the Laplace fit and its grid search run on the CPU (laplace_head.bayes)
     "evaluate",
     "visualize_sanity",
+    "plot_training_curves",
 }
 
 
@@ -38,6 +40,30 @@ def workflow_rules() -> set[str]:
     for source in [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "rules").glob("*.smk"))]:
         text = source.read_text(encoding="utf-8")
         names.update(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
+    return names
+
+
+def declared_gpu_rules() -> set[str]:
+    """Rules whose ``resources:`` in rules/*.smk declare ``gpu=N`` (the local GPU pool)."""
+    declared = set()
+    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
+        text = source.read_text(encoding="utf-8")
+        for block in re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE):
+            match = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if match and re.search(r"^\s+gpu=[1-9]", block, flags=re.MULTILINE):
+                declared.add(match.group(1))
+    return declared
+
+
+def job_rules() -> set[str]:
+    """Rules that run something (script:, shell:, run:), as opposed to target-only rules."""
+    names = set()
+    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
+        text = source.read_text(encoding="utf-8")
+        for block in re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE):
+            match = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if match and re.search(r"^\s+(?:script|shell|run):", block, flags=re.MULTILINE):
+                names.add(match.group(1))
     return names
 
 
@@ -89,6 +115,13 @@ def test_slurm_gpu_rules_get_one_gpu_and_cpu_rules_none() -> None:
         assert "gpu" not in set_resources.get(rule, {}), rule
         assert "gres" not in set_resources.get(rule, {}), rule
     assert set(per_rule) == set(set_resources)
+    # The profile requests a GPU for exactly the rules that draw on the local GPU pool.
+    from_profile = {rule for rule, res in set_resources.items() if int(res.get("gpu", 0)) > 0}
+    assert from_profile == GPU_RULES
+    assert declared_gpu_rules() == GPU_RULES
+    assert not GPU_RULES & CPU_RULES
+    unclassified = job_rules() - GPU_RULES - CPU_RULES
+    assert not unclassified, f"add {sorted(unclassified)} to GPU_RULES or CPU_RULES"
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
