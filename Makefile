@@ -6,8 +6,11 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 DEMO_ARGS ?=
 STAMP := $(VENV)/.installed
+# config/config.yaml is the base; demo.yaml / real_dev.yaml override it (later files win).
+DEMO_CONFIG := config/config.yaml config/demo.yaml
+REAL_DEV_CONFIG := config/config.yaml config/real_dev.yaml
 
-.PHONY: demo test lint unit venv clean-demo real-dev bench test-cluster report
+.PHONY: demo test lint unit test-workflow venv clean-demo real-dev bench test-cluster report
 
 # torch/torchvision are pinned to the releases this machine's pip serves from local disk.
 $(STAMP): pyproject.toml
@@ -19,31 +22,50 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo_data/.complete: $(STAMP) laplace_head/demo_data.py
-	$(PY) -m laplace_head.dataset.demo --out demo_data
+demo_data/.complete: $(STAMP) laplace_head/dataset/demo.py
+	$(PY) -m laplace_head demo-data --out demo_data
 	touch $@
 
 ## make demo: the whole workflow on the bundled synthetic data (random_walker, CPU)
 demo: demo_data/.complete
-	$(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml $(DEMO_ARGS)
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(DEMO_CONFIG) $(DEMO_ARGS)
 	@echo "demo outputs: demo_project/ (see README, 'Output layout')"
+
+## make report: snakemake's HTML report of the demo run (runs the demo first if needed)
+report: demo
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(DEMO_CONFIG) --report demo_project/report.html
+	@echo "report: demo_project/report.html"
 
 ## make lint: ruff, snakefmt, snakemake --lint
 lint: $(STAMP) demo_data/.complete
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check Snakefile rules/
-	$(SNAKEMAKE) --lint --configfile config/demo.yaml
+	$(SNAKEMAKE) --lint --configfile $(DEMO_CONFIG)
 
+## make unit: the fast tier, tests/unit (about 1.5 minutes on 2 cores)
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit
 
-## make test: lint, then every test
-test: lint unit
+## make test-workflow: tests/workflow, snakemake in subprocesses (about 12 minutes on 2 cores)
+test-workflow: $(STAMP)
+	$(PY) -m pytest -q tests/workflow
+
+## make test: the full contract: lint, the unit tier, the workflow tier (not cluster, not slow)
+test: lint unit test-workflow
 
 ## make real-dev: the whole workflow on ../shared/data/real_dev
 real-dev: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES) --configfile config/real_dev.yaml
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(REAL_DEV_CONFIG)
+
+## make bench: every bench/bench_*.py once at a quick setting (smoke run, not for the numbers;
+## bench_packing and bench_loading read ../shared/data/real_dev)
+bench: $(STAMP)
+	$(PY) bench/bench_dag.py --sizes 1000
+	$(PY) bench/bench_packing.py --samples 8 --promptsets 2 --repeats 1
+	$(PY) bench/bench_loading.py --samples 8 --promptsets 2 --epochs 1
+	$(PY) bench/bench_precompute.py --skip-vit-b --tiny-images 2 --tiny-k 2 --size 120 160
+	$(PY) bench/bench_training.py --rows 16 --epochs 1 --repeats 1 --workers 0 --device cpu
 
 clean-demo:
 	rm -rf demo_data demo_project

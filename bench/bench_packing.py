@@ -41,7 +41,7 @@ from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import gaussian_prompt_map
 from laplace_head.util.atomic import atomic_save_npy, atomic_write_csv, atomic_write_json
 
-REAL_DEV = Path("/work/shared/data/real_dev")
+REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_dev"
 SETTINGS = [(None, "none")] + [
     (rows, compression) for rows in (1, 8, 32) for compression in ("none", "lzf", "gzip-1")
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +29,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laplace_head.cache.precompute import precompute_shard
-from laplace_head.prompts.sampling import sample_promptsets
-from laplace_head.segmenters import BaseSegmenter
-from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
-from laplace_head.segmenters.sam import SamSegmenter, build_tiny_sam
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers.tiny_sam import build_tiny_sam  # noqa: E402
+
+from laplace_head.cache.precompute import precompute_shard  # noqa: E402
+from laplace_head.layout import ProjectLayout  # noqa: E402
+from laplace_head.prompts.sampling import sample_promptsets  # noqa: E402
+from laplace_head.segmenters import BaseSegmenter  # noqa: E402
+from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
+from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
 
 
 class ReencodingSegmenter(BaseSegmenter):
@@ -80,7 +87,7 @@ def make_inputs(root: Path, n_images: int, k_sets: int, height: int, width: int)
             "image_w": width,
             "promptsets": [p.to_json() for p in promptsets],
         }
-        prompt_path = root / "prompt_sets" / f"img{index:03d}.json"
+        prompt_path = ProjectLayout(root).promptset_json("bench", f"img{index:03d}")
         prompt_path.parent.mkdir(parents=True, exist_ok=True)
         prompt_path.write_text(json.dumps(record))
         paths.append(prompt_path)

@@ -13,7 +13,7 @@ same batches iterated without any compute (how much headroom loading has) and th
 serial loading + compute implies, ``1 / (1 + floor / load_only)``, which other load on the
 machine cannot blur. Each mode runs one warm-up epoch, then ``--epochs`` timed epochs; the
 modes are interleaved ``--repeats`` times and the median is reported. The data is a synthetic
-split in the exact packed layout (``tests/synthetic_h5.py``) unless ``--h5`` names a real
+split in the exact packed layout (``tests/helpers/synthetic_h5.py``) unless ``--h5`` names a real
 packed file.
 
     .venv/bin/python bench/bench_training.py [--rows 64] [--batch-size 8] [--workers 0 2]
@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from synthetic_h5 import make_synthetic_h5  # noqa: E402
+from helpers.synthetic_h5 import make_synthetic_h5  # noqa: E402
 
 from laplace_head.model.head import NoImageHead  # noqa: E402
 from laplace_head.training.dataset import H5SegmentationDataset, make_loader  # noqa: E402

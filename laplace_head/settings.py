@@ -129,3 +129,47 @@ def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
         },
         "visualize_sanity": {"n": 8, "seed": 0},
     }
+
+
+@dataclass(frozen=True)
+class LaplaceSettings:
+    """Stage 6: the ``laplace`` section plus the head's input clip (see schema.yaml).
+
+    ``batch_rows`` is how many split rows are streamed at a time (memory, not a result).
+    """
+
+    prior_precision_grid: tuple[float, ...]
+    temperature_grid: tuple[float, ...] = (1.0,)
+    logit_clip: float = 20.0
+    max_pixels_fit: int | None = None
+    seed: int = 0
+    target_layer: str = "final_conv"
+    approx: str = "diagonal"
+    batch_rows: int = 4
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> LaplaceSettings:
+        """From ``stage_params(config)["fit_laplace"]``."""
+        laplace = params["laplace"]
+        return cls(
+            prior_precision_grid=tuple(laplace["prior_precision_grid"]),
+            temperature_grid=tuple(laplace["temperature_grid"]),
+            logit_clip=params["logit_clip"],
+            max_pixels_fit=laplace["max_pixels_fit"],
+            seed=laplace["seed"],
+            target_layer=laplace["target_layer"],
+            approx=laplace["approx"],
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Stage 7 (``stage_params(config)["evaluate"]``, plus how much to show and stream)."""
+
+    n_posterior_samples: int = 32
+    ece_bins: int = 15
+    prompt_sigma: float = 8.0
+    max_pixels_calibration: int | None = 4_000_000
+    seed: int = 0
+    n_examples: int = 4
+    batch_rows: int = 4

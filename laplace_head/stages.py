@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from laplace_head.settings import Runtime
+from laplace_head.settings import EvaluationSettings, LaplaceSettings, Runtime
 
 PathLike = str | os.PathLike
 
@@ -241,16 +241,10 @@ def fit_laplace(
             train_h5,
             val_h5,
             out_dir,
-            laplace["prior_precision_grid"],
-            laplace["temperature_grid"],
-            logit_clip=settings["logit_clip"],
-            max_pixels_fit=laplace["max_pixels_fit"],
-            seed=laplace["seed"],
+            LaplaceSettings.from_params(settings),
             force=force,
             run_id=run_id,
             tracker=tracker,
-            target_layer=laplace["target_layer"],
-            approx=laplace["approx"],
         )
     finally:
         tracker.finish()
@@ -278,7 +272,13 @@ def evaluate(
     )
     try:
         return run_stage(
-            laplace_dir, test_h5, val_h5, out_dir, **settings, run_id=run_id, tracker=tracker
+            laplace_dir,
+            test_h5,
+            val_h5,
+            out_dir,
+            EvaluationSettings(**settings),
+            run_id=run_id,
+            tracker=tracker,
         )
     finally:
         tracker.finish()

@@ -12,7 +12,7 @@ number of independent observations. (prior precision, T) is chosen jointly on va
 NLL (see :mod:`laplace_head.bayes.tuning`); the marginal-likelihood optimum is recorded for
 comparison.
 
-Artifacts (``laplace/no_image/run_<id>/``): laplace_state.pt, laplace_config.yaml,
+Artifacts (the layout's ``laplace_dir``): laplace_state.pt, laplace_config.yaml,
 posterior_meta.json (written last) and val_nll_grid.png. A re-run is skipped when they exist,
 best.pt has the same MD5 and the settings are unchanged.
 """
@@ -23,7 +23,6 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,9 @@ from laplace_head.bayes.tuning import (
 )
 from laplace_head.cache.split_h5 import split_num_rows, split_shape
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import VAL_NLL_GRID
 from laplace_head.model.head import NoImageHead
+from laplace_head.settings import LaplaceSettings
 from laplace_head.training.checkpoint import load_head_from_checkpoint
 from laplace_head.util.atomic import (
     atomic_path,
@@ -60,7 +61,7 @@ from laplace_head.util.atomic import (
 )
 
 LOGGER = logging.getLogger(__name__)
-GRID_FIGURE_NAME = "val_nll_grid.png"
+GRID_FIGURE_NAME = VAL_NLL_GRID
 FORMAT_VERSION = 1
 
 
@@ -90,36 +91,27 @@ def fit_laplace(
     train_h5: str | os.PathLike,
     val_h5: str | os.PathLike,
     out_dir: str | os.PathLike,
-    prior_precision_grid: Sequence[float],
-    temperature_grid: Sequence[float],
-    logit_clip: float,
-    max_pixels_fit: int | None = None,
-    seed: int = 0,
-    batch_rows: int = 4,
+    settings: LaplaceSettings,
     force: bool = False,
     run_id: str | None = None,
     tracker: Any = None,
-    target_layer: str = "final_conv",
-    approx: str = "diagonal",
 ) -> dict:
     """Fit, tune and save the last-layer diagonal Laplace posterior of a trained head.
 
     Parameters
     ----------
     checkpoint_path
-        ``checkpoints/no_image/run_<id>/best.pt``.
+        the run's ``best.pt`` (the layout's ``best_checkpoint``).
     train_h5, val_h5
         Packed splits; the fit streams ``batch_rows`` rows at a time.
     out_dir
-        ``laplace/no_image/run_<id>/``; receives laplace_state.pt, laplace_config.yaml,
+        the layout's ``laplace_dir``; receives laplace_state.pt, laplace_config.yaml,
         posterior_meta.json and val_nll_grid.png.
-    prior_precision_grid, temperature_grid
-        Tried jointly; the pair with the lowest validation pixel NLL is kept.
-    logit_clip
-        Clip of the input logits channel (as in training).
-    max_pixels_fit
-        At most this many training pixels enter the curvature (a seeded uniform subset of
-        ``max_pixels_fit // n_rows`` pixels per row); None uses every pixel.
+    settings
+        The grids (tried jointly; the pair with the lowest validation pixel NLL is kept), the
+        input logits clip (as in training), ``max_pixels_fit`` (at most this many training
+        pixels enter the curvature: a seeded uniform subset of ``max_pixels_fit // n_rows``
+        pixels per row; None uses every pixel), the seed, the target layer and approximation.
     force
         Refit even when the artifacts exist for the same best.pt (MD5) and settings.
     tracker
@@ -130,6 +122,12 @@ def fit_laplace(
     dict
         The content of posterior_meta.json (also when the fit was skipped).
     """
+    prior_precision_grid, temperature_grid = (
+        settings.prior_precision_grid,
+        settings.temperature_grid,
+    )
+    logit_clip, max_pixels_fit, seed = settings.logit_clip, settings.max_pixels_fit, settings.seed
+    target_layer, approx, batch_rows = settings.target_layer, settings.approx, settings.batch_rows
     if target_layer != "final_conv" or approx != "diagonal":
         raise LaplaceFitError(
             f"laplace.target_layer={target_layer!r}, laplace.approx={approx!r}: only "
@@ -154,14 +152,14 @@ def fit_laplace(
             logit_clip,
         )
         logit_clip = float(trained_clip)
-    settings = {
+    recorded = {
         "prior_precision_grid": [float(v) for v in prior_precision_grid],
         "temperature_grid": [float(v) for v in temperature_grid],
         "logit_clip": float(logit_clip),
         "max_pixels_fit": max_pixels_fit,
         "seed": int(seed),
     }
-    if not force and (meta := _existing_result(out_dir, checkpoint_md5, settings)) is not None:
+    if not force and (meta := _existing_result(out_dir, checkpoint_md5, recorded)) is not None:
         LOGGER.info("Laplace artifacts in %s are up to date (same best.pt MD5); skipping", out_dir)
         return meta
 
@@ -204,7 +202,7 @@ def fit_laplace(
         ckpt,
         checkpoint_path,
         checkpoint_md5,
-        settings,
+        recorded,
         grid,
         chosen,
         edges,

@@ -49,12 +49,13 @@ from laplace_head.bayes.predictive import (
 from laplace_head.bayes.prompt_scoring import PromptSuggestion, UncertaintyInputError, rank_prompts
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import LAPLACE_CONFIG, LAPLACE_STATE, POSTERIOR_META, ProjectLayout
 from laplace_head.model.head import NoImageHead
 from laplace_head.util.atomic import read_json
 
-STATE_NAME = "laplace_state.pt"
-META_NAME = "posterior_meta.json"
-CONFIG_NAME = "laplace_config.yaml"
+STATE_NAME = LAPLACE_STATE
+META_NAME = POSTERIOR_META
+CONFIG_NAME = LAPLACE_CONFIG
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -272,7 +273,7 @@ class Posterior:
         n_samples: int = 0,
         generator: torch.Generator | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Predictions for a packed split (``training_data/no_image/<split>.h5``), streamed.
+        """Predictions for a packed split (the layout's ``split_h5(split)``), streamed.
 
         Yields one dict per batch of rows: ``start`` (first row), ``gt_mask`` (B, H, W) uint8,
         ``map_probability`` and ``predictive_probability`` (B, H, W); with ``n_samples > 0``
@@ -299,23 +300,23 @@ def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> P
     """Find the folder holding ``laplace_state.pt`` for a path a user is likely to pass.
 
     Accepted: the laplace run folder, its ``laplace_state.pt``, the matching
-    ``checkpoints/no_image/run_<id>`` folder, or the project root together with ``run_id``.
+    run's checkpoint folder (``checkpoints/<head>/run_<id>``), or the project root together
+    with ``run_id`` (paths of :class:`~laplace_head.layout.ProjectLayout`).
     """
     path = Path(path)
     if run_id is not None:
-        path = path / "laplace" / "no_image" / f"run_{run_id}"
+        path = ProjectLayout(path, run_id).laplace_dir
     if path.is_file() and path.name == STATE_NAME:
         return path.parent
     if (path / STATE_NAME).is_file():
         return path
-    if path.parent.name == "no_image" and path.parent.parent.name == "checkpoints":
-        sibling = path.parent.parent.parent / "laplace" / "no_image" / path.name
-        if (sibling / STATE_NAME).is_file():
-            return sibling
+    run = ProjectLayout.of_run_dir(path)
+    if run is not None and (run.laplace_dir / STATE_NAME).is_file():
+        return run.laplace_dir
     raise PosteriorLoadError(
         f"no {STATE_NAME} under {str(path)!r}; pass the stage-6 folder "
-        "<project_root>/laplace/no_image/run_<id> (or the project root and run_id) and run "
-        "fit_laplace first (snakemake ... or python workflow_scripts/fit_laplace.py)."
+        "<project_root>/laplace/<head>/run_<id> (or the project root and run_id) and run "
+        "fit_laplace first (snakemake ... or python -m laplace_head fit-laplace)."
     )
 
 

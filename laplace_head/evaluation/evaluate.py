@@ -44,6 +44,7 @@ from laplace_head.evaluation.calibration import (
     fit_temperature_scaling,
     log_uncertainty,
 )
+from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
 
@@ -89,21 +90,20 @@ def evaluate(
     test_h5: str | os.PathLike,
     val_h5: str | os.PathLike,
     out_dir: str | os.PathLike,
-    n_posterior_samples: int = 32,
-    ece_bins: int = 15,
-    prompt_sigma: float = 8.0,
-    batch_rows: int = 4,
-    max_pixels_calibration: int | None = 4_000_000,
-    n_examples: int = 4,
-    seed: int = 0,
+    settings: EvaluationSettings | None = None,
     run_id: str | None = None,
     tracker: Any = None,
 ) -> dict:
     """Evaluate base / MAP / MAP + temperature scaling / Laplace on the test split.
 
     Writes ``metrics.json``, ``metrics.csv``, ``metrics.md``, ``reliability.png`` and
-    ``uncertainty_examples.png`` into ``out_dir`` and returns the metrics dict.
+    ``uncertainty_examples.png`` into ``out_dir`` and returns the metrics dict. ``settings``
+    defaults to :class:`~laplace_head.settings.EvaluationSettings` ().
     """
+    settings = settings or EvaluationSettings()
+    n_posterior_samples, ece_bins = settings.n_posterior_samples, settings.ece_bins
+    prompt_sigma, seed, batch_rows = settings.prompt_sigma, settings.seed, settings.batch_rows
+    max_pixels_calibration, n_examples = settings.max_pixels_calibration, settings.n_examples
     from laplace_head.cache.split_h5 import read_h5_index
     from laplace_head.evaluation.plots import plot_reliability, plot_uncertainty_examples
 

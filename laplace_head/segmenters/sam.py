@@ -9,7 +9,7 @@ How logits are produced, per image and prompt set
    prompt-encoder + mask-decoder calls as ``SamPredictor.predict_torch``). Padding shorter sets
    with ``label = -1`` points is **not** used: SAM's two-way transformer attends to every token,
    so extra "not a point" tokens change the logits (by ~30 % of their range on a random tiny SAM,
-   see ``tests/test_segmenters.py``), whereas batching equal-length sets is exact.
+   see ``tests/unit/test_segmenters.py``), whereas batching equal-length sets is exact.
 3. ``multimask_output=True``; the branch with the highest predicted IoU is kept and its index and
    all three predicted IoUs are returned.
 4. The kept branch's 256 x 256 low-resolution logits are post-processed to the original image
@@ -30,7 +30,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +142,8 @@ class SamSegmenter(BaseSegmenter):
     device
         auto | cuda | cpu.
     model
-        An already built ``segment_anything.modeling.Sam`` (e.g. :func:`build_tiny_sam` in
-        tests) used instead of a checkpoint; its weights are hashed for :attr:`info`.
+        An already built ``segment_anything.modeling.Sam`` (e.g. a tiny random one in tests)
+        used instead of a checkpoint; its weights are hashed for :attr:`info`.
     """
 
     name = "sam"
@@ -265,58 +264,3 @@ class SamSegmenter(BaseSegmenter):
             )
             out.append(resized[:, 0].cpu().numpy().astype(np.float32))
         return np.concatenate(out, axis=0)
-
-
-def build_tiny_sam(seed: int = 0, img_size: int = 64) -> torch.nn.Module:
-    """A tiny SAM from segment_anything's own classes with random weights (tests, benches).
-
-    Same architecture family as the official models (ViT encoder with windowed + global
-    attention and relative positions, prompt encoder, two-way-transformer mask decoder with three
-    multimask outputs) at a few ten-thousand parameters; ``img_size`` replaces 1024. Never used
-    by the workflow itself. The global RNG state is left untouched.
-    """
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    patch_size, embed_dim, prompt_dim = 8, 32, 32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=img_size,
-                patch_size=patch_size,
-                embed_dim=embed_dim,
-                depth=2,
-                num_heads=2,
-                mlp_ratio=2.0,
-                out_chans=prompt_dim,
-                qkv_bias=True,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=4,
-                global_attn_indexes=(1,),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=prompt_dim,
-                image_embedding_size=(img_size // patch_size, img_size // patch_size),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=4,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2
-                ),
-                transformer_dim=prompt_dim,
-                iou_head_depth=3,
-                iou_head_hidden_dim=32,
-            ),
-            pixel_mean=[123.675, 116.28, 103.53],
-            pixel_std=[58.395, 57.12, 57.375],
-        )
-    return sam.eval()

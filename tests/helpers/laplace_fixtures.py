@@ -10,6 +10,7 @@ import torch
 from helpers.synthetic_h5 import make_synthetic_h5
 from laplace_head.bayes.fit import fit_laplace
 from laplace_head.model.head import NoImageHead
+from laplace_head.settings import LaplaceSettings
 from laplace_head.training.dataset import H5SegmentationDataset
 
 MAP_SIZE = 32
@@ -69,18 +70,8 @@ def make_fitted_run(root: Path, max_pixels_fit: int | None = 1500) -> SimpleName
     head = train_tiny_head(train_h5)
     best = save_best(head, root / "checkpoints" / "no_image" / "run_t1" / "best.pt")
     laplace_dir = root / "laplace" / "no_image" / "run_t1"
-    meta = fit_laplace(
-        best,
-        train_h5,
-        val_h5,
-        laplace_dir,
-        PRIOR_GRID,
-        TEMPERATURE_GRID,
-        logit_clip=20.0,
-        max_pixels_fit=max_pixels_fit,
-        seed=0,
-        run_id="t1",
-    )
+    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=max_pixels_fit)
+    meta = fit_laplace(best, train_h5, val_h5, laplace_dir, settings, run_id="t1")
     return SimpleNamespace(
         root=root,
         train_h5=train_h5,

@@ -203,8 +203,22 @@ def test_sam_checkpoint_placeholder_only_matters_for_the_sam_backend(tmp_path: P
     validate_config({"data": _roots(tmp_path), "sam": {"backend": "random_walker"}})
 
 
-def test_check_paths_false_skips_path_checks() -> None:
-    validate_config({"data": {"images_root": "/nowhere/at/all"}}, check_paths=False)
+def test_check_paths_false_skips_path_checks(tmp_path: Path) -> None:
+    data = {**_roots(tmp_path), "images_root": str(tmp_path / "nowhere")}
+    config = {"data": data, "sam": {"backend": "random_walker"}}
+    with pytest.raises(ConfigError, match="data.images_root .*does not exist"):
+        validate_config(config)
+    resolved = validate_config(config, check_paths=False)
+    assert resolved["data"]["images_root"] == str(tmp_path / "nowhere")
+    assert not (tmp_path / "project").exists()
+
+    # The /path/to/... placeholders are path checks too: kept as they are, not refused.
+    with pytest.raises(ConfigError, match="placeholder"):
+        validate_config({"data": {"images_root": "/nowhere/at/all"}})
+    resolved = validate_config({"data": {"images_root": "/nowhere/at/all"}}, check_paths=False)
+    assert resolved["data"]["images_root"] == "/nowhere/at/all"
+    assert resolved["data"]["masks_root"] == "/path/to/masks_root"
+    assert resolved["data"]["project_root"] == "/path/to/project_root"
 
 
 def _write(path: Path, config: dict) -> str:
@@ -268,3 +282,44 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path, check_paths=False)
     assert str(caught.value).startswith(path) and "training.num_epochs" in str(caught.value)
+
+
+def _leaf_values(node: dict, prefix: str = "") -> dict:
+    values = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            values.update(_leaf_values(value, f"{prefix}{key}."))
+        else:
+            values[f"{prefix}{key}"] = value
+    return values
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "real_dev.yaml"])
+def test_overlays_hold_only_differing_keys_and_merge_valid(repo_root: Path, name: str) -> None:
+    """config/demo.yaml and real_dev.yaml are overlays deep-merged onto config/config.yaml.
+
+    Each holds only keys of config.yaml whose value it changes (no copies that would silently
+    stop following config.yaml), and config.yaml + overlay, merged as Snakemake merges
+    ``--configfile`` files, validates.
+    """
+    from snakemake.utils import update_config
+
+    base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text(encoding="utf-8"))
+    overlay = yaml.safe_load((repo_root / "config" / name).read_text(encoding="utf-8"))
+    base_values, overlay_values = _leaf_values(base), _leaf_values(overlay)
+    assert overlay_values, f"{name} is empty"
+    unknown = sorted(set(overlay_values) - set(base_values))
+    assert not unknown, f"{name} sets keys config/config.yaml does not have: {unknown}"
+    copied = sorted(key for key, value in overlay_values.items() if base_values[key] == value)
+    assert not copied, f"{name} repeats config/config.yaml's values of {copied}; remove them"
+
+    merged = yaml.safe_load((repo_root / "config" / "config.yaml").read_text(encoding="utf-8"))
+    update_config(merged, overlay)
+    resolved = validate_config(merged, config_name=name, check_paths=False)
+    for key, value in overlay_values.items():
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    # Schema defaults equal config.yaml, so the overlay alone resolves to the same config.
+    assert validate_config(overlay, config_name=name, check_paths=False) == resolved

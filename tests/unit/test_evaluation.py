@@ -13,6 +13,7 @@ from helpers.laplace_fixtures import make_fitted_run
 from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.evaluation.evaluate import METHODS, evaluate, markdown_table
+from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import read_json
 
 
@@ -51,17 +52,10 @@ def evaluated(tmp_path_factory):
             "class", data=classes, dtype=h5py.string_dtype(encoding="utf-8")
         )
     out = run.root / "reports" / "eval" / "run_t1"
-    metrics = evaluate(
-        run.laplace_dir,
-        test_h5,
-        run.val_h5,
-        out,
-        n_posterior_samples=8,
-        ece_bins=10,
-        prompt_sigma=3.0,
-        n_examples=2,
-        run_id="t1",
+    settings = EvaluationSettings(
+        n_posterior_samples=8, ece_bins=10, prompt_sigma=3.0, n_examples=2
     )
+    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, out, settings, run_id="t1")
     return run, test_h5, out, metrics
 
 
@@ -142,7 +136,8 @@ def test_per_class_breakdown_sums_to_overall(evaluated):
 def test_empty_test_split(evaluated, tmp_path):
     run = evaluated[0]
     empty = make_synthetic_h5(tmp_path / "test.h5", 0, size=32, split="test")
-    metrics = evaluate(run.laplace_dir, empty, run.val_h5, tmp_path / "out", n_posterior_samples=4)
+    settings = EvaluationSettings(n_posterior_samples=4)
+    metrics = evaluate(run.laplace_dir, empty, run.val_h5, tmp_path / "out", settings)
     assert metrics["n_rows"] == 0
     assert all(v is None for v in metrics["overall"].values())
     assert (tmp_path / "out" / "reliability.png").is_file()

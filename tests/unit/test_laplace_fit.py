@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -26,6 +27,7 @@ from laplace_head.bayes.posterior import load_posterior
 from laplace_head.bayes.tuning import edge_report
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
+from laplace_head.settings import LaplaceSettings
 from laplace_head.util.atomic import read_json
 
 
@@ -113,10 +115,7 @@ def test_tempering_changes_the_chosen_nll(run, tmp_path):
         run.train_h5,
         run.val_h5,
         tmp_path / "t1_only",
-        PRIOR_GRID,
-        [1.0],
-        20.0,
-        max_pixels_fit=1500,
+        LaplaceSettings(PRIOR_GRID, (1.0,), max_pixels_fit=1500),
     )
     assert untempered["temperature"] == 1.0
     np.testing.assert_allclose(np.asarray(untempered["grid"]["val_nll"])[:, 0], nll[:, 0])
@@ -214,10 +213,12 @@ class _RecordingTracker:
 
 def test_skip_refit_on_force_and_on_new_checkpoint(run, tmp_path):
     out = tmp_path / "out"
-    args = (run.train_h5, run.val_h5, out, PRIOR_GRID, [1.0, 100.0], 20.0)
+    args = (run.train_h5, run.val_h5, out)
+    at_800 = LaplaceSettings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
+    at_900 = replace(at_800, max_pixels_fit=900)
     best = save_best(run.head, tmp_path / "best.pt")
     tracker = _RecordingTracker()
-    first = fit_laplace(best, *args, max_pixels_fit=800, tracker=tracker)
+    first = fit_laplace(best, *args, at_800, tracker=tracker)
     grid_logs = [c for c in tracker.calls if c[0] == "log"]
     assert len(grid_logs) == len(PRIOR_GRID) * 2  # one per (prior, temperature) pair
     assert {"laplace/val_nll", "laplace/prior_precision", "laplace/temperature"} <= set(
@@ -226,17 +227,17 @@ def test_skip_refit_on_force_and_on_new_checkpoint(run, tmp_path):
     assert [c[0] for c in tracker.calls[-4:]] == ["log_table", "summary", "log_image", "artifact"]
     state = out / "laplace_state.pt"
     stamp = state.stat().st_mtime_ns
-    assert fit_laplace(best, *args, max_pixels_fit=800) == first
+    assert fit_laplace(best, *args, at_800) == first
     assert state.stat().st_mtime_ns == stamp  # skipped
-    fit_laplace(best, *args, max_pixels_fit=800, force=True)
+    fit_laplace(best, *args, at_800, force=True)
     assert state.stat().st_mtime_ns != stamp
     stamp = state.stat().st_mtime_ns
-    fit_laplace(best, *args, max_pixels_fit=900)  # settings changed -> refit
+    fit_laplace(best, *args, at_900)  # settings changed -> refit
     assert state.stat().st_mtime_ns != stamp
     stamp = state.stat().st_mtime_ns
     torch.manual_seed(5)
     save_best(NoImageHead(), best)  # a new best.pt (MD5 differs) -> refit
-    refit = fit_laplace(best, *args, max_pixels_fit=900)
+    refit = fit_laplace(best, *args, at_900)
     assert state.stat().st_mtime_ns != stamp
     assert refit["source_checkpoint_md5"] != first["source_checkpoint_md5"]
 
@@ -255,16 +256,17 @@ def test_edge_report_flags_edges_and_flat_axes():
 
 
 def test_clear_errors(run, tmp_path):
-    args = (run.train_h5, run.val_h5, tmp_path / "o", PRIOR_GRID, TEMPERATURE_GRID, 20.0)
+    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID)
+    args = (run.train_h5, run.val_h5, tmp_path / "o")
     with pytest.raises(LaplaceHeadError, match="best.pt|does not exist"):
-        fit_laplace(tmp_path / "missing" / "best.pt", *args)
+        fit_laplace(tmp_path / "missing" / "best.pt", *args, settings)
     with pytest.raises(LaplaceFitError, match="final_conv"):
-        fit_laplace(run.best, *args, target_layer="trunk")
+        fit_laplace(run.best, *args, replace(settings, target_layer="trunk"))
     with pytest.raises(LaplaceFitError, match="positive"):
-        fit_laplace(run.best, run.train_h5, run.val_h5, tmp_path / "o", [0.0], [1.0], 20.0)
+        fit_laplace(run.best, *args, LaplaceSettings((0.0,), (1.0,)))
     empty = make_synthetic_h5(tmp_path / "empty.h5", 0, size=32)
     with pytest.raises(LaplaceFitError, match="empty"):
-        fit_laplace(run.best, empty, *args[1:])
+        fit_laplace(run.best, empty, *args[1:], settings)
 
 
 def test_import_filters_only_the_asdl_jit_warning():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny_sam import build_tiny_sam
 
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.segmenters import (
@@ -14,12 +15,7 @@ from laplace_head.segmenters import (
     build_segmenter_from_settings,
 )
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter, probability_to_logits
-from laplace_head.segmenters.sam import (
-    CHECKPOINTS_URL,
-    SamCheckpointError,
-    SamSegmenter,
-    build_tiny_sam,
-)
+from laplace_head.segmenters.sam import CHECKPOINTS_URL, SamCheckpointError, SamSegmenter
 from laplace_head.util.devices import resolve_device
 
 

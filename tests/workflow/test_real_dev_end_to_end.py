@@ -1,6 +1,6 @@
 """The whole workflow on the real_dev data (92 real photographs, random_walker, CPU): slow.
 
-Run with ``pytest -m slow tests/test_real_dev_end_to_end.py`` (several minutes on 2 cores) or
+Run with ``pytest -m slow tests/workflow/test_real_dev_end_to_end.py`` (minutes on 2 cores) or
 ``make real-dev`` (the same settings, ``config/real_dev.yaml``, outputs in real_dev_project/).
 Here the outputs go to a temporary ``project_root``; the metrics table is printed (``-s``).
 """

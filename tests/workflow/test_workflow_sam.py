@@ -1,10 +1,12 @@
 """The whole workflow (stages 1-7) through the real ``sam`` backend code path, on CPU.
 
-The SAM is a tiny model built from segment_anything's own classes (random weights): a
-``sitecustomize`` on the jobs' PYTHONPATH swaps ``segment_anything.sam_model_registry["vit_b"]``
-for a builder of that architecture, so everything else is the production path - the registry
-lookup, ``torch.load`` of a checkpoint file, ``SamPredictor``, multimask decoding, the
-precompute shards, training, the Laplace fit and the evaluation.
+The SAM is a tiny model built from segment_anything's own classes (random weights,
+``tests/helpers/tiny_sam.py``): a ``sitecustomize`` on the jobs' PYTHONPATH (which also carries
+``tests/``, so the jobs import ``helpers.tiny_sam``) swaps
+``segment_anything.sam_model_registry["vit_b"]`` for a builder of that architecture, so
+everything else is the production path - the registry lookup, ``torch.load`` of a checkpoint
+file, ``SamPredictor``, multimask decoding, the precompute shards, training, the Laplace fit and
+the evaluation.
 """
 
 import json
@@ -15,14 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_sam import build_tiny_sam
 
 from laplace_head.dataset.demo import write_demo_dataset
-from laplace_head.segmenters.sam import build_tiny_sam
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TESTS_DIR = REPO_ROOT / "tests"
 SITECUSTOMIZE = """
 import segment_anything
-from laplace_head.segmenters.sam import build_tiny_sam
+from helpers.tiny_sam import build_tiny_sam
 
 segment_anything.sam_model_registry["vit_b"] = lambda checkpoint=None: build_tiny_sam(seed=0)
 """
@@ -54,13 +57,13 @@ def test_stages_1_to_7_with_the_sam_backend(tmp_path: Path, config_writer) -> No
     command = [
         str(Path(sys.executable).parent / "snakemake"),
         *("--workflow-profile", "none", "--cores", "2"),
-        *("--configfile", str(REPO_ROOT / "config" / "demo.yaml"), str(override)),
+        "--configfile",
+        *(str(REPO_ROOT / "config" / name) for name in ("config.yaml", "demo.yaml")),
+        str(override),
     ]
-    env = {
-        **os.environ,
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-    }
+    # The jobs import sitecustomize from ``site`` and helpers.tiny_sam from ``tests/``.
+    python_path = [str(site), str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(python_path)}
     result = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900
     )
