@@ -8,8 +8,9 @@ Heavy modules are imported inside the functions so that the Snakefile stays chea
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,24 @@ def pack_hdf5(
     )
 
 
+@contextlib.contextmanager
+def _run_tracker(runtime: Runtime, job_type: str, run_id: str, run_config: dict) -> Iterator[Any]:
+    """A wandb run (or a no-op tracker) for one stage of one training run, always finished."""
+    from laplace_head.util.tracking import init_tracker
+
+    tracker = init_tracker(
+        runtime.wandb,
+        runtime.project_root,
+        job_type,
+        name=f"{job_type}_{run_id}",
+        run_config={**run_config, "run_id": run_id},
+    )
+    try:
+        yield tracker
+    finally:
+        tracker.finish()
+
+
 def _training_settings(settings: Mapping[str, Any], runtime: Runtime):
     from laplace_head.training.loop import TrainingSettings
 
@@ -225,17 +244,10 @@ def fit_laplace(
 ) -> dict:
     """Stage 6: fit, tune and save the Laplace posterior of ``checkpoint`` (best.pt)."""
     from laplace_head.bayes.fit import fit_laplace as run_stage
-    from laplace_head.util.tracking import init_tracker
 
-    laplace = settings["laplace"]
-    tracker = init_tracker(
-        runtime.wandb,
-        runtime.project_root,
-        "fit_laplace",
-        name=f"fit_laplace_{run_id}",
-        run_config={"laplace": dict(laplace), "run_id": run_id},
-    )
-    try:
+    with _run_tracker(
+        runtime, "fit_laplace", run_id, {"laplace": dict(settings["laplace"])}
+    ) as tracker:
         return run_stage(
             checkpoint,
             train_h5,
@@ -246,8 +258,6 @@ def fit_laplace(
             run_id=run_id,
             tracker=tracker,
         )
-    finally:
-        tracker.finish()
 
 
 def evaluate(
@@ -261,16 +271,8 @@ def evaluate(
 ) -> dict:
     """Stage 7: base / MAP / temperature-scaled / Laplace on the test split, with figures."""
     from laplace_head.evaluation.evaluate import evaluate as run_stage
-    from laplace_head.util.tracking import init_tracker
 
-    tracker = init_tracker(
-        runtime.wandb,
-        runtime.project_root,
-        "evaluate",
-        name=f"evaluate_{run_id}",
-        run_config={"evaluation": dict(settings), "run_id": run_id},
-    )
-    try:
+    with _run_tracker(runtime, "evaluate", run_id, {"evaluation": dict(settings)}) as tracker:
         return run_stage(
             laplace_dir,
             test_h5,
@@ -280,8 +282,6 @@ def evaluate(
             run_id=run_id,
             tracker=tracker,
         )
-    finally:
-        tracker.finish()
 
 
 def visualize_sanity(

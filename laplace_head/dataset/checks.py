@@ -19,7 +19,7 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and
 
 
 @dataclass
-class ValidationResult:
+class SampleCheck:
     """Outcome of validating one sample; ``reason`` is empty when valid."""
 
     image_h: int = 0
@@ -34,7 +34,7 @@ class ValidationResult:
         return not self.reason
 
 
-def validate_entry(entry: ScanEntry) -> ValidationResult:
+def check_sample(entry: ScanEntry) -> SampleCheck:
     """Decode the image and mask of ``entry`` and check them.
 
     Failure reasons: the pairing reason from the scan, ``image fails to decode: ...``,
@@ -45,7 +45,7 @@ def validate_entry(entry: ScanEntry) -> ValidationResult:
     mask/image size mismatch is otherwise valid (the mask is resized nearest-neighbour at
     prompt time) and recorded in ``size_mismatch``.
     """
-    result = ValidationResult()
+    result = SampleCheck()
     if entry.reason:
         result.reason = entry.reason
         return result

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from laplace_head.dataset.checks import ValidationResult, validate_entry
+from laplace_head.dataset.checks import SampleCheck, check_sample
 from laplace_head.dataset.scan import ScanEntry, scan_dataset
 from laplace_head.dataset.splits import SPLITS, assign_splits
 from laplace_head.errors import LaplaceHeadError
@@ -65,14 +65,14 @@ def read_split_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, dtype=dict.fromkeys(TEXT_COLUMNS, str))
 
 
-def _validate_all(entries: list[ScanEntry], workers: int) -> list[ValidationResult]:
+def _check_all(entries: list[ScanEntry], workers: int) -> list[SampleCheck]:
     if workers <= 1 or len(entries) < 64:
-        return _collect(map(validate_entry, entries), len(entries))
+        return _collect(map(check_sample, entries), len(entries))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return _collect(pool.map(validate_entry, entries, chunksize=16), len(entries))
+        return _collect(pool.map(check_sample, entries, chunksize=16), len(entries))
 
 
-def _collect(results: Iterator[ValidationResult], total: int) -> list[ValidationResult]:
+def _collect(results: Iterator[SampleCheck], total: int) -> list[SampleCheck]:
     collected = []
     for result in tqdm(results, total=total, desc="validate", unit="sample"):
         collected.append(result)
@@ -109,7 +109,7 @@ def build_manifests(
     remove_stale_temp_files(manifests_dir, [*outputs, "manifest_report.json"])
     entries = scan_dataset(Path(images_root).resolve(), Path(masks_root).resolve())
     LOGGER.info("scanned %d candidate samples under %s", len(entries), images_root)
-    results = _validate_all(entries, workers)
+    results = _check_all(entries, workers)
     frame = pd.DataFrame(
         [
             {

@@ -133,7 +133,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_epoch(
     model: NoImageHead, loader: Any, dice_lambda: float, device: torch.device, amp: bool
 ) -> dict[str, float]:
     """Validation loss, per-image mean IoU and Dice of the head, and the base segmenter's IoU.
@@ -420,5 +420,5 @@ def _fit(run: _Run, train_set: H5SegmentationDataset, val_set: H5SegmentationDat
         )
         run.epoch_state["train_seconds"] += time.perf_counter() - started
         run.epoch_state["train_samples"] += seen
-        metrics = evaluate(run.model, val_loader, settings.dice_lambda, run.device, run.amp)
+        metrics = evaluate_epoch(run.model, val_loader, settings.dice_lambda, run.device, run.amp)
         run.end_epoch(epoch, {"train_loss": train_loss, **metrics})

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from laplace_head.dataset.checks import validate_entry
+from laplace_head.dataset.checks import check_sample
 from laplace_head.dataset.images import load_image_rgb, load_mask
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.scan import ScanEntry
@@ -374,7 +374,7 @@ def test_decompression_bomb_limit(tmp_path: Path, monkeypatch, limit_factor: flo
     entry = ScanEntry(
         "c/big", "c__big", "c", "big", str(tmp_path / "big.png"), str(tmp_path / "big.npy")
     )
-    result = validate_entry(entry)
+    result = check_sample(entry)
     assert not result.valid
     assert result.reason.startswith("image too large (decompression-bomb guard)")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laplace_head.dataset.checks import validate_entry
+from laplace_head.dataset.checks import check_sample
 from laplace_head.dataset.scan import ScanEntry
 
 HEIGHT, WIDTH = 20, 30
@@ -45,7 +45,7 @@ def _mask_file(tmp_path: Path, mask, name: str = "s.npy") -> Path:
 
 
 def test_valid_sample_records_sizes(tmp_path: Path, image_path: Path) -> None:
-    result = validate_entry(_entry(image_path, _mask_file(tmp_path, _good_mask())))
+    result = check_sample(_entry(image_path, _mask_file(tmp_path, _good_mask())))
     assert result.valid and result.reason == ""
     assert (result.image_h, result.image_w, result.mask_h, result.mask_w) == (20, 30, 20, 30)
     assert result.size_mismatch is False
@@ -54,18 +54,18 @@ def test_valid_sample_records_sizes(tmp_path: Path, image_path: Path) -> None:
 def test_png_mask_is_binarised(tmp_path: Path, image_path: Path) -> None:
     mask_path = tmp_path / "s_mask.png"
     Image.fromarray(_good_mask() * 7).save(mask_path)
-    assert validate_entry(_entry(image_path, mask_path)).valid
+    assert check_sample(_entry(image_path, mask_path)).valid
 
 
 def test_size_mismatch_is_valid_but_recorded(tmp_path: Path, image_path: Path) -> None:
-    result = validate_entry(_entry(image_path, _mask_file(tmp_path, _good_mask(10, 15))))
+    result = check_sample(_entry(image_path, _mask_file(tmp_path, _good_mask(10, 15))))
     assert result.valid
     assert result.size_mismatch is True
     assert (result.mask_h, result.mask_w) == (10, 15)
 
 
 def test_scan_reason_is_kept_without_reading_files(tmp_path: Path) -> None:
-    result = validate_entry(_entry("", tmp_path / "m.npy", reason="mask without image"))
+    result = check_sample(_entry("", tmp_path / "m.npy", reason="mask without image"))
     assert not result.valid and result.reason == "mask without image"
 
 
@@ -109,7 +109,7 @@ def test_failure_reasons(tmp_path: Path, image_path: Path, case: str) -> None:
         np.save(mask_path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     else:
         np.save(mask_path, mask)
-    result = validate_entry(_entry(image_path, mask_path))
+    result = check_sample(_entry(image_path, mask_path))
     assert not result.valid
     assert result.reason.startswith(expected), result.reason
     assert "\n" not in result.reason
@@ -117,10 +117,10 @@ def test_failure_reasons(tmp_path: Path, image_path: Path, case: str) -> None:
 
 def test_missing_files_are_reasons_not_crashes(tmp_path: Path, image_path: Path) -> None:
     mask_path = _mask_file(tmp_path, _good_mask())
-    assert validate_entry(_entry(tmp_path / "gone.png", mask_path)).reason.startswith(
+    assert check_sample(_entry(tmp_path / "gone.png", mask_path)).reason.startswith(
         "image fails to decode"
     )
-    assert validate_entry(_entry(image_path, tmp_path / "gone.npy")).reason.startswith(
+    assert check_sample(_entry(image_path, tmp_path / "gone.npy")).reason.startswith(
         "mask unreadable"
     )
 
@@ -129,9 +129,9 @@ def test_mismatched_mask_that_loses_its_foreground_when_resized(tmp_path, image_
     """Prompts are drawn on the mask resized to the image, so it must keep both regions."""
     mask = np.zeros((200, 300), np.uint8)
     mask[0, 1] = 1  # one pixel that nearest-neighbour resizing to 20x30 never samples
-    result = validate_entry(_entry(image_path, _mask_file(tmp_path, mask)))
+    result = check_sample(_entry(image_path, _mask_file(tmp_path, mask)))
     assert not result.valid
     assert result.reason == "mask has no foreground after resizing to the image size (20x30)"
     inverse = 1 - mask
-    result = validate_entry(_entry(image_path, _mask_file(tmp_path, inverse, "inv.npy")))
+    result = check_sample(_entry(image_path, _mask_file(tmp_path, inverse, "inv.npy")))
     assert result.reason == "mask has no background after resizing to the image size (20x30)"
