@@ -65,6 +65,7 @@ def _read_prompt_record(path: Path) -> dict[str, Any]:
         missing = [k for k in _REQUIRED_KEYS if k not in record]
         if missing:
             raise KeyError(f"missing keys {missing}")
+        _check_safe_id(record["safe_id"], path)
     except FileNotFoundError as exc:
         raise LaplaceHeadError(f"prompt JSON {str(path)!r} is missing") from exc
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -72,6 +73,23 @@ def _read_prompt_record(path: Path) -> dict[str, Any]:
             f"prompt JSON {str(path)!r} is unreadable ({type(exc).__name__}: {exc})"
         ) from exc
     return record
+
+
+def _check_safe_id(safe_id: Any, path: Path) -> None:
+    """The record's ``safe_id`` names the output folder: it must be the JSON's own file stem
+    (stage 2 writes ``<safe_id>.json``) and one plain path component, so that no content of a
+    prompt JSON can make stage 3 write outside ``sam_precompute/<split>/``."""
+    text = str(safe_id)
+    if (
+        text != path.stem
+        or text in ("", ".", "..")
+        or any(sep in text for sep in ("/", "\\", "\0"))
+        or Path(text).name != text
+    ):
+        raise ValueError(
+            f"safe_id {text!r} is not the file's own name {path.stem!r} (or not a plain name); "
+            "delete the JSON and re-run generate_promptsets"
+        )
 
 
 class _ShardRun:

@@ -323,3 +323,21 @@ def test_non_finite_logits_fail_only_that_promptset(project, write_workers):
     assert failure["stage"] == "output" and failure["promptset_id"] == 1
     assert "non-finite" in failure["reason"]
     assert not (promptset_dir(root / "sam_precompute/train", "cls__a", 1) / META_FILE).exists()
+
+
+@pytest.mark.parametrize("hostile", ["../../escaped", "..", "cls__b", "a/b", "cls__a\\x"])
+def test_safe_id_from_a_prompt_json_cannot_leave_the_output_folder(project, hostile):
+    """The output folder is named after the JSON's safe_id: a record whose safe_id is not the
+    JSON's own file stem (a path, '..', another sample's id) fails that sample only."""
+    root, paths, sample_ids = project
+    record = read_json(paths[0])
+    record["safe_id"] = hostile
+    paths[0].write_text(json.dumps(record))
+    summary = _run(root, paths, RandomWalkerSegmenter(max_side=24), sample_ids=sample_ids)
+    failures = {f["sample_id"]: f for f in summary["failures"]}
+    assert failures[sample_ids[0]]["stage"] == "prompt_json"
+    assert "not the file's own name" in failures[sample_ids[0]]["reason"]
+    assert summary["done"] == 2 * N_PROMPTSETS  # the other samples are processed
+    written = {p.parent.parent.name for p in root.rglob("meta.json")}
+    assert written == {"cls__b", "other__c"}  # nothing outside, nothing under a wrong name
+    assert not (root.parent / "escaped").exists() and not (root / "escaped").exists()
