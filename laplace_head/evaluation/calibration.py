@@ -22,13 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from laplace_head.bayes.posterior import Posterior
-from laplace_head.cache.split_h5 import iter_split_batches, split_num_rows
+from laplace_head.cache.split_h5 import iter_split_batches, split_num_rows, split_shape
 from laplace_head.model.metrics import per_image_dice, per_image_iou
 from laplace_head.util.seeding import derive_seed
 
 SCORE_RANGE = (-100.0, 0.0)  # log-uncertainty histogram range for the AUROC
 SCORE_BINS = 5000
 SCALE_MIN, SCALE_MAX = 1e-3, 1e3  # bounds of 1 / tau in temperature scaling
+# Temperature scaling fits ONE scalar: a few million pixels pin it down, more only cost memory
+# (the pixels are held for the Newton iterations), so this cap holds even for max_pixels=None.
+TS_MAX_PIXELS = 4_000_000
 
 
 class CalibrationAccumulator:
@@ -157,15 +160,19 @@ def fit_temperature_scaling(
 ) -> dict[str, Any]:
     """One temperature tau for the MAP logits minimising validation pixel NLL (Newton on 1/tau).
 
-    At most ``max_pixels`` validation pixels are used (a seeded uniform subset per row).
+    At most ``max_pixels`` validation pixels are used (a seeded uniform subset per row), and never
+    more than :data:`TS_MAX_PIXELS` (memory stays bounded when ``max_pixels`` is None).
     """
     n_rows = split_num_rows(val_h5)
     if n_rows == 0:
         return {"temperature": 1.0, "n_pixels": 0, "note": "empty validation split: tau = 1"}
+    n_total = n_rows * int(np.prod(split_shape(val_h5)[1:]))
+    if min(max_pixels or n_total, n_total) > TS_MAX_PIXELS:
+        max_pixels = TS_MAX_PIXELS
     zs, ys = [], []
     for batch in iter_split_batches(val_h5, batch_rows, posterior.logit_clip):
-        z = posterior.map_logits(batch.inputs).flatten(1).double()
-        y = batch.gt_mask.flatten(1).double()
+        z = posterior.map_logits(batch.inputs).flatten(1)
+        y = batch.gt_mask.flatten(1)
         per_row = z.shape[1] if max_pixels is None else max(1, max_pixels // n_rows)
         for offset in range(z.shape[0]):
             if per_row < z.shape[1]:
@@ -176,7 +183,7 @@ def fit_temperature_scaling(
             else:
                 zs.append(z[offset])
                 ys.append(y[offset])
-    z, y = torch.cat(zs), torch.cat(ys)
+    z, y = torch.cat(zs).double(), torch.cat(ys).double()  # float64 only for the kept subset
 
     def nll(scale: float) -> float:
         return float(F.binary_cross_entropy_with_logits(scale * z, y))

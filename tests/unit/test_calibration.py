@@ -99,3 +99,14 @@ def test_temperature_scaling_stays_bounded_for_anti_informative_logits(tmp_path)
 def test_temperature_scaling_on_empty_validation(tmp_path):
     val_h5 = make_synthetic_h5(tmp_path / "val.h5", 0, size=24, split="val")
     assert fit_temperature_scaling(_posterior(1.0), val_h5)["temperature"] == 1.0
+
+
+def test_temperature_scaling_memory_is_bounded_without_max_pixels(tmp_path, monkeypatch):
+    """max_pixels=None (laplace.max_pixels_fit: null) must not hold every validation pixel."""
+    import laplace_head.evaluation.calibration as calibration
+
+    monkeypatch.setattr(calibration, "TS_MAX_PIXELS", 600)
+    val_h5 = make_synthetic_h5(tmp_path / "val.h5", 3, seed=1, size=24, split="val")
+    result = fit_temperature_scaling(_posterior(scale=3.0), val_h5, max_pixels=None)
+    assert result["n_pixels"] == 3 * (600 // 3)
+    assert result["temperature"] > 1.5

@@ -119,3 +119,21 @@ def test_missing_or_foreign_file_is_a_clear_error(tmp_path):
         handle.create_dataset("logits_256", data=np.zeros((1, 256, 256), np.float16))
     with pytest.raises(DataFileError, match="gt_mask_256"):
         H5SegmentationDataset(tmp_path / "partial.h5")
+
+
+def test_training_and_streaming_assemble_the_same_finite_inputs(tmp_path):
+    """Training (the Dataset) and stages 6-7 (iter_split_batches) build the head's input the same
+    way: NaN logits become 0 and +-inf the clip, in both paths (one assembly, cache.split_h5)."""
+    from laplace_head.cache.split_h5 import iter_split_batches
+
+    path = make_synthetic_h5(tmp_path / "nan.h5", n_rows=2, seed=4, size=32)
+    with h5py.File(path, "r+") as handle:
+        handle["logits_256"][0, 0, :3] = [np.nan, np.inf, -np.inf]
+    for in_memory in ("never", "always"):
+        inputs, _ = H5SegmentationDataset(path, logit_clip=7.0, in_memory=in_memory).get_batch(
+            [0, 1]
+        )
+        assert torch.isfinite(inputs).all()
+        assert inputs[0, 0, 0, :3].tolist() == [0.0, 7.0, -7.0]
+        (streamed,) = list(iter_split_batches(path, batch_rows=2, logit_clip=7.0))
+        assert torch.equal(inputs, streamed.inputs)
