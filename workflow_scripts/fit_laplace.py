@@ -17,6 +17,6 @@ run_rule(
         params.run_id,
         params.settings,
         params.runtime,
-        force=True,  # Snakemake runs the job only when the outputs must be rebuilt
+        force=False,  # reuse the last fit when best.pt, data and settings are unchanged
     ),
 )

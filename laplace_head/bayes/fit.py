@@ -14,13 +14,18 @@ comparison.
 
 Artifacts (the layout's ``laplace_dir``): laplace_state.pt, laplace_config.yaml,
 posterior_meta.json (written last) and val_nll_grid.png. A re-run is skipped when they exist,
-best.pt has the same MD5 and the settings are unchanged.
+best.pt has the same MD5, the packed train/val splits are the same (their ``source_index_md5``)
+and the settings are unchanged. Snakemake deletes a job's declared outputs before it runs the
+job, so the last fit's artifacts are also kept as hard links in ``.reuse/`` beside them (no
+extra disk space): a job that Snakemake re-runs on unchanged inputs (e.g. after regenerating a
+prompt JSON, see the README) restores them instead of refitting.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +51,7 @@ from laplace_head.bayes.tuning import (
     posterior_variances,
     validation_nll_grid,
 )
-from laplace_head.cache.split_h5 import split_num_rows, split_shape
+from laplace_head.cache.split_h5 import open_split, split_num_rows, split_shape
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import VAL_NLL_GRID
 from laplace_head.model.head import NoImageHead
@@ -58,23 +63,26 @@ from laplace_head.util.atomic import (
     atomic_write_yaml,
     file_md5,
     read_json,
+    remove_stale_temp_files,
 )
 
 LOGGER = logging.getLogger(__name__)
 GRID_FIGURE_NAME = VAL_NLL_GRID
 FORMAT_VERSION = 1
+REUSE_DIR = ".reuse"
+ARTIFACTS = (STATE_NAME, CONFIG_NAME, GRID_FIGURE_NAME, META_NAME)  # meta last: marks complete
 
 
 class LaplaceFitError(LaplaceHeadError):
     """Stage 6 cannot run: bad checkpoint, empty split or invalid settings."""
 
 
-def _existing_result(out_dir: Path, checkpoint_md5: str, settings: dict) -> dict | None:
-    names = (STATE_NAME, CONFIG_NAME, META_NAME, GRID_FIGURE_NAME)
-    if not all((out_dir / name).is_file() for name in names):
+def _existing_result(folder: Path, checkpoint_md5: str, settings: dict, data: dict) -> dict | None:
+    """The meta of a complete fit in ``folder`` made from the same inputs, else None."""
+    if not all((folder / name).is_file() for name in ARTIFACTS):
         return None
     try:
-        meta = read_json(out_dir / META_NAME)
+        meta = read_json(folder / META_NAME)
     except ValueError:
         return None
     if meta.get("source_checkpoint_md5") != checkpoint_md5:
@@ -83,7 +91,35 @@ def _existing_result(out_dir: Path, checkpoint_md5: str, settings: dict) -> dict
     if meta.get("fit_settings") != settings:
         LOGGER.info("Laplace settings changed since the last fit: refitting")
         return None
+    if meta.get("training_data") != data:
+        LOGGER.info("the packed train/val splits changed since the last fit: refitting")
+        return None
     return meta
+
+
+def _data_fingerprint(train_h5: str | os.PathLike, val_h5: str | os.PathLike) -> dict:
+    """What identifies the packed splits a fit used (rows and the MD5 of their index CSV)."""
+    fingerprint = {}
+    for name, path in (("train", train_h5), ("val", val_h5)):
+        with open_split(path) as handle:
+            fingerprint[name] = {
+                "n_rows": int(handle["logits_256"].shape[0]),
+                "source_index_md5": str(handle.attrs.get("source_index_md5", "")),
+            }
+    return fingerprint
+
+
+def _link_artifacts(source: Path, target: Path) -> None:
+    """Hard-link (else copy) the artifacts from ``source`` to ``target``, each atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        remove_stale_temp_files(target, [name])
+        with atomic_path(target / name) as tmp:
+            tmp.unlink()
+            try:
+                os.link(source / name, tmp)
+            except OSError:
+                shutil.copy2(source / name, tmp)
 
 
 def fit_laplace(
@@ -159,8 +195,18 @@ def fit_laplace(
         "max_pixels_fit": max_pixels_fit,
         "seed": int(seed),
     }
-    if not force and (meta := _existing_result(out_dir, checkpoint_md5, recorded)) is not None:
+    data = _data_fingerprint(train_h5, val_h5)
+    if not force and (meta := _existing_result(out_dir, checkpoint_md5, recorded, data)):
         LOGGER.info("Laplace artifacts in %s are up to date (same best.pt MD5); skipping", out_dir)
+        return meta
+    reuse = out_dir / REUSE_DIR
+    if not force and (meta := _existing_result(reuse, checkpoint_md5, recorded, data)):
+        _link_artifacts(reuse, out_dir)
+        LOGGER.info(
+            "restored the fit of the same best.pt, data and settings from %s (its outputs had "
+            "been deleted, e.g. by Snakemake before re-running the job): no refit",
+            reuse,
+        )
         return meta
 
     n_train, height, width = split_shape(train_h5)
@@ -214,7 +260,9 @@ def fit_laplace(
         times=(fit_time, tune_time),
         val_rows=split_num_rows(val_h5),
     )
+    meta["training_data"] = data
     _write_artifacts(out_dir, la, head, meta, logit_clip)
+    _link_artifacts(out_dir, out_dir / REUSE_DIR)
     _track(tracker, meta, out_dir, run_id)
     LOGGER.info(
         "chosen prior precision %g, temperature %g: val NLL %.5f (MAP head %.5f)",

@@ -156,9 +156,17 @@ def test_marglik_grid_matches_closed_form(run):
 
 def test_artifacts_and_meta_fields(run):
     names = sorted(p.name for p in run.laplace_dir.iterdir())
-    assert names == sorted(
-        ["laplace_state.pt", "laplace_config.yaml", "posterior_meta.json", "val_nll_grid.png"]
-    )
+    artifacts = [
+        "laplace_state.pt",
+        "laplace_config.yaml",
+        "posterior_meta.json",
+        "val_nll_grid.png",
+    ]
+    assert names == sorted([*artifacts, ".reuse"])
+    reuse = run.laplace_dir / ".reuse"
+    assert sorted(p.name for p in reuse.iterdir()) == sorted(artifacts)
+    for name in artifacts:  # hard links: no second copy on disk
+        assert (reuse / name).stat().st_ino == (run.laplace_dir / name).stat().st_ino
     meta = read_json(run.laplace_dir / "posterior_meta.json")
     for key in (
         "prior_precision",
@@ -278,3 +286,28 @@ def test_import_filters_only_the_asdl_jit_warning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "FutureWarning" not in result.stderr
+
+
+def test_outputs_deleted_by_snakemake_are_restored_without_refitting(run, tmp_path, monkeypatch):
+    """Snakemake deletes a job's declared outputs before re-running it: with best.pt, the packed
+    splits and the settings unchanged, the fit is restored from .reuse/, not redone."""
+    import laplace_head.bayes.fit as fit_module
+
+    out = tmp_path / "snakemake_out"
+    settings = LaplaceSettings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
+    first = fit_laplace(run.best, run.train_h5, run.val_h5, out, settings)
+    before = {name: (out / name).read_bytes() for name in fit_module.ARTIFACTS}
+    for name in fit_module.ARTIFACTS:
+        (out / name).unlink()
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("refitted although nothing changed")
+
+    monkeypatch.setattr(fit_module, "make_laplace", no_refit)
+    assert fit_laplace(run.best, run.train_h5, run.val_h5, out, settings) == first
+    assert {name: (out / name).read_bytes() for name in fit_module.ARTIFACTS} == before
+    # a changed input is never served from the reuse copy
+    with pytest.raises(AssertionError, match="refitted"):
+        fit_laplace(run.best, run.train_h5, run.val_h5, out, replace(settings, seed=1))
+    with pytest.raises(AssertionError, match="refitted"):
+        fit_laplace(run.best, run.train_h5, run.val_h5, out, settings, force=True)

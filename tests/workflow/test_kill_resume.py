@@ -551,6 +551,34 @@ def test_stage6_fit_laplace_killed_from_outside(ctx: SimpleNamespace) -> None:
     )
 
 
+def test_regenerating_a_prompt_json_reuses_the_fit(ctx: SimpleNamespace) -> None:
+    """The README's recipe (delete one prompt JSON, ``--forcerun generate_promptsets --until
+    generate_promptsets``) re-runs the downstream jobs by mtime; training resumes its finished
+    run and fit_laplace, whose outputs Snakemake deletes first, restores the same posterior from
+    ``.reuse/`` instead of refitting."""
+    project = reset_project(ctx, [*STAGE_DIRS, "checkpoints", "laplace"])
+    target = [str(project / LAPLACE_DIR / "posterior_meta.json")]
+    snakemake(ctx, target)
+    best = project / "checkpoints" / "no_image" / "run_v1" / "best.pt"
+    best_bytes = best.read_bytes()
+    victim = sorted((project / "prompt_sets" / "train").glob("*.json"))[0]
+    victim_bytes = victim.read_bytes()
+    victim.unlink()
+    snakemake(ctx, ["--forcerun", "generate_promptsets", "--until", "generate_promptsets"])
+    assert victim.read_bytes() == victim_bytes
+    log = project / "logs" / "fit_laplace" / "run_v1.log"
+    log.unlink(missing_ok=True)
+    snakemake(ctx, target)
+    text = log.read_text()
+    assert "restored the fit" in text and "fitting the GGN" not in text, text
+    assert best.read_bytes() == best_bytes
+    expected = json.loads((ctx.reference / LAPLACE_DIR / "posterior_meta.json").read_text())
+    got = json.loads((project / LAPLACE_DIR / "posterior_meta.json").read_text())
+    for key in [key for key in expected if key.endswith("_time_s")]:
+        expected.pop(key), got.pop(key)
+    assert got == expected
+
+
 # --------------------------------------------------------------------------------------------
 # A config change between runs
 # --------------------------------------------------------------------------------------------
