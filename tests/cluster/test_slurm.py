@@ -183,7 +183,7 @@ def write_demo_config(out_dir: Path) -> Path:
     2-core machine where all GPU-tagged jobs queue for the one advertised GPU.
     """
     subprocess.run(
-        [sys.executable, "-m", "laplace_head.dataset.demo", "--out", str(out_dir / "demo_data")]
+        [sys.executable, "-m", "laplace_head", "demo-data", "--out", str(out_dir / "demo_data")]
         + ["--per-class", "5"],
         check=True,
         cwd=REPO_ROOT,
