@@ -11,6 +11,7 @@ any job runs) and the stand-alone scripts. Every problem is reported as one
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,6 +118,7 @@ def validate_config(
     """
     schema = load_schema(schema_path)
     resolved = fill_defaults(config, schema)
+    _check_finite(resolved, config_name, list(sources or []))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
@@ -129,9 +131,88 @@ def validate_config(
         raise ConfigError(_describe(error, config_name))
     _coerce_integers(resolved, schema)
     _check_relations(resolved, config_name)
+    _check_data_path_values(resolved, config_name, list(sources or []))
     if check_paths:
         _check_paths(resolved, config_name, list(sources or []))
     return resolved
+
+
+def _dotted(key_path: list) -> str:
+    """``["laplace", "prior_precision_grid", 1]`` -> ``laplace.prior_precision_grid[1]``."""
+    text = ""
+    for part in key_path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _non_finite(node: Any, key_path: list) -> tuple[list, float] | None:
+    """The first NaN or +-infinity in ``node`` (mappings and lists searched), with its key."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return key_path, node
+    if isinstance(node, Mapping):
+        children = ((key, value) for key, value in node.items())
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    else:
+        return None
+    for key, value in children:
+        found = _non_finite(value, [*key_path, key])
+        if found is not None:
+            return found
+    return None
+
+
+def _check_finite(config: Mapping[str, Any], default_name: str, sources: list[str]) -> None:
+    """Refuse NaN and infinity anywhere in the config (lists included).
+
+    JSON Schema's range checks are all false for NaN, so ``gaussian_sigma: .nan`` would pass
+    ``exclusiveMinimum: 0``; no key of this workflow has a use for a non-finite number.
+    """
+    found = _non_finite(config, [])
+    if found is None:
+        return
+    key_path, value = found
+    key = _dotted(key_path) or "<top level>"
+    config_name = _file_defining(key_path, sources, default_name)
+    raise ConfigError(
+        f"{config_name}: {key} = {value!r} is not a finite number (NaN and infinity are refused "
+        f"for every key: range checks cannot reject them and they would poison prompt maps, "
+        f"training and the posterior). Set {key} to a finite number in {config_name}."
+    )
+
+
+DATA_PATH_KEYS = ("images_root", "masks_root", "project_root")
+
+
+def _check_data_path_values(
+    config: Mapping[str, Any], default_name: str, sources: list[str]
+) -> None:
+    """Refuse data paths no workflow can use, whatever ``check_paths`` says.
+
+    An empty ``project_root`` makes every output path absolute from the file system root
+    (``/manifests/...``); ``{`` or ``}`` in a path turn it into a Snakemake wildcard pattern.
+    """
+    data = config["data"]
+    for key in DATA_PATH_KEYS:
+        value = str(data[key])
+        config_name = _file_defining(["data", key], sources, default_name)
+        if not value.strip():
+            consequence = (
+                "every output would go under the file system root (/manifests/...)"
+                if key == "project_root"
+                else "it would silently mean the current folder"
+            )
+            raise ConfigError(
+                f"edit {config_name}: data.{key} is empty ({value!r}); {consequence}. Set "
+                f"data.{key} to a folder."
+            )
+        if "{" in value or "}" in value:
+            raise ConfigError(
+                f"edit {config_name}: data.{key} = {value!r} contains '{{' or '}}', which "
+                "Snakemake reads as a wildcard in every path built from it. Use a folder whose "
+                f"path has no braces (rename it or point a symlink at it) and set data.{key} "
+                "to that."
+            )
 
 
 def _coerce_integers(config: dict, schema: Mapping[str, Any]) -> None:

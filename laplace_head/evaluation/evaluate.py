@@ -8,7 +8,9 @@ Methods (each gives an *effective logit* l per pixel, p = sigmoid(l)):
   (the honest calibration baseline: one scalar, same data as the Laplace tuning);
 * ``laplace`` - the probit GLM predictive of the Laplace head, ``z / sqrt(1 + pi var(z) / 8)``.
 
-Metrics, overall and per class (the index's ``class`` column): per-image mean IoU and Dice of
+Metrics, overall and per class (the index's ``class`` column; classes live in their own
+namespace - ``per_class`` in metrics.json, ``class:<name>`` scopes in metrics.csv/md - so no class
+name, ``overall`` included, can collide with the overall scope): per-image mean IoU and Dice of
 ``p > 0.5`` (see :mod:`laplace_head.model.metrics`), mean pixel NLL (nats), Brier score, ECE over
 ``ece_bins`` equal-width bins of the foreground probability (sum over bins of
 ``n_bin / n * |mean p - fraction foreground|``), and the AUROC of a per-pixel uncertainty for
@@ -51,6 +53,16 @@ from laplace_head.util.seeding import derive_seed
 LOGGER = logging.getLogger(__name__)
 METHODS = ("base", "map", "map_temperature_scaled", "laplace")
 TABLE_COLUMNS = ("iou", "dice", "nll", "brier", "ece", "auroc_entropy", "auroc_bald")
+OVERALL_SCOPE = "overall"
+CLASS_SCOPE_PREFIX = "class:"
+# Accumulator keys: (OVERALL_SCOPE, method) or (_CLASS, class name, method): a class name is
+# never a key of its own, so no name can land in the overall accumulators.
+_CLASS = "class"
+
+
+def class_scope(cls: str) -> str:
+    """The ``scope`` of a class's rows in metrics.csv/md: ``class:<name>``."""
+    return f"{CLASS_SCOPE_PREFIX}{cls}"
 
 
 class EvaluationError(LaplaceHeadError):
@@ -123,7 +135,7 @@ def evaluate(
     index = read_h5_index(test_h5)
     classes = index["class"].astype(str).tolist() if len(index) else []
     example_rows = _example_rows(classes, index.get("sample_id", pd.Series()).tolist(), n_examples)
-    accumulators: dict[tuple[str, str], CalibrationAccumulator] = {}
+    accumulators: dict[tuple[str, ...], CalibrationAccumulator] = {}
     examples: list[dict[str, Any]] = []
     for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
         map_logits, variance = posterior.logit_moments(batch.inputs)
@@ -145,9 +157,9 @@ def evaluate(
                 if method == "laplace":
                     scores["bald"] = bald_score[rows]
                 stats = batch_statistics(logits[rows], batch.gt_mask[rows], scores, ece_bins)
-                for scope in ("overall", cls):
-                    accumulators.setdefault((scope, method), CalibrationAccumulator(ece_bins))
-                    accumulators[(scope, method)].add(stats)
+                for key in ((OVERALL_SCOPE, method), (_CLASS, cls, method)):
+                    accumulators.setdefault(key, CalibrationAccumulator(ece_bins))
+                    accumulators[key].add(stats)
         for offset in range(batch.inputs.shape[0]):
             row = batch.start + offset
             if row in example_rows:
@@ -176,14 +188,14 @@ def evaluate(
             "temperature": posterior.temperature,
             "n_posterior_samples": n_posterior_samples,
         },
-        "overall": {m: results.get(("overall", m)) for m in METHODS},
+        "overall": {m: results.get((OVERALL_SCOPE, m)) for m in METHODS},
         "per_class": {
-            cls: {m: results.get((cls, m)) for m in METHODS} for cls in sorted(set(classes))
+            cls: {m: results.get((_CLASS, cls, m)) for m in METHODS} for cls in sorted(set(classes))
         },
         "reliability": {
-            m: accumulators[("overall", m)].reliability()
+            m: accumulators[(OVERALL_SCOPE, m)].reliability()
             for m in METHODS
-            if ("overall", m) in accumulators
+            if (OVERALL_SCOPE, m) in accumulators
         },
     }
     _write_outputs(out_dir, metrics, examples)
@@ -227,10 +239,15 @@ def _example(
 
 
 def metrics_frame(metrics: dict) -> pd.DataFrame:
-    """One row per (scope, method) with the headline metrics."""
+    """One row per (scope, method) with the headline metrics.
+
+    ``scope`` is ``overall`` for the whole split and ``class:<name>`` for a class, so a class
+    named ``overall`` gets its own rows and never replaces the overall ones.
+    """
     rows = []
-    scopes = {"overall": metrics["overall"], **metrics["per_class"]}
-    for scope, by_method in scopes.items():
+    scopes = [(OVERALL_SCOPE, metrics["overall"])]
+    scopes += [(class_scope(cls), value) for cls, value in sorted(metrics["per_class"].items())]
+    for scope, by_method in scopes:
         for method, values in by_method.items():
             values = values or {}
             row = {"scope": scope, "method": method, "n_rows": values.get("n_rows", 0)}
@@ -240,7 +257,11 @@ def metrics_frame(metrics: dict) -> pd.DataFrame:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """The metrics table as GitHub markdown (4 decimals, '-' for not applicable)."""
+    """The metrics table as GitHub markdown (4 decimals, '-' for not applicable).
+
+    A ``|`` in a cell (a class named ``a|b``) is escaped and line breaks become spaces, so every
+    row stays one table row.
+    """
     header = "| " + " | ".join(frame.columns) + " |"
     lines = [header, "|" + "---|" * len(frame.columns)]
     for _, row in frame.iterrows():
@@ -251,7 +272,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
             elif isinstance(value, float):
                 cells.append(f"{value:.4f}")
             else:
-                cells.append(str(value))
+                cells.append(" ".join(str(value).splitlines()).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -6,17 +6,29 @@ A run directory (:attr:`laplace_head.layout.ProjectLayout.run_dir`) holds:
 * ``best.pt`` / ``last.pt`` - plain dicts ``{"model_state", "model_args", "epoch", "metrics",
   "run_id", "config"}``; ``model_args`` rebuild :class:`~laplace_head.model.head.NoImageHead`;
 * ``optimizer_last.pt`` / ``scaler_last.pt`` - ``{"epoch", "state"}`` plain dicts;
-* ``epoch_state.json`` - last completed epoch, best IoU, patience counter, history, RNG states,
-  wandb run id. It is the commit marker of an epoch: the four files of an epoch are written to
-  temporary names first and renamed into place only once all are on disk, ``epoch_state.json``
-  last, so a kill leaves either the previous epoch's consistent state or the new one (the
-  renames take microseconds; :func:`load_training_state` checks the epochs agree).
+* ``epoch_state.json`` - last completed epoch, best IoU and epoch, patience counter, history,
+  RNG states, wandb run id. It is the commit marker of an epoch.
+
+An epoch is committed in three steps (:func:`save_training_state`):
+
+1. *stage*: ``last.pt``, ``optimizer_last.pt``, ``scaler_last.pt`` and - when the epoch improved -
+   ``best.pt`` are written, each atomically and fsynced, as ``staged-<name>``;
+2. *commit*: ``epoch_state.json`` is replaced atomically (the commit point);
+3. *promote*: each ``staged-<name>`` is renamed onto ``<name>``.
+
+A kill before step 2 leaves the previous epoch committed and staged files of an epoch that
+never was: resume deletes them. A kill after step 2 leaves the new epoch committed with some
+files still staged: resume promotes them (rolls the commit forward). Either way ``best.pt`` is
+exactly the best epoch ``epoch_state.json`` records, and :func:`load_training_state` checks that
+every file agrees with it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import logging
 import os
 import random
 from collections.abc import Mapping
@@ -30,7 +42,13 @@ from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import BEST_CHECKPOINT, TRAINING_SUMMARY
 from laplace_head.model.head import NoImageHead
 from laplace_head.settings import is_runtime_key
-from laplace_head.util.atomic import atomic_path, json_dumps, read_json, read_yaml
+from laplace_head.util.atomic import (
+    atomic_path,
+    fsync_folder,
+    json_dumps,
+    read_json,
+    read_yaml,
+)
 
 CONFIG_FILE = "config.yaml"
 LAST_FILE = "last.pt"
@@ -42,6 +60,15 @@ SUMMARY_FILE = TRAINING_SUMMARY
 # best.pt too: it exists from the first completed epoch on, and the summary reads it.
 RESUME_FILES = (CONFIG_FILE, LAST_FILE, BEST_FILE, OPTIMIZER_FILE, SCALER_FILE, EPOCH_STATE_FILE)
 STATE_FORMAT_VERSION = 1
+# Files of an epoch that are staged before its commit and promoted after it (module docstring).
+STAGED_PREFIX = "staged-"
+STAGED_FILES = (OPTIMIZER_FILE, SCALER_FILE, LAST_FILE, BEST_FILE)
+LOGGER = logging.getLogger(__name__)
+
+
+def staged_name(name: str) -> str:
+    """The name a file of :data:`STAGED_FILES` has between staging and promotion."""
+    return STAGED_PREFIX + name
 
 
 class CheckpointError(LaplaceHeadError):
@@ -117,14 +144,87 @@ def load_head_from_checkpoint(
             f"checkpoint file {str(path)!r} lacks {', '.join(missing)}; it is not a head "
             "checkpoint written by train_head."
         )
-    model = NoImageHead(**checkpoint["model_args"])
+    model_args = check_model_args(checkpoint["model_args"], path)
+    state = checkpoint["model_state"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r}: model_state is a {type(state).__name__}, not a "
+            "mapping of parameter names to tensors; the file is damaged or was not written by "
+            "train_head. Retrain or restore it."
+        )
+    model = NoImageHead(**model_args)
     try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint file {str(path)!r}: weights do not fit ({exc})."
         ) from exc
     return model.to(map_location).eval(), checkpoint
+
+
+@functools.lru_cache(maxsize=1)
+def _head_limits() -> dict[str, dict]:
+    """The ``head`` section of config/schema.yaml: the limits of the model arguments."""
+    from laplace_head.config.loader import load_schema
+
+    return load_schema()["properties"]["head"]["properties"]
+
+
+def check_model_args(model_args: Any, path: str | os.PathLike) -> dict[str, int]:
+    """The ``model_args`` of a checkpoint, checked before any module is built from them.
+
+    Exactly the constructor arguments of :class:`NoImageHead` (``channels_in``,
+    ``hidden_channels``), plain integers within the limits of the config schema's ``head``
+    section, so a crafted file can neither pass unknown arguments nor make the loader allocate
+    whatever width it names.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, the key and the bad value.
+    """
+    where = f"checkpoint file {str(path)!r}"
+    fix = "the file is damaged or was not written by train_head; retrain or restore it."
+    if not isinstance(model_args, Mapping):
+        raise CheckpointError(
+            f"{where}: model_args is a {type(model_args).__name__} ({model_args!r:.80}), not a "
+            f"mapping of NoImageHead arguments; {fix}"
+        )
+    limits = _head_limits()
+    expected = ("channels_in", "hidden_channels")
+    unknown = sorted(str(key) for key in model_args if key not in expected)
+    missing = [key for key in expected if key not in model_args]
+    if unknown or missing:
+        problems = []
+        if unknown:
+            problems.append(f"unknown key(s) {', '.join(unknown)}")
+        if missing:
+            problems.append(f"no {', '.join(missing)}")
+        raise CheckpointError(
+            f"{where}: model_args has {' and '.join(problems)}; NoImageHead takes exactly "
+            f"{', '.join(expected)}. {fix[0].upper()}{fix[1:]}"
+        )
+    checked = {}
+    for key in expected:
+        value, rule = model_args[key], limits[key]
+        if "enum" in rule:
+            allowed = f"one of {rule['enum']}"
+        else:
+            low, high = rule["minimum"], rule["maximum"]
+            allowed = f"an integer in [{low}, {high}]"
+        if isinstance(value, bool) or not isinstance(value, int):  # 16.0, True, "16"
+            ok = False
+        else:
+            ok = value in rule["enum"] if "enum" in rule else low <= value <= high
+        if not ok:
+            raise CheckpointError(
+                f"{where}: model_args.{key} = {value!r} is not {allowed} (the limits of "
+                f"head.{key} in the config schema); {fix}"
+            )
+        checked[key] = int(value)
+    return checked
 
 
 def _encode_bytes(tensor: torch.Tensor) -> str:
@@ -170,24 +270,75 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     epoch_state: Mapping[str, Any],
+    best_checkpoint: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``last.pt``, ``optimizer_last.pt``, ``scaler_last.pt`` then ``epoch_state.json``.
+    """Commit one epoch: stage its files, write ``epoch_state.json``, promote the staged files.
 
-    All four are written to temporary files first; the renames happen together at the end in
-    that order (``epoch_state.json`` last), see the module docstring.
+    ``best_checkpoint`` (the epoch improved) becomes ``best.pt`` as part of the same commit, so
+    ``best.pt`` can never run ahead of the ``best_epoch`` that ``epoch_state.json`` records. See
+    the module docstring for what a kill at any point leaves and how resume completes it.
     """
     run_dir = Path(run_dir)
     epoch = int(epoch_state["epoch"])
-    with contextlib.ExitStack() as stack:
-        # ExitStack renames in reverse order of entry: enter epoch_state.json first.
-        state_tmp = stack.enter_context(atomic_path(run_dir / EPOCH_STATE_FILE))
-        last_tmp = stack.enter_context(atomic_path(run_dir / LAST_FILE))
-        scaler_tmp = stack.enter_context(atomic_path(run_dir / SCALER_FILE))
-        optimizer_tmp = stack.enter_context(atomic_path(run_dir / OPTIMIZER_FILE))
-        torch.save({"epoch": epoch, "state": optimizer.state_dict()}, optimizer_tmp)
-        torch.save({"epoch": epoch, "state": scaler.state_dict()}, scaler_tmp)
-        torch.save(dict(last_checkpoint), last_tmp)
-        state_tmp.write_text(json_dumps(dict(epoch_state)), encoding="utf-8")
+    for name in STAGED_FILES:  # never promote a file some earlier, uncommitted epoch staged
+        (run_dir / staged_name(name)).unlink(missing_ok=True)
+    staged = {
+        OPTIMIZER_FILE: {"epoch": epoch, "state": optimizer.state_dict()},
+        SCALER_FILE: {"epoch": epoch, "state": scaler.state_dict()},
+        LAST_FILE: dict(last_checkpoint),
+    }
+    if best_checkpoint is not None:
+        staged[BEST_FILE] = dict(best_checkpoint)
+    for name, payload in staged.items():
+        with atomic_path(run_dir / staged_name(name)) as tmp:
+            torch.save(payload, tmp)
+    with atomic_path(run_dir / EPOCH_STATE_FILE) as tmp:  # the commit point
+        tmp.write_text(json_dumps(dict(epoch_state)), encoding="utf-8")
+    _promote_staged(run_dir, list(staged))
+
+
+def _promote_staged(run_dir: Path, names: list[str]) -> None:
+    """Rename ``staged-<name>`` onto ``<name>`` for ``names``, then fsync the folder."""
+    for name in names:
+        os.replace(run_dir / staged_name(name), run_dir / name)
+    fsync_folder(run_dir)
+
+
+def complete_interrupted_commit(run_dir: str | os.PathLike, epoch_state: Mapping[str, Any]) -> None:
+    """Finish or undo the commit a kill interrupted (see the module docstring).
+
+    A staged file of the committed epoch (``epoch_state["epoch"]``; for ``best.pt`` also its
+    ``best_epoch``) is promoted; any other staged file belongs to an epoch that was never
+    committed and is deleted.
+    """
+    run_dir = Path(run_dir)
+    epoch = int(epoch_state["epoch"])
+    promote = []
+    for name in STAGED_FILES:
+        path = run_dir / staged_name(name)
+        if not path.is_file():
+            continue
+        try:
+            staged_epoch = int(load_torch_file(path).get("epoch", -1))
+        except (CheckpointError, TypeError, ValueError):
+            staged_epoch = None
+        committed = staged_epoch == epoch
+        if name == BEST_FILE and epoch_state.get("best_epoch") is not None:
+            committed = committed and staged_epoch == int(epoch_state["best_epoch"])
+        if committed:
+            promote.append(name)
+        else:
+            LOGGER.warning(
+                "deleting %s: staged by epoch %s, which was never committed (%s says epoch %d)",
+                path, staged_epoch, EPOCH_STATE_FILE, epoch,
+            )  # fmt: skip
+            path.unlink()
+    if promote:
+        LOGGER.warning(
+            "completing the commit of epoch %d that a kill interrupted: promoting %s",
+            epoch, ", ".join(promote),
+        )  # fmt: skip
+        _promote_staged(run_dir, promote)
 
 
 def load_training_state(
@@ -204,9 +355,14 @@ def load_training_state(
     ------
     CheckpointError
         A file of :data:`RESUME_FILES` is missing or unreadable, or the files belong to
-        different epochs.
+        different epochs (``best.pt`` to another epoch than the recorded ``best_epoch``).
     """
     run_dir = Path(run_dir)
+    committed = None
+    with contextlib.suppress(OSError, ValueError):  # missing/unreadable: reported below
+        committed = read_json(run_dir / EPOCH_STATE_FILE)
+    if isinstance(committed, dict) and isinstance(committed.get("epoch"), int):
+        complete_interrupted_commit(run_dir, committed)
     for name in RESUME_FILES:
         if not (run_dir / name).is_file():
             raise CheckpointError(
@@ -232,6 +388,15 @@ def load_training_state(
                 f"cannot resume: {run_dir / name} is from epoch {payload.get('epoch')} but "
                 f"{EPOCH_STATE_FILE} says epoch {epoch} (the run was killed while saving). "
                 "Start over with --force or use a new run_id."
+            )
+    best_epoch = epoch_state.get("best_epoch")
+    if best_epoch is not None:
+        best = load_torch_file(run_dir / BEST_FILE, map_location)
+        if int(best.get("epoch", -1)) != int(best_epoch):
+            raise CheckpointError(
+                f"cannot resume: {run_dir / BEST_FILE} is from epoch {best.get('epoch')} but "
+                f"{EPOCH_STATE_FILE} records the best epoch {best_epoch}. Start over with "
+                "--force or use a new run_id."
             )
     return {
         "last": last,
@@ -288,7 +453,7 @@ def prepare_run_dir(
             "it, --force to start it over (its checkpoints are deleted), or choose a new run_id."
         )
     if resume == "never" or (resume == "auto" and not has_epochs):
-        for name in (*RESUME_FILES, SUMMARY_FILE):
+        for name in (*RESUME_FILES, SUMMARY_FILE, *map(staged_name, STAGED_FILES)):
             (run_dir / name).unlink(missing_ok=True)
         return None
     state = load_training_state(run_dir)

@@ -22,6 +22,7 @@ last completed one and, on CPU with the same thread count, ends with bitwise-ide
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -88,6 +89,68 @@ def _kill_after_steps() -> int | None:
     return int(value) if value else None
 
 
+INPUT_CHANNELS = ("logits_256", "pos_map", "neg_map")
+# Settings that make a finite batch diverge (all validated finite by the config schema).
+DIVERGENCE_SETTINGS = "training.lr, training.dice_lambda, training.logit_clip"
+
+
+class NonFiniteLossError(LaplaceHeadError):
+    """The training or validation loss is NaN or infinite; nothing of the epoch was saved."""
+
+
+class _FirstNonFinite:
+    """Tracks, on the device, the first step whose loss is not finite (no host sync per step).
+
+    Per step it records - only if no earlier step was bad - the step, the loss, and which input
+    channels and whether the target held non-finite values. :meth:`raise_if_found` syncs.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), dtype=torch.float32, device=device)
+        self.bad_inputs = torch.zeros(len(INPUT_CHANNELS) + 1, dtype=torch.bool, device=device)
+
+    def update(
+        self, step: int, loss: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        first = (self.step < 0) & ~torch.isfinite(loss.detach())
+        self.step = torch.where(first, torch.full_like(self.step, step), self.step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+        channels = (~torch.isfinite(inputs)).transpose(0, 1).flatten(1).any(dim=1)
+        bad = torch.cat([channels, (~torch.isfinite(target)).any().reshape(1)])
+        self.bad_inputs = torch.where(first, bad, self.bad_inputs)
+
+    def raise_if_found(self, epoch: int | None, n_steps: int | None, data_name: str) -> None:
+        step = int(self.step.item())
+        if step < 0:
+            return
+        where = f"epoch {epoch}, step {step + 1}" if epoch is not None else f"step {step + 1}"
+        if n_steps:
+            where += f" of {n_steps}"
+        bad = [
+            name
+            for name, flag in zip((*INPUT_CHANNELS, "gt_mask_256"), self.bad_inputs.tolist())
+            if flag
+        ]
+        if bad:
+            cause = (
+                f"the batch of that step holds NaN or infinite values in {', '.join(bad)} of "
+                f"{data_name}: the packed training data is corrupt or was built with a "
+                "non-finite setting (e.g. prompt_generation.gaussian_sigma). Rebuild it (re-run "
+                "the precompute and training_data stages) or remove the bad rows"
+            )
+        else:
+            cause = (
+                "the inputs of that step are finite, so a setting made training diverge: lower "
+                f"training.lr and check {DIVERGENCE_SETTINGS} (with amp, also try amp: false)"
+            )
+        raise NonFiniteLossError(
+            f"training stopped: the loss is not finite ({self.loss.item()}) at {where}; {cause}. "
+            "Nothing of this epoch was saved; after the fix, resume continues from the last "
+            "completed epoch."
+        )
+
+
 def train_one_epoch(
     model: NoImageHead,
     loader: Any,
@@ -98,17 +161,30 @@ def train_one_epoch(
     amp: bool,
     desc: str = "train",
     step_counter: list[int] | None = None,
+    epoch: int | None = None,
+    data_name: str = "the training split",
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns (mean train loss per sample, samples seen).
 
     ``loader`` yields (inputs (B, 3, H, W), target (B, 1, H, W)) float32 batches. ``amp``
     enables fp16 autocast (CUDA only). ``step_counter`` is a one-element list counting the
     optimiser steps of this process (used by the kill hook of the resume tests).
+
+    Raises
+    ------
+    NonFiniteLossError
+        A step's loss is NaN or infinite. The message names ``epoch``, the step, and the likely
+        cause: the input channels of ``data_name`` that hold non-finite values, or else the
+        settings that make training diverge. Checked on the device every step and read at the
+        progress-bar sync points (every 20 steps) and at the end of the epoch, before anything
+        of the epoch can be saved.
     """
     model.train()
     kill_after = _kill_after_steps()
     loss_sum = torch.zeros((), device=device)
     seen = 0
+    non_finite = _FirstNonFinite(device)
+    n_steps = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
     for step, (inputs, target) in enumerate(bar):
         inputs = inputs.to(device, non_blocking=True)
@@ -116,6 +192,7 @@ def train_one_epoch(
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             logits = model(inputs)
         loss = bce_dice_loss(logits, target, dice_lambda)
+        non_finite.update(step, loss, inputs, target)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -124,11 +201,13 @@ def train_one_epoch(
         seen += inputs.shape[0]
         if step % 20 == 0:  # .item() is a CPU-GPU sync point: not on every step
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            non_finite.raise_if_found(epoch, n_steps, data_name)
         if step_counter is not None:
             step_counter[0] += 1
             if kill_after is not None and step_counter[0] >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
+    non_finite.raise_if_found(epoch, n_steps, data_name)
     return loss_sum.item() / max(seen, 1), seen
 
 
@@ -208,9 +287,9 @@ class _Run:
         state, settings = self.epoch_state, self.settings
         base_iou = metrics.pop("base_iou")
         improved = state["best_val_iou"] is None or metrics["val_iou"] > state["best_val_iou"]
+        checkpoint = self._checkpoint(epoch, metrics)
         if improved:
             state.update(best_val_iou=metrics["val_iou"], best_epoch=epoch, patience_counter=0)
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST_FILE, self._checkpoint(epoch, metrics))
         else:
             state["patience_counter"] += 1
         lr = self.optimizer.param_groups[0]["lr"]
@@ -219,8 +298,15 @@ class _Run:
         state["stopped_early"] = state["patience_counter"] >= settings.early_stop_patience
         state["history"].append({"epoch": epoch, **metrics, "base_val_iou": base_iou, "lr": lr})
         state["rng_states"] = ckpt.capture_rng_states()
+        # best.pt is part of the epoch's commit (staged, then promoted after epoch_state.json),
+        # so a kill can never leave it ahead of or behind the recorded best epoch.
         ckpt.save_training_state(
-            self.run_dir, self._checkpoint(epoch, metrics), self.optimizer, self.scaler, state
+            self.run_dir,
+            checkpoint,
+            self.optimizer,
+            self.scaler,
+            state,
+            best_checkpoint=checkpoint if improved else None,
         )
         LOGGER.info(
             "epoch %d/%d: train loss %.4f | val loss %.4f IoU %.4f Dice %.4f | base IoU %.4f | "
@@ -417,8 +503,26 @@ def _fit(run: _Run, train_set: H5SegmentationDataset, val_set: H5SegmentationDat
             run.amp,
             desc=f"epoch {epoch}/{settings.num_epochs}",
             step_counter=run.step_counter,
+            epoch=epoch,
+            data_name=str(train_set.h5_path),
         )
         run.epoch_state["train_seconds"] += time.perf_counter() - started
         run.epoch_state["train_samples"] += seen
         metrics = evaluate_epoch(run.model, val_loader, settings.dice_lambda, run.device, run.amp)
+        _check_validation_finite(epoch, metrics, val_set)
         run.end_epoch(epoch, {"train_loss": train_loss, **metrics})
+
+
+def _check_validation_finite(
+    epoch: int, metrics: Mapping[str, float], val_set: H5SegmentationDataset
+) -> None:
+    """Refuse to commit an epoch whose validation metrics are NaN or infinite."""
+    bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        raise NonFiniteLossError(
+            f"training stopped at epoch {epoch}: the validation metrics "
+            f"{', '.join(f'{k} = {v}' for k, v in sorted(bad.items()))} are not finite. The "
+            f"training loss was finite, so the validation split {val_set.h5_path} most likely "
+            "holds NaN or infinite values (logits_256, pos_map or neg_map): rebuild it (re-run "
+            "the precompute and training_data stages). Nothing of this epoch was saved."
+        )

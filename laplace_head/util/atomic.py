@@ -1,15 +1,19 @@
 """Atomic file writes, cleanup after interrupted writes, and small JSON/YAML/NumPy readers.
 
 Every file the workflow produces goes through these writers: the bytes land in a temporary
-file in the destination folder, are flushed and fsynced, then renamed over the final name.
-A crash therefore leaves either the old file, no file, or a ``.tmp-*`` leftover - never a
-file that looks complete but is truncated; :func:`remove_stale_temp_files` clears such leftovers
-when a stage runs again.
+file in the destination folder, are flushed and fsynced, then renamed over the final name, and
+the folder is fsynced so that the rename itself survives a power loss. A crash therefore leaves
+either the old file, no file, or a ``.tmp-*`` leftover - never a file that looks complete but is
+truncated; :func:`remove_stale_temp_files` clears such leftovers when a stage runs again.
+
+An fsync error (EIO: the disk did not store the bytes) is raised, never swallowed: the temporary
+file is removed and the final name keeps its previous content (or stays absent).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -36,6 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     name keeps the final suffix (e.g. ``.png``) so libraries that infer a format still work.
     """
     path = Path(path)
+    created = _missing_folders(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
         prefix=TMP_PREFIX + path.name + ".", suffix=suffix or path.suffix, dir=path.parent
@@ -52,6 +57,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    # The rename is durable only once the folder's entry list is on disk; folders this write
+    # created are entries of their own parents.
+    fsync_folder(path.parent)
+    for folder in created:
+        fsync_folder(folder.parent)
 
 
 def _current_umask() -> int:
@@ -60,9 +70,51 @@ def _current_umask() -> int:
     return mask
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (``mkdir(parents=True)`` creates them)."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def _fsync_file(path: Path) -> None:
-    with contextlib.suppress(OSError), open(path, "rb+") as handle:
+    """Flush ``path``'s bytes to the disk; an error (EIO, ENOSPC ...) propagates."""
+    with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+# fsync of a folder on a system or file system that cannot sync folders at all (as PostgreSQL's
+# fsync_fname does, EBADF and EINVAL are then ignored; some FUSE mounts say ENOTSUP): not a lost
+# write, so not an error. Every other errno - EIO above all - is.
+_FOLDER_SYNC_UNSUPPORTED = frozenset(
+    code for name in ("EBADF", "EINVAL", "ENOTSUP") if (code := getattr(errno, name, None))
+)
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync ``folder`` so that a rename into it is durable.
+
+    Skipped where a folder cannot be opened (Windows: ``os.open`` on a folder fails; NTFS makes
+    renames durable itself) and where the system does not support syncing a folder
+    (EBADF/EINVAL/ENOTSUP). Any other fsync error - EIO above all - propagates.
+    """
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        LOGGER.debug("cannot open folder %s to fsync it (%s); skipped", folder, exc)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _FOLDER_SYNC_UNSUPPORTED:
+            raise
+        LOGGER.debug("the file system of %s cannot fsync a folder (%s)", folder, exc)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -323,3 +323,150 @@ def test_overlays_hold_only_differing_keys_and_merge_valid(repo_root: Path, name
         assert node == value, key
     # Schema defaults equal config.yaml, so the overlay alone resolves to the same config.
     assert validate_config(overlay, config_name=name, check_paths=False) == resolved
+
+
+# --- non-finite numbers, maxima, exclusive minima, unusable data paths ------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _numeric_keys(schema: dict, prefix: str = ""):
+    """(dotted key, subschema) of every number/integer key of the schema (nullable included)."""
+    for key, subschema in schema.get("properties", {}).items():
+        types = subschema.get("type")
+        types = types if isinstance(types, list) else [types]
+        if "object" in types:
+            yield from _numeric_keys(subschema, f"{prefix}{key}.")
+        elif {"number", "integer"} & set(types):
+            yield f"{prefix}{key}", subschema
+        elif "array" in types and subschema.get("items", {}).get("type") in ("number", "integer"):
+            yield f"{prefix}{key}[]", subschema["items"]
+
+
+def _nested(key: str, value) -> dict:
+    section, name = key.split(".")
+    return {section: {name: value}}
+
+
+NUMERIC_KEYS = sorted(key.removesuffix("[]") for key, _ in _numeric_keys(load_schema()))
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", NUMERIC_KEYS)
+def test_non_finite_numbers_are_refused_for_every_numeric_key(key: str, bad: float) -> None:
+    schema_default = validate_config({}, check_paths=False)[key.split(".")[0]][key.split(".")[1]]
+    value = [1.0, bad] if isinstance(schema_default, list) else bad
+    named = f"{key}[1]" if isinstance(schema_default, list) else key
+    with pytest.raises(ConfigError) as caught:
+        validate_config(_nested(key, value), config_name="my.yaml", check_paths=False)
+    message = str(caught.value)
+    assert named in message and "finite" in message and "my.yaml" in message, message
+    assert "\n" not in message
+
+
+def test_non_finite_number_in_a_yaml_file_names_the_file_and_key(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("training:\n  lr: 0.01\n")
+    override = tmp_path / "override.yaml"
+    override.write_text("prompt_generation:\n  gaussian_sigma: .nan\n")
+    merged = {"training": {"lr": 0.01}, "prompt_generation": {"gaussian_sigma": NAN}}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(merged, check_paths=False, sources=[str(base), str(override)])
+    assert str(caught.value).startswith(str(override))
+    assert "prompt_generation.gaussian_sigma" in str(caught.value)
+    path = tmp_path / "grid.yaml"
+    path.write_text("laplace:\n  prior_precision_grid: [0.1, .inf, 1.0]\n")
+    with pytest.raises(ConfigError, match=r"laplace\.prior_precision_grid\[1\] = inf"):
+        load_config(path, check_paths=False)
+
+
+def test_every_numeric_key_has_a_finite_maximum_explained_in_its_description() -> None:
+    schema = load_schema()
+    properties = dict(_all_properties(schema))
+    for key, subschema in _numeric_keys(schema):
+        if key.rsplit(".", 1)[-1] == "seed" or key.endswith("_seed"):
+            continue  # seeds are hashed (derive_seed): every integer is a valid seed
+        if "enum" in subschema:
+            continue  # head.channels_in: one allowed value
+        assert "maximum" in subschema, f"{key} has no maximum"
+        assert float(subschema["maximum"]) < float("inf"), key
+        description = str(properties[key.removesuffix("[]")]["description"])
+        assert "at most" in description.lower(), f"{key}: say why the maximum is what it is"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "prompt_generation.max_pairs",
+        "prompt_generation.num_promptsets_train",
+        "prompt_generation.num_promptsets_val",
+        "prompt_generation.num_promptsets_test",
+        "data.shard_size",
+        "training.batch_size",
+        "training.num_epochs",
+        "head.hidden_channels",
+        "sam.random_walker_max_side",
+        "laplace.max_pixels_fit",
+        "laplace.n_posterior_samples",
+        "laplace.ece_bins",
+    ],
+)
+def test_absurd_sizes_are_refused_and_the_maximum_itself_accepted(key: str) -> None:
+    section, name = key.split(".")
+    maximum = load_schema()["properties"][section]["properties"][name]["maximum"]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(_nested(key, 10**12), config_name="my.yaml", check_paths=False)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(_nested(key, maximum + 1), check_paths=False)
+    config = _nested(key, maximum)
+    if key == "prompt_generation.max_pairs":
+        config["prompt_generation"]["min_pairs"] = 1
+    assert validate_config(config, check_paths=False)[section][name] == maximum
+
+
+def test_max_pairs_of_a_billion_written_as_a_float_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"prompt_generation\.max_pairs = 1000000000\.0"):
+        validate_config({"prompt_generation": {"max_pairs": 1e9}}, check_paths=False)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "prompt_generation.gaussian_sigma",
+        "training.lr",
+        "training.logit_clip",
+        "sam.random_walker_beta",
+    ],
+)
+def test_zero_is_refused_where_it_makes_no_sense(key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(_nested(key, 0), check_paths=False)
+
+
+@pytest.mark.parametrize("key", ["images_root", "masks_root", "project_root"])
+@pytest.mark.parametrize("value", ["", "   "], ids=["empty", "blank"])
+@pytest.mark.parametrize("check_paths", [True, False])
+def test_empty_data_paths_are_refused(tmp_path: Path, key: str, value: str, check_paths) -> None:
+    data = {**_roots(tmp_path), key: value}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(
+            {"data": data, "sam": {"backend": "random_walker"}}, check_paths=check_paths
+        )
+    assert f"data.{key}" in str(caught.value) and "empty" in str(caught.value)
+    assert not (tmp_path / "manifests").exists()
+
+
+@pytest.mark.parametrize("key", ["images_root", "masks_root", "project_root"])
+@pytest.mark.parametrize("brace", ["{", "}", "{run_id}"])
+@pytest.mark.parametrize("check_paths", [True, False])
+def test_braces_in_data_paths_are_refused(tmp_path: Path, key: str, brace: str, check_paths):
+    roots = _roots(tmp_path)
+    braced = tmp_path / f"data{brace}x"
+    braced.mkdir()
+    data = {**roots, key: str(braced)}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(
+            {"data": data, "sam": {"backend": "random_walker"}}, check_paths=check_paths
+        )
+    message = str(caught.value)
+    assert f"data.{key}" in message and "wildcard" in message, message

@@ -16,6 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -31,7 +32,7 @@ CONDA_EXTRAS = {"python", "pip"}
 
 
 def parse_conda_spec(spec: str) -> tuple[str, SpecifierSet]:
-    """Split a conda match spec such as ``"pytorch >=2.0,<=2.14.1"`` into name and bounds.
+    """Split a conda match spec such as ``"pytorch >=2.6"`` into name and bounds.
 
     Only the subset used in envs/ is accepted: a package name, optionally followed by
     comma-separated PEP 440 style bounds (no channel prefix, no build string).
@@ -73,7 +74,7 @@ def project_requirements() -> dict[str, SpecifierSet]:
 
 
 def test_parse_conda_spec() -> None:
-    assert parse_conda_spec("pytorch >=2.0,<=2.14.1") == ("pytorch", SpecifierSet(">=2.0,<=2.14.1"))
+    assert parse_conda_spec("pytorch >=2.6,<3") == ("pytorch", SpecifierSet(">=2.6,<3"))
     assert parse_conda_spec("pip") == ("pip", SpecifierSet(""))
     with pytest.raises(ValueError, match="unsupported conda spec"):
         parse_conda_spec("conda-forge::pytorch 2.1 cuda*")
@@ -127,3 +128,55 @@ def test_post_deploy_script_installs_the_package_from_the_checkout() -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "pip install --no-deps -e ." in text
     assert os.access(POST_DEPLOY, os.X_OK)
+
+
+# Lowest releases without known-exploitable flaws in what this project does with them:
+# torch.load(weights_only=True) can be bypassed before torch 2.6 (CVE-2025-32434); torchvision
+# 0.21 is the release built against torch 2.6; Pillow before 10.3 bundles libwebp builds with the
+# heap overflow of CVE-2023-4863 (and 10.3 fixes CVE-2024-28219).
+SECURITY_FLOORS = {"torch": "2.6", "torchvision": "0.21", "pillow": "10.3"}
+# The package metadata states what works, not what one machine serves: no upper pin (the
+# Makefile pins the exact releases it installs).
+UNPINNED_ABOVE = ("torch", "torchvision")
+LOWER_BOUND_OPERATORS = (">=", ">", "~=", "==", "===")
+UPPER_BOUND_OPERATORS = ("<", "<=", "~=", "==", "===")
+
+
+def _lowest_allowed(bounds: SpecifierSet) -> Version | None:
+    """The largest lower bound of ``bounds`` (None when nothing bounds it from below)."""
+    lows = [Version(s.version.rstrip(".*")) for s in bounds if s.operator in LOWER_BOUND_OPERATORS]
+    return max(lows, default=None)
+
+
+def _env_bounds_by_pypi_name() -> dict[str, SpecifierSet]:
+    conda, pip = load_env(ENV_FILE)
+    conda_to_pypi = {conda_name: pypi for pypi, conda_name in CONDA_NAME.items()}
+    bounds = {canonicalize_name(conda_to_pypi.get(n, n)): b for n, b in conda.items()}
+    return {**bounds, **pip}
+
+
+@pytest.mark.parametrize("source", ["pyproject.toml", "envs/laplace_head.yaml"])
+@pytest.mark.parametrize("name", sorted(SECURITY_FLOORS))
+def test_dependency_floors_exclude_vulnerable_releases(source: str, name: str) -> None:
+    bounds = project_requirements() if source == "pyproject.toml" else _env_bounds_by_pypi_name()
+    assert name in bounds, f"{source} does not list {name}"
+    floor = Version(SECURITY_FLOORS[name])
+    lowest = _lowest_allowed(bounds[name])
+    assert lowest is not None and lowest >= floor, (
+        f"{source}: {name} '{bounds[name]}' admits releases below {floor} (known "
+        f"vulnerabilities); raise the floor to '>={floor}'"
+    )
+    below = Version(f"{floor.major}.{floor.minor - 1}.99") if floor.minor else None
+    if below is not None:
+        assert not bounds[name].contains(below, prereleases=True), (source, name, str(below))
+
+
+@pytest.mark.parametrize("source", ["pyproject.toml", "envs/laplace_head.yaml"])
+@pytest.mark.parametrize("name", UNPINNED_ABOVE)
+def test_torch_has_no_upper_pin_in_the_metadata(source: str, name: str) -> None:
+    bounds = project_requirements() if source == "pyproject.toml" else _env_bounds_by_pypi_name()
+    uppers = [str(s) for s in bounds[name] if s.operator in UPPER_BOUND_OPERATORS]
+    assert not uppers, (
+        f"{source}: {name} carries the upper pin {', '.join(uppers)}; the package metadata "
+        "gives only the floor (the Makefile pins what it installs). Remove it."
+    )

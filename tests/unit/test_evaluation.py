@@ -39,23 +39,31 @@ def _ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
     return total / p.size
 
 
+SETTINGS = EvaluationSettings(n_posterior_samples=8, ece_bins=10, prompt_sigma=3.0, n_examples=2)
+
+
+def _with_classes(source, target, classes):
+    """A copy of the split file ``source`` whose ``index/class`` column is ``classes``."""
+    shutil.copy(source, target)
+    with h5py.File(target, "r+") as handle:
+        del handle["index/class"]
+        handle["index"].create_dataset(
+            "class",
+            data=np.array(classes, dtype=object),
+            dtype=h5py.string_dtype(encoding="utf-8"),
+        )
+    return target
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     run = make_fitted_run(tmp_path_factory.mktemp("evaluation"))
     # two classes in the test split, to exercise the per-class breakdown
-    test_h5 = run.root / "test_two_classes.h5"
-    shutil.copy(run.test_h5, test_h5)
-    with h5py.File(test_h5, "r+") as handle:
-        classes = np.array(["alpha", "alpha", "beta", "beta"], dtype=object)
-        del handle["index/class"]
-        handle["index"].create_dataset(
-            "class", data=classes, dtype=h5py.string_dtype(encoding="utf-8")
-        )
-    out = run.root / "reports" / "eval" / "run_t1"
-    settings = EvaluationSettings(
-        n_posterior_samples=8, ece_bins=10, prompt_sigma=3.0, n_examples=2
+    test_h5 = _with_classes(
+        run.test_h5, run.root / "test_two_classes.h5", ["alpha", "alpha", "beta", "beta"]
     )
-    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, out, settings, run_id="t1")
+    out = run.root / "reports" / "eval" / "run_t1"
+    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, out, SETTINGS, run_id="t1")
     return run, test_h5, out, metrics
 
 
@@ -73,7 +81,11 @@ def test_outputs_written(evaluated):
     assert set(on_disk["overall"]) == set(METHODS)
     table = pd.read_csv(out / "metrics.csv")
     assert len(table) == 3 * len(METHODS)  # overall + 2 classes
+    assert table["scope"].tolist() == [
+        scope for scope in ("overall", "class:alpha", "class:beta") for _ in METHODS
+    ]
     assert "| overall | laplace |" in (out / "metrics.md").read_text()
+    assert "| class:beta | laplace |" in (out / "metrics.md").read_text()
 
 
 def test_base_and_map_metrics_match_numpy(evaluated):
@@ -148,3 +160,44 @@ def test_markdown_table_formats_missing_values():
     frame = pd.DataFrame([{"scope": "overall", "method": "map", "nll": 0.123456, "auroc": None}])
     text = markdown_table(frame)
     assert "| overall | map | 0.1235 | - |" in text
+
+
+@pytest.mark.parametrize("name", ["overall", "class:alpha"])
+def test_class_names_never_collide_with_the_overall_scope(evaluated, tmp_path, name):
+    """A class called ``overall`` (or shaped like a class row) is one class among others: the
+    overall metrics, the overall rows of metrics.csv/md and the other class are unchanged."""
+    run, _, out, reference = evaluated
+    test_h5 = _with_classes(run.test_h5, tmp_path / "test.h5", ["alpha", "alpha", name, name])
+    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, tmp_path / "out", SETTINGS)
+    assert metrics["classes"] == sorted(["alpha", name])
+    assert set(metrics["per_class"]) == {"alpha", name}
+    for method in METHODS:
+        got, expected = metrics["overall"][method], reference["overall"][method]
+        assert got["n_rows"] == 4, (method, got["n_rows"])
+        assert got == pytest.approx(expected, rel=1e-12), method
+        assert metrics["per_class"][name][method] == pytest.approx(
+            reference["per_class"]["beta"][method], rel=1e-12
+        )
+        assert metrics["per_class"]["alpha"][method] == pytest.approx(
+            reference["per_class"]["alpha"][method], rel=1e-12
+        )
+    assert metrics["reliability"] == reference["reliability"]
+
+    table = pd.read_csv(tmp_path / "out" / "metrics.csv", keep_default_na=False)
+    expected_table = pd.read_csv(out / "metrics.csv", keep_default_na=False)
+    assert len(table) == 3 * len(METHODS)
+    assert table["scope"].tolist().count("overall") == len(METHODS)
+    overall_rows = table[table["scope"] == "overall"].reset_index(drop=True)
+    expected_rows = expected_table[expected_table["scope"] == "overall"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(overall_rows, expected_rows, rtol=1e-9)
+    assert (table["scope"] == f"class:{name}").sum() == len(METHODS)
+    markdown = (tmp_path / "out" / "metrics.md").read_text()
+    assert markdown.count("| overall |") == len(METHODS)
+    assert markdown.count(f"| class:{name} |") == len(METHODS)
+
+
+def test_markdown_table_keeps_one_row_per_line_for_any_class_name():
+    frame = pd.DataFrame([{"scope": "class:a|b\nc", "method": "map", "nll": 0.5}])
+    lines = markdown_table(frame).splitlines()
+    assert len(lines) == 3
+    assert lines[2] == "| class:a\\|b c | map | 0.5000 |"

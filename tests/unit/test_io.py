@@ -173,3 +173,120 @@ def test_atomic_writes_get_umask_permissions_not_0600(tmp_path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == 0o644
+
+
+# --- durability: fsync errors propagate, the folder is fsynced after the rename ---------------
+
+
+def _fail_fsync(monkeypatch, only_directories: bool = False) -> list[bool]:
+    """Make ``os.fsync`` raise EIO (for every fd, or only for directories); return the kinds."""
+    import errno
+    import stat
+
+    real_fsync = os.fsync
+    kinds: list[bool] = []
+
+    def failing_fsync(fd: int) -> None:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        kinds.append(is_dir)
+        if is_dir or not only_directories:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    return kinds
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_fsync_error_of_the_file_propagates_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch, existing: bool
+) -> None:
+    path = tmp_path / "state.json"
+    if existing:
+        io.atomic_write_json(path, {"epoch": 1})
+    _fail_fsync(monkeypatch)
+    with pytest.raises(OSError, match="Input/output error"):
+        io.atomic_write_json(path, {"epoch": 2})
+    if existing:
+        assert io.read_json(path) == {"epoch": 1}
+    else:
+        assert not path.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_fsync_error_propagates_from_atomic_path_writers(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"complete")
+    _fail_fsync(monkeypatch)
+    with pytest.raises(OSError), io.atomic_path(path) as tmp:
+        tmp.write_bytes(b"new weights")
+    assert path.read_bytes() == b"complete"
+    assert _leftovers(tmp_path) == []
+
+
+def test_folder_is_fsynced_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    import stat
+
+    real_fsync = os.fsync
+    path = tmp_path / "sub" / "new" / "record.json"
+    synced: list[tuple[bool, tuple[int, int], bool]] = []
+
+    def recording_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((stat.S_ISDIR(info.st_mode), (info.st_dev, info.st_ino), path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    io.atomic_write_json(path, {"a": 1})
+    folders = {identity: renamed for is_dir, identity, renamed in synced if is_dir}
+    files = [renamed for is_dir, _, renamed in synced if not is_dir]
+    parent = os.stat(path.parent)
+    assert (parent.st_dev, parent.st_ino) in folders, "the destination folder was not fsynced"
+    assert folders[(parent.st_dev, parent.st_ino)], "the folder was fsynced before the rename"
+    assert files == [False], "the temporary file is fsynced once, before the rename"
+    # Folders the write created are recorded in their own parents too.
+    for created in (tmp_path, tmp_path / "sub"):
+        info = os.stat(created)
+        assert (info.st_dev, info.st_ino) in folders, f"{created} was not fsynced"
+
+
+def test_fsync_error_of_the_folder_propagates_on_posix(tmp_path: Path, monkeypatch) -> None:
+    if os.name != "posix":
+        pytest.skip("folders are fsynced on POSIX only")
+    kinds = _fail_fsync(monkeypatch, only_directories=True)
+    with pytest.raises(OSError, match="Input/output error"):
+        io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert True in kinds
+    assert _leftovers(tmp_path) == []
+
+
+def test_folder_that_cannot_be_opened_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    """Where a folder cannot be opened (Windows), the write still succeeds."""
+    real_open = os.open
+
+    def no_folders(name, flags, *args, **kwargs):
+        if Path(name).is_dir():
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_folders)
+    io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert _leftovers(tmp_path) == []
+
+
+def test_folder_fsync_unsupported_by_the_file_system_is_not_an_error(tmp_path, monkeypatch):
+    """EINVAL from fsync on a folder means 'cannot sync folders here', not a lost write."""
+    import errno
+    import stat
+
+    real_fsync = os.fsync
+
+    def no_folder_sync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    io.atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"

@@ -31,11 +31,11 @@ TRAINING = {
 }
 
 
-def _project(root: Path, n_train: int = 8, n_val: int = 4, **training) -> Path:
+def _project(root: Path, n_train: int = 8, n_val: int = 4, size: int = 256, **training) -> Path:
     """A project_root with packed train/val files and a config YAML; returns the config path."""
     data_dir = root / "project" / "training_data" / "no_image"
-    make_synthetic_h5(data_dir / "train.h5", n_train, seed=1)
-    make_synthetic_h5(data_dir / "val.h5", n_val, seed=2, split="val")
+    make_synthetic_h5(data_dir / "train.h5", n_train, seed=1, size=size)
+    make_synthetic_h5(data_dir / "val.h5", n_val, seed=2, split="val", size=size)
     config = {
         "data": {"project_root": str(root / "project")},
         "sam": {"backend": "random_walker"},
@@ -187,3 +187,140 @@ def test_sanity_check_fails_on_shuffled_targets(tmp_path):
         sanity_check_to_file(path, tmp_path / "sanity.json", max_steps=10, device="cpu")
     report = read_json(tmp_path / "sanity.json")
     assert report["passed"] is False and report["steps"] == 10 and report["best_iou"] < 0.5
+
+
+# --- a non-finite loss stops training, naming epoch, step and the likely cause ---------------
+
+
+def _poison(h5_path: Path, dataset: str, row: int, value: float = float("nan")) -> None:
+    with h5py.File(h5_path, "r+") as handle:
+        data = handle[dataset][row]
+        data[10, 10] = value
+        handle[dataset][row] = data
+
+
+def test_nan_in_the_training_inputs_stops_training_naming_epoch_step_and_map(tmp_path):
+    config_path = _project(tmp_path, num_epochs=2)
+    data_dir = tmp_path / "project" / "training_data" / "no_image"
+    _poison(data_dir / "train.h5", "pos_map", row=5)
+    with pytest.raises(LaplaceHeadError) as caught:
+        _train(config_path)
+    message = str(caught.value)
+    assert "not finite" in message and "epoch 1" in message and "step " in message, message
+    assert "pos_map" in message and "train.h5" in message, message
+    # nothing of the failed epoch was committed
+    assert not (_run_dir(config_path) / ckpt.EPOCH_STATE_FILE).exists()
+    assert not (_run_dir(config_path) / ckpt.BEST_FILE).exists()
+
+
+def test_inf_in_the_prompt_maps_is_caught_too(tmp_path):
+    config_path = _project(tmp_path, num_epochs=1)
+    data_dir = tmp_path / "project" / "training_data" / "no_image"
+    _poison(data_dir / "train.h5", "neg_map", row=0, value=float("inf"))
+    with pytest.raises(LaplaceHeadError, match=r"not finite.*neg_map"):
+        _train(config_path)
+
+
+def test_non_finite_loss_from_a_setting_names_the_settings_and_keeps_the_last_epoch(
+    tmp_path, monkeypatch
+):
+    import laplace_head.training.loop as loop
+
+    config_path = _project(tmp_path, num_epochs=3)
+    real_loss = loop.bce_dice_loss
+    calls = []
+
+    def diverging_loss(logits, target, dice_lambda):
+        loss = real_loss(logits, target, dice_lambda)
+        calls.append(torch.is_grad_enabled())
+        # epoch 1: 2 training steps + 1 validation batch; the 4th call is epoch 2, step 1
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(loop, "bce_dice_loss", diverging_loss)
+    with pytest.raises(LaplaceHeadError) as caught:
+        _train(config_path)
+    message = str(caught.value)
+    assert "epoch 2, step 1" in message, message
+    assert "training.lr" in message and "training.dice_lambda" in message, message
+    state = read_json(_run_dir(config_path) / ckpt.EPOCH_STATE_FILE)
+    assert state["epoch"] == 1
+    assert torch.load(_run_dir(config_path) / ckpt.LAST_FILE, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(loop, "bce_dice_loss", real_loss)
+    summary = _train(config_path, resume="require")
+    assert [row["epoch"] for row in summary["history"]] == [1, 2, 3]
+
+
+def test_nan_in_the_validation_split_stops_before_the_epoch_is_committed(tmp_path):
+    config_path = _project(tmp_path, num_epochs=1)
+    data_dir = tmp_path / "project" / "training_data" / "no_image"
+    _poison(data_dir / "val.h5", "pos_map", row=1)
+    with pytest.raises(LaplaceHeadError) as caught:
+        _train(config_path)
+    message = str(caught.value)
+    assert "val.h5" in message and "not finite" in message and "epoch 1" in message, message
+    assert not (_run_dir(config_path) / ckpt.EPOCH_STATE_FILE).exists()
+
+
+# --- best.pt never runs ahead of (or behind) the committed epoch ------------------------------
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL between two renames of the run directory."""
+
+
+def _renames(monkeypatch, run_dir: Path, crash_at: int | None = None) -> list[str]:
+    """Log the names renamed into ``run_dir``; raise _Killed instead of rename ``crash_at``."""
+    real_replace = os.replace
+    log: list[str] = []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).parent == run_dir:
+            if crash_at is not None and len(log) == crash_at:
+                raise _Killed(Path(dst).name)
+            log.append(Path(dst).name)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return log
+
+
+def _assert_consistent(run_dir: Path) -> dict:
+    """What resume sees: loadable, best.pt is the best epoch epoch_state.json records."""
+    state = ckpt.load_training_state(run_dir)
+    epoch_state = state["epoch_state"]
+    best = torch.load(run_dir / ckpt.BEST_FILE, weights_only=True)
+    assert best["epoch"] == epoch_state["best_epoch"], (best["epoch"], epoch_state["best_epoch"])
+    assert best["metrics"]["val_iou"] == epoch_state["best_val_iou"]
+    assert state["last"]["epoch"] == epoch_state["epoch"]
+    return epoch_state
+
+
+def test_a_kill_at_any_rename_of_an_epoch_commit_leaves_best_consistent(tmp_path, monkeypatch):
+    straight = _project(tmp_path / "straight", num_epochs=2, size=64)
+    with monkeypatch.context() as patch:
+        log = _renames(patch, _run_dir(straight))
+        expected = _train(straight)
+    assert expected["best_epoch"] == 2, "precondition: epoch 2 improves, so it writes best.pt"
+    expected_best = torch.load(_run_dir(straight) / ckpt.BEST_FILE, weights_only=True)
+    first_commit = log.index(ckpt.EPOCH_STATE_FILE)
+    crash_points = range(first_commit + 1, len(log))
+    assert len(crash_points) >= 3, log
+    for crash_at in crash_points:
+        config_path = _project(tmp_path / f"crash_{crash_at}", num_epochs=2, size=64)
+        run_dir = _run_dir(config_path)
+        with monkeypatch.context() as patch:
+            _renames(patch, run_dir, crash_at=crash_at)
+            with pytest.raises(_Killed):
+                _train(config_path)
+        where = f"killed before renaming {log[crash_at]} (rename {crash_at} of {log})"
+        try:
+            _assert_consistent(run_dir)
+        except (AssertionError, LaplaceHeadError) as error:
+            raise AssertionError(f"{where}: {error}") from error
+        summary = _train(config_path, resume="require")
+        best = torch.load(run_dir / ckpt.BEST_FILE, weights_only=True)
+        assert summary["best"] == best["metrics"] == expected["best"], where
+        assert summary["best_epoch"] == best["epoch"] == 2, where
+        for key, value in expected_best["model_state"].items():
+            assert torch.equal(best["model_state"][key], value), (where, key)
+        assert not [p.name for p in run_dir.iterdir() if p.name.startswith("staged")], where
