@@ -51,6 +51,7 @@ from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import LAPLACE_CONFIG, LAPLACE_STATE, POSTERIOR_META, ProjectLayout
 from laplace_head.model.head import NoImageHead
+from laplace_head.training.checkpoint import check_model_args
 from laplace_head.util.atomic import read_json
 
 STATE_NAME = LAPLACE_STATE
@@ -344,7 +345,7 @@ def load_posterior(
             f"{folder / STATE_NAME} lacks {', '.join(missing)}; it was not written by this "
             "version of fit_laplace. Re-run fit_laplace with --force."
         )
-    head = NoImageHead(**state["head_model_args"]).to(device)
+    head = NoImageHead(**check_model_args(state["head_model_args"], folder / STATE_NAME)).to(device)
     head.load_state_dict(state["head_state"])
     head.eval().requires_grad_(False)
     la_state = state["laplace_state"]

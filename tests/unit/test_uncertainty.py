@@ -235,3 +235,21 @@ def test_predict_split_streams_a_packed_split(fitted):
     torch.testing.assert_close(
         plain["predictive_probability"][:3], batches[0]["predictive_probability"]
     )
+
+
+def test_crafted_head_args_in_the_laplace_state_are_refused(fitted, tmp_path):
+    """laplace_state.pt's head_model_args pass the same check as a training checkpoint's."""
+    import shutil
+
+    import torch
+
+    from laplace_head.bayes.posterior import PosteriorLoadError, load_posterior
+    from laplace_head.training.checkpoint import CheckpointError
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(fitted.laplace_dir, folder)
+    state = torch.load(folder / "laplace_state.pt", weights_only=False)
+    state["head_model_args"] = {"channels_in": 3, "hidden_channels": 10**12}
+    torch.save(state, folder / "laplace_state.pt")
+    with pytest.raises((CheckpointError, PosteriorLoadError), match="hidden_channels"):
+        load_posterior(folder)
