@@ -8,6 +8,7 @@ delete it with the manifests to draw a fresh split) and ``manifest_report.json``
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Iterator
@@ -19,10 +20,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from laplace_head.dataset.checks import SampleCheck, check_sample
-from laplace_head.dataset.scan import ScanEntry, scan_dataset
+from laplace_head.dataset.scan import ScanEntry, escape_line_breaks, scan_dataset
 from laplace_head.dataset.splits import SPLITS, assign_splits
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, remove_stale_temp_files
+from laplace_head.util.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
 LOGGER = logging.getLogger(__name__)
@@ -47,6 +48,19 @@ MANIFEST_COLUMNS = [
 
 # Columns read back as text: ids, classes and stems like "007" must not become numbers.
 TEXT_COLUMNS = ("sample_id", "safe_id", "class", "stem", "image_path", "mask_path", "reason")
+
+
+def write_manifest_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write a manifest CSV atomically so that every row reads back exactly as written.
+
+    Every text field is quoted (``csv.QUOTE_NONNUMERIC``): the csv writer quotes a field only
+    for the delimiter, the quote and the characters of the line terminator (``\\n``), so an
+    unquoted carriage return, or any other character a reader treats as a line end, would split
+    a row in :func:`read_split_manifest`. Numbers and booleans stay bare, so column types
+    read back unchanged.
+    """
+    text = frame.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+    atomic_write_text(path, text)
 
 
 def read_split_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -137,12 +151,12 @@ def build_manifests(
     # Only valid rows carry a split (an invalid row may share the id of a valid one).
     frame["split"] = frame["sample_id"].map(assignment).where(frame["valid"]).fillna("")
     frame = frame.sort_values(["sample_id", "image_path"], kind="mergesort")
-    atomic_write_csv(manifests_dir / "all_samples.csv", frame[MANIFEST_COLUMNS])
+    write_manifest_csv(manifests_dir / "all_samples.csv", frame[MANIFEST_COLUMNS])
     for split in SPLITS:
         rows = frame[frame["valid"] & (frame["split"] == split)]
-        atomic_write_csv(manifests_dir / f"{split}.csv", rows[MANIFEST_COLUMNS])
+        write_manifest_csv(manifests_dir / f"{split}.csv", rows[MANIFEST_COLUMNS])
     registry = pd.DataFrame(sorted(assignment.items()), columns=["sample_id", "split"])
-    atomic_write_csv(manifests_dir / REGISTRY_NAME, registry)
+    write_manifest_csv(manifests_dir / REGISTRY_NAME, registry)
     report = _report(frame, frozen, dropped)
     atomic_write_json(manifests_dir / "manifest_report.json", report)
     _log_report(report)
@@ -204,4 +218,5 @@ def _log_report(report: dict) -> None:
     LOGGER.info("per class:\n%s", pd.DataFrame(report["per_class"]).to_string(index=False))
     if report["invalid_samples"]:
         table = pd.DataFrame(report["invalid_samples"])[["sample_id", "reason"]]
+        table["sample_id"] = table["sample_id"].map(escape_line_breaks)  # one line per sample
         LOGGER.warning("invalid samples:\n%s", table.to_string(index=False))

@@ -6,13 +6,17 @@ Layout::
     masks_root/<class>/<stem>.{npy,png}
 
 Every file that looks like an image or a mask yields an entry; pairing problems are recorded as
-a ``reason`` rather than dropped, so nothing vanishes silently.
+a ``reason`` rather than dropped, so nothing vanishes silently. So are names no later stage can
+use: a control character or line separator in a class or stem (it would split a line of a CSV,
+log or report), a ``safe_id`` longer than :data:`MAX_SAFE_ID_BYTES` (the files named after it
+would exceed the file-name limit) and names that are not valid UTF-8.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,25 @@ LOGGER = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_EXTENSIONS = (".npy", ".png")
 SAFE_SEPARATOR = "__"
+
+# Characters that end or split a line for some reader (csv/pandas, ``str.splitlines``, terminals,
+# log viewers): every C0/C1 control (Unicode category Cc: NUL, TAB, CR, LF, VT, FF, ESC, the
+# file/group/record separators, DEL, NEL, ...) and the Unicode line/paragraph separators
+# U+2028/U+2029 (categories Zl, Zp). A class or stem containing one is rejected with a reason.
+LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+# Longest file name the usual file systems allow (NAME_MAX: ext4, xfs, btrfs, ZFS, APFS), bytes.
+NAME_MAX_BYTES = 255
+# Longest file name derived from a safe_id: the sanity panel ``<split>__<safe_id>__promptset_NNNN
+# .png`` of evaluation/sanity_panels.py (longest split "train", 4-digit promptset ids, i.e. up to
+# 10000 prompt sets per sample), and while it is written it carries util.atomic.atomic_path's
+# temporary name ``.tmp-<name>.XXXXXXXX.png``. Every other derived name is shorter (the stage-2
+# JSON ``.tmp-<safe_id>.json.XXXXXXXX.json`` needs 24 bytes, the stage-3 folder <safe_id> none).
+_LONGEST_DERIVED_NAME = ".tmp-" + "train__{safe_id}__promptset_0000.png" + ".XXXXXXXX.png"
+# Decision: a longer safe_id is REJECTED at scan time with a reason (rename the file or class),
+# not shortened with a hash: output names keep saying which input they come from.
+# 255 - 45 = 210 bytes of UTF-8 (tests/unit/test_dataset_scan.py writes both derived names).
+MAX_SAFE_ID_BYTES = NAME_MAX_BYTES - len(_LONGEST_DERIVED_NAME.format(safe_id="").encode())
 
 
 @dataclass
@@ -47,6 +70,59 @@ def make_sample_id(class_name: str, stem: str) -> str:
 def make_safe_id(class_name: str, stem: str) -> str:
     """Directory-safe id ``<class>__<stem>``."""
     return f"{class_name}{SAFE_SEPARATOR}{stem}"
+
+
+def is_line_breaking(char: str) -> bool:
+    """Whether ``char`` is a control character or a line/paragraph separator."""
+    return unicodedata.category(char) in LINE_BREAKING_CATEGORIES
+
+
+def escape_line_breaks(text: str) -> str:
+    """``text`` with every control character / line separator written as its escape (``\\r``),
+    so that it fits on one line of a CSV, a log or a report."""
+    if not any(is_line_breaking(char) for char in text):
+        return text
+    return "".join(repr(c)[1:-1] if is_line_breaking(c) else c for c in text)
+
+
+def name_problem(name: str) -> str:
+    """Why a class or stem ``name`` cannot be used, or ``""`` when it can.
+
+    The only problem detected here is a control character or line separator (see
+    :data:`LINE_BREAKING_CATEGORIES`); the text names the first one readably.
+    """
+    for position, char in enumerate(name):
+        if is_line_breaking(char):
+            return (
+                f"contains a control character or line separator ({char!r}, "
+                f"U+{ord(char):04X}, at position {position} of {name!r})"
+            )
+    return ""
+
+
+def safe_id_problem(safe_id: object) -> str:
+    """Why ``safe_id`` cannot name the files of later stages, or ``""`` when it can.
+
+    A usable safe id is one plain, non-empty path component (no ``/``, not ``.``/``..``), free
+    of control characters and at most :data:`MAX_SAFE_ID_BYTES` bytes long in UTF-8.
+    """
+    if not isinstance(safe_id, str) or safe_id in ("", ".", ".."):
+        return "is not a file name"
+    if "/" in safe_id or os.sep in safe_id:
+        return "contains a path separator"
+    problem = name_problem(safe_id)
+    if problem:
+        return problem
+    try:
+        size = len(safe_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_SAFE_ID_BYTES:
+        return (
+            f"is {size} bytes long (limit {MAX_SAFE_ID_BYTES} bytes, so that the file names "
+            f"derived from it fit the {NAME_MAX_BYTES}-byte file-name limit)"
+        )
+    return ""
 
 
 def _list_files(folder: Path, extensions: tuple[str, ...]) -> tuple[dict, list[str]]:
@@ -98,7 +174,9 @@ def scan_dataset(images_root: str | os.PathLike, masks_root: str | os.PathLike) 
 
     Returns entries sorted by sample id. Entries with a non-empty ``reason`` are invalid:
     ``mask missing``, ``mask without image``, ``two images share the stem``,
-    ``two masks share the stem``, ``not a regular file``, ``safe id collides``.
+    ``two masks share the stem``, ``not a regular file``, ``safe id collides``,
+    ``class/stem name contains a control character or line separator``, ``name too long``,
+    ``file or folder name is not valid UTF-8``. Such entries keep their real names.
     """
     images_root, masks_root = Path(images_root), Path(masks_root)
     entries: list[ScanEntry] = []
@@ -120,6 +198,7 @@ def scan_dataset(images_root: str | os.PathLike, masks_root: str | os.PathLike) 
             )
         for stem in sorted(set(images) | set(masks)):
             entries.append(_pair(class_name, stem, images.get(stem, []), masks.get(stem, [])))
+    _flag_unusable_names(entries)
     _flag_safe_id_collisions(entries)
     _flag_undecodable_names(entries)
     return sorted(entries, key=lambda e: (e.sample_id, e.image_path, e.mask_path))
@@ -144,6 +223,34 @@ def _pair(class_name: str, stem: str, images: list[Path], masks: list[Path]) -> 
         mask_path=str(masks[0]) if masks else "",
         reason="; ".join(reasons),
     )
+
+
+def _flag_unusable_names(entries: list[ScanEntry]) -> None:
+    """Reject names with a control character / line separator and over-long safe ids.
+
+    The entry keeps its real names (the manifest CSVs quote them, so they round-trip); the
+    reason shows them escaped. Earlier pairing reasons are kept after the name's reason.
+    """
+    for entry in entries:
+        reasons = []
+        for where, name in (("class", entry.class_name), ("stem", entry.stem)):
+            problem = name_problem(name)
+            if problem:
+                reasons.append(f"{where} name {problem}; rename it")
+        if not reasons:
+            try:
+                size = len(entry.safe_id.encode("utf-8"))
+            except UnicodeEncodeError:  # reported by _flag_undecodable_names
+                continue
+            if size > MAX_SAFE_ID_BYTES:
+                shown = entry.safe_id if len(entry.safe_id) <= 60 else entry.safe_id[:57] + "..."
+                reasons.append(
+                    f"name too long: safe id {shown!r} (<class>__<stem>) is {size} bytes, "
+                    f"limit {MAX_SAFE_ID_BYTES} bytes so that the files named after it fit the "
+                    f"{NAME_MAX_BYTES}-byte file-name limit; shorten the class folder or file name"
+                )
+        if reasons:
+            entry.reason = "; ".join(reasons + ([entry.reason] if entry.reason else []))
 
 
 def _flag_safe_id_collisions(entries: list[ScanEntry]) -> None:

@@ -4,6 +4,10 @@
 pixel coordinates. The draws are seeded by ``prompt_seed`` and the sample id only, so the bytes
 are identical whatever the order, shard size or parallelism. Existing, loadable JSONs are
 skipped unless ``force``.
+
+One bad sample never stops a shard: everything done per sample (parsing its manifest row, the
+mask, the draws, the write) runs inside one ``try``; a failure is counted and listed with its
+reason in the shard summary, and the other samples are still written.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from laplace_head.dataset.images import ImageReadError, load_mask, resize_mask_nearest
+from laplace_head.dataset.scan import escape_line_breaks, safe_id_problem
 from laplace_head.prompts.sampling import sample_promptsets
 from laplace_head.util.atomic import atomic_write_json, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
@@ -46,16 +51,59 @@ def _is_complete(path: Path, num_promptsets: int, expected: dict) -> bool:
 
 def _identity(row: pd.Series, split: str, min_pairs: int, max_pairs: int, seed: int) -> dict:
     return {
-        "sample_id": str(row["sample_id"]),
+        "sample_id": _sample_id(row),
         "split": split,
         "image_path": str(row["image_path"]),
         "mask_path": str(row["mask_path"]),
-        "image_h": int(row["image_h"]),
-        "image_w": int(row["image_w"]),
+        "image_h": _size(row, "image_h"),
+        "image_w": _size(row, "image_w"),
         "prompt_seed": int(seed),
         "min_pairs": int(min_pairs),
         "max_pairs": int(max_pairs),
     }
+
+
+def _sample_id(row: pd.Series) -> str:
+    sample_id = row["sample_id"]
+    if not isinstance(sample_id, str) or not sample_id:
+        raise ValueError(
+            f"manifest row has no sample_id ({sample_id!r}); rebuild the manifests (stage 1)"
+        )
+    return sample_id
+
+
+def _text(row: pd.Series, column: str) -> str:
+    value = row[column]
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"manifest row has no {column} ({value!r}); rebuild the manifests (stage 1)"
+        )
+    return value
+
+
+def _size(row: pd.Series, column: str) -> int:
+    value = row[column]
+    try:
+        size = int(value)
+        if size != float(value) or size < 1:
+            raise ValueError(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(
+            f"manifest column {column} holds {value!r}, not a pixel count; the manifest is "
+            "damaged: rebuild it (stage 1)"
+        ) from None
+    return size
+
+
+def _json_path(prompt_dir: str | os.PathLike, split: str, row: pd.Series) -> Path:
+    safe_id = row["safe_id"]
+    problem = safe_id_problem(safe_id)
+    if problem:
+        raise ValueError(
+            f"safe_id {safe_id!r} {problem}; it cannot name the prompt-set file: rebuild the "
+            "manifests (stage 1)"
+        )
+    return promptset_json_path(prompt_dir, split, safe_id)
 
 
 def build_promptset_record(
@@ -66,21 +114,26 @@ def build_promptset_record(
     max_pairs: int,
     prompt_seed: int,
 ) -> dict:
-    """The JSON record of one manifest row (mask resized to the image first if needed)."""
-    mask = load_mask(row["mask_path"])
-    height, width = int(row["image_h"]), int(row["image_w"])
+    """The JSON record of one manifest row (mask resized to the image first if needed).
+
+    Raises ``ValueError`` for a row that does not hold what stage 1 writes and
+    ``ImageReadError`` for an unusable mask.
+    """
+    sample_id = _sample_id(row)
+    height, width = _size(row, "image_h"), _size(row, "image_w")
+    mask = load_mask(_text(row, "mask_path"))
     resized = mask.shape != (height, width)
     mask = resize_mask_nearest(mask, height, width)
     promptsets = sample_promptsets(
-        mask, str(row["sample_id"]), num_promptsets, min_pairs, max_pairs, prompt_seed
+        mask, sample_id, num_promptsets, min_pairs, max_pairs, prompt_seed
     )
     return {
-        "sample_id": str(row["sample_id"]),
+        "sample_id": sample_id,
         "safe_id": str(row["safe_id"]),
         "class": str(row["class"]),
         "split": split,
-        "image_path": str(row["image_path"]),
-        "mask_path": str(row["mask_path"]),
+        "image_path": _text(row, "image_path"),
+        "mask_path": _text(row, "mask_path"),
         "image_h": height,
         "image_w": width,
         "mask_resized": bool(resized),
@@ -103,24 +156,28 @@ def generate_promptsets_shard(
 ) -> dict:
     """Write the prompt-set JSONs of one shard; return counts and per-sample failures."""
     summary = {"split": split, "generated": 0, "skipped": 0, "failed": 0, "failures": []}
-    json_names = [promptset_json_path(prompt_dir, split, s).name for s in shard_frame["safe_id"]]
+    json_names = [
+        promptset_json_path(prompt_dir, split, s).name
+        for s in shard_frame["safe_id"]
+        if not safe_id_problem(s)
+    ]
     remove_stale_temp_files(Path(prompt_dir) / split, json_names)
+    settings = (num_promptsets, min_pairs, max_pairs, prompt_seed)
     for _, row in tqdm(shard_frame.iterrows(), total=len(shard_frame), desc=f"prompts {split}"):
-        path = promptset_json_path(prompt_dir, split, row["safe_id"])
-        expected = _identity(row, split, min_pairs, max_pairs, prompt_seed)
-        if not force and _is_complete(path, num_promptsets, expected):
+        try:
+            generated = _generate_one(row, split, prompt_dir, settings, force)
+        except Exception as exc:  # noqa: BLE001 - one bad sample never stops the shard
+            sample_id = escape_line_breaks(str(row.get("sample_id", "")))
+            known = isinstance(exc, (ImageReadError, ValueError))
+            reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            reason = escape_line_breaks(reason) or type(exc).__name__
+            LOGGER.error("sample %s failed: %s", sample_id, reason)
+            summary["failed"] += 1
+            summary["failures"].append({"sample_id": sample_id, "reason": reason})
+            continue
+        if not generated:
             summary["skipped"] += 1
             continue
-        try:
-            record = build_promptset_record(
-                row, split, num_promptsets, min_pairs, max_pairs, prompt_seed
-            )
-        except (ImageReadError, ValueError) as exc:
-            LOGGER.error("sample %s failed: %s", row["sample_id"], exc)
-            summary["failed"] += 1
-            summary["failures"].append({"sample_id": row["sample_id"], "reason": str(exc)})
-            continue
-        atomic_write_json(path, record)
         summary["generated"] += 1
         fault_point("generate_promptsets")
     LOGGER.info(
@@ -131,3 +188,17 @@ def generate_promptsets_shard(
         summary["failed"],
     )
     return summary
+
+
+def _generate_one(
+    row: pd.Series, split: str, prompt_dir: str | os.PathLike, settings: tuple, force: bool
+) -> bool:
+    """Write the prompt-set JSON of one row unless an identical one exists; True if written."""
+    num_promptsets, min_pairs, max_pairs, prompt_seed = settings
+    path = _json_path(prompt_dir, split, row)
+    expected = _identity(row, split, min_pairs, max_pairs, prompt_seed)
+    if not force and _is_complete(path, num_promptsets, expected):
+        return False
+    record = build_promptset_record(row, split, num_promptsets, min_pairs, max_pairs, prompt_seed)
+    atomic_write_json(path, record)
+    return True

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from laplace_head.dataset import checks
 from laplace_head.dataset.checks import check_sample
+from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.scan import ScanEntry
 
 HEIGHT, WIDTH = 20, 30
@@ -91,6 +93,9 @@ FAILURES = {
     "no foreground": (None, np.zeros((HEIGHT, WIDTH), np.uint8), "mask has no foreground"),
     "all foreground": (None, np.ones((HEIGHT, WIDTH), np.uint8), "mask is all foreground"),
     "object array": (None, "object", "mask unreadable (pickled objects are refused)"),
+    # issue 11 item 6: only the format the extension claims is decoded
+    "tiff named .png": (_image_bytes("TIFF"), None, "image fails to decode: file named"),
+    "webp named .png": (_image_bytes("WEBP"), None, "image fails to decode: file named"),
 }
 
 
@@ -135,3 +140,51 @@ def test_mismatched_mask_that_loses_its_foreground_when_resized(tmp_path, image_
     inverse = 1 - mask
     result = check_sample(_entry(image_path, _mask_file(tmp_path, inverse, "inv.npy")))
     assert result.reason == "mask has no background after resizing to the image size (20x30)"
+
+
+def _raise(error: BaseException):
+    def explode(*args, **kwargs):
+        raise error
+
+    return explode
+
+
+ERRORS = {
+    "MemoryError": MemoryError("Unable to allocate 37.3 GiB"),
+    "RuntimeError": RuntimeError("odd\nfailure"),
+    "ValueError": ValueError("bad value"),
+}
+
+
+@pytest.mark.parametrize("error", sorted(ERRORS))
+@pytest.mark.parametrize("where", ["load_mask", "resize_mask_nearest"])
+def test_any_exception_while_checking_is_the_samples_reason(
+    tmp_path, image_path, monkeypatch, where: str, error: str
+) -> None:
+    """Issue 11 item 2: every conversion is inside the per-sample ``try``; a MemoryError (or
+    anything else) on one sample becomes its reason instead of escaping ``check_sample``."""
+    mask_path = _mask_file(tmp_path, _good_mask(10, 15))  # mismatched: resize is reached
+    monkeypatch.setattr(checks, where, _raise(ERRORS[error]))
+    result = check_sample(_entry(image_path, mask_path))
+    assert not result.valid
+    assert error in result.reason and str(ERRORS[error]).split("\n")[0] in result.reason
+    assert "\n" not in result.reason
+    if error == "MemoryError":
+        assert result.reason.startswith("out of memory while checking the sample")
+
+
+def test_a_memory_error_on_one_sample_does_not_stop_stage_1(tmp_path, data_tools, monkeypatch):
+    images_root, masks_root = data_tools.make_dataset(tmp_path / "data", {"a": 4})
+    real_load_mask = checks.load_mask
+
+    def load_mask(path):
+        if Path(path).stem == "a_001":
+            raise MemoryError("Unable to allocate 37.3 GiB")
+        return real_load_mask(path)
+
+    monkeypatch.setattr(checks, "load_mask", load_mask)
+    report = build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    assert report["n_valid"] == 3 and report["n_invalid"] == 1
+    (invalid,) = report["invalid_samples"]
+    assert invalid["sample_id"] == "a/a_001"
+    assert invalid["reason"].startswith("out of memory while checking the sample")

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from laplace_head.dataset.scan import make_safe_id, make_sample_id, scan_dataset
+from laplace_head.dataset.manifests import (
+    MANIFEST_COLUMNS,
+    build_manifests,
+    read_split_manifest,
+)
+from laplace_head.dataset.scan import (
+    MAX_SAFE_ID_BYTES,
+    NAME_MAX_BYTES,
+    make_safe_id,
+    make_sample_id,
+    name_problem,
+    scan_dataset,
+)
+from laplace_head.dataset.splits import SPLITS
+from laplace_head.evaluation.sanity_panels import panel_name
+from laplace_head.prompts.promptsets import promptset_json_path
+from laplace_head.util.atomic import TMP_PREFIX, atomic_path, atomic_write_json
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -194,3 +212,152 @@ def test_entries_are_sorted_and_deterministic(roots: tuple[Path, Path]) -> None:
     ids = [e.sample_id for e in entries]
     assert ids == sorted(ids) and len(ids) == 9
     assert scan_dataset(images_root, masks_root) == entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11 item 1: control characters and line separators in class or stem names
+# ---------------------------------------------------------------------------------------------
+
+# Every character that splits a line somewhere: C0/C1 controls (Unicode category Cc, incl. DEL
+# and NEL), the Unicode line and paragraph separators; NUL cannot occur in a POSIX file name.
+LINE_BREAKING = ["\r", "\n", "\r\n", "\t", "\x0b", "\x0c", "\x1b", "\x1c", "\x7f", "\x85"]
+LINE_BREAKING += ["\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKING, ids=[repr(c) for c in LINE_BREAKING])
+@pytest.mark.parametrize("where", ["stem", "class"])
+def test_control_characters_in_names_are_rejected_with_a_reason(roots, char, where) -> None:
+    images_root, masks_root = roots
+    class_name, stem = ("cls", f"bad{char}name") if where == "stem" else (f"c{char}x", "s")
+    _touch(images_root / class_name / f"{stem}.png")
+    _touch(masks_root / class_name / f"{stem}.npy")
+    _touch(images_root / "cls" / "good.png")
+    _touch(masks_root / "cls" / "good.npy")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    bad = entries[f"{class_name}/{stem}"]  # still listed, under its real name
+    assert bad.reason.startswith(f"{where} name contains a control character"), bad.reason
+    assert repr(char[0])[1:-1] in bad.reason  # readable: the reason names the character
+    assert bad.reason.isprintable() and "rename" in bad.reason
+    assert entries["cls/good"].reason == ""
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a\rb", "a\u2028b", "a\x7fb", "\x85"])
+def test_name_problem_names_the_character(name: str) -> None:
+    problem = name_problem(name)
+    assert problem.startswith("contains a control character") and problem.isprintable()
+
+
+@pytest.mark.parametrize("name", ["with space", "ünïcødé_猫", "=1+2", 'a "q", b', "\u200bzero"])
+def test_ordinary_odd_names_have_no_problem(name: str) -> None:
+    assert name_problem(name) == ""
+
+
+# Names that must stay valid AND round-trip through the manifest CSVs byte for byte.
+HOSTILE_BUT_VALID = [
+    'it\'s "quoted"',
+    "comma,and;semicolon",
+    "=SUM(A1:A2)",
+    "+cmd|' -C calc'!A0",
+    "-leading dash",
+    "@at",
+    " leading and trailing spaces ",
+    "NA",
+    "null",
+    "007",
+    "1e5",
+    "#hash",
+    "back\\slash",
+    "ünïcødé_猫_😀",
+    "tab-free\u00a0nbsp",
+    "\u202eright-to-left",
+]
+
+
+def test_manifest_csvs_round_trip_hostile_names(tmp_path: Path, data_tools) -> None:
+    """Every row of every manifest reads back equal to what was written, incl. names that
+    are rejected for a control character (they are listed with their real name)."""
+    images_root, masks_root = tmp_path / "images_root", tmp_path / "masks_root"
+    for index, stem in enumerate(HOSTILE_BUT_VALID):
+        data_tools.write_pair(images_root, masks_root, 'cls, "x"', stem, seed=index)
+    for index, stem in enumerate(["cr\rname", "lf\nname", "crlf\r\nname", "ls\u2028name"]):
+        data_tools.write_pair(images_root, masks_root, "cls", stem, seed=50 + index)
+    data_tools.write_pair(images_root, masks_root, "bad\rclass", "s", seed=60)
+    manifests = tmp_path / "manifests"
+    build_manifests(images_root, masks_root, manifests, split_seed=0)
+
+    frame = read_split_manifest(manifests / "all_samples.csv")
+    expected_ids = {f'cls, "x"/{stem}' for stem in HOSTILE_BUT_VALID}
+    expected_bad = {"cls/cr\rname", "cls/lf\nname", "cls/crlf\r\nname", "cls/ls\u2028name"}
+    expected_bad.add("bad\rclass/s")
+    assert set(frame["sample_id"]) == expected_ids | expected_bad
+    assert len(frame) == len(expected_ids | expected_bad)
+    by_id = frame.set_index("sample_id")
+    for sample_id in expected_ids:
+        row = by_id.loc[sample_id]
+        class_name, stem = sample_id.split("/", 1)
+        assert bool(row["valid"]) and row["reason"] == "", (sample_id, row["reason"])
+        assert (row["class"], row["stem"]) == (class_name, stem)
+        assert row["safe_id"] == f"{class_name}__{stem}"
+        assert row["image_path"] == str((images_root / class_name / f"{stem}.png").resolve())
+        assert Path(row["mask_path"]).is_file()
+    for sample_id in expected_bad:
+        row = by_id.loc[sample_id]
+        assert not bool(row["valid"]) and "control character" in row["reason"], sample_id
+        assert row["split"] == ""
+        assert Path(row["image_path"]).is_file() and Path(row["mask_path"]).is_file()
+
+    # The split CSVs hold exactly the valid rows, equal field by field to all_samples.csv.
+    splits = pd.concat([read_split_manifest(manifests / f"{s}.csv") for s in SPLITS])
+    assert sorted(splits["sample_id"]) == sorted(expected_ids)
+    for _, row in splits.iterrows():
+        written = by_id.loc[row["sample_id"]]
+        for column in MANIFEST_COLUMNS[1:]:
+            assert str(row[column]) == str(written[column]), (row["sample_id"], column)
+    # A plain csv reader agrees (no row is split by a stray line break).
+    with open(manifests / "all_samples.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["sample_id"] for r in rows) == sorted(frame["sample_id"])
+    # The split registry too.
+    registry = pd.read_csv(manifests / "split_registry.csv", dtype=str, keep_default_na=False)
+    assert sorted(registry["sample_id"]) == sorted(expected_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11 item 4: over-long names
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_safe_id_limit_leaves_room_for_every_derived_file_name() -> None:
+    longest = panel_name("train", "s" * MAX_SAFE_ID_BYTES, 9999)
+    temp = f"{TMP_PREFIX}{longest}.abcdefgh.png"  # atomic_path: mkstemp(prefix, suffix)
+    assert len(temp.encode()) <= NAME_MAX_BYTES == 255
+    assert MAX_SAFE_ID_BYTES >= 200  # still generous for real data sets
+
+
+@pytest.mark.parametrize("char, width", [("s", 1), ("é", 2), ("猫", 3)])
+def test_over_long_safe_ids_are_rejected_with_a_reason(roots, char: str, width: int) -> None:
+    images_root, masks_root = roots
+    room = MAX_SAFE_ID_BYTES - len("c__")
+    fits = char * (room // width) + "x" * (room % width)
+    too_long = fits + "y"
+    for stem in (fits, too_long):
+        _touch(images_root / "c" / f"{stem}.png")
+        _touch(masks_root / "c" / f"{stem}.npy")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    assert len(entries[f"c/{fits}"].safe_id.encode()) == MAX_SAFE_ID_BYTES
+    assert entries[f"c/{fits}"].reason == ""
+    reason = entries[f"c/{too_long}"].reason
+    assert reason.startswith("name too long"), reason
+    assert f"{MAX_SAFE_ID_BYTES + 1} bytes" in reason and f"limit {MAX_SAFE_ID_BYTES}" in reason
+
+
+def test_a_safe_id_at_the_limit_can_be_written_by_every_later_stage(tmp_path: Path) -> None:
+    """Real writes: the stage-2 JSON and a sanity panel, through their atomic temp names."""
+    safe_id = "c__" + "s" * (MAX_SAFE_ID_BYTES - 3)
+    json_path = promptset_json_path(tmp_path, "train", safe_id)
+    atomic_write_json(json_path, {"ok": True})
+    assert json_path.is_file()
+    panel = tmp_path / "panels" / panel_name("train", safe_id, 9999)
+    with atomic_path(panel) as tmp:
+        tmp.write_bytes(b"png")
+    assert panel.is_file()

@@ -170,6 +170,41 @@ def test_a_broken_sample_is_reported_and_the_others_still_run(tmp_path, manifest
     assert not [p for p in (out / "train").iterdir() if p.name.startswith(".tmp-")]
 
 
+# Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (issue 11 item 1:
+# a stray carriage return used to split a row, leaving "image_h" with text in it).
+BAD_ROWS = {
+    "image_h not a number": {"image_h": "name.png"},
+    "image_w missing": {"image_w": ""},
+    "image_h NaN": {"image_h": float("nan")},
+    "sample_id NaN": {"sample_id": float("nan")},
+    "mask_path not a string": {"mask_path": 3.5},
+    "safe_id with a slash": {"safe_id": "a/../../escape"},
+    "safe_id empty": {"safe_id": ""},
+    "safe_id dot-dot": {"safe_id": ".."},
+    "safe_id too long": {"safe_id": "x" * 300},
+    "safe_id with a line break": {"safe_id": "a\rb"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_a_bad_row_fails_alone_and_never_takes_down_the_shard(tmp_path, manifest, case) -> None:
+    """The per-sample ``try`` covers everything per sample, parsing the row included."""
+    out = tmp_path / "prompt_sets"
+    broken = manifest.astype(object).copy()
+    for column, value in BAD_ROWS[case].items():
+        broken.at[2, column] = value
+    summary = _generate(broken, out)
+    assert summary["failed"] == 1, summary
+    assert summary["generated"] == len(manifest) - 1
+    (failure,) = summary["failures"]
+    assert failure["reason"] and "\n" not in failure["reason"]
+    assert isinstance(failure["sample_id"], str)
+    written = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    expected = {Path("train") / f"{s}.json" for i, s in enumerate(manifest["safe_id"]) if i != 2}
+    assert written == expected  # nothing outside prompt_sets/train, no temp file left
+    assert not (tmp_path / "escape").exists()
+
+
 def test_empty_shard_writes_nothing(tmp_path: Path, manifest) -> None:
     summary = _generate(manifest.iloc[0:0], tmp_path / "prompt_sets")
     assert (summary["generated"], summary["skipped"], summary["failed"]) == (0, 0, 0)

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 7, item 2) through scan, validation, stage 1 and prompt sampling.
+"""Hostile inputs (issue 7 item 2, issue 11) through scan, validation, stage 1 and prompts.
 
 Every case ends as a row of ``all_samples.csv`` with ``valid`` and a ``reason`` (or, for a
 whole-dataset problem, a clear message) - never a traceback and never a silently dropped file.
@@ -6,6 +6,10 @@ whole-dataset problem, a clear message) - never a traceback and never a silently
 Orientation: EXIF orientation is NOT applied. Masks are assumed to follow the stored pixel grid
 (what ``numpy.asarray(Image.open(path))`` gives). A mask whose shape matches the EXIF-rotated
 (displayed) image instead is rejected with a reason rather than silently resized.
+
+Issue 11: names with control characters or line separators, over-long names, masks whose header
+claims a huge size, and files whose content is not the format their extension claims are
+rejected at stage 1 with a reason; the rest of the data set still goes through stage 2.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from laplace_head.dataset import images as images_module
 from laplace_head.dataset.checks import check_sample
 from laplace_head.dataset.images import load_image_rgb, load_mask
-from laplace_head.dataset.manifests import build_manifests
-from laplace_head.dataset.scan import ScanEntry
+from laplace_head.dataset.manifests import build_manifests, read_split_manifest
+from laplace_head.dataset.scan import MAX_SAFE_ID_BYTES, ScanEntry
+from laplace_head.dataset.splits import SPLITS
 from laplace_head.prompts.promptsets import generate_promptsets_shard
 
 H, W = 20, 30
@@ -75,6 +81,25 @@ def _jpeg_bytes(image: np.ndarray, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+def _encoded(image: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "|u1") -> bytes:
+    """A ``.npy`` file of a few bytes whose header claims ``shape`` (200000x200000 uint8 made
+    numpy allocate 37 GiB before its read failed)."""
+    buffer = io.BytesIO()
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + b"\0" * 64
+
+
+EPS_BYTES = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 20\n%%EndComments\nshowpage\n%%EOF\n"
+LONG_STEM = "L" * (MAX_SAFE_ID_BYTES - len("h__") + 1)  # safe_id one byte over the limit
+
+
 def _exif_rotated(orientation: int = 6) -> dict:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -111,8 +136,15 @@ EXPECTED = {
     "h/image_zero_bytes": (False, "image file is empty"),
     "h/image_truncated_jpeg": (False, "image fails to decode"),
     "h/image_text_named_jpg": (False, "image fails to decode"),
-    "h/image_png_named_jpg": (True, ""),
+    "h/image_png_named_jpg": (False, "image fails to decode: file named"),
     "h/image_huge_header": (False, "image too large (decompression-bomb guard)"),
+    "h/image_tiff_named_png": (False, "image fails to decode: file named"),
+    "h/image_webp_named_jpg": (False, "image fails to decode: file named"),
+    "h/image_eps_named_png": (False, "image fails to decode: file named"),
+    "h/mask_tiff_named_png": (False, "mask unreadable: file named"),
+    "h/mask_npy_huge_header": (False, "mask too large (decompression-bomb guard)"),
+    "h/mask_npy_header_claims_more_than_the_file": (False, "mask unreadable: truncated or forged"),
+    "h/mask_png_huge_header": (False, "mask too large (decompression-bomb guard)"),
     "h/tiny_1x1_fg": (False, "mask is all foreground"),
     "h/tiny_1x1_with_2x2_mask": (False, "mask has no "),
     "h/one_foreground_pixel": (True, ""),
@@ -121,7 +153,14 @@ EXPECTED = {
     "h/$HOME;rm -rf x": (True, ""),
     'h/it\'s "quoted"': (True, ""),
     "h/back`ticks`&|<>": (True, ""),
-    "h/comma,and\nnewline": (True, ""),
+    "h/comma,and;semicolon": (True, ""),
+    "h/=SUM(A1) leading equals": (True, ""),
+    "h/comma,and\nnewline": (False, "stem name contains a control character"),
+    "h/carriage\rreturn": (False, "stem name contains a control character"),
+    "h/line\u2028separator": (False, "stem name contains a control character"),
+    "h/delete\x7fchar": (False, "stem name contains a control character"),
+    "bad\rclass/ok": (False, "class name contains a control character"),
+    f"h/{LONG_STEM}": (False, "name too long"),
     "no masks folder/a": (False, "mask missing"),
     "no masks folder/b": (False, "mask missing"),
 }
@@ -218,10 +257,22 @@ def hostile(tmp_path_factory) -> dict:
     Image.fromarray(_rgb()).save(buffer, format="PNG")
     image("image_png_named_jpg", buffer.getvalue(), ".jpg")
     image("image_huge_header", _png_header_only(100_000, 100_000))
+    image("image_tiff_named_png", _encoded(_rgb(), "TIFF"))
+    image("image_webp_named_jpg", _encoded(_rgb(), "WEBP"), ".jpg")
+    image("image_eps_named_png", EPS_BYTES)
     for stem in ("image_zero_bytes", "image_truncated_jpeg", "image_text_named_jpg"):
         mask(stem, good)
-    mask("image_png_named_jpg", good)
-    mask("image_huge_header", good)
+    for stem in ("image_png_named_jpg", "image_huge_header", "image_tiff_named_png"):
+        mask(stem, good)
+    mask("image_webp_named_jpg", good)
+    mask("image_eps_named_png", good)
+    for stem in ("mask_tiff_named_png", "mask_npy_huge_header", "mask_png_huge_header"):
+        image(stem, _rgb())
+    image("mask_npy_header_claims_more_than_the_file", _rgb())
+    mask("mask_tiff_named_png", _encoded(good * 255, "TIFF"), ".png")
+    mask("mask_npy_huge_header", _npy_header_only((200_000, 200_000)))
+    mask("mask_npy_header_claims_more_than_the_file", _npy_header_only((H, W), "<f8"))
+    mask("mask_png_huge_header", _png_header_only(100_000, 100_000), ".png")
 
     image("tiny_1x1_fg", _rgb(1, 1))
     mask("tiny_1x1_fg", np.ones((1, 1), np.uint8))
@@ -238,10 +289,21 @@ def hostile(tmp_path_factory) -> dict:
         "$HOME;rm -rf x",
         'it\'s "quoted"',
         "back`ticks`&|<>",
+        "comma,and;semicolon",
+        "=SUM(A1) leading equals",
         "comma,and\nnewline",
+        "carriage\rreturn",
+        "line\u2028separator",
+        "delete\x7fchar",
+        LONG_STEM,
     ):
         image(stem, _rgb())
         mask(stem, good)
+    (images / "bad\rclass").mkdir()
+    (masks / "bad\rclass").mkdir()
+    Image.fromarray(_rgb()).save(images / "bad\rclass" / "ok.png")
+    np.save(masks / "bad\rclass" / "ok.npy", good)
+    written += [images / "bad\rclass" / "ok.png", masks / "bad\rclass" / "ok.npy"]
 
     for stem in ("a", "b"):
         path = images / "no masks folder" / f"{stem}.png"
@@ -257,6 +319,7 @@ def hostile(tmp_path_factory) -> dict:
     manifests = root / "project" / "manifests"
     report = build_manifests(images, masks, manifests, split_seed=3)
     frame = pd.read_csv(manifests / "all_samples.csv", dtype=str, keep_default_na=False)
+    assert len(frame) == report["n_candidates"]  # no row split by a stray line break
     return {
         "root": root,
         "written": written,
@@ -321,10 +384,14 @@ def test_exif_orientation_is_not_applied(hostile: dict) -> None:
     assert load_image_rgb(path).shape == (H, W, 3)  # the stored grid, not the displayed one
 
 
-def test_csv_round_trips_odd_names(hostile: dict) -> None:
-    row = _row(hostile["frame"], "h/comma,and\nnewline")
+@pytest.mark.parametrize(
+    "stem", ["comma,and;semicolon", "comma,and\nnewline", "carriage\rreturn", "line\u2028separator"]
+)
+def test_csv_round_trips_odd_names(hostile: dict, stem: str) -> None:
+    """Rejected names stay listed under their real name: the paths read back still exist."""
+    row = _row(hostile["frame"], f"h/{stem}")
     assert Path(row["image_path"]).is_file() and Path(row["mask_path"]).is_file()
-    assert row["safe_id"] == "h__comma,and\nnewline"
+    assert row["safe_id"] == f"h__{stem}" and row["stem"] == stem
 
 
 def test_report_and_split_csvs_agree(hostile: dict) -> None:
@@ -367,10 +434,11 @@ def test_masks_of_other_dtypes_binarise_as_positive(hostile: dict) -> None:
 
 @pytest.mark.parametrize("limit_factor", [0.5, 0.9])
 def test_decompression_bomb_limit(tmp_path: Path, monkeypatch, limit_factor: float) -> None:
-    """Above the limit Pillow warns, above twice the limit it errors: both become a reason."""
+    """The limit is ``images.MAX_IMAGE_PIXELS``, checked from the header (Pillow's own global
+    limit is left alone); anything over it is a reason."""
     Image.fromarray(_rgb()).save(tmp_path / "big.png")
     np.save(tmp_path / "big.npy", _mask())
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(H * W * limit_factor))
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", int(H * W * limit_factor))
     entry = ScanEntry(
         "c/big", "c__big", "c", "big", str(tmp_path / "big.png"), str(tmp_path / "big.npy")
     )
@@ -408,3 +476,67 @@ def test_empty_images_root_through_the_workflow(
     assert not list((project).glob("prompt_sets/*/*.json"))
     log = (project / "logs" / "build_manifests" / "build_manifests.log").read_text()
     assert "no valid samples" in log
+
+
+# Issue 11 through the real workflow: (sample id, reason prefix) of the bad samples.
+WORKFLOW_BAD = {
+    "ok/carriage\rreturn": "stem name contains a control character",
+    "ok/new\nline": "stem name contains a control character",
+    "ok/crlf\r\nboth": "stem name contains a control character",
+    "ok/para\u2029separator": "stem name contains a control character",
+    "bad\nclass/a": "class name contains a control character",
+    f"ok/{'N' * 240}": "name too long",
+    "ok/npy_mask_huge_header": "mask too large (decompression-bomb guard)",
+    "ok/png_mask_huge_header": "mask too large (decompression-bomb guard)",
+    "ok/tiff_named_png": "image fails to decode: file named .png is not a PNG (it is TIFF)",
+    "ok/webp_named_jpg": "image fails to decode: file named .jpg is not a JPEG (it is WEBP)",
+    "ok/eps_named_png": "image fails to decode: file named .png is not a PNG (it is EPS)",
+}
+
+
+@pytest.mark.workflow
+def test_issue11_hostile_names_and_files_through_the_workflow(
+    tmp_path: Path, repo_root: Path, snakemake_runner, config_writer, data_tools
+) -> None:
+    """Stages 1-2 through snakemake: the run succeeds, every bad sample is a row of
+    all_samples.csv with its reason, every valid sample gets its prompt-set JSON."""
+    images, masks = tmp_path / "images_root", tmp_path / "masks_root"
+    valid_stems = [f"good_{i:02d}" for i in range(9)] + ['=1+2, "quoted"', "ünï 猫"]
+    for index, stem in enumerate(valid_stems):
+        data_tools.write_pair(images, masks, "ok", stem, seed=index)
+    for index, sample_id in enumerate(WORKFLOW_BAD):
+        class_name, stem = sample_id.split("/", 1)
+        data_tools.write_pair(images, masks, class_name, stem, seed=100 + index)
+    (masks / "ok" / "npy_mask_huge_header.npy").write_bytes(_npy_header_only((200_000, 200_000)))
+    (masks / "ok" / "png_mask_huge_header.npy").unlink()
+    (masks / "ok" / "png_mask_huge_header.png").write_bytes(_png_header_only(100_000, 100_000))
+    (images / "ok" / "tiff_named_png.png").write_bytes(_encoded(_rgb(24, 32), "TIFF"))
+    (images / "ok" / "webp_named_jpg.png").unlink()
+    (images / "ok" / "webp_named_jpg.jpg").write_bytes(_encoded(_rgb(24, 32), "WEBP"))
+    (images / "ok" / "eps_named_png.png").write_bytes(EPS_BYTES)
+
+    project = tmp_path / "project"
+    config = config_writer(tmp_path / "c.yaml", images, masks, project, data={"shard_size": 3})
+    args = ["prompt_sets", "--workflow-profile", "none", "--cores", "2", "--configfile"]
+    process = snakemake_runner([*args, "config/demo.yaml", str(config)], cwd=repo_root)
+    assert "Traceback" not in process.stderr
+
+    frame = read_split_manifest(project / "manifests" / "all_samples.csv")
+    assert sorted(frame["sample_id"]) == sorted([f"ok/{s}" for s in valid_stems] + [*WORKFLOW_BAD])
+    by_id = frame.set_index("sample_id")
+    for sample_id, reason in WORKFLOW_BAD.items():
+        row = by_id.loc[sample_id]
+        assert not row["valid"] and row["reason"].startswith(reason), (sample_id, row["reason"])
+        assert row["split"] == ""
+    written = 0
+    for split in SPLITS:
+        rows = read_split_manifest(project / "manifests" / f"{split}.csv")
+        for _, row in rows.iterrows():
+            record = json.loads(
+                (project / "prompt_sets" / split / f"{row['safe_id']}.json").read_text()
+            )
+            assert record["sample_id"] == row["sample_id"]
+            written += 1
+        for summary in (project / "prompt_sets" / split / "_shards").glob("shard_*.json"):
+            assert json.loads(summary.read_text())["failed"] == 0
+    assert written == len(valid_stems) == int(frame["valid"].sum())

@@ -1,0 +1,277 @@
+"""laplace_head.dataset.images: size guards, format checks and binarisation of images and masks.
+
+Issue 11: masks had no size limit (a forged ``.npy`` header made numpy allocate the claimed
+shape; PNG masks only got Pillow's warning), Pillow's process-wide limit was mutated at import,
+and any format Pillow decodes was accepted under a ``.png``/``.jpg`` name.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from PIL import EpsImagePlugin, Image
+
+from laplace_head.dataset import images as images_module
+from laplace_head.dataset.images import ImageReadError, load_image_rgb, load_mask
+
+H, W = 20, 30
+MiB = 1 << 20
+
+
+def _rgb(height: int = H, width: int = W) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _good_mask(height: int = H, width: int = W) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 1
+    return mask
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f8", body: bytes = b"") -> bytes:
+    """A ``.npy`` file whose header claims ``shape`` but that holds only ``body`` as data."""
+    buffer = io.BytesIO()
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + body
+
+
+def _png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+EPS_BYTES = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 20\n%%EndComments\n"
+    b"newpath 0 0 moveto 30 20 lineto stroke\nshowpage\n%%EOF\n"
+)
+
+
+def _peak_bytes(function, *args) -> tuple[object, int]:
+    """(result or raised exception, peak traced allocation in bytes); numpy reports its buffers
+    to tracemalloc, so an allocation of the claimed shape shows up here even if never touched."""
+    tracemalloc.start()
+    try:
+        try:
+            result = function(*args)
+        except Exception as exc:  # noqa: BLE001 - returned for the caller to check
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 2: masks have a size limit, checked from the header before anything is allocated
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["<f8", "|u1", "|b1"])
+def test_npy_mask_with_a_huge_header_is_refused_without_allocating(tmp_path, dtype) -> None:
+    path = tmp_path / "bomb.npy"
+    path.write_bytes(_npy_header_only((200_000, 200_000), dtype, body=b"\0" * 64))
+    assert path.stat().st_size < 256
+    result, peak = _peak_bytes(load_mask, path)
+    assert isinstance(result, ImageReadError), result
+    assert str(result).startswith("mask too large (decompression-bomb guard)"), result
+    assert "200000x200000" in str(result) and f"{images_module.MAX_IMAGE_PIXELS:,}" in str(result)
+    assert peak < 4 * MiB, f"allocated {peak / MiB:.0f} MiB for a {path.stat().st_size}-byte file"
+
+
+def test_npy_mask_whose_header_claims_more_data_than_the_file_holds(tmp_path) -> None:
+    """Under the pixel limit but larger than the file: refused before numpy allocates."""
+    path = tmp_path / "forged.npy"
+    path.write_bytes(_npy_header_only((5_000, 5_000), "<f8", body=b"\0" * 800))
+    result, peak = _peak_bytes(load_mask, path)
+    assert isinstance(result, ImageReadError), result
+    assert str(result).startswith("mask unreadable: truncated or forged .npy"), result
+    assert "200,000,000 bytes" in str(result)
+    assert peak < 4 * MiB, f"allocated {peak / MiB:.0f} MiB"
+
+
+def test_npy_mask_over_the_same_pixel_limit_as_images(tmp_path, monkeypatch) -> None:
+    np.save(tmp_path / "m.npy", _good_mask())
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", H * W - 1)
+    with pytest.raises(ImageReadError, match=r"^mask too large \(decompression-bomb guard\)"):
+        load_mask(tmp_path / "m.npy")
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", H * W)
+    assert load_mask(tmp_path / "m.npy").shape == (H, W)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(15_000, 15_000), (100_000, 100_000)],  # Pillow only warns for the first, errors for the 2nd
+    ids=["between-pillow-warning-and-error", "over-pillow-error"],
+)
+def test_png_mask_over_the_pixel_limit_is_refused_from_its_header(tmp_path, size) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(*size))
+    with pytest.raises(ImageReadError, match=r"^mask too large \(decompression-bomb guard\)"):
+        load_mask(path)
+
+
+def test_png_mask_uses_the_same_pixel_limit_as_images(tmp_path, monkeypatch) -> None:
+    Image.fromarray(_good_mask() * 255).save(tmp_path / "m.png")
+    Image.fromarray(_rgb()).save(tmp_path / "i.png")
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", H * W - 1)
+    with pytest.raises(ImageReadError, match=r"^mask too large \(decompression-bomb guard\)"):
+        load_mask(tmp_path / "m.png")
+    with pytest.raises(ImageReadError, match=r"^image too large \(decompression-bomb guard\)"):
+        load_image_rgb(tmp_path / "i.png")
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", H * W)
+    assert load_mask(tmp_path / "m.png").shape == (H, W)
+    assert load_image_rgb(tmp_path / "i.png").shape == (H, W, 3)
+
+
+def test_importing_the_module_leaves_pillows_global_limit_alone() -> None:
+    code = (
+        "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
+        "import laplace_head.dataset.images; "
+        "assert Image.MAX_IMAGE_PIXELS == before, (before, Image.MAX_IMAGE_PIXELS)"
+    )
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.bool_])
+def test_binarising_a_mask_makes_no_float64_copy(tmp_path, dtype) -> None:
+    """``value > 0`` on the loaded array: peak memory is the array plus the boolean result."""
+    mask = np.zeros((1000, 1000), dtype)
+    mask[100:200, 300:400] = 1
+    np.save(tmp_path / "m.npy", mask)
+    result, peak = _peak_bytes(load_mask, tmp_path / "m.npy")
+    assert isinstance(result, np.ndarray) and result.dtype == np.bool_, result
+    assert int(result.sum()) == 100 * 100
+    assert peak < mask.nbytes + result.nbytes + MiB, (
+        f"peak {peak / MiB:.1f} MiB for a {mask.nbytes / MiB:.1f} MiB {np.dtype(dtype)} mask"
+    )
+
+
+def test_nan_and_negative_values_are_background(tmp_path) -> None:
+    mask = np.array([[np.nan, -1.0, 0.0], [0.5, np.inf, -np.inf]], np.float32)
+    np.save(tmp_path / "m.npy", mask)
+    assert load_mask(tmp_path / "m.npy").tolist() == [[False, False, False], [True, True, False]]
+
+
+def test_big_endian_and_fortran_order_masks_load(tmp_path) -> None:
+    mask = np.asfortranarray(_good_mask().astype(">i4"))
+    np.save(tmp_path / "m.npy", mask)
+    assert np.array_equal(load_mask(tmp_path / "m.npy"), _good_mask().astype(bool))
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"not numpy at all", "mask unreadable: "),
+        (b"PK\x03\x04" + b"\0" * 40, "mask unreadable: an .npz archive"),
+        (b"\x80\x04\x95" + b"\0" * 40, "mask unreadable (pickled objects are refused)"),
+    ],
+    ids=["text", "zip", "pickle"],
+)
+def test_npy_files_that_are_not_npy(tmp_path, data: bytes, reason: str) -> None:
+    (tmp_path / "m.npy").write_bytes(data)
+    with pytest.raises(ImageReadError) as info:
+        load_mask(tmp_path / "m.npy")
+    assert str(info.value).startswith(reason), info.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: a file is decoded only by the format its extension claims
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_other_plugin(monkeypatch) -> list[str]:
+    """Fail loudly if the EPS (Ghostscript) plugin is even asked to parse a file."""
+    calls: list[str] = []
+
+    def refuse(self) -> None:
+        calls.append(str(getattr(self, "filename", "?")))
+        raise AssertionError("the EPS plugin must never see a file named .png/.jpg")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", refuse)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "name, data, claimed, actual",
+    [
+        ("tiff.png", lambda: _encoded(_rgb(), "TIFF"), "PNG", "TIFF"),
+        ("webp.png", lambda: _encoded(_rgb(), "WEBP"), "PNG", "WEBP"),
+        ("tiff.jpg", lambda: _encoded(_rgb(), "TIFF"), "JPEG", "TIFF"),
+        ("webp.jpeg", lambda: _encoded(_rgb(), "WEBP"), "JPEG", "WEBP"),
+        ("gif.png", lambda: _encoded(_rgb()[..., 0], "GIF"), "PNG", "GIF"),
+        ("bmp.jpg", lambda: _encoded(_rgb(), "BMP"), "JPEG", "BMP"),
+        ("eps.png", lambda: EPS_BYTES, "PNG", "EPS"),
+        ("eps.jpg", lambda: EPS_BYTES, "JPEG", "EPS"),
+        ("png.jpg", lambda: _encoded(_rgb(), "PNG"), "JPEG", "PNG"),
+        ("jpeg.png", lambda: _encoded(_rgb(), "JPEG"), "PNG", "JPEG"),
+    ],
+)
+def test_image_content_must_match_its_extension(
+    tmp_path, no_other_plugin, name, data, claimed, actual
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data())
+    with pytest.raises(ImageReadError) as info:
+        load_image_rgb(path)
+    message = str(info.value)
+    assert message.startswith("image fails to decode: "), message
+    assert f"is not a {claimed} (it is {actual})" in message, message
+    assert no_other_plugin == []
+
+
+@pytest.mark.parametrize(
+    "name, data, actual",
+    [
+        ("tiff.png", lambda: _encoded(_good_mask() * 255, "TIFF"), "TIFF"),
+        ("webp.png", lambda: _encoded(_good_mask() * 255, "WEBP"), "WEBP"),
+        ("eps.png", lambda: EPS_BYTES, "EPS"),
+    ],
+)
+def test_png_mask_content_must_be_png(tmp_path, no_other_plugin, name, data, actual) -> None:
+    path = tmp_path / name
+    path.write_bytes(data())
+    with pytest.raises(ImageReadError) as info:
+        load_mask(path)
+    message = str(info.value)
+    assert message.startswith("mask unreadable: "), message
+    assert f"is not a PNG (it is {actual})" in message, message
+    assert no_other_plugin == []
+
+
+def test_unknown_content_under_an_image_name(tmp_path, no_other_plugin) -> None:
+    (tmp_path / "text.png").write_bytes(b"just some text, not an image\n")
+    with pytest.raises(ImageReadError, match=r"^image fails to decode: .*is not a PNG"):
+        load_image_rgb(tmp_path / "text.png")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JpEg"])
+def test_matching_content_still_loads(tmp_path, suffix) -> None:
+    fmt = "PNG" if suffix.lower() == ".png" else "JPEG"
+    (tmp_path / f"i{suffix}").write_bytes(_encoded(_rgb(), fmt))
+    assert load_image_rgb(tmp_path / f"i{suffix}").shape == (H, W, 3)
