@@ -17,6 +17,7 @@ include: "rules/visualize.smk"
 include: "rules/train.smk"
 include: "rules/laplace.smk"
 include: "rules/evaluate.smk"
+include: "rules/active_prompting.smk"
 include: "rules/targets.smk"
 
 

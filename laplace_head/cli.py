@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from laplace_head import stages
-from laplace_head.layout import SPLITS, ProjectLayout
+from laplace_head.layout import ACTIVE_PROMPTING_FILES, SPLITS, ProjectLayout
 from laplace_head.settings import Runtime, stage_params
 from laplace_head.util.console import run_user_facing, setup_logging
 
@@ -237,6 +237,38 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _active_prompting(args: argparse.Namespace) -> None:
+    from laplace_head.dataset.manifests import read_split_manifest
+    from laplace_head.dataset.sharding import shard_names
+
+    ctx = _Context(args)
+    layout, settings = ctx.layout, ctx.params["active_prompting"]
+    split = args.split or settings["split"]
+    n_samples = len(run_user_facing(lambda: read_split_manifest(layout.manifest(split))))
+    shards = [args.shard] if args.shard else shard_names(n_samples, settings["shard_size"])
+    for shard in shards:
+        ctx.run(
+            layout.log("active_prompting", f"run_{ctx.run_id}", split, f"shard_{shard}"),
+            lambda shard=shard: stages.active_prompting(
+                layout.manifest(split),
+                shard,
+                layout.laplace_dir,
+                layout.active_prompting_shard(split, shard),
+                settings,
+                ctx.runtime,
+            ),
+        )
+    if not args.shard:
+        ctx.run(
+            layout.log("active_prompting_report", f"run_{ctx.run_id}"),
+            lambda: stages.active_prompting_report(
+                [layout.active_prompting_shard(split, shard) for shard in shards],
+                {name: layout.active_prompting_file(name) for name in ACTIVE_PROMPTING_FILES},
+                settings,
+            ),
+        )
+
+
 def _visualize_sanity(args: argparse.Namespace) -> None:
     ctx = _Context(args)
     source = ctx.layout.split_h5(args.split)
@@ -308,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("fit-laplace", _fit_laplace, "stage 6", run=True)
     sub.add_argument("--force", action="store_true", help="refit even if artifacts exist")
     command("evaluate", _evaluate, "stage 7", run=True)
+    sub = command(
+        "active-prompting", _active_prompting, "stage 8 (every shard, then the report)", run=True
+    )
+    sub.add_argument("--split", choices=("test", "val"), help="default: active_prompting.split")
+    sub.add_argument("--shard", help="only this shard, e.g. 0000 (no report then)")
     sub = command("visualize-sanity", _visualize_sanity, "six-panel PNGs of packed rows")
     sub.set_defaults(split="train")
     sub.add_argument("--split", choices=SPLITS, default="train", help="split to show")

@@ -17,6 +17,8 @@ path. Methods take plain strings, so Snakemake wildcards pass straight through
       laplace/<head>/run_<id>/      laplace_state.pt, laplace_config.yaml,
                                     posterior_meta.json, val_nll_grid.png             (stage 6)
       reports/eval/run_<id>/        metrics.{json,csv,md}, reliability.png, ...       (stage 7)
+      reports/active_prompting/run_<id>/  shards/<split>/shard_NNNN.jsonl,
+                                    metrics.{json,csv,md}, curves.png                 (stage 8)
       reports/debug_panels/         <split>_panels.json, <split>_overview.png, *.png
       logs/<rule>/..., benchmarks/<rule>/...
 
@@ -45,6 +47,13 @@ EVAL_FILES = {
     "markdown": "metrics.md",
     "reliability": "reliability.png",
     "examples": "uncertainty_examples.png",
+}
+
+ACTIVE_PROMPTING_FILES = {
+    "metrics": "metrics.json",
+    "table": "metrics.csv",
+    "markdown": "metrics.md",
+    "curves": "curves.png",
 }
 
 
@@ -123,8 +132,7 @@ class ProjectLayout:
         folders = {"prompt_sets": self.prompt_sets_dir, "sam_precompute": self.precompute_dir}
         if stage not in folders:
             raise ValueError(f"stage must be one of {', '.join(folders)}; got {stage!r}")
-        name = shard if isinstance(shard, str) and not shard.isdigit() else _shard_name(shard)
-        return folders[stage](split) / "_shards" / f"shard_{name}.json"
+        return folders[stage](split) / "_shards" / f"shard_{_shard_name(shard)}.json"
 
     # --- stages 4 and 4.5 --------------------------------------------------------------------
     @property
@@ -186,6 +194,19 @@ class ProjectLayout:
         """One of :data:`EVAL_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
         return self.eval_dir / EVAL_FILES[name]
 
+    # --- stage 8 ---------------------------------------------------------------------------
+    @property
+    def active_prompting_dir(self) -> Path:
+        return self.root / "reports" / "active_prompting" / self._run_name()
+
+    def active_prompting_shard(self, split: str, shard: str | int) -> Path:
+        """One JSONL of click records per shard of the split."""
+        return self.active_prompting_dir / "shards" / split / f"shard_{_shard_name(shard)}.jsonl"
+
+    def active_prompting_file(self, name: str) -> Path:
+        """One of :data:`ACTIVE_PROMPTING_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
+        return self.active_prompting_dir / ACTIVE_PROMPTING_FILES[name]
+
     # --- sanity panels -----------------------------------------------------------------------
     @property
     def debug_panels_dir(self) -> Path:
@@ -211,5 +232,8 @@ class ProjectLayout:
         return self.root.joinpath(top, rule, *folders, last + suffix)
 
 
-def _shard_name(index: int | str) -> str:
-    return SHARD_FORMAT.format(int(index))
+def _shard_name(shard: int | str) -> str:
+    """``0007`` for 7 or "7"; a wildcard such as ``{shard}`` passes through."""
+    if isinstance(shard, str) and not shard.isdigit():
+        return shard
+    return SHARD_FORMAT.format(int(shard))

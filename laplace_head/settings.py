@@ -92,6 +92,7 @@ def segmenter_params(config: Mapping[str, Any]) -> dict:
 def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
     """Result settings of every stage, by rule name, from a resolved config."""
     data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
+    active = config["active_prompting"]
     return {
         "build_manifests": {
             "images_root": data["images_root"],
@@ -128,6 +129,16 @@ def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
             "seed": laplace["seed"],
         },
         "visualize_sanity": {"n": 8, "seed": 0},
+        "active_prompting": {
+            "split": active["split"],
+            "shard_size": data["shard_size"],
+            "policies": list(active["policies"]),
+            "max_clicks": active["max_clicks"],
+            "seed": active["seed"],
+            "n_bootstrap": active["n_bootstrap"],
+            "segmenter": segmenter_params(config),
+            "prompt_sigma": prompts["gaussian_sigma"],
+        },
     }
 
 

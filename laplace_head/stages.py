@@ -284,6 +284,47 @@ def evaluate(
         )
 
 
+def active_prompting(
+    split_csv: PathLike,
+    shard: str,
+    laplace_dir: PathLike,
+    out_jsonl: PathLike,
+    settings: Mapping[str, Any],
+    runtime: Runtime,
+) -> dict:
+    """Stage 8 for one shard: every configured click policy on every image, one JSONL."""
+    from laplace_head.dataset.manifests import read_split_manifest
+    from laplace_head.dataset.sharding import shard_rows
+    from laplace_head.interactive.predictor import InteractivePredictor
+    from laplace_head.interactive.shard import run_shard
+
+    rows = shard_rows(read_split_manifest(split_csv), shard, settings["shard_size"])
+    predictor = InteractivePredictor.from_config(
+        {**settings["segmenter"], "device": runtime.sam_device},
+        laplace_dir,
+        settings["prompt_sigma"],
+    )
+    return run_shard(
+        rows.to_dict("records"),
+        predictor,
+        out_jsonl,
+        settings["policies"],
+        settings["max_clicks"],
+        settings["seed"],
+    )
+
+
+def active_prompting_report(
+    shard_jsonls: Sequence[PathLike], out_files: Mapping[str, PathLike], settings: Mapping[str, Any]
+) -> dict:
+    """Stage 8 aggregate: the metrics, tables and curves of all shards."""
+    from laplace_head.evaluation.active_prompting import write_report
+
+    return write_report(
+        shard_jsonls, out_files, settings["max_clicks"], settings["n_bootstrap"], settings["seed"]
+    )
+
+
 def visualize_sanity(
     source: PathLike,
     split: str,

@@ -38,6 +38,7 @@ RUN = LAYOUT.with_run(RUN_ID)
 # Result settings per rule (rerun triggers) and the runtime settings (not triggers).
 PARAMS = stage_params(config)
 RUNTIME = Runtime.from_config(config)
+AP_ENABLED = config["active_prompting"]["enabled"]  # stage 8 in `rule all`
 
 
 wildcard_constraints:
@@ -80,6 +81,13 @@ def get_all_precompute_shard_summaries(wildcards):
     ]
 
 
+def get_active_prompting_shards(wildcards):
+    """The stage-8 shard JSONLs of the configured split, for one run."""
+    split = PARAMS["active_prompting"]["split"]
+    run = LAYOUT.with_run(wildcards.run_id)
+    return [run.active_prompting_shard(split, shard) for shard in get_shards(split)]
+
+
 def get_final_targets():
     """What `snakemake` with no target builds: every stage, every split, the configured run."""
     return [
@@ -90,4 +98,5 @@ def get_final_targets():
         RUN.training_curves,
         RUN.laplace_file("meta"),
         RUN.eval_file("metrics"),
+        *([RUN.active_prompting_file("metrics")] if AP_ENABLED else []),
     ]

@@ -205,3 +205,173 @@ def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Ten
         "expected_entropy": expected.float(),
         "mutual_information": bald.float(),
     }
+
+
+# --- Predictive probability, entropies and BALD of a Gaussian logit, by quadrature -------------
+#
+# For a pixel whose logit is z ~ N(m, v) (m = z_map, v = var(z) of the linearised last layer):
+#
+#     p_bar    = E[sigmoid(z)]                       predictive probability
+#     H_pred   = H(p_bar)                            predictive (total) entropy
+#     H_exp    = E[H(sigmoid(z))]                    expected (aleatoric) entropy
+#     BALD     = H_pred - H_exp                      mutual information (epistemic), >= 0
+#
+# with H(p) = -p log p - (1 - p) log(1 - p) in nats. One pass over the pixels, no sampling; the
+# rule depends on the logit's spread s = sqrt(v) relative to the sigmoid's width (~1):
+#
+# * v <= QUADRATURE_WIDE_VARIANCE (s <= 2): Gauss-Hermite with respect to the Gaussian,
+#   E[f(z)] = sum_i w_i f(m + sqrt(2 v) x_i) / sqrt(pi). Exact as v -> 0 (every node sits at m, so
+#   BALD -> 0 like v sigma'(m) / 2, no floor).
+# * v > QUADRATURE_WIDE_VARIANCE: Gauss-Hermite cannot resolve a sigmoid step (or the entropy
+#   bump) of width ~1 under a Gaussian of std s >> 1 with a few tens of nodes (24 nodes: 8 %
+#   error on BALD at v = 100). There the roles are swapped: the sigmoid's exponential tails
+#   become the weight of a Gauss-Laguerre rule and the Gaussian density, smooth on that scale,
+#   the integrand. With t >= 0 and N(t) = N(t; m, v):
+#       p_bar = Phi(m / s) + int_0^inf e^-t sigmoid(t) [N(-t) - N(t)] dt
+#       H_exp = int_0^inf e^-t [e^t H(sigmoid(t))] [N(t) + N(-t)] dt,
+#   using sigmoid(z) - 1[z > 0] = sigmoid(-t) sign(-z) (t = |z|) and H(sigmoid(z)) even in z;
+#   e^t H(sigmoid(t)) = sigmoid(t) (t + log1p(e^-t) + log1p(e^-t) / e^-t) grows only linearly.
+#   1 - p_bar is evaluated as p_bar at -m (never as a difference), so neither probability
+#   loses digits when it is tiny.
+#
+# Accuracy against a 30-digit reference (mpmath) on a grid of |m| <= 60, 1e-8 <= v <= 1e5: with
+# 20 nodes the relative BALD error is < 1e-4 wherever BALD > 1e-6 (worst just above the switch),
+# the absolute error < 1e-9 elsewhere and |p_bar error| < 1e-5 (16 nodes: 4e-3 relative, 24
+# nodes: 4e-5). tests/unit/test_predictive_gh.py checks 16-24 nodes against Monte Carlo. All
+# arithmetic is float64.
+
+QUADRATURE_NODES = 20
+QUADRATURE_WIDE_VARIANCE = 4.0
+_QUADRATURE_CHUNK = 1 << 18  # pixels per chunk: bounds the (pixels, nodes) temporaries
+_NODE_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, ...]] = {}
+
+
+def _hermite_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Hermite nodes ``x`` and weights ``w / sqrt(pi)`` (summing to 1), float64."""
+    key = ("hermite", n_nodes, str(device))
+    if key not in _NODE_CACHE:
+        from numpy.polynomial.hermite import hermgauss
+
+        nodes, weights = hermgauss(n_nodes)
+        _NODE_CACHE[key] = (
+            torch.as_tensor(nodes, dtype=torch.float64, device=device),
+            torch.as_tensor(weights / math.sqrt(math.pi), dtype=torch.float64, device=device),
+        )
+    return _NODE_CACHE[key]  # type: ignore[return-value]
+
+
+def _laguerre_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Gauss-Laguerre nodes ``t``, weights, ``sigmoid(t)`` and ``e^t H(sigmoid(t))``, float64."""
+    key = ("laguerre", n_nodes, str(device))
+    if key not in _NODE_CACHE:
+        from numpy.polynomial.laguerre import laggauss
+
+        nodes, weights = laggauss(n_nodes)
+        t = torch.as_tensor(nodes, dtype=torch.float64, device=device)
+        u = torch.exp(-t)  # > 0 for every node (t < 100 for n_nodes <= 24)
+        log1p_u = torch.log1p(u)
+        scaled_entropy = torch.sigmoid(t) * (t + log1p_u + log1p_u / u)
+        _NODE_CACHE[key] = (
+            t,
+            torch.as_tensor(weights, dtype=torch.float64, device=device),
+            torch.sigmoid(t),
+            scaled_entropy,
+        )
+    return _NODE_CACHE[key]
+
+
+def _hermite_moments(
+    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits by Gauss-Hermite."""
+    nodes, weights = _hermite_rule(n_nodes, mean.device)
+    z = mean[:, None] + torch.sqrt(2.0 * variance)[:, None] * nodes
+    log_p, log_q = F.logsigmoid(z), F.logsigmoid(-z)
+    p, q = log_p.exp(), log_q.exp()
+    entropy = -(p * log_p + q * log_q)  # as binary_entropy_from_logits, reusing p and q
+    return p @ weights, q @ weights, entropy @ weights
+
+
+def _laguerre_moments(
+    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits (v > 0) by Gauss-Laguerre."""
+    t, weights, sigmoid_t, scaled_entropy = _laguerre_rule(n_nodes, mean.device)
+    std = torch.sqrt(variance)
+    norm = 1.0 / (std * math.sqrt(2.0 * math.pi))
+    density_pos = torch.exp(-((t - mean[:, None]) ** 2) / (2.0 * variance[:, None])) * norm[:, None]
+    density_neg = torch.exp(-((t + mean[:, None]) ** 2) / (2.0 * variance[:, None])) * norm[:, None]
+    correction = ((density_neg - density_pos) * sigmoid_t) @ weights
+    p_bar = torch.special.ndtr(mean / std) + correction
+    q_bar = torch.special.ndtr(-mean / std) - correction
+    expected = ((density_pos + density_neg) * scaled_entropy) @ weights
+    return p_bar, q_bar, expected
+
+
+def gaussian_logit_uncertainty(
+    map_logits: torch.Tensor,
+    logit_variance: torch.Tensor,
+    n_nodes: int = QUADRATURE_NODES,
+) -> dict[str, torch.Tensor]:
+    """Predictive probability, entropies and BALD of Gaussian logits, in one quadrature pass.
+
+    For every pixel, ``z ~ N(map_logits, logit_variance)`` (the linearised last-layer
+    posterior's logit); see the comment block above this function for the two quadrature rules
+    (Gauss-Hermite for ``var(z) <= 4``, Gauss-Laguerre over the sigmoid's tails above). No
+    sampling: the result is deterministic and, unlike sample estimates or the rescaled
+    closed-form approximations, BALD tends to 0 as ``var(z) -> 0``.
+
+    Parameters
+    ----------
+    map_logits
+        Mean logits ``z_map`` (log-odds), any shape, e.g. (B, H, W); finite.
+    logit_variance
+        ``var(z)`` (squared log-odds), broadcasting against ``map_logits``; negative values
+        (round-off) are treated as 0.
+    n_nodes
+        Quadrature nodes per pixel (16-24 are tested; 20 by default).
+
+    Returns
+    -------
+    dict
+        The same keys as :func:`uncertainty_from_samples`, each of the broadcast shape, in the
+        floating dtype of ``map_logits`` (float32 for integer input), computed in float64:
+        ``mean_probability`` (``E[sigmoid(z)]`` in [0, 1]), ``predictive_entropy``
+        (``H(E[sigmoid(z)])``), ``expected_entropy`` (``E[H(sigmoid(z))]``) and
+        ``mutual_information`` (BALD = their difference, clamped at 0); entropies in nats.
+    """
+    if n_nodes < 2:
+        raise ValueError(f"n_nodes must be >= 2; got {n_nodes}")
+    mean, variance = torch.broadcast_tensors(
+        torch.as_tensor(map_logits), torch.as_tensor(logit_variance)
+    )
+    out_dtype = mean.dtype if mean.is_floating_point() else torch.float32
+    shape = mean.shape
+    mean = mean.detach().reshape(-1).to(torch.float64)
+    variance = variance.detach().reshape(-1).to(torch.float64).clamp_min(0.0)
+    p_bar = torch.empty_like(mean)
+    q_bar = torch.empty_like(mean)
+    expected = torch.empty_like(mean)
+    for start in range(0, mean.numel(), _QUADRATURE_CHUNK):
+        chunk = slice(start, start + _QUADRATURE_CHUNK)
+        m, v = mean[chunk], variance[chunk]
+        wide = v > QUADRATURE_WIDE_VARIANCE
+        for rule, selected in ((_hermite_moments, ~wide), (_laguerre_moments, wide)):
+            index = selected.nonzero().squeeze(1)
+            if index.numel() == 0:
+                continue
+            p, q, e = rule(m[index], v[index], n_nodes)
+            p_bar[start + index] = p.clamp(0.0, 1.0)
+            q_bar[start + index] = q.clamp(0.0, 1.0)
+            expected[start + index] = e.clamp_min(0.0)
+    total = -(torch.xlogy(p_bar, p_bar) + torch.xlogy(q_bar, q_bar))
+    bald = (total - expected).clamp_min(0.0)
+    return {
+        name: value.reshape(shape).to(out_dtype)
+        for name, value in (
+            ("mean_probability", p_bar),
+            ("predictive_entropy", total),
+            ("expected_entropy", expected),
+            ("mutual_information", bald),
+        )
+    }

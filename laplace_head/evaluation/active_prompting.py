@@ -170,7 +170,9 @@ def metrics_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                     if k <= len(miou):
                         row[f"miou@{k}"] = round(miou[k - 1], 4)
                 row["auc"] = round(metrics["auc"], 4)
-                for tag in ("noc@85", "noc@90", "nof@85", "nof@90"):
+                for tag in ("noc@85", "noc@90"):
+                    row[tag] = round(metrics[tag], 2)
+                for tag in ("nof@85", "nof@90"):
                     row[tag] = metrics[tag]
                 rows.append(row)
     return rows

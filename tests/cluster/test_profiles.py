@@ -16,7 +16,7 @@ from snakemake.profiles import ProfileConfigFileParser
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = REPO_ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"precompute_sam", "train_head", "sanity_check_head"}
+GPU_RULES = {"precompute_sam", "train_head", "sanity_check_head", "active_prompting"}
 CPU_RULES = {
     "build_manifests",
     "generate_promptsets",
@@ -26,6 +26,7 @@ CPU_RULES = {
     "evaluate",
     "visualize_sanity",
     "plot_training_curves",
+    "active_prompting_report",
 }
 
 

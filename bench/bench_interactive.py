@@ -1,0 +1,195 @@
+"""Benchmark one interactive click: base decode, prompt maps, head + uncertainty, suggestion.
+
+For each base segmenter - random_walker and the ViT-B shape of SAM with random weights
+(``sam_model_registry['vit_b']``, on the CPU unless ``--device cuda``) - it runs the interactive
+loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` on a few synthetic
+images: ``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then
+``predict_clicks`` and ``suggest(k=1, policy="bald")`` per click, the suggestion labelled by the
+ground truth and added as the next click. Per click it records the predictor's own step
+timings (``decode``: the base segmenter's predict = SAM prompt encoder + mask decoder +
+post-processing to the 256 grid; ``prompt_maps``; ``head``: one head pass for the MAP logits and
+their variance; ``uncertainty``: predictive probability, entropy and BALD by quadrature) and the
+suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encoder + mask
+decoder on the kept embedding, no post-processing). It prints medians over the clicks and the
+ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
+head is the tiny fitted head of the test fixtures (same architecture as the workflow's).
+No assertion on time.
+
+    .venv/bin/python bench/bench_interactive.py [--images 2] [--clicks 5] [--skip-vit-b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
+
+from laplace_head.bayes.posterior import load_posterior  # noqa: E402
+from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
+from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
+from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
+from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
+from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
+from laplace_head.settings import GRID_SIZE  # noqa: E402
+
+STEPS = ("decode", "prompt_maps", "head", "uncertainty", "suggest")
+
+
+def make_images(n_images: int, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Smooth synthetic images with an elliptical object, and their masks."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:height, :width]
+    out = []
+    for _ in range(n_images):
+        centre = rng.uniform(0.3, 0.7, 2) * (height, width)
+        mask = ((rows - centre[0]) / (0.2 * height)) ** 2 + (
+            (cols - centre[1]) / (0.25 * width)
+        ) ** 2 <= 1
+        colour = np.where(mask[..., None], rng.uniform(120, 250, 3), rng.uniform(0, 110, 3))
+        image = np.clip(colour + rng.normal(0, 10, colour.shape), 0, 255).astype(np.uint8)
+        out.append((image, mask))
+    return out
+
+
+def sam_decoder_pass(segmenter: SamSegmenter, points_xy: np.ndarray, labels: np.ndarray) -> float:
+    """Seconds of one bare SAM decode (prompt encoder + mask decoder, no post-processing)."""
+    predictor, model = segmenter.predictor, segmenter.model
+    coords = predictor.transform.apply_coords(
+        points_xy[None].astype(np.float64), segmenter.image_hw
+    )
+    start = time.perf_counter()
+    with torch.inference_mode():
+        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=segmenter.device)
+        labels_t = torch.as_tensor(labels[None], dtype=torch.int, device=segmenter.device)
+        sparse, dense = model.prompt_encoder(points=(coords_t, labels_t), boxes=None, masks=None)
+        low_res, _ = model.mask_decoder(
+            image_embeddings=predictor.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        low_res.cpu()
+    return time.perf_counter() - start
+
+
+def run_loop(label: str, predictor: InteractivePredictor, images, n_clicks: int) -> dict:
+    """The interactive loop on every image; per-click step timings (seconds)."""
+    timings: dict[str, list[float]] = {step: [] for step in STEPS}
+    decoder: list[float] = []
+    encode: list[float] = []
+    for image, mask in images:
+        start = time.perf_counter()
+        predictor.set_image(image)
+        encode.append(time.perf_counter() - start)
+        gt_256 = resize_mask_nearest(mask, GRID_SIZE, GRID_SIZE)
+        row, col = first_click(gt_256)
+        x, y = grid_to_image(row, col, image.shape[:2])
+        predictor.add_click(x, y, 1)
+        predictor.predict_clicks()  # warm-up (allocator, lazy init); not counted
+        predictor.undo()
+        predictor.add_click(x, y, 1)
+        for _ in range(n_clicks):
+            prediction = predictor.predict_clicks()
+            for step, seconds in prediction.timings_s.items():
+                timings[step].append(seconds)
+            if isinstance(predictor.segmenter, SamSegmenter):
+                decoder.append(
+                    sam_decoder_pass(predictor.segmenter, prediction.points_xy, prediction.labels)
+                )
+            start = time.perf_counter()
+            suggestion = predictor.suggest(k=1, policy="bald")
+            timings["suggest"].append(time.perf_counter() - start)
+            if not suggestion:
+                break
+            sx, sy, _ = suggestion[0]
+            predictor.add_click(sx, sy, int(gt_256[image_to_grid(sx, sy, image.shape[:2])]))
+    medians = {step: float(np.median(values)) for step, values in timings.items()}
+    return {
+        "model": label,
+        "clicks": len(timings["decode"]),
+        "encode_s": float(np.median(encode)),
+        "decoder_s": float(np.median(decoder)) if decoder else None,
+        **medians,
+    }
+
+
+def print_table(rows: list[dict], sam_decoder_s: float | None) -> None:
+    header = (
+        f"{'model':<14} {'clicks':>6} {'set_image ms':>12} {'decode ms':>9} {'maps ms':>8} "
+        f"{'head ms':>8} {'unc. ms':>8} {'suggest ms':>10} {'SAM dec ms':>10} "
+        f"{'ours/decode':>11} {'ours/SAM dec':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ours = row["head"] + row["uncertainty"] + row["suggest"]
+        decoder = row["decoder_s"] if row["decoder_s"] is not None else sam_decoder_s
+        ratio = f"{ours / decoder:>12.2f}" if decoder else f"{'-':>12}"
+        dec = f"{1000 * decoder:>10.1f}" if decoder else f"{'-':>10}"
+        print(
+            f"{row['model']:<14} {row['clicks']:>6} {1000 * row['encode_s']:>12.1f} "
+            f"{1000 * row['decode']:>9.1f} {1000 * row['prompt_maps']:>8.1f} "
+            f"{1000 * row['head']:>8.1f} {1000 * row['uncertainty']:>8.1f} "
+            f"{1000 * row['suggest']:>10.1f} {dec} {ours / row['decode']:>11.2f} {ratio}"
+        )
+    print(
+        "\nours = head + uncertainty + suggestion (medians per click); decode = the base "
+        "segmenter's predict (SAM: prompt encoder + mask decoder + post-processing to 256); "
+        "SAM dec = one bare prompt-encoder + mask-decoder pass of the ViT-B SAM (random_walker's "
+        "row uses the ViT-B figure)."
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+    parser.add_argument("--sigma", type=float, default=8.0, help="prompt-map sigma (grid px)")
+    parser.add_argument("--skip-vit-b", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 keeps timings stable on a shared machine)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    images = make_images(args.images, *args.size)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_interactive_") as tmp:
+        fitted = make_fitted_run(Path(tmp))
+        posterior = load_posterior(fitted.laplace_dir)
+        walker = InteractivePredictor(RandomWalkerSegmenter(), posterior, args.sigma)
+        rows.append(run_loop("random_walker", walker, images, args.clicks))
+        if not args.skip_vit_b:
+            from segment_anything import sam_model_registry
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = sam_model_registry["vit_b"](checkpoint=None)
+            segmenter = SamSegmenter(model=model, model_type="vit_b", device=args.device)
+            head_device = str(segmenter.device)
+            sam_posterior = load_posterior(fitted.laplace_dir, device=head_device)
+            sam = InteractivePredictor(segmenter, sam_posterior, args.sigma)
+            rows.append(run_loop("sam_vit_b", sam, images, args.clicks))
+    sam_decoder = next((r["decoder_s"] for r in rows if r["decoder_s"] is not None), None)
+    print()
+    print_table(rows, sam_decoder)
+
+
+if __name__ == "__main__":
+    main()

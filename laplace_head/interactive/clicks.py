@@ -1,0 +1,338 @@
+"""Click simulation on the 256 grid: the RITM-style clickers, suggestion policies, coordinates.
+
+Everything here works on the working grid (``GRID_SIZE`` x ``GRID_SIZE`` = 256 x 256) where the
+base logits, the prompt maps, the head's outputs and the resized ground truth live. A grid
+position is a **cell** ``(row, col)`` (ints); masks are (256, 256) bool NumPy arrays. The
+helpers :func:`grid_to_image` / :func:`image_to_grid` convert to and from ``(x, y)`` in pixels of
+the original (H, W) image with the pixel-centre convention of
+:func:`laplace_head.prompts.sampling.rescale_points` (``x' = (x + 0.5) * 256 / W - 0.5``).
+
+Clickers (the simulated user of the RITM protocol of Sofiiuk et al., "Reviving Iterative Training
+with Mask Guidance for Interactive Segmentation"):
+
+* :func:`first_click` - the interior-most ground-truth pixel: the maximum of the Euclidean
+  distance transform of the mask, the image border counting as boundary (the mask is padded
+  with background first).
+* :func:`oracle_click` - the largest connected error region (4-connectivity; false negatives
+  ``gt & ~pred`` and false positives ``pred & ~gt`` compared by pixel count), clicked at its
+  distance-transform centre, positive (1) for a false-negative region and negative (0) for a
+  false-positive one. Already clicked cells are neither clickable nor part of a region: they
+  count as boundary. (RITM's own clicker compares the largest distance-transform values of the
+  FN and FP masks instead of region sizes; on compact regions both pick the same region.)
+
+Ties are broken deterministically: the first maximum in row-major order (lowest row, then
+lowest column); between an FN and an FP region of the same size the FN region wins.
+
+Policies (:data:`POLICIES`): ``policy(state, rng) -> (row, col) | None`` picks the next click
+from a :class:`ClickState` (the head's current maps, the clicked cells and, for the oracle only,
+the ground truth). ``None`` means there is nothing to click (the oracle finds no error; every
+cell is clicked or excluded). Map-based policies smooth their map with a Gaussian of
+:data:`SMOOTHING_SIGMA` grid pixels first, so that a click goes to the centre of an uncertain
+*region* rather than to a single noisy pixel. The simulated user labels a non-oracle click by
+the ground truth at that cell. Add a policy with :func:`register_policy`. Every random draw of
+a simulation comes from :func:`click_rng` (seed, sample id, policy, click index), so results do
+not depend on the order in which samples or policies are simulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from laplace_head.settings import GRID_SIZE
+from laplace_head.util.seeding import derive_seed
+
+Cell = tuple[int, int]
+Policy = Callable[["ClickState", np.random.Generator], "Cell | None"]
+
+#: Standard deviation, in pixels of the 256 grid, of the Gaussian that smooths the maps of the
+#: ``entropy``, ``bald`` and ``map_margin`` policies: about 1 % of the image side, well below the
+#: prompt maps' default sigma (8), so a click lands inside the uncertain band it targets.
+SMOOTHING_SIGMA = 3.0
+
+
+# --- coordinates ----------------------------------------------------------------------------
+
+
+def _scalar_or_array(values: np.ndarray, scalar: bool, kind: type) -> np.ndarray | int | float:
+    return kind(values) if scalar else values
+
+
+def grid_to_image(
+    row: int | np.ndarray,
+    col: int | np.ndarray,
+    image_hw: tuple[int, int],
+    size: int = GRID_SIZE,
+) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Centre of grid cell(s) ``(row, col)`` as ``(x, y)`` in original-image pixels.
+
+    Parameters
+    ----------
+    row, col
+        Cell indices on the ``size`` grid (ints or integer arrays of one shape).
+    image_hw
+        (H, W) of the original image.
+
+    Returns
+    -------
+    tuple
+        ``(x, y)`` floats (arrays for array input): ``x = (col + 0.5) * W / size - 0.5`` (the
+        inverse of :func:`~laplace_head.prompts.sampling.rescale_points`), so
+        ``image_to_grid(*grid_to_image(r, c)) == (r, c)``. Not rounded to a pixel: for an image
+        narrower than the grid several cells share one image pixel.
+    """
+    scalar = np.ndim(row) == 0 and np.ndim(col) == 0
+    height, width = image_hw
+    x = (np.asarray(col, dtype=np.float64) + 0.5) * width / size - 0.5
+    y = (np.asarray(row, dtype=np.float64) + 0.5) * height / size - 0.5
+    return _scalar_or_array(x, scalar, float), _scalar_or_array(y, scalar, float)
+
+
+def image_to_grid(
+    x: float | np.ndarray,
+    y: float | np.ndarray,
+    image_hw: tuple[int, int],
+    size: int = GRID_SIZE,
+) -> tuple[int | np.ndarray, int | np.ndarray]:
+    """The grid cell ``(row, col)`` holding the image point ``(x, y)`` (pixels, x = column).
+
+    Cell ``c`` covers ``c <= (x + 0.5) * size / W < c + 1`` (pixel-centre convention), clipped
+    to ``[0, size - 1]`` for points on or beyond the image edge.
+    """
+    scalar = np.ndim(x) == 0 and np.ndim(y) == 0
+    height, width = image_hw
+    col = np.floor((np.asarray(x, dtype=np.float64) + 0.5) * size / width).astype(np.int64)
+    row = np.floor((np.asarray(y, dtype=np.float64) + 0.5) * size / height).astype(np.int64)
+    row, col = np.clip(row, 0, size - 1), np.clip(col, 0, size - 1)
+    return _scalar_or_array(row, scalar, int), _scalar_or_array(col, scalar, int)
+
+
+# --- clickers -------------------------------------------------------------------------------
+
+
+def _as_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be a 2D (H, W) mask; got shape {mask.shape}")
+    return mask.astype(bool, copy=False)
+
+
+def clicked_mask(clicked: Iterable[Cell] | np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask of the clicked cells (a cell set, a bool mask, or None for none)."""
+    if isinstance(clicked, np.ndarray) and clicked.dtype == bool:
+        if clicked.shape != shape:
+            raise ValueError(f"clicked mask has shape {clicked.shape}; expected {shape}")
+        return clicked
+    mask = np.zeros(shape, dtype=bool)
+    cells = np.asarray(list(clicked or ()), dtype=np.int64).reshape(-1, 2)
+    if len(cells):
+        mask[cells[:, 0], cells[:, 1]] = True
+    return mask
+
+
+def interior_point(mask: np.ndarray) -> Cell:
+    """The cell of ``mask`` farthest from its boundary, the image border counting as boundary.
+
+    Argmax of the Euclidean distance transform of ``mask`` padded with one ring of background;
+    ties go to the lowest row, then the lowest column.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is empty.
+    """
+    mask = _as_mask(mask, "mask")
+    if not mask.any():
+        raise ValueError("mask has no pixel to click")
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    return int(row), int(col)
+
+
+def first_click(gt_256: np.ndarray) -> Cell:
+    """The RITM first click: the interior-most ground-truth cell (see :func:`interior_point`).
+
+    Parameters
+    ----------
+    gt_256
+        (256, 256) bool ground truth on the grid.
+
+    Raises
+    ------
+    ValueError
+        If the ground truth is empty.
+    """
+    gt = _as_mask(gt_256, "gt_256")
+    if not gt.any():
+        raise ValueError("the ground truth has no foreground pixel: no first click")
+    return interior_point(gt)
+
+
+def oracle_click(
+    pred_256: np.ndarray,
+    gt_256: np.ndarray,
+    clicked: Iterable[Cell] | np.ndarray | None = (),
+) -> tuple[Cell, int] | None:
+    """The RITM corrective click on the largest error region (see the module docstring).
+
+    Parameters
+    ----------
+    pred_256, gt_256
+        (256, 256) bool predicted and ground-truth masks.
+    clicked
+        Cells clicked so far (a set of ``(row, col)`` or a bool mask): never clicked again and
+        treated as boundary when the region's centre is found.
+
+    Returns
+    -------
+    tuple or None
+        ``((row, col), label)`` with label 1 (positive: a false-negative region) or 0 (negative:
+        a false-positive region); None when no unclicked error pixel is left.
+    """
+    pred, gt = _as_mask(pred_256, "pred_256"), _as_mask(gt_256, "gt_256")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_256 {pred.shape} and gt_256 {gt.shape} differ in shape")
+    free = ~clicked_mask(clicked, gt.shape)
+    best: tuple[int, np.ndarray, int] | None = None
+    for label, error in ((1, gt & ~pred & free), (0, pred & ~gt & free)):
+        regions, n_regions = ndimage.label(error)
+        if n_regions == 0:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        largest = int(np.argmax(sizes))  # first in scan order among equal sizes
+        if best is None or sizes[largest] > best[0]:
+            best = (int(sizes[largest]), regions == largest + 1, label)
+    if best is None:
+        return None
+    return interior_point(best[1]), best[2]
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+@dataclass
+class ClickState:
+    """What a policy sees when it picks the next click (all maps (256, 256) on the grid).
+
+    Attributes
+    ----------
+    map_probability
+        The head's MAP foreground probability, in [0, 1].
+    entropy
+        Predictive entropy of the head's posterior (nats).
+    bald
+        BALD / mutual information (nats).
+    clicked
+        Cells already clicked: never clicked again.
+    gt
+        (256, 256) bool ground truth; set only for policies that may use it (the oracle).
+    excluded
+        Optional (256, 256) bool mask of further cells not to click (e.g. around suggestions
+        already made).
+    """
+
+    map_probability: np.ndarray
+    entropy: np.ndarray
+    bald: np.ndarray
+    clicked: set[Cell] = field(default_factory=set)
+    gt: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(np.shape(self.map_probability))  # type: ignore[return-value]
+
+    def blocked(self) -> np.ndarray:
+        """(H, W) bool: cells a policy must not pick (clicked or excluded)."""
+        mask = clicked_mask(self.clicked, self.shape).copy()
+        if self.excluded is not None:
+            mask |= np.asarray(self.excluded, dtype=bool)
+        return mask
+
+
+#: Registered policies by name; see :func:`register_policy`.
+POLICIES: dict[str, Policy] = {}
+#: Names of the registered policies that read the ground truth (only these get ``state.gt``).
+GROUND_TRUTH_POLICIES: set[str] = set()
+
+
+def register_policy(name: str, uses_ground_truth: bool = False) -> Callable[[Policy], Policy]:
+    """Decorator adding ``policy(state, rng) -> (row, col) | None`` to :data:`POLICIES`."""
+
+    def decorate(policy: Policy) -> Policy:
+        POLICIES[name] = policy
+        if uses_ground_truth:
+            GROUND_TRUTH_POLICIES.add(name)
+        else:
+            GROUND_TRUTH_POLICIES.discard(name)
+        return policy
+
+    return decorate
+
+
+def click_rng(seed: int, sample_id: str, policy: str, click_index: int) -> np.random.Generator:
+    """The generator of one click's random draws: ``derive_seed(seed, sample_id, policy, i)``."""
+    return np.random.default_rng(derive_seed(seed, sample_id, policy, click_index))
+
+
+def smooth_map(values: np.ndarray, sigma: float = SMOOTHING_SIGMA) -> np.ndarray:
+    """(H, W) float64 Gaussian-smoothed copy of a map (std ``sigma`` grid pixels, edges
+    extended with the nearest value)."""
+    return ndimage.gaussian_filter(np.asarray(values, dtype=np.float64), sigma, mode="nearest")
+
+
+def _best_cell(score: np.ndarray, blocked: np.ndarray) -> Cell | None:
+    """Cell of the largest ``score`` outside ``blocked`` (first in row-major order on ties)."""
+    if blocked.all():
+        return None
+    masked = np.where(blocked, -np.inf, score)
+    row, col = np.unravel_index(int(np.argmax(masked)), score.shape)
+    return int(row), int(col)
+
+
+@register_policy("oracle", uses_ground_truth=True)
+def oracle_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """:func:`oracle_click` on the head's MAP mask (``map_probability > 0.5``)."""
+    if state.gt is None:
+        raise ValueError("the oracle policy needs the ground truth (ClickState.gt)")
+    click = oracle_click(np.asarray(state.map_probability) > 0.5, state.gt, state.blocked())
+    return None if click is None else click[0]
+
+
+@register_policy("random")
+def random_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """A cell drawn uniformly from the cells not clicked (nor excluded)."""
+    free = np.flatnonzero(~state.blocked())
+    if free.size == 0:
+        return None
+    row, col = np.unravel_index(int(free[rng.integers(free.size)]), state.shape)
+    return int(row), int(col)
+
+
+@register_policy("entropy")
+def entropy_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the smoothed predictive entropy over the clickable cells."""
+    return _best_cell(smooth_map(state.entropy), state.blocked())
+
+
+@register_policy("bald")
+def bald_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the smoothed BALD (mutual information) over the clickable cells."""
+    return _best_cell(smooth_map(state.bald), state.blocked())
+
+
+@register_policy("map_margin")
+def map_margin_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmin of the smoothed margin ``|p_map - 0.5|`` over the clickable cells."""
+    margin = smooth_map(np.abs(np.asarray(state.map_probability, dtype=np.float64) - 0.5))
+    return _best_cell(-margin, state.blocked())
+
+
+def get_policy(name: str) -> Policy:
+    """The registered policy ``name``; ValueError listing the valid names otherwise."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown click policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
+    return POLICIES[name]

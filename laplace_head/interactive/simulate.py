@@ -1,0 +1,153 @@
+"""Simulated interactive segmentation of one image: RITM first click, then a policy's clicks.
+
+:func:`simulate_clicks` is the per-(image, policy) unit of stage 8 (``interactive/shard.py``):
+
+1. The ground truth is resized to the 256 grid (nearest neighbour,
+   :func:`~laplace_head.dataset.images.resize_mask_nearest`); all clicks, labels and IoUs live
+   on that grid.
+2. Click 1 is :func:`~laplace_head.interactive.clicks.first_click` (positive), the same for
+   every policy.
+3. Clicks 2..``max_clicks`` come from the policy (:data:`~laplace_head.interactive.clicks
+   .POLICIES`) on the head's current maps; the simulated user labels each by the grid ground
+   truth at its cell (for the oracle this is the oracle's own label). Only ground-truth policies
+   (the oracle) see the ground truth. A click goes to the predictor at its cell centre in image
+   pixels (:func:`~laplace_head.interactive.clicks.grid_to_image`).
+4. After every click: the IoU of the base mask (``base_logits > 0``) and of the head mask
+   (``map_probability > 0.5``) with the grid ground truth, the click, and ``no_error`` -
+   whether the oracle finds no unclicked error pixel of the head mask left.
+
+The simulation stops early when the policy has nothing to click (``stop_reason``:
+``no_error`` for the oracle on a perfect head mask, ``no_clickable_cell`` otherwise); the IoU
+lists then have fewer than ``max_clicks`` entries and the masks would not change without a
+click, so consumers carry the last IoU forward. Random draws come from
+:func:`~laplace_head.interactive.clicks.click_rng` (seed, sample id, policy, click index):
+the result depends on nothing else (not on the order of samples or policies).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from laplace_head.dataset.images import resize_mask_nearest
+from laplace_head.interactive.clicks import (
+    GROUND_TRUTH_POLICIES,
+    ClickState,
+    click_rng,
+    first_click,
+    get_policy,
+    grid_to_image,
+    oracle_click,
+)
+from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
+from laplace_head.settings import GRID_SIZE
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+def simulate_clicks(
+    predictor: InteractivePredictor,
+    image_rgb: np.ndarray,
+    gt_mask: np.ndarray,
+    policy: str,
+    max_clicks: int,
+    seed: int,
+    sample_id: str,
+) -> dict[str, Any]:
+    """Simulate up to ``max_clicks`` clicks of ``policy`` on one image (module docstring).
+
+    Parameters
+    ----------
+    predictor
+        The interactive predictor; its image is set here (a no-op for the encoder when the same
+        image is already set) and its click history replaced.
+    image_rgb
+        (H, W, 3) uint8 RGB image.
+    gt_mask
+        (H, W) bool ground truth at the image's size.
+    policy
+        A registered policy name.
+    max_clicks
+        Clicks to simulate, >= 1 (the first click included).
+    seed, sample_id
+        Seed the policy's random draws (with the policy name and the click index).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``sample_id``, ``policy``, ``seed``, ``max_clicks``, ``image_hw``
+        ([H, W]), ``n_clicks``, ``clicks`` (one ``{"x", "y", "label", "row", "col"}`` per click;
+        x, y in image pixels, row, col on the 256 grid), ``iou_base`` and ``iou_head`` (after
+        each click), ``no_error`` (bool after each click) and ``stop_reason`` (None when all
+        ``max_clicks`` clicks were made).
+
+    Raises
+    ------
+    ValueError
+        For an unknown policy, ``max_clicks < 1``, a mask not of the image's size or a ground
+        truth without foreground on the grid.
+    """
+    choose = get_policy(policy)
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1; got {max_clicks}")
+    image_rgb = np.asarray(image_rgb)
+    gt = np.asarray(gt_mask).astype(bool)
+    if gt.shape != image_rgb.shape[:2]:
+        raise ValueError(f"gt_mask {gt.shape} does not match the image {image_rgb.shape[:2]}")
+    gt_256 = resize_mask_nearest(gt, GRID_SIZE, GRID_SIZE)
+    cell = first_click(gt_256)  # ValueError for an empty ground truth, before any encoding
+    predictor.set_image(image_rgb)
+    image_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+    policy_gt = gt_256 if policy in GROUND_TRUTH_POLICIES else None
+
+    clicks: list[dict[str, Any]] = []
+    clicked: set[tuple[int, int]] = set()
+    iou_base: list[float] = []
+    iou_head: list[float] = []
+    no_error: list[bool] = []
+    stop_reason: str | None = None
+    prediction: InteractivePrediction | None = None
+    for index in range(max_clicks):
+        if prediction is not None:
+            state = ClickState(
+                map_probability=prediction.map_probability,
+                entropy=prediction.entropy,
+                bald=prediction.bald,
+                clicked=set(clicked),
+                gt=policy_gt,
+            )
+            next_cell = choose(state, click_rng(seed, sample_id, policy, index))
+            if next_cell is None:
+                stop_reason = "no_error" if no_error[-1] else "no_clickable_cell"
+                break
+            cell = next_cell
+        label = int(gt_256[cell])
+        x, y = grid_to_image(cell[0], cell[1], image_hw)
+        predictor.add_click(x, y, label)
+        clicked.add(cell)
+        prediction = predictor.predict_clicks()
+        head_mask = prediction.map_probability > 0.5
+        clicks.append({"x": x, "y": y, "label": label, "row": cell[0], "col": cell[1]})
+        iou_base.append(mask_iou(prediction.base_logits > 0, gt_256))
+        iou_head.append(mask_iou(head_mask, gt_256))
+        no_error.append(oracle_click(head_mask, gt_256, clicked) is None)
+    return {
+        "sample_id": sample_id,
+        "policy": policy,
+        "seed": int(seed),
+        "max_clicks": int(max_clicks),
+        "image_hw": list(image_hw),
+        "n_clicks": len(clicks),
+        "clicks": clicks,
+        "iou_base": iou_base,
+        "iou_head": iou_head,
+        "no_error": no_error,
+        "stop_reason": stop_reason,
+    }

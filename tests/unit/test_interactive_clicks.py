@@ -1,0 +1,289 @@
+"""laplace_head.interactive.clicks: RITM clickers, suggestion policies, grid coordinates."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from laplace_head.interactive.clicks import (
+    GROUND_TRUTH_POLICIES,
+    POLICIES,
+    ClickState,
+    click_rng,
+    first_click,
+    grid_to_image,
+    image_to_grid,
+    interior_point,
+    oracle_click,
+    smooth_map,
+)
+from laplace_head.prompts.sampling import rescale_points
+
+
+def _box(shape, rows, cols) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return mask
+
+
+def _brute_force_centre(region: np.ndarray) -> tuple[int, int]:
+    """Cell of ``region`` farthest (Euclidean) from every cell outside it, the ring of cells
+    just outside the image counting as outside; first in row-major order on ties."""
+    height, width = region.shape
+    padded = np.pad(region, 1)
+    outside = np.argwhere(~padded) - 1  # image coordinates of background + border ring
+    best, best_cell = -1.0, None
+    for row, col in np.argwhere(region):
+        distance = np.sqrt(((outside - (row, col)) ** 2).sum(axis=1)).min()
+        if distance > best:
+            best, best_cell = distance, (int(row), int(col))
+    return best_cell
+
+
+# --- first click ------------------------------------------------------------------------------
+
+
+def test_first_click_is_the_interior_most_pixel() -> None:
+    gt = _box((256, 256), (40, 81), (100, 141))  # 41 x 41 square centred at (60, 120)
+    assert first_click(gt) == (60, 120)
+    # An L shape: the thick bar wins over the thin one.
+    gt = _box((256, 256), (10, 20), (10, 200)) | _box((256, 256), (100, 160), (30, 90))
+    assert first_click(gt) == (129, 59)  # ties (even sides) go to the lowest row, then col
+
+
+def test_first_click_counts_the_image_border_as_boundary() -> None:
+    # A square in the corner: without the border it would be clicked at the corner itself.
+    gt = _box((256, 256), (0, 40), (0, 40))
+    assert first_click(gt) == (19, 19)
+    # The whole left half: distance to the border and to the right edge alike.
+    gt = _box((256, 256), (0, 256), (0, 128))
+    assert first_click(gt) == (63, 63)  # first of the many cells 64 px from any boundary
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interior_point_matches_brute_force(seed) -> None:
+    rng = np.random.default_rng(seed)
+    region = np.zeros((24, 31), dtype=bool)
+    for _ in range(4):
+        r, c = rng.integers(0, 20), rng.integers(0, 27)
+        region[r : r + rng.integers(2, 9), c : c + rng.integers(2, 9)] = True
+    assert interior_point(region) == _brute_force_centre(region)
+
+
+def test_first_click_rejects_an_empty_mask() -> None:
+    with pytest.raises(ValueError, match="no foreground"):
+        first_click(np.zeros((256, 256), dtype=bool))
+
+
+# --- oracle click -----------------------------------------------------------------------------
+
+
+def test_oracle_false_negative_gives_a_positive_click() -> None:
+    gt = _box((256, 256), (40, 81), (100, 141))
+    assert oracle_click(np.zeros_like(gt), gt) == ((60, 120), 1)
+
+
+def test_oracle_false_positive_gives_a_negative_click() -> None:
+    gt = _box((256, 256), (40, 81), (100, 141))
+    extra = _box((256, 256), (150, 201), (10, 61))  # 51 x 51 false positive, centre (175, 35)
+    assert oracle_click(gt | extra, gt) == ((175, 35), 0)
+
+
+def test_oracle_compares_fn_and_fp_regions_by_size() -> None:
+    shape = (64, 64)
+    gt = _box(shape, (0, 10), (0, 10)) | _box(shape, (30, 40), (30, 44))  # 100 + 140 px
+    pred = _box(shape, (0, 10), (0, 10)) | _box(shape, (50, 62), (2, 12))  # FP of 120 px
+    # FN region 140 px > FP region 120 px: positive click at the FN region's centre.
+    assert oracle_click(pred, gt) == (_brute_force_centre(_box(shape, (30, 40), (30, 44))), 1)
+    # Now the FP region is bigger (12 x 13 = 156 px).
+    pred = _box(shape, (0, 10), (0, 10)) | _box(shape, (50, 62), (2, 15))
+    assert oracle_click(pred, gt)[1] == 0
+    # Equal sizes: the false negative wins (deterministic).
+    pred = _box(shape, (0, 10), (0, 10)) | _box(shape, (50, 60), (2, 16))  # 140 px
+    assert oracle_click(pred, gt)[1] == 1
+
+
+def test_oracle_picks_the_largest_connected_region_not_the_largest_error_mask() -> None:
+    shape = (64, 64)
+    gt = np.zeros(shape, dtype=bool)
+    # Three FN blobs of 36 px each (108 px of FN in all) and one FP blob of 64 px.
+    for r in (2, 20, 40):
+        gt |= _box(shape, (r, r + 6), (2, 8))
+    pred = _box(shape, (30, 38), (40, 48))
+    assert oracle_click(pred, gt) == (_brute_force_centre(pred), 0)
+
+
+def test_oracle_counts_the_border_as_boundary() -> None:
+    # FN touching the bottom-right corner: 40 rows x 56 cols, so the distance is at most 20 (the
+    # border counting as boundary) and the first cell reaching it is (235, 219)
+    gt = _box((256, 256), (216, 256), (200, 256))
+    (row, col), label = oracle_click(np.zeros_like(gt), gt)
+    assert label == 1 and (row, col) == _brute_force_centre(gt) == (235, 219)
+
+
+def test_oracle_excludes_clicked_pixels_and_treats_them_as_boundary() -> None:
+    shape = (40, 40)
+    gt = _box(shape, (5, 26), (5, 26))  # 21 x 21 square, centre (15, 15)
+    pred = np.zeros(shape, dtype=bool)
+    assert oracle_click(pred, gt) == ((15, 15), 1)
+    cell, label = oracle_click(pred, gt, {(15, 15)})
+    region = gt.copy()
+    region[15, 15] = False  # the clicked cell is boundary: the next centre moves away from it
+    assert label == 1 and cell == _brute_force_centre(region) and cell != (15, 15)
+    # A bool mask of clicked cells works the same.
+    clicked = np.zeros(shape, dtype=bool)
+    clicked[15, 15] = True
+    assert oracle_click(pred, gt, clicked) == (cell, label)
+    # A region made only of clicked cells is no region: the other error gets the click.
+    gt = _box(shape, (0, 1), (0, 1)) | _box(shape, (30, 32), (30, 32))
+    pred = _box(shape, (30, 32), (30, 32)) | _box(shape, (10, 12), (10, 11))  # FN 1 px, FP 2 px
+    assert oracle_click(pred, gt, {(10, 10), (11, 10)}) == ((0, 0), 1)
+
+
+def test_oracle_returns_none_without_error() -> None:
+    gt = _box((256, 256), (40, 81), (100, 141))
+    assert oracle_click(gt, gt) is None
+    pred = gt.copy()
+    pred[60, 120] = False  # one FN pixel, already clicked
+    assert oracle_click(pred, gt, {(60, 120)}) is None
+    assert oracle_click(pred, gt) == ((60, 120), 1)
+
+
+# --- policies ---------------------------------------------------------------------------------
+
+
+def _state(seed: int = 0, shape=(256, 256), with_gt: bool = False) -> ClickState:
+    rng = np.random.default_rng(seed)
+    probability = smooth_map(rng.random(shape), 6.0)
+    probability = (probability - probability.min()) / (probability.max() - probability.min())
+    gt = probability > 0.6
+    return ClickState(
+        map_probability=probability,
+        entropy=rng.random(shape),
+        bald=rng.random(shape) * 0.1,
+        clicked={(0, 0)},
+        gt=gt if with_gt else None,
+    )
+
+
+def _run_policy(name: str, sample_id: str, seed: int = 7, n_clicks: int = 5) -> list:
+    state = _state(with_gt=name in GROUND_TRUTH_POLICIES)
+    cells = []
+    for index in range(n_clicks):
+        cell = POLICIES[name](state, click_rng(seed, sample_id, name, index))
+        cells.append(cell)
+        state.clicked.add(cell)
+    return cells
+
+
+def test_registry_has_the_documented_policies() -> None:
+    assert {"oracle", "random", "entropy", "bald", "map_margin"} <= set(POLICIES)
+    assert GROUND_TRUTH_POLICIES == {"oracle"}
+
+
+@pytest.mark.parametrize("name", ["oracle", "random", "entropy", "bald", "map_margin"])
+def test_every_policy_is_deterministic_and_never_reclicks(name) -> None:
+    first = _run_policy(name, "cls/a")
+    assert first == _run_policy(name, "cls/a")
+    assert len(set(first)) == len(first) and (0, 0) not in first
+    assert all(isinstance(v, int) for cell in first for v in cell)
+
+
+def test_random_clicks_depend_on_sample_id_seed_and_click_index_only() -> None:
+    assert _run_policy("random", "cls/a") != _run_policy("random", "cls/b")
+    assert _run_policy("random", "cls/a", seed=7) != _run_policy("random", "cls/a", seed=8)
+    # Click i's draw does not depend on earlier draws (order-independent seeding).
+    rng_a = click_rng(7, "cls/a", "random", 3)
+    rng_b = click_rng(7, "cls/a", "random", 3)
+    assert rng_a.integers(1 << 30) == rng_b.integers(1 << 30)
+
+
+def test_random_policy_is_uniform_over_unclicked_cells_and_runs_out() -> None:
+    shape = (4, 4)
+    state = ClickState(np.zeros(shape), np.zeros(shape), np.zeros(shape), clicked=set())
+    cells = []
+    for index in range(16):
+        cells.append(POLICIES["random"](state, click_rng(0, "s", "random", index)))
+        state.clicked.add(cells[-1])
+    assert sorted(cells) == sorted(itertools.product(range(4), range(4)))
+    assert POLICIES["random"](state, click_rng(0, "s", "random", 16)) is None
+    for name in ("entropy", "bald", "map_margin"):
+        assert POLICIES[name](state, click_rng(0, "s", name, 16)) is None
+
+
+@pytest.mark.parametrize("name, field", [("entropy", "entropy"), ("bald", "bald")])
+def test_uncertainty_policies_take_the_smoothed_argmax(name, field) -> None:
+    shape = (256, 256)
+    values = np.zeros(shape)
+    values[200, 40] = 1.0  # a single hot pixel ...
+    values[100:121, 150:171] = 0.5  # ... loses against a hot region once smoothed
+    state = ClickState(np.full(shape, 0.9), np.zeros(shape), np.zeros(shape))
+    setattr(state, field, values)
+    assert POLICIES[name](state, np.random.default_rng(0)) == (110, 160)
+    state.clicked.add((110, 160))
+    assert POLICIES[name](state, np.random.default_rng(0)) in {(109, 160), (110, 159)}
+
+
+def test_map_margin_policy_targets_p_near_one_half() -> None:
+    shape = (256, 256)
+    probability = np.full(shape, 0.95)
+    probability[30:51, 200:221] = 0.5
+    state = ClickState(probability, np.zeros(shape), np.zeros(shape))
+    assert POLICIES["map_margin"](state, np.random.default_rng(0)) == (40, 210)
+
+
+def test_oracle_policy_needs_the_ground_truth_and_uses_the_head_mask() -> None:
+    state = _state()
+    with pytest.raises(ValueError, match="ground truth"):
+        POLICIES["oracle"](state, np.random.default_rng(0))
+    state.gt = state.map_probability > 0.5  # a perfect head: nothing to click
+    assert POLICIES["oracle"](state, np.random.default_rng(0)) is None
+
+
+def test_excluded_cells_are_never_picked() -> None:
+    state = _state()
+    state.excluded = np.ones((256, 256), dtype=bool)
+    state.excluded[5, 7] = False
+    for name in ("random", "entropy", "bald", "map_margin"):
+        assert POLICIES[name](state, np.random.default_rng(0)) == (5, 7)
+
+
+# --- coordinates ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_hw", [(37, 91), (480, 640), (1, 5), (256, 256), (1000, 3)])
+def test_grid_image_round_trips(image_hw) -> None:
+    height, width = image_hw
+    # grid -> image -> grid is the identity on every cell.
+    rows, cols = np.mgrid[:256, :256]
+    x, y = grid_to_image(rows, cols, image_hw)
+    back_rows, back_cols = image_to_grid(x, y, image_hw)
+    np.testing.assert_array_equal(back_rows, rows)
+    np.testing.assert_array_equal(back_cols, cols)
+    # grid_to_image inverts rescale_points (the stage-3 prompt-map convention).
+    points = np.stack([x.ravel(), y.ravel()], axis=1)
+    np.testing.assert_allclose(
+        rescale_points(points, image_hw), np.stack([cols.ravel(), rows.ravel()], 1), atol=1e-9
+    )
+    # image -> grid -> image lands in the same cell, for every image pixel.
+    ys, xs = np.mgrid[:height, :width]
+    cell_rows, cell_cols = image_to_grid(xs, ys, image_hw)
+    assert cell_rows.min() >= 0 and cell_rows.max() <= 255 and cell_cols.max() <= 255
+    cx, cy = grid_to_image(cell_rows, cell_cols, image_hw)
+    again = image_to_grid(cx, cy, image_hw)
+    np.testing.assert_array_equal(again[0], cell_rows)
+    np.testing.assert_array_equal(again[1], cell_cols)
+    # The cell's centre lies within half a pixel (or half a cell) of the pixel's centre.
+    assert np.all(np.abs(cx - xs) <= max(0.5, 0.5 * width / 256) + 1e-9)
+    assert np.all(np.abs(cy - ys) <= max(0.5, 0.5 * height / 256) + 1e-9)
+
+
+def test_coordinate_helpers_accept_scalars_and_clip_outside_points() -> None:
+    x, y = grid_to_image(0, 255, (480, 640))
+    assert isinstance(x, float) and isinstance(y, float)
+    assert (x, y) == pytest.approx((255.5 * 640 / 256 - 0.5, 0.5 * 480 / 256 - 0.5))
+    row, col = image_to_grid(x, y, (480, 640))
+    assert (row, col) == (0, 255) and isinstance(row, int) and isinstance(col, int)
+    assert image_to_grid(-10.0, 1e6, (480, 640)) == (255, 0)

@@ -1,0 +1,335 @@
+"""InteractivePredictor and simulate_clicks on random_walker and a tiny SAM, with a fitted head.
+
+The posterior comes from ``make_fitted_run`` (a head trained on 32 x 32 synthetic maps): the
+head is fully convolutional, so it runs unchanged on the 256 grid of live predictions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers.laplace_fixtures import make_fitted_run
+from helpers.tiny_sam import build_tiny_sam
+
+from laplace_head.bayes.posterior import load_posterior
+from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
+from laplace_head.cache.split_h5 import assemble_inputs
+from laplace_head.interactive.clicks import POLICIES, image_to_grid
+from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
+from laplace_head.interactive.simulate import simulate_clicks
+from laplace_head.prompts.sampling import PromptSet
+from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
+from laplace_head.segmenters.sam import SamSegmenter
+
+SIGMA = 8.0
+HEIGHT, WIDTH = 48, 64
+
+
+def _image_and_mask(seed: int = 0, height: int = HEIGHT, width: int = WIDTH):
+    """A bright ellipse on a dark noisy background, and its mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.4, 0.6, 2) * (height, width)
+    mask = ((rows - cy) / (0.25 * height)) ** 2 + ((cols - cx) / (0.22 * width)) ** 2 <= 1
+    colour = np.where(mask[..., None], 200.0, 40.0) + rng.normal(0, 12, (height, width, 3))
+    return np.clip(colour, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    return make_fitted_run(tmp_path_factory.mktemp("fitted"))
+
+
+@pytest.fixture(scope="module")
+def posterior(fitted):
+    return load_posterior(fitted.laplace_dir)
+
+
+@pytest.fixture
+def walker_predictor(posterior) -> InteractivePredictor:
+    return InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
+
+
+class CountingSam(SamSegmenter):
+    """Tiny SAM whose image-encoder calls are counted (as in test_precompute)."""
+
+    def __init__(self) -> None:
+        super().__init__(model=build_tiny_sam(seed=0), device="cpu")
+        self.encoder_calls = 0
+        encoder = self.model.image_encoder
+        original_forward = encoder.forward
+
+        def counted_forward(x):
+            self.encoder_calls += 1
+            return original_forward(x)
+
+        encoder.forward = counted_forward
+
+
+def _check_maps(prediction: InteractivePrediction) -> None:
+    for name in InteractivePrediction.MAP_FIELDS:
+        value = getattr(prediction, name)
+        assert value.shape == (256, 256) and value.dtype == np.float32, name
+        assert np.isfinite(value).all(), name
+    for name in ("map_probability", "predictive_probability"):
+        value = getattr(prediction, name)
+        assert value.min() >= 0 and value.max() <= 1
+    assert prediction.bald.min() >= 0 and prediction.logit_variance.min() >= 0
+    assert prediction.entropy.max() <= np.log(2) + 1e-6
+    assert np.all(prediction.bald <= prediction.entropy + 1e-6)
+
+
+def test_predict_shapes_finiteness_and_to_image(walker_predictor) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    prediction = walker_predictor.predict([[32, 24], [30, 20], [2, 2]], [1, 1, 0])
+    _check_maps(prediction)
+    assert prediction.image_hw == (HEIGHT, WIDTH) and prediction.uncertainty == "quadrature"
+    assert set(prediction.timings_s) == {"decode", "prompt_maps", "head", "uncertainty"}
+    assert prediction.bald.max() > 0  # the fitted posterior is not degenerate
+    for name in ("map_probability", "bald", "base_logits"):
+        full = prediction.to_image(name)
+        assert full.shape == (HEIGHT, WIDTH) and full.dtype == np.float32
+        assert np.isfinite(full).all()
+    probability = prediction.to_image("map_probability")
+    assert probability.min() >= 0 and probability.max() <= 1
+    with pytest.raises(ValueError, match="unknown field"):
+        prediction.to_image("points_xy")
+
+
+def test_decode_protocol_matches_stage_3(walker_predictor, posterior, tmp_path) -> None:
+    """The head sees exactly the inputs the stage-3 cache would hold for the same prompts."""
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    pos, neg = [(32, 24), (28, 22)], [(3, 40), (60, 5)]
+    prediction = walker_predictor.predict(pos + neg, [1, 1, 0, 0])
+
+    segmenter = RandomWalkerSegmenter()
+    segmenter.set_image(image)
+    record = {"sample_id": "c/a", "safe_id": "c__a", "image_h": HEIGHT, "image_w": WIDTH}
+    stage3 = segmenter.predict(np.array(pos + neg, dtype=float), np.array([1, 1, 0, 0]))
+    write_promptset(tmp_path, record, PromptSet(0, pos, neg), stage3, SIGMA, segmenter.info)
+    stored = read_promptset_outputs(tmp_path)
+    inputs = assemble_inputs(
+        stored["logits_256"][None],
+        stored["pos_map"][None],
+        stored["neg_map"][None],
+        posterior.logit_clip,
+    )
+    map_logits, variance = posterior.logit_moments(inputs)
+    np.testing.assert_array_equal(prediction.map_logits, map_logits[0].numpy())
+    np.testing.assert_array_equal(prediction.logit_variance, variance[0].numpy())
+    np.testing.assert_array_equal(prediction.base_logits, stage3[0])
+
+
+@pytest.mark.parametrize("labels", [[1], [1, 1], [0], [0, 0]])
+def test_positive_only_or_negative_only_clicks_stay_finite(walker_predictor, labels) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    points = [[32, 24], [10, 40]][: len(labels)]
+    prediction = walker_predictor.predict(points, labels)
+    _check_maps(prediction)
+    # random_walker with one kind of seed: p = 1 (or 0) everywhere, clipped to finite logits.
+    expected_sign = 1.0 if labels[0] == 1 else -1.0
+    assert np.all(np.sign(prediction.base_logits) == expected_sign)
+
+
+def test_predict_before_set_image_raises(posterior) -> None:
+    predictor = InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict([[1, 1]], [1])
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.add_click(1, 1, 1)
+    with pytest.raises(ValueError, match="prompt_sigma"):
+        InteractivePredictor(RandomWalkerSegmenter(), posterior, 0.0)
+
+
+def test_click_history_undo_restores_the_previous_prediction(walker_predictor) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    with pytest.raises(ValueError, match="no clicks"):
+        walker_predictor.predict_clicks()
+    with pytest.raises(IndexError):
+        walker_predictor.undo()
+    walker_predictor.add_click(32, 24, 1)
+    first = walker_predictor.predict_clicks()
+    assert walker_predictor.predict_clicks() is first  # cached
+    walker_predictor.add_click(3, 3, 0)
+    assert walker_predictor.last_prediction is None
+    second = walker_predictor.predict_clicks()
+    assert not np.array_equal(first.map_logits, second.map_logits)
+    assert [c.label for c in walker_predictor.clicks] == [1, 0]
+    undone = walker_predictor.undo()
+    assert (undone.x, undone.y, undone.label) == (3.0, 3.0, 0)
+    assert walker_predictor.last_prediction is first
+    assert walker_predictor.predict_clicks() is first
+    fresh = walker_predictor.predict([[32, 24]], [1])
+    for name in InteractivePrediction.MAP_FIELDS:
+        np.testing.assert_array_equal(getattr(fresh, name), getattr(first, name))
+    with pytest.raises(ValueError, match="label"):
+        walker_predictor.add_click(1, 1, 2)
+    # A new image clears the history.
+    walker_predictor.set_image(_image_and_mask(seed=1)[0])
+    assert walker_predictor.clicks == () and walker_predictor.last_prediction is None
+
+
+def test_one_image_encoder_call_per_image_with_tiny_sam(posterior) -> None:
+    segmenter = CountingSam()
+    predictor = InteractivePredictor(segmenter, posterior, SIGMA)
+    image, _ = _image_and_mask()
+    predictor.set_image(image)
+    assert segmenter.encoder_calls == 1
+    predictor.add_click(32, 24, 1)
+    predictor.predict_clicks()
+    predictor.add_click(5, 5, 0)
+    predictor.predict_clicks()
+    predictor.suggest(k=3, policy="bald")
+    predictor.undo()
+    predictor.predict_clicks()
+    predictor.add_click(40, 30, 1)
+    _check_maps(predictor.predict_clicks())
+    _check_maps(predictor.predict([[32, 24]], [1]))  # positive-only on SAM
+    _check_maps(predictor.predict([[2, 2]], [0]))  # negative-only on SAM
+    predictor.set_image(image.copy())  # the same pixels: history cleared, no second encoding
+    assert predictor.clicks == ()
+    assert segmenter.encoder_calls == 1
+    predictor.set_image(_image_and_mask(seed=1)[0])
+    assert segmenter.encoder_calls == 2
+
+
+def test_suggest_returns_distinct_unclicked_cells_with_correcting_labels(walker_predictor) -> None:
+    image, mask = _image_and_mask()
+    walker_predictor.set_image(image)
+    walker_predictor.add_click(32, 24, 1)
+    walker_predictor.add_click(2, 2, 0)
+    prediction = walker_predictor.predict_clicks()
+    clicked = prediction.clicked_cells()
+    for policy in ("bald", "entropy", "map_margin", "random"):
+        suggestions = walker_predictor.suggest(k=4, policy=policy, seed=3)
+        assert len(suggestions) == 4
+        assert suggestions == walker_predictor.suggest(k=4, policy=policy, seed=3)
+        cells = [image_to_grid(x, y, (HEIGHT, WIDTH)) for x, y, _ in suggestions]
+        assert not set(cells) & clicked
+        for (row, col), (_, _, label) in zip(cells, suggestions):
+            assert label == int(prediction.map_probability[row, col] < 0.5)
+        for a, b in zip(cells, cells[1:]):  # min_distance = 2 * sigma between suggestions
+            assert np.hypot(a[0] - b[0], a[1] - b[1]) >= 2 * SIGMA
+    with pytest.raises(ValueError, match="gt_256"):
+        walker_predictor.suggest(policy="oracle")
+    gt_256 = np.zeros((256, 256), dtype=bool)
+    gt_256[100:150, 100:150] = True
+    [(x, y, label)] = walker_predictor.suggest(policy="oracle", gt_256=gt_256)
+    assert label == int(gt_256[image_to_grid(x, y, (HEIGHT, WIDTH))])
+    with pytest.raises(ValueError, match="unknown click policy"):
+        walker_predictor.suggest(policy="nope")
+
+
+def test_sampling_option_is_seeded_and_agrees_with_the_quadrature(posterior) -> None:
+    image, _ = _image_and_mask()
+    clicks = ([[32, 24], [2, 2]], [1, 0])
+    outputs = []
+    for _ in range(2):
+        predictor = InteractivePredictor(
+            RandomWalkerSegmenter(), posterior, SIGMA, uncertainty="samples", n_samples=256, seed=1
+        )
+        predictor.set_image(image)
+        outputs.append(predictor.predict(*clicks))
+    _check_maps(outputs[0])
+    assert outputs[0].uncertainty == "samples"
+    np.testing.assert_array_equal(outputs[0].bald, outputs[1].bald)
+    quadrature = InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
+    quadrature.set_image(image)
+    exact = quadrature.predict(*clicks)
+    np.testing.assert_array_equal(exact.map_logits, outputs[0].map_logits)
+    # The same weight draws serve every pixel, so the sample maps' errors are correlated;
+    # with 256 draws they are ~0.015 nats / 0.02 in probability (2048 draws: half that).
+    assert np.abs(exact.bald - outputs[0].bald).mean() < 0.03
+    assert np.abs(exact.entropy - outputs[0].entropy).mean() < 0.03
+    assert np.abs(exact.predictive_probability - outputs[0].predictive_probability).max() < 0.05
+    with pytest.raises(ValueError, match="uncertainty"):
+        InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA, uncertainty="mc")
+
+
+def test_from_config_builds_the_configured_segmenter(fitted) -> None:
+    predictor = InteractivePredictor.from_config(
+        {"backend": "random_walker", "random_walker_max_side": 32, "random_walker_beta": 500.0},
+        fitted.laplace_dir,
+        SIGMA,
+    )
+    assert isinstance(predictor.segmenter, RandomWalkerSegmenter)
+    assert predictor.segmenter.max_side == 32 and predictor.posterior.device == torch.device("cpu")
+    predictor.set_image(_image_and_mask()[0])
+    _check_maps(predictor.predict([[32, 24]], [1]))
+
+
+# --- simulate_clicks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["oracle", "random", "entropy", "bald", "map_margin"])
+def test_simulate_clicks_is_deterministic_and_json_able(walker_predictor, policy) -> None:
+    image, mask = _image_and_mask()
+    result = simulate_clicks(walker_predictor, image, mask, policy, 4, seed=5, sample_id="c/a")
+    again = simulate_clicks(walker_predictor, image, mask, policy, 4, seed=5, sample_id="c/a")
+    assert result == again
+    assert json.loads(json.dumps(result)) == result
+    n = result["n_clicks"]
+    assert len(result["iou_base"]) == len(result["iou_head"]) == len(result["no_error"]) == n
+    assert len(result["clicks"]) == n
+    if result["stop_reason"] is None:
+        assert n == 4
+    else:
+        assert policy == "oracle" and result["stop_reason"] == "no_error"
+    assert all(0.0 <= v <= 1.0 for v in result["iou_base"] + result["iou_head"])
+    cells = [(c["row"], c["col"]) for c in result["clicks"]]
+    assert len(set(cells)) == len(cells)
+    assert result["clicks"][0]["label"] == 1  # the first click is inside the object
+    for click in result["clicks"]:
+        assert image_to_grid(click["x"], click["y"], (HEIGHT, WIDTH)) == (
+            click["row"],
+            click["col"],
+        )
+    assert result["image_hw"] == [HEIGHT, WIDTH] and result["policy"] == policy
+
+
+def test_simulate_clicks_seeding_and_shared_first_click(walker_predictor) -> None:
+    image, mask = _image_and_mask()
+    runs = {
+        key: simulate_clicks(walker_predictor, image, mask, "random", 4, 5, key)
+        for key in ("c/a", "c/b")
+    }
+    assert runs["c/a"]["clicks"][0] == runs["c/b"]["clicks"][0]  # the RITM first click
+    assert runs["c/a"]["clicks"][1:] != runs["c/b"]["clicks"][1:]
+    bald = simulate_clicks(walker_predictor, image, mask, "bald", 4, 5, "c/a")
+    assert bald["clicks"][0] == runs["c/a"]["clicks"][0]
+    assert bald["iou_head"][0] == runs["c/a"]["iou_head"][0]
+
+
+def test_simulate_clicks_stops_when_the_policy_has_nothing_to_click(
+    walker_predictor, monkeypatch
+) -> None:
+    seen = []
+
+    def never(state, rng):
+        seen.append(state.gt)
+        return None
+
+    monkeypatch.setitem(POLICIES, "never", never)
+    image, mask = _image_and_mask()
+    result = simulate_clicks(walker_predictor, image, mask, "never", 5, 0, "c/a")
+    assert result["n_clicks"] == 1 and result["stop_reason"] in {"no_error", "no_clickable_cell"}
+    assert seen == [None]  # a policy outside GROUND_TRUTH_POLICIES never sees the ground truth
+
+
+def test_simulate_clicks_rejects_bad_inputs(walker_predictor) -> None:
+    image, mask = _image_and_mask()
+    with pytest.raises(ValueError, match="unknown click policy"):
+        simulate_clicks(walker_predictor, image, mask, "nope", 3, 0, "c/a")
+    with pytest.raises(ValueError, match="max_clicks"):
+        simulate_clicks(walker_predictor, image, mask, "random", 0, 0, "c/a")
+    with pytest.raises(ValueError, match="no foreground"):
+        simulate_clicks(walker_predictor, image, np.zeros_like(mask), "random", 3, 0, "c/a")
+    with pytest.raises(ValueError, match="does not match"):
+        simulate_clicks(walker_predictor, image, mask[:-1], "random", 3, 0, "c/a")
