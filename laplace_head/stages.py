@@ -300,9 +300,10 @@ def active_prompting(
 
     rows = shard_rows(read_split_manifest(split_csv), shard, settings["shard_size"])
     predictor = InteractivePredictor.from_config(
-        {**settings["segmenter"], "device": runtime.sam_device},
+        settings["segmenter"],
         laplace_dir,
         settings["prompt_sigma"],
+        device=runtime.sam_device,  # the base segmenter's device; the head goes there too
     )
     return run_shard(
         rows.to_dict("records"),

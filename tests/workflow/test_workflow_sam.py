@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers.tiny_sam import build_tiny_sam
@@ -33,7 +34,7 @@ segment_anything.sam_model_registry["vit_b"] = lambda checkpoint=None: build_tin
 pytestmark = pytest.mark.workflow
 
 
-def test_stages_1_to_7_with_the_sam_backend(tmp_path: Path, config_writer) -> None:
+def test_stages_1_to_8_with_the_sam_backend(tmp_path: Path, config_writer) -> None:
     images_root, masks_root = write_demo_dataset(tmp_path / "data", per_class=3)
     checkpoint = tmp_path / "tiny_sam_vit_b_shape.pth"
     torch.save(build_tiny_sam(seed=0).state_dict(), checkpoint)
@@ -53,6 +54,8 @@ def test_stages_1_to_7_with_the_sam_backend(tmp_path: Path, config_writer) -> No
         training={"num_epochs": 1, "batch_size": 4},
         laplace={"prior_precision_grid": [0.01, 1.0], "temperature_grid": [1.0, 100.0],
                  "max_pixels_fit": 20000, "n_posterior_samples": 4},
+        active_prompting={"policies": ["oracle", "random", "bald"], "max_clicks": 3,
+                          "n_bootstrap": 100},
     )  # fmt: skip
     command = [
         str(Path(sys.executable).parent / "snakemake"),
@@ -89,6 +92,22 @@ def test_stages_1_to_7_with_the_sam_backend(tmp_path: Path, config_writer) -> No
         (project / "laplace" / "no_image" / "run_v1" / "posterior_meta.json").read_text()
     )
     assert posterior["n_params"] == 17
+    # Stage 8: every test image x every policy, clicks decoded by the tiny SAM.
+    report_dir = project / "reports" / "active_prompting" / "run_v1"
+    records = [
+        json.loads(line)
+        for shard in sorted((report_dir / "shards" / "test").glob("shard_*.jsonl"))
+        for line in shard.read_text().splitlines()
+    ]
+    test_ids = set(pd.read_csv(project / "manifests" / "test.csv", dtype=str)["sample_id"])
+    assert {(r["sample_id"], r["policy"]) for r in records} == {
+        (s, p) for s in test_ids for p in ("oracle", "random", "bald")
+    }
+    assert all(1 <= len(r["iou_head"]) <= 3 and r["clicks"][0]["label"] == 1 for r in records)
+    active = json.loads((report_dir / "metrics.json").read_text())
+    assert active["overall"]["oracle"]["head"]["n_images"] == len(test_ids)
+    assert "oracle_vs_random" in active["paired"] and "head_vs_base_oracle" in active["paired"]
+    assert (report_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     again = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300
