@@ -107,6 +107,7 @@ def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
             "min_pairs": prompts["min_pairs"],
             "max_pairs": prompts["max_pairs"],
             "prompt_seed": prompts["prompt_seed"],
+            "first_click_promptsets": prompts["first_click_promptsets"],
         },
         "precompute_sam": {
             "shard_size": data["shard_size"],

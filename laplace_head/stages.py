@@ -76,6 +76,7 @@ def generate_promptsets(
         settings["max_pairs"],
         settings["prompt_seed"],
         force=force,
+        first_click_promptsets=settings["first_click_promptsets"],
     )
     summary_path = Path(summary_path)
     remove_stale_temp_files(summary_path.parent, [summary_path.name])

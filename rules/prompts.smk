@@ -16,5 +16,6 @@ rule generate_promptsets:
         min_pairs=PARAMS["generate_promptsets"]["min_pairs"],
         max_pairs=PARAMS["generate_promptsets"]["max_pairs"],
         prompt_seed=PARAMS["generate_promptsets"]["prompt_seed"],
+        first_click_promptsets=PARAMS["generate_promptsets"]["first_click_promptsets"],
     script:
         "../workflow_scripts/generate_promptsets.py"

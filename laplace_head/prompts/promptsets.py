@@ -27,6 +27,7 @@ from laplace_head.util.atomic import atomic_write_json, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
 LOGGER = logging.getLogger(__name__)
+FIRST_CLICK_KEY = "first_click_promptsets"
 
 
 def promptset_json_path(prompt_dir: str | os.PathLike, split: str, safe_id: str) -> Path:
@@ -49,8 +50,12 @@ def _is_complete(path: Path, num_promptsets: int, expected: dict) -> bool:
         return False
 
 
-def _identity(row: pd.Series, split: str, min_pairs: int, max_pairs: int, seed: int) -> dict:
-    return {
+def _identity(
+    row: pd.Series, split: str, min_pairs: int, max_pairs: int, seed: int, first_click: int = 0
+) -> dict:
+    # first_click_promptsets is recorded only when used, so the seed's records stay as they were
+    extra = {FIRST_CLICK_KEY: int(first_click)} if first_click else {}
+    return extra | {
         "sample_id": _sample_id(row),
         "split": split,
         "image_path": str(row["image_path"]),
@@ -113,6 +118,7 @@ def build_promptset_record(
     min_pairs: int,
     max_pairs: int,
     prompt_seed: int,
+    first_click_promptsets: int = 0,
 ) -> dict:
     """The JSON record of one manifest row (mask resized to the image first if needed).
 
@@ -125,9 +131,10 @@ def build_promptset_record(
     resized = mask.shape != (height, width)
     mask = resize_mask_nearest(mask, height, width)
     promptsets = sample_promptsets(
-        mask, sample_id, num_promptsets, min_pairs, max_pairs, prompt_seed
+        mask, sample_id, num_promptsets, min_pairs, max_pairs, prompt_seed, first_click_promptsets
     )
-    return {
+    extra = {FIRST_CLICK_KEY: first_click_promptsets} if first_click_promptsets else {}
+    return extra | {
         "sample_id": sample_id,
         "safe_id": str(row["safe_id"]),
         "class": str(row["class"]),
@@ -153,8 +160,13 @@ def generate_promptsets_shard(
     max_pairs: int,
     prompt_seed: int,
     force: bool = False,
+    first_click_promptsets: int = 0,
 ) -> dict:
-    """Write the prompt-set JSONs of one shard; return counts and per-sample failures."""
+    """Write the prompt-set JSONs of one shard; return counts and per-sample failures.
+
+    ``first_click_promptsets`` extra sets per sample hold one positive point and no negative
+    (see :func:`laplace_head.prompts.sampling.sample_promptsets`).
+    """
     summary = {"split": split, "generated": 0, "skipped": 0, "failed": 0, "failures": []}
     json_names = [
         promptset_json_path(prompt_dir, split, s).name
@@ -162,7 +174,7 @@ def generate_promptsets_shard(
         if not safe_id_problem(s)
     ]
     remove_stale_temp_files(Path(prompt_dir) / split, json_names)
-    settings = (num_promptsets, min_pairs, max_pairs, prompt_seed)
+    settings = (num_promptsets, min_pairs, max_pairs, prompt_seed, first_click_promptsets)
     for _, row in tqdm(shard_frame.iterrows(), total=len(shard_frame), desc=f"prompts {split}"):
         try:
             generated = _generate_one(row, split, prompt_dir, settings, force)
@@ -194,11 +206,13 @@ def _generate_one(
     row: pd.Series, split: str, prompt_dir: str | os.PathLike, settings: tuple, force: bool
 ) -> bool:
     """Write the prompt-set JSON of one row unless an identical one exists; True if written."""
-    num_promptsets, min_pairs, max_pairs, prompt_seed = settings
+    num_promptsets, min_pairs, max_pairs, prompt_seed, first_click = settings
     path = _json_path(prompt_dir, split, row)
-    expected = _identity(row, split, min_pairs, max_pairs, prompt_seed)
-    if not force and _is_complete(path, num_promptsets, expected):
+    expected = _identity(row, split, min_pairs, max_pairs, prompt_seed, first_click)
+    if not force and _is_complete(path, num_promptsets + first_click, expected):
         return False
-    record = build_promptset_record(row, split, num_promptsets, min_pairs, max_pairs, prompt_seed)
+    record = build_promptset_record(
+        row, split, num_promptsets, min_pairs, max_pairs, prompt_seed, first_click
+    )
     atomic_write_json(path, record)
     return True

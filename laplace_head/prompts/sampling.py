@@ -56,8 +56,9 @@ def sample_promptsets(
     min_pairs: int,
     max_pairs: int,
     prompt_seed: int,
+    first_click_promptsets: int = 0,
 ) -> list[PromptSet]:
-    """Sample ``num_promptsets`` prompt sets for one sample.
+    """Sample ``num_promptsets`` prompt sets for one sample (plus the first-click ones).
 
     Parameters
     ----------
@@ -69,6 +70,10 @@ def sample_promptsets(
     num_promptsets, min_pairs, max_pairs
         Each prompt set has ``k ~ Uniform{min_pairs..max_pairs}`` positive points on foreground
         pixels and ``k`` negative points on background pixels.
+    first_click_promptsets
+        Extra sets in the interactive first-click regime, after the regular ones (whose draws
+        they do not change): one positive point on a uniformly drawn foreground pixel and no
+        negative point, the shape of an interactive session's first click.
 
     Raises
     ------
@@ -100,6 +105,11 @@ def sample_promptsets(
                 pos_points=[(int(i % width), int(i // width)) for i in pos],
                 neg_points=[(int(i % width), int(i // width)) for i in neg],
             )
+        )
+    for offset in range(first_click_promptsets):
+        (pixel,) = _choose_pixels(rng, foreground, 1)
+        promptsets.append(
+            PromptSet(num_promptsets + offset, [(int(pixel % width), int(pixel // width))], [])
         )
     return promptsets
 

@@ -341,3 +341,20 @@ def test_safe_id_from_a_prompt_json_cannot_leave_the_output_folder(project, host
     written = {p.parent.parent.name for p in root.rglob("meta.json")}
     assert written == {"cls__b", "other__c"}  # nothing outside, nothing under a wrong name
     assert not (root.parent / "escaped").exists() and not (root / "escaped").exists()
+
+
+def test_positive_only_first_click_sets_are_precomputed(project):
+    """A first-click prompt set (one positive point, no negative) goes through stage 3."""
+    root, paths, sample_ids = project
+    record = read_json(paths[0])
+    record["promptsets"].append(
+        {"promptset_id": N_PROMPTSETS, "k": 1, "pos_points": [[20, 20]], "neg_points": []}
+    )
+    paths[0].write_text(json.dumps(record))
+    summary = _run(root, paths[:1], RandomWalkerSegmenter(max_side=24), sample_ids=sample_ids[:1])
+    assert summary["failed"] == 0 and summary["done"] == N_PROMPTSETS + 1
+    folder = root / "sam_precompute" / "train" / record["safe_id"] / f"promptset_{N_PROMPTSETS:04d}"
+    outputs = read_promptset_outputs(folder)
+    assert not outputs["neg_map"].any() and outputs["pos_map"].max() > 0.99
+    assert np.isfinite(outputs["logits_256"].astype(np.float32)).all()
+    assert outputs["meta"]["neg_points"] == [] and outputs["meta"]["k"] == 1

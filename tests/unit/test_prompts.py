@@ -180,3 +180,17 @@ def test_gaussian_map_of_no_points_is_zero_and_subpixel_points_work() -> None:
     assert prompt_map.max() < 1.0
     edge = gaussian_prompt_map(np.array([[-0.4, 255.4]]), 8.0)
     assert edge[255, 0] > 0.99
+
+
+def test_first_click_promptsets_follow_the_regular_ones_unchanged():
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[10:30, 15:35] = True
+    regular = sample_promptsets(mask, "c/s", 4, 1, 5, 9)
+    both = sample_promptsets(mask, "c/s", 4, 1, 5, 9, first_click_promptsets=3)
+    assert both[:4] == regular  # the regular draws do not move
+    for promptset in both[4:]:
+        assert promptset.k == 1 and promptset.neg_points == []
+        (x, y) = promptset.pos_points[0]
+        assert mask[y, x]
+    assert [p.promptset_id for p in both] == list(range(7))
+    assert both == sample_promptsets(mask, "c/s", 4, 1, 5, 9, first_click_promptsets=3)

@@ -247,3 +247,19 @@ def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config
     assert classes == {"007", "b"}
     summaries = sorted((project / "prompt_sets" / "train" / "_shards").glob("*.json"))
     assert [p.name for p in summaries] == [f"shard_{s}.json" for s in shard_names(len(train), 4)]
+
+
+def test_first_click_switch_adds_sets_and_regenerates_only_when_it_changes(tmp_path, manifest):
+    out = tmp_path / "prompt_sets"
+    _generate(manifest, out)
+    seed_bytes = _jsons(out)
+    assert all(b"first_click_promptsets" not in v for v in seed_bytes.values())  # seed layout
+    summary = _generate(manifest, out, first_click_promptsets=2)
+    assert summary["generated"] == len(manifest)
+    for text in _jsons(out).values():
+        record = json.loads(text)
+        assert record["first_click_promptsets"] == 2
+        assert [len(p["neg_points"]) for p in record["promptsets"][-2:]] == [0, 0]
+    assert _generate(manifest, out, first_click_promptsets=2)["skipped"] == len(manifest)
+    _generate(manifest, out)  # back to 0: the seed's records again, byte for byte
+    assert _jsons(out) == seed_bytes
