@@ -32,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_precompute import make_images  # noqa: E402  (bench/ is the script folder)
 from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
@@ -43,22 +44,6 @@ from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
 from laplace_head.settings import GRID_SIZE  # noqa: E402
 
 STEPS = ("decode", "prompt_maps", "head", "uncertainty", "suggest")
-
-
-def make_images(n_images: int, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Smooth synthetic images with an elliptical object, and their masks."""
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[:height, :width]
-    out = []
-    for _ in range(n_images):
-        centre = rng.uniform(0.3, 0.7, 2) * (height, width)
-        mask = ((rows - centre[0]) / (0.2 * height)) ** 2 + (
-            (cols - centre[1]) / (0.25 * width)
-        ) ** 2 <= 1
-        colour = np.where(mask[..., None], rng.uniform(120, 250, 3), rng.uniform(0, 110, 3))
-        image = np.clip(colour + rng.normal(0, 10, colour.shape), 0, 255).astype(np.uint8)
-        out.append((image, mask))
-    return out
 
 
 def sam_decoder_pass(segmenter: SamSegmenter, points_xy: np.ndarray, labels: np.ndarray) -> float:

@@ -62,18 +62,26 @@ class ReencodingSegmenter(BaseSegmenter):
         return self.inner.predict(points_xy, labels)
 
 
-def make_inputs(root: Path, n_images: int, k_sets: int, height: int, width: int) -> list[Path]:
-    """Smooth synthetic images with an elliptical object and their prompt JSONs."""
+def make_images(n_images: int, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Smooth synthetic (H, W, 3) uint8 images with an elliptical object, and their masks."""
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[:height, :width]
-    paths = []
-    for index in range(n_images):
+    out = []
+    for _ in range(n_images):
         centre = rng.uniform(0.3, 0.7, 2) * (height, width)
         mask = ((rows - centre[0]) / (0.2 * height)) ** 2 + (
             (cols - centre[1]) / (0.25 * width)
         ) ** 2 <= 1
         colour = np.where(mask[..., None], rng.uniform(120, 250, 3), rng.uniform(0, 110, 3))
         image = np.clip(colour + rng.normal(0, 10, colour.shape), 0, 255).astype(np.uint8)
+        out.append((image, mask))
+    return out
+
+
+def make_inputs(root: Path, n_images: int, k_sets: int, height: int, width: int) -> list[Path]:
+    """Synthetic images (:func:`make_images`) and their prompt JSONs."""
+    paths = []
+    for index, (image, mask) in enumerate(make_images(n_images, height, width)):
         image_path = root / "images" / f"img{index:03d}.png"
         image_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(image_path)

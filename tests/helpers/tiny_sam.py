@@ -11,6 +11,8 @@ from functools import partial
 
 import torch
 
+from laplace_head.segmenters.sam import SamSegmenter
+
 
 def build_tiny_sam(seed: int = 0, img_size: int = 64) -> torch.nn.Module:
     """A tiny SAM from segment_anything's own classes with random weights.
@@ -65,3 +67,19 @@ def build_tiny_sam(seed: int = 0, img_size: int = 64) -> torch.nn.Module:
             pixel_std=[58.395, 57.12, 57.375],
         )
     return sam.eval()
+
+
+class CountingSam(SamSegmenter):
+    """A SamSegmenter over the tiny SAM whose image-encoder calls are counted."""
+
+    def __init__(self) -> None:
+        super().__init__(model=build_tiny_sam(seed=0), device="cpu")
+        self.encoder_calls = 0
+        encoder = self.model.image_encoder
+        original_forward = encoder.forward
+
+        def counted_forward(x):
+            self.encoder_calls += 1
+            return original_forward(x)
+
+        encoder.forward = counted_forward

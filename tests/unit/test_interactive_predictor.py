@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.laplace_fixtures import make_fitted_run
-from helpers.tiny_sam import build_tiny_sam
+from helpers.tiny_sam import CountingSam
 
 from laplace_head.bayes.posterior import load_posterior
 from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
@@ -22,7 +22,6 @@ from laplace_head.interactive.predictor import InteractivePrediction, Interactiv
 from laplace_head.interactive.simulate import simulate_clicks
 from laplace_head.prompts.sampling import PromptSet
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
-from laplace_head.segmenters.sam import SamSegmenter
 
 SIGMA = 8.0
 HEIGHT, WIDTH = 48, 64
@@ -51,22 +50,6 @@ def posterior(fitted):
 @pytest.fixture
 def walker_predictor(posterior) -> InteractivePredictor:
     return InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
-
-
-class CountingSam(SamSegmenter):
-    """Tiny SAM whose image-encoder calls are counted (as in test_precompute)."""
-
-    def __init__(self) -> None:
-        super().__init__(model=build_tiny_sam(seed=0), device="cpu")
-        self.encoder_calls = 0
-        encoder = self.model.image_encoder
-        original_forward = encoder.forward
-
-        def counted_forward(x):
-            self.encoder_calls += 1
-            return original_forward(x)
-
-        encoder.forward = counted_forward
 
 
 def _check_maps(prediction: InteractivePrediction) -> None:

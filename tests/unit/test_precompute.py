@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers.tiny_sam import build_tiny_sam
+from helpers.tiny_sam import CountingSam
 from PIL import Image
 
 from laplace_head.cache.precompute import (
@@ -26,7 +26,6 @@ from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import gaussian_prompt_map, rescale_points, sample_promptsets
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
-from laplace_head.segmenters.sam import SamSegmenter
 from laplace_head.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,22 +70,6 @@ def make_project(root: Path, split: str = "train", sizes=SIZES) -> tuple[list[Pa
     manifest.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return prompt_paths, [r["sample_id"] for r in rows]
-
-
-class CountingSam(SamSegmenter):
-    """Tiny SAM whose image-encoder calls are counted."""
-
-    def __init__(self) -> None:
-        super().__init__(model=build_tiny_sam(seed=0), device="cpu")
-        self.encoder_calls = 0
-        encoder = self.model.image_encoder
-        original_forward = encoder.forward
-
-        def counted_forward(x):
-            self.encoder_calls += 1
-            return original_forward(x)
-
-        encoder.forward = counted_forward
 
 
 @pytest.fixture
