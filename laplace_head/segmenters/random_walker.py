@@ -80,6 +80,7 @@ class RandomWalkerSegmenter(BaseSegmenter):
         self.beta = float(beta)
         self.mode = mode
         self._small: np.ndarray | None = None
+        self._warned_one_label = False
         identity = {
             "name": self.name,
             "max_side": self.max_side,
@@ -136,8 +137,15 @@ class RandomWalkerSegmenter(BaseSegmenter):
     def _foreground_probability(self, seeds: np.ndarray) -> np.ndarray:
         present = set(np.unique(seeds).tolist()) - {0}
         if present != {POSITIVE_LABEL, NEGATIVE_LABEL}:
-            # Only one kind of seed survived on the small grid: every walker reaches it.
-            LOGGER.warning("random_walker: only seed labels %s on the small grid", sorted(present))
+            # Only one kind of seed survived on the small grid: every walker reaches it. Said
+            # once per segmenter (an interactive first click is positive-only by design).
+            log = LOGGER.debug if self._warned_one_label else LOGGER.warning
+            log(
+                "random_walker: only seed labels %s on the small grid, so p is constant (said "
+                "once; every positive-only prompt set, e.g. a first click, gives p = 1)",
+                sorted(present),
+            )
+            self._warned_one_label = True
             return np.full(seeds.shape, 1.0 if POSITIVE_LABEL in present else 0.0)
         if not (seeds == 0).any():
             return (seeds == POSITIVE_LABEL).astype(np.float64)
