@@ -213,6 +213,7 @@ def plot_curves(result: Mapping[str, Any], out_png: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from laplace_head.util.atomic import atomic_path
 
@@ -227,6 +228,7 @@ def plot_curves(result: Mapping[str, Any], out_png: str | os.PathLike) -> None:
             clicks = np.arange(1, len(metrics["miou"]) + 1)
             label = f"{policy} {model} (AUC {metrics['auc']:.3f})"
             ax.plot(clicks, metrics["miou"], style, color=colour, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("clicks")
     ax.set_ylabel("mIoU")
     ax.set_ylim(0, 1)
