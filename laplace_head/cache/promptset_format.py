@@ -82,6 +82,29 @@ def is_promptset_complete(
         return False
 
 
+def stored_logits(logits: np.ndarray) -> np.ndarray:
+    """Base logits as stage 3 stores them: float16, clipped to its finite range (float16
+    overflows to inf beyond +-65504; real logits never get there, but inf is never written)."""
+    return np.clip(np.asarray(logits, dtype=np.float32), -_FLOAT16_MAX, _FLOAT16_MAX).astype(
+        np.float16
+    )
+
+
+def prompt_maps(
+    pos_points: np.ndarray, neg_points: np.ndarray, image_hw: tuple[int, int], sigma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(pos_map, neg_map, pos_256, neg_256)``: the (256, 256) float16 Gaussian prompt maps of
+    (k, 2) (x, y) image-pixel points, and the points rescaled to the 256 grid."""
+    pos_256 = rescale_points(np.asarray(pos_points), image_hw, GRID_SIZE)
+    neg_256 = rescale_points(np.asarray(neg_points), image_hw, GRID_SIZE)
+    return (
+        gaussian_prompt_map(pos_256, sigma, GRID_SIZE),
+        gaussian_prompt_map(neg_256, sigma, GRID_SIZE),
+        pos_256,
+        neg_256,
+    )
+
+
 def write_promptset(
     directory: Path,
     record: Mapping[str, Any],
@@ -106,19 +129,12 @@ def write_promptset(
     if logits.shape != ARRAY_SHAPE or not np.isfinite(logits).all():
         raise ValueError(f"segmenter returned non-finite or mis-shaped logits {logits.shape}")
     image_hw = (int(record["image_h"]), int(record["image_w"]))
-    pos_256 = rescale_points(np.asarray(promptset.pos_points), image_hw, GRID_SIZE)
-    neg_256 = rescale_points(np.asarray(promptset.neg_points), image_hw, GRID_SIZE)
-    # float16 overflows to inf beyond +-65504; real logits never get there, but never write inf.
-    atomic_save_npy(
-        directory / ARRAY_FILES["logits_256"],
-        np.clip(logits, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16),
+    pos_map, neg_map, pos_256, neg_256 = prompt_maps(
+        promptset.pos_points, promptset.neg_points, image_hw, sigma
     )
-    atomic_save_npy(
-        directory / ARRAY_FILES["pos_map"], gaussian_prompt_map(pos_256, sigma, GRID_SIZE)
-    )
-    atomic_save_npy(
-        directory / ARRAY_FILES["neg_map"], gaussian_prompt_map(neg_256, sigma, GRID_SIZE)
-    )
+    atomic_save_npy(directory / ARRAY_FILES["logits_256"], stored_logits(logits))
+    atomic_save_npy(directory / ARRAY_FILES["pos_map"], pos_map)
+    atomic_save_npy(directory / ARRAY_FILES["neg_map"], neg_map)
     meta = {
         "format_version": META_FORMAT_VERSION,
         "sample_id": record["sample_id"],

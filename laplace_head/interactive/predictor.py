@@ -52,6 +52,8 @@ from laplace_head.bayes.predictive import (
     gaussian_logit_uncertainty,
     uncertainty_from_samples,
 )
+from laplace_head.cache.promptset_format import prompt_maps as stage3_prompt_maps
+from laplace_head.cache.promptset_format import stored_logits
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     ClickState,
@@ -60,14 +62,11 @@ from laplace_head.interactive.clicks import (
     grid_to_image,
     image_to_grid,
 )
-from laplace_head.prompts.sampling import gaussian_prompt_map, rescale_points
 from laplace_head.segmenters import BaseSegmenter, build_segmenter_from_settings
-from laplace_head.settings import GRID_SIZE
 from laplace_head.util.devices import resolve_device
 from laplace_head.util.seeding import derive_seed
 
 UNCERTAINTY_MODES = ("quadrature", "samples")
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True)
@@ -172,14 +171,13 @@ def prompt_maps(
     points_xy: np.ndarray, labels: np.ndarray, image_hw: tuple[int, int], sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative (256, 256) float16 prompt maps of a click set, as stage 3 builds
-    them (points of label 1 and 0 rescaled to the grid, Gaussians of std ``sigma`` grid px)."""
+    them (:func:`laplace_head.cache.promptset_format.prompt_maps`)."""
     points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     labels = np.asarray(labels).reshape(-1)
-    maps = []
-    for label in (1, 0):
-        points_256 = rescale_points(points[labels == label], image_hw, GRID_SIZE)
-        maps.append(gaussian_prompt_map(points_256, sigma, GRID_SIZE))
-    return maps[0], maps[1]
+    pos_map, neg_map, _, _ = stage3_prompt_maps(
+        points[labels == 1], points[labels == 0], image_hw, sigma
+    )
+    return pos_map, neg_map
 
 
 def _image_digest(image_rgb: np.ndarray) -> str:
@@ -334,9 +332,8 @@ class InteractivePredictor:
 
         start = time.perf_counter()
         pos_map, neg_map = prompt_maps(points, labels, image_hw, self.prompt_sigma)
-        stored_logits = np.clip(logits, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
         inputs = assemble_inputs(
-            stored_logits[None], pos_map[None], neg_map[None], self.posterior.logit_clip
+            stored_logits(logits)[None], pos_map[None], neg_map[None], self.posterior.logit_clip
         )
         timings["prompt_maps"] = time.perf_counter() - start
 
