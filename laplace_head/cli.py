@@ -17,8 +17,7 @@ merges ``--configfile`` (``--config config/config.yaml config/demo.yaml``).
 from __future__ import annotations
 
 import argparse
-import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +29,12 @@ from laplace_head.util.console import run_user_facing, setup_logging
 DEFAULT_CONFIG = "config/config.yaml"
 
 
-def _merge(base: dict, override: Mapping[str, Any]) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def load_configs(paths: Sequence[str], check_paths: bool) -> dict:
-    """Read and merge ``paths`` (later ones win), then validate with defaults filled in."""
-    from laplace_head.config import ConfigError, validate_config
-    from laplace_head.util.atomic import read_yaml
-
-    merged: dict = {}
-    for path in paths:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path!r} does not exist; pass --config PATH.")
-        try:
-            raw = read_yaml(path) or {}
-        except Exception as exc:  # noqa: BLE001 - any YAML problem is the user's file
-            raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, ...).")
-        merged = _merge(merged, raw)
-    return validate_config(
-        merged, config_name=paths[-1], check_paths=check_paths, sources=list(paths)
-    )
-
-
 class _Context:
     """What every command needs: the config, its per-stage settings, the layout."""
 
     def __init__(self, args: argparse.Namespace, check_paths: bool = False) -> None:
+        from laplace_head.config import load_configs
+
         self.config = run_user_facing(lambda: load_configs(args.config, check_paths))
         run_id = getattr(args, "run_id", None) or self.config["training"]["run_id"]
         self.run_id = run_id
@@ -78,6 +48,14 @@ class _Context:
 
     def splits(self, args: argparse.Namespace) -> list[str]:
         return [args.split] if getattr(args, "split", None) else list(SPLITS)
+
+    def shards(self, split: str, shard_size: int) -> list[str]:
+        """The shard names of a split, from its manifest (as ``rules/common.smk`` derives them)."""
+        from laplace_head.dataset.manifests import read_split_manifest
+        from laplace_head.dataset.sharding import shard_names
+
+        frame = run_user_facing(lambda: read_split_manifest(self.layout.manifest(split)))
+        return shard_names(len(frame), shard_size)
 
 
 def _build_manifests(args: argparse.Namespace) -> None:
@@ -99,15 +77,10 @@ def _build_manifests(args: argparse.Namespace) -> None:
 
 
 def _generate_promptsets(args: argparse.Namespace) -> None:
-    from laplace_head.dataset.manifests import read_split_manifest
-    from laplace_head.dataset.sharding import shard_names
-
     ctx = _Context(args)
     settings = ctx.params["generate_promptsets"]
     for split in ctx.splits(args):
-        split_csv = ctx.layout.manifest(split)
-        n_samples = len(run_user_facing(lambda csv=split_csv: read_split_manifest(csv)))
-        for shard in shard_names(n_samples, settings["shard_size"]):
+        for shard in ctx.shards(split, settings["shard_size"]):
             ctx.run(
                 ctx.layout.log("generate_promptsets", split, f"shard_{shard}"),
                 lambda split=split, shard=shard: stages.generate_promptsets(
@@ -238,14 +211,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _active_prompting(args: argparse.Namespace) -> None:
-    from laplace_head.dataset.manifests import read_split_manifest
-    from laplace_head.dataset.sharding import shard_names
-
     ctx = _Context(args)
     layout, settings = ctx.layout, ctx.params["active_prompting"]
     split = args.split or settings["split"]
-    n_samples = len(run_user_facing(lambda: read_split_manifest(layout.manifest(split))))
-    shards = [args.shard] if args.shard else shard_names(n_samples, settings["shard_size"])
+    shards = [args.shard] if args.shard else ctx.shards(split, settings["shard_size"])
     for shard in shards:
         ctx.run(
             layout.log("active_prompting", f"run_{ctx.run_id}", split, f"shard_{shard}"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -294,9 +294,17 @@ def _check_writable_folder(value: str, config_name: str) -> None:
         )
 
 
-def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
-    """Read a YAML config file and return it validated with defaults filled in."""
-    path = Path(path)
+def _deep_merge(base: dict, override: Mapping[str, Any]) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_config_file(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH.")
     with open(path, encoding="utf-8") as handle:
@@ -308,7 +316,25 @@ def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
         raise ConfigError(
             f"{path}: the top level must be a mapping of sections (data:, sam:, ...)."
         )
-    return validate_config(raw, config_name=str(path), check_paths=check_paths)
+    return raw
+
+
+def load_configs(paths: Sequence[str | os.PathLike], check_paths: bool = True) -> dict:
+    """Read YAML config files, merge them key by key (later ones win, as Snakemake merges
+    ``--configfile``s) and return the result validated with defaults filled in."""
+    paths = [Path(path) for path in paths]
+    merged: dict = {}
+    for path in paths:
+        merged = _deep_merge(merged, _read_config_file(path))
+    sources = [str(path) for path in paths]
+    return validate_config(
+        merged, config_name=sources[-1], check_paths=check_paths, sources=sources
+    )
+
+
+def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
+    """Read one YAML config file and return it validated with defaults filled in."""
+    return load_configs([path], check_paths)
 
 
 def project_path(config: Mapping[str, Any], *parts: str) -> Path:
