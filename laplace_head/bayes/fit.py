@@ -51,7 +51,12 @@ from laplace_head.bayes.tuning import (
     posterior_variances,
     validation_nll_grid,
 )
-from laplace_head.cache.split_h5 import open_split, split_num_rows, split_shape
+from laplace_head.cache.split_h5 import (
+    open_split,
+    split_fingerprint,
+    split_num_rows,
+    split_shape,
+)
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import VAL_NLL_GRID
 from laplace_head.model.head import NoImageHead
@@ -102,10 +107,7 @@ def _data_fingerprint(train_h5: str | os.PathLike, val_h5: str | os.PathLike) ->
     fingerprint = {}
     for name, path in (("train", train_h5), ("val", val_h5)):
         with open_split(path) as handle:
-            fingerprint[name] = {
-                "n_rows": int(handle["logits_256"].shape[0]),
-                "source_index_md5": str(handle.attrs.get("source_index_md5", "")),
-            }
+            fingerprint[name] = split_fingerprint(handle)
     return fingerprint
 
 

@@ -78,6 +78,15 @@ def open_split(h5_path: str | os.PathLike) -> h5py.File:
     return handle
 
 
+def split_fingerprint(handle: h5py.File) -> dict:
+    """What identifies an open split's content: its rows and the MD5 of the index CSV it was
+    packed from (training refuses to resume on other data; the Laplace fit reuses on the same)."""
+    return {
+        "n_rows": int(handle["logits_256"].shape[0]),
+        "source_index_md5": str(handle.attrs.get("source_index_md5", "")),
+    }
+
+
 def write_h5_index(group: h5py.Group, index: pd.DataFrame) -> None:
     """Store ``index`` column by column in ``group`` (the inverse of :func:`read_h5_index`)."""
     string_dtype = h5py.string_dtype(encoding="utf-8")

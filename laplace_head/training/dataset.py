@@ -35,6 +35,7 @@ from laplace_head.cache.split_h5 import (
     MASK_ARRAY,
     assemble_inputs,
     open_split,
+    split_fingerprint,
 )
 from laplace_head.util.seeding import derive_seed
 
@@ -98,10 +99,7 @@ class H5SegmentationDataset(Dataset):
             shape = handle["logits_256"].shape
             self.n_rows = int(shape[0])
             self.map_shape = tuple(int(s) for s in shape[1:])
-            self.fingerprint = {
-                "n_rows": self.n_rows,
-                "source_index_md5": str(handle.attrs.get("source_index_md5", "")),
-            }
+            self.fingerprint = split_fingerprint(handle)
             footprint = self.n_rows * int(np.prod(self.map_shape)) * BYTES_PER_PIXEL
             self.in_memory = should_load_in_memory(in_memory, footprint)
             if self.in_memory:
