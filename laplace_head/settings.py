@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from laplace_head.layout import SPLITS
+
 # The working grid: base logits, prompt maps, ground truth and head outputs are all
 # GRID_SIZE x GRID_SIZE (the "256" in logits_256).
 GRID_SIZE = 256
@@ -47,10 +49,9 @@ class Backend(str, Enum):
 
 def result_keys(config: Mapping[str, Any], section: str) -> dict:
     """The keys of a config section that change a result (:data:`RUNTIME_KEYS` left out)."""
-    runtime = RUNTIME_KEYS.get(section, ())
-    if "*" in runtime:
-        return {}
-    return {key: value for key, value in config[section].items() if key not in runtime}
+    return {
+        key: value for key, value in config[section].items() if not is_runtime_key(section, key)
+    }
 
 
 def is_runtime_key(section: str, key: str) -> bool:
@@ -101,9 +102,7 @@ def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
         },
         "generate_promptsets": {
             "shard_size": data["shard_size"],
-            "num_promptsets": {
-                split: prompts[f"num_promptsets_{split}"] for split in ("train", "val", "test")
-            },
+            "num_promptsets": {split: prompts[f"num_promptsets_{split}"] for split in SPLITS},
             "min_pairs": prompts["min_pairs"],
             "max_pairs": prompts["max_pairs"],
             "prompt_seed": prompts["prompt_seed"],

@@ -36,6 +36,7 @@ from laplace_head.cache.promptset_format import (
     write_promptset,
 )
 from laplace_head.dataset.images import ImageReadError, load_image_rgb
+from laplace_head.dataset.scan import safe_id_problem
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import PromptSet
@@ -80,15 +81,11 @@ def _check_safe_id(safe_id: Any, path: Path) -> None:
     (stage 2 writes ``<safe_id>.json``) and one plain path component, so that no content of a
     prompt JSON can make stage 3 write outside ``sam_precompute/<split>/``."""
     text = str(safe_id)
-    if (
-        text != path.stem
-        or text in ("", ".", "..")
-        or any(sep in text for sep in ("/", "\\", "\0"))
-        or Path(text).name != text
-    ):
+    problem = safe_id_problem(safe_id) or ("contains a backslash" if "\\" in text else "")
+    if text != path.stem or problem:
         raise ValueError(
-            f"safe_id {text!r} is not the file's own name {path.stem!r} (or not a plain name); "
-            "delete the JSON and re-run generate_promptsets"
+            f"safe_id {text!r} is not the file's own name {path.stem!r} (or not a plain name"
+            f"{': ' + problem if problem else ''}); delete the JSON and re-run generate_promptsets"
         )
 
 
