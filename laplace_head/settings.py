@@ -90,10 +90,56 @@ def segmenter_params(config: Mapping[str, Any]) -> dict:
     return {key: sam[key] for key in SEGMENTER_KEYS[Backend(sam["backend"]).value]}
 
 
-def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
-    """Result settings of every stage, by rule name, from a resolved config."""
+#: (laplace.target_layer, laplace.approx) -> the parameter subset the posterior covers
+#: (laplace_head.bayes.jacobian.SUBSETS).
+POSTERIOR_VARIANTS: dict[tuple[str, str], str] = {
+    ("final_conv", "diagonal"): "last_layer",
+    ("final_conv", "full"): "last_layer",
+    ("all", "diagonal"): "all_layers",
+    ("all", "kron"): "all_layers",
+}
+#: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
+PIXELS_PER_IMAGE = "pixels_per_image"
+
+
+def posterior_variant_problem(laplace: Mapping[str, Any]) -> str | None:
+    """Why a laplace section (or a variant's merged one) is not a valid posterior, else None."""
+    key = (laplace["target_layer"], laplace["approx"])
+    if key not in POSTERIOR_VARIANTS:
+        valid = ", ".join(f"{layer} + {approx}" for layer, approx in POSTERIOR_VARIANTS)
+        return (
+            f"target_layer = {key[0]!r} with approx = {key[1]!r} is not a posterior variant; "
+            f"valid (target_layer + approx): {valid}"
+        )
+    fixed = laplace["fixed_temperature"]
+    if fixed != PIXELS_PER_IMAGE and (isinstance(fixed, str | bool) or not fixed > 0):
+        return f"fixed_temperature = {fixed!r} must be {PIXELS_PER_IMAGE!r} or a number > 0"
+    return None
+
+
+def variant_laplace(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """The laplace section of ablation variant ``variant``: the config's, with its overrides."""
+    variants = config["ablation"]["variants"]
+    if variant not in variants:
+        raise KeyError(
+            f"unknown ablation variant {variant!r}; config ablation.variants has: "
+            f"{', '.join(variants) or '(none)'}"
+        )
+    return {**config["laplace"], **variants[variant]}
+
+
+def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[str, dict]:
+    """Result settings of every stage, by rule name, from a resolved config.
+
+    With ``variant`` (a name of ``ablation.variants``) stage 6 fits that variant's posterior
+    and stage 8 clicks with the ablation's policies and click budget.
+    """
     data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
-    active = config["active_prompting"]
+    active = dict(config["active_prompting"])
+    fit = laplace if variant is None else variant_laplace(config, variant)
+    if variant is not None:
+        ablation = config["ablation"]
+        active.update(policies=ablation["policies"], max_clicks=ablation["max_clicks"])
     return {
         "build_manifests": {
             "images_root": data["images_root"],
@@ -118,7 +164,7 @@ def stage_params(config: Mapping[str, Any]) -> dict[str, dict]:
             "training": result_keys(config, "training"),
         },
         "fit_laplace": {
-            "laplace": dict(laplace),
+            "laplace": dict(fit),
             "logit_clip": config["training"]["logit_clip"],
         },
         "evaluate": {
@@ -156,6 +202,9 @@ class LaplaceSettings:
     seed: int = 0
     target_layer: str = "final_conv"
     approx: str = "diagonal"
+    tuning: str = "val_nll"
+    fixed_temperature: float | str = "pixels_per_image"
+    max_pixels_tune: int | None = None
     batch_rows: int = 4
 
     @classmethod
@@ -170,6 +219,9 @@ class LaplaceSettings:
             seed=laplace["seed"],
             target_layer=laplace["target_layer"],
             approx=laplace["approx"],
+            tuning=laplace["tuning"],
+            fixed_temperature=laplace["fixed_temperature"],
+            max_pixels_tune=laplace["max_pixels_tune"],
         )
 
 

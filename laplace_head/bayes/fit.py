@@ -1,16 +1,20 @@
-"""Stage 6: fit, tune and save the last-layer diagonal Laplace posterior of the trained head.
+"""Stage 6: fit, tune and save the Laplace posterior of the trained head (any variant).
 
-Fit: the exact GGN diagonal of the final conv's 17 parameters over the training pixels (see
-:mod:`laplace_head.bayes.layer`), streamed from the packed split, optionally on a seeded
-uniform subset of ``max_pixels_fit`` pixels.
+Variants (``laplace.target_layer`` + ``laplace.approx``, :data:`VARIANTS`): the final 1x1 conv
+alone (``final_conv`` + ``diagonal`` / ``full``; :class:`~laplace_head.bayes.layer
+.PixelBernoulliLayer` on the frozen trunk features) or every weight of the head (``all`` +
+``diagonal`` / ``kron``; :class:`~laplace_head.bayes.layer.PatchHead` on each pixel's 5x5
+input patch). laplace-torch fits the GGN over the training pixels, streamed from the packed
+split, optionally on a seeded uniform subset of ``max_pixels_fit`` pixels; the fitted
+curvature is kept in the one form of :mod:`laplace_head.bayes.curvature`.
 
 Tempering. Pixels of one image are strongly correlated; counted as independent observations,
-millions of them make the 17-parameter posterior collapse onto the MAP (validation NLL then
-ignores the prior precision). laplace-torch's ``temperature`` T divides the log-likelihood -
-and so the GGN - by T: ``precision = H / T + prior_precision``; ``n_data / T`` is the effective
-number of independent observations. (prior precision, T) is chosen jointly on validation pixel
-NLL (see :mod:`laplace_head.bayes.tuning`); the marginal-likelihood optimum is recorded for
-comparison.
+millions of them make the posterior collapse onto the MAP. laplace-torch's ``temperature`` T
+divides the GGN by T: ``precision = H / T + prior_precision``; ``n_data / T`` is the effective
+number of independent observations. How (prior precision, T) is chosen is ``laplace.tuning``
+(:mod:`laplace_head.bayes.tuning`). Whatever the rule, posterior_meta.json records the data /
+prior curvature ratio per parameter block, the validation BALD and entropy error-AUROCs, and
+warns when the posterior is its prior or BALD ranks errors below chance.
 
 Artifacts (the layout's ``laplace_dir``): laplace_state.pt, laplace_config.yaml,
 posterior_meta.json (written last) and val_nll_grid.png. A re-run is skipped when they exist,
@@ -35,20 +39,29 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from laplace_head.bayes.curvature import BlockCurvature, curvature_from_laplace
+from laplace_head.bayes.jacobian import block_shapes, parameter_vector
 from laplace_head.bayes.layer import (
     ASDL_HOOK_WARNING,
-    BACKEND_NAME,
+    HESSIAN_STRUCTURES,
+    PatchHead,
     PixelBernoulliLayer,
     PixelFeatureStream,
+    PixelPatchStream,
+    backend_name,
     import_laplace,
     make_laplace,
     pixels_per_row,
 )
 from laplace_head.bayes.posterior import CONFIG_NAME, META_NAME, STATE_NAME
 from laplace_head.bayes.tuning import (
+    COLLAPSE_RATIO,
+    TUNING_RULES,
+    collapse_report,
     edge_report,
     marglik_report,
-    posterior_variances,
+    resolve_temperature,
+    validation_error_aurocs,
     validation_nll_grid,
 )
 from laplace_head.cache.split_h5 import (
@@ -60,7 +73,7 @@ from laplace_head.cache.split_h5 import (
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import VAL_NLL_GRID
 from laplace_head.model.head import NoImageHead
-from laplace_head.settings import LaplaceSettings
+from laplace_head.settings import POSTERIOR_VARIANTS, LaplaceSettings, posterior_variant_problem
 from laplace_head.training.checkpoint import load_head_from_checkpoint
 from laplace_head.util.atomic import (
     atomic_path,
@@ -73,7 +86,7 @@ from laplace_head.util.atomic import (
 
 LOGGER = logging.getLogger(__name__)
 GRID_FIGURE_NAME = VAL_NLL_GRID
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the curvature of any variant (bayes.curvature) is saved
 REUSE_DIR = ".reuse"
 ARTIFACTS = (STATE_NAME, CONFIG_NAME, GRID_FIGURE_NAME, META_NAME)  # meta last: marks complete
 
@@ -166,17 +179,7 @@ def fit_laplace(
     )
     logit_clip, max_pixels_fit, seed = settings.logit_clip, settings.max_pixels_fit, settings.seed
     target_layer, approx, batch_rows = settings.target_layer, settings.approx, settings.batch_rows
-    if target_layer != "final_conv" or approx != "diagonal":
-        raise LaplaceFitError(
-            f"laplace.target_layer={target_layer!r}, laplace.approx={approx!r}: only "
-            "'final_conv' with 'diagonal' is implemented."
-        )
-    if not prior_precision_grid or not temperature_grid:
-        raise LaplaceFitError("laplace.prior_precision_grid and temperature_grid must be non-empty")
-    if min(prior_precision_grid) <= 0 or min(temperature_grid) <= 0:
-        raise LaplaceFitError("laplace grids must hold positive numbers only")
-    if max_pixels_fit is not None and max_pixels_fit < 1:
-        raise LaplaceFitError(f"laplace.max_pixels_fit must be >= 1 or null; got {max_pixels_fit}")
+    subset = _check_settings(settings)
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_path)
     head, ckpt = load_head_from_checkpoint(checkpoint_path)
     head.requires_grad_(False)
@@ -191,10 +194,15 @@ def fit_laplace(
         )
         logit_clip = float(trained_clip)
     recorded = {
+        "target_layer": target_layer,
+        "approx": approx,
+        "tuning": settings.tuning,
+        "fixed_temperature": settings.fixed_temperature,
         "prior_precision_grid": [float(v) for v in prior_precision_grid],
         "temperature_grid": [float(v) for v in temperature_grid],
         "logit_clip": float(logit_clip),
         "max_pixels_fit": max_pixels_fit,
+        "max_pixels_tune": settings.max_pixels_tune,
         "seed": int(seed),
     }
     data = _data_fingerprint(train_h5, val_h5)
@@ -216,45 +224,64 @@ def fit_laplace(
         raise LaplaceFitError(f"training split {train_h5} is empty; nothing to fit.")
     n_pixels = height * width
     per_row = pixels_per_row(n_train, n_pixels, max_pixels_fit)
-    stream = PixelFeatureStream(head, Path(train_h5), logit_clip, per_row, seed, batch_rows)
-    layer = PixelBernoulliLayer.from_conv(head.final_conv)
-    la = make_laplace(layer, prior_precision_grid[0], 1.0)
-    LOGGER.info("fitting the GGN on %d rows x %d pixels (%s)", n_train, per_row, BACKEND_NAME)
+    backend = backend_name(target_layer, approx)
+    if subset == "last_layer":
+        stream = PixelFeatureStream(head, Path(train_h5), logit_clip, per_row, seed, batch_rows)
+        model = PixelBernoulliLayer.from_conv(head.final_conv)
+    else:
+        stream = PixelPatchStream(head, Path(train_h5), logit_clip, per_row, seed, batch_rows)
+        model = PatchHead(head)
+    la = make_laplace(model, prior_precision_grid[0], 1.0, approx, backend)
+    LOGGER.info(
+        "fitting the %s GGN of %s on %d rows x %d pixels (%s)",
+        HESSIAN_STRUCTURES[approx],
+        subset,
+        n_train,
+        per_row,
+        backend,
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ASDL_HOOK_WARNING, category=FutureWarning)
         la.fit(DataLoader(stream, batch_size=None))
     fit_time = time.perf_counter() - start
+    shapes = block_shapes(head, subset)
+    curvature = curvature_from_laplace(la, subset, HESSIAN_STRUCTURES[approx], shapes)
+    mean = parameter_vector(head, subset).double()
+    if not torch.allclose(la.mean.detach().double().cpu(), mean, rtol=0, atol=1e-6):
+        raise LaplaceFitError("laplace-torch's parameter vector does not match the head's (bug)")
 
     start = time.perf_counter()
-    variances = posterior_variances(la.H, prior_precision_grid, temperature_grid)
-    grid = validation_nll_grid(head, la.mean, variances, Path(val_h5), logit_clip, batch_rows)
-    nll = grid["val_nll"]
-    chosen = np.unravel_index(int(np.argmin(nll)), nll.shape)
-    prior, temperature = float(prior_precision_grid[chosen[0]]), float(temperature_grid[chosen[1]])
-    edges = edge_report(nll, chosen, prior_precision_grid, temperature_grid)
-    marglik = marglik_report(la, prior_precision_grid, temperature_grid, temperature)
-    la.prior_precision, la.temperature = prior, temperature
+    tune = _tune(la, head, curvature, settings, Path(val_h5), logit_clip, per_row)
+    prior, temperature = tune["prior_precision"], tune["temperature"]
+    checks = validation_error_aurocs(
+        head,
+        curvature,
+        prior,
+        temperature,
+        Path(val_h5),
+        logit_clip,
+        batch_rows,
+        settings.max_pixels_tune,
+        seed,
+    )
+    collapse = collapse_report(curvature, prior, temperature)
     tune_time = time.perf_counter() - start
-    if float(nll[chosen]) >= grid["map_nll"]:
-        edges["warnings"].append(
-            f"the best Laplace validation NLL ({float(nll[chosen]):.6f}) does not improve on the "
-            f"MAP head ({grid['map_nll']:.6f}): the posterior adds no useful spread on this data; "
-            "the Laplace head is then the MAP head with a little extra variance."
-        )
-    for message in edges["warnings"]:
+    tune["edges"]["warnings"].extend(_health_warnings(tune, checks, collapse))
+    for message in tune["edges"]["warnings"]:
         LOGGER.warning("%s", message)
 
     meta = _build_meta(
         la,
+        curvature,
         ckpt,
         checkpoint_path,
         checkpoint_md5,
         recorded,
-        grid,
-        chosen,
-        edges,
-        marglik,
+        tune,
+        checks,
+        collapse,
+        backend=backend,
         n_train=n_train,
         n_pixels=n_pixels,
         per_row=per_row,
@@ -263,30 +290,155 @@ def fit_laplace(
         val_rows=split_num_rows(val_h5),
     )
     meta["training_data"] = data
-    _write_artifacts(out_dir, la, head, meta, logit_clip)
+    _write_artifacts(out_dir, la, curvature, mean, head, meta, logit_clip)
     _link_artifacts(out_dir, out_dir / REUSE_DIR)
     _track(tracker, meta, out_dir, run_id)
     LOGGER.info(
-        "chosen prior precision %g, temperature %g: val NLL %.5f (MAP head %.5f)",
+        "%s/%s, tuning %s: prior precision %g, temperature %g: val NLL %.5f (MAP head %.5f), "
+        "val BALD error-AUROC %.3f",
+        target_layer,
+        approx,
+        settings.tuning,
         prior,
         temperature,
-        float(nll[chosen]),
-        grid["map_nll"],
+        meta["val_nll"],
+        meta["val_nll_map"],
+        checks["bald_error_auroc"] if checks["bald_error_auroc"] is not None else float("nan"),
     )
     return meta
 
 
+def _check_settings(settings: LaplaceSettings) -> str:
+    """Validate the posterior's settings; the parameter subset it covers."""
+    problem = posterior_variant_problem(
+        {
+            "target_layer": settings.target_layer,
+            "approx": settings.approx,
+            "fixed_temperature": settings.fixed_temperature,
+        }
+    )
+    if problem:
+        raise LaplaceFitError(f"laplace.{problem}")
+    if settings.tuning not in TUNING_RULES:
+        raise LaplaceFitError(
+            f"laplace.tuning={settings.tuning!r}; valid: {', '.join(TUNING_RULES)}"
+        )
+    if not settings.prior_precision_grid or not settings.temperature_grid:
+        raise LaplaceFitError("laplace.prior_precision_grid and temperature_grid must be non-empty")
+    if min(settings.prior_precision_grid) <= 0 or min(settings.temperature_grid) <= 0:
+        raise LaplaceFitError("laplace grids must hold positive numbers only")
+    for name in ("max_pixels_fit", "max_pixels_tune"):
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise LaplaceFitError(f"laplace.{name} must be >= 1 or null; got {value}")
+    return POSTERIOR_VARIANTS[(settings.target_layer, settings.approx)]
+
+
+def _tune(
+    la: Any,
+    head: NoImageHead,
+    curvature: BlockCurvature,
+    settings: LaplaceSettings,
+    val_h5: Path,
+    logit_clip: float,
+    per_row: int,
+) -> dict[str, Any]:
+    """(prior precision, temperature) by ``settings.tuning``, with the validation NLL grid."""
+    priors = [float(v) for v in settings.prior_precision_grid]
+    temperatures = [float(v) for v in settings.temperature_grid]
+    fixed = resolve_temperature(settings.fixed_temperature, per_row)
+    if settings.tuning != "val_nll":
+        temperatures = [fixed]
+    marglik = marglik_report(la, priors, temperatures, temperatures[0])
+    if settings.tuning == "marglik":
+        optimum = marglik["optimized_prior_precision_at_chosen_temperature"]
+        priors = sorted({*priors, optimum})
+    grid = validation_nll_grid(
+        head,
+        curvature,
+        priors,
+        temperatures,
+        val_h5,
+        logit_clip,
+        settings.batch_rows,
+        settings.max_pixels_tune,
+        settings.seed,
+    )
+    nll = grid["val_nll"]
+    if settings.tuning == "marglik":
+        chosen = (priors.index(optimum), 0)
+    else:
+        chosen = tuple(int(i) for i in np.unravel_index(int(np.argmin(nll)), nll.shape))
+    edges = edge_report(nll, chosen, priors, temperatures)
+    if settings.tuning == "marglik":  # the prior is not chosen on the grid: no edge to report
+        edges["warnings"] = [w for w in edges["warnings"] if "prior_precision" not in w]
+        edges["prior_precision_at_edge"] = False
+    prior, temperature = priors[chosen[0]], temperatures[chosen[1]]
+    if settings.tuning != "val_nll":
+        marglik["note"] = (
+            f"temperature fixed by laplace.fixed_temperature={settings.fixed_temperature!r} "
+            f"(= {fixed:g}); the prior precision is the "
+            + (
+                "marginal-likelihood optimum."
+                if settings.tuning == "marglik"
+                else "validation-NLL optimum; marglik is reported for comparison."
+            )
+        )
+    la.prior_precision, la.temperature = prior, temperature
+    return {
+        "rule": settings.tuning,
+        "prior_precision": prior,
+        "temperature": temperature,
+        "priors": priors,
+        "temperatures": temperatures,
+        "grid": grid,
+        "chosen": chosen,
+        "edges": edges,
+        "marglik": marglik,
+    }
+
+
+def _health_warnings(tune: dict, checks: dict, collapse: dict) -> list[str]:
+    """Warnings for a posterior that is its prior, flags errors below chance or lowers no NLL."""
+    messages = []
+    grid, chosen = tune["grid"], tune["chosen"]
+    best = float(grid["val_nll"][chosen])
+    if best >= grid["map_nll"]:
+        messages.append(
+            f"the Laplace validation NLL ({best:.6f}) does not improve on the MAP head "
+            f"({grid['map_nll']:.6f}): the posterior adds no useful spread on this data."
+        )
+    if collapse["collapsed_onto_prior"]:
+        ratios = ", ".join(f"{k} {v['mean']:.3g}" for k, v in collapse["per_block"].items())
+        messages.append(
+            "the posterior has collapsed onto its prior: the tempered data curvature is below "
+            f"{COLLAPSE_RATIO:g} x the prior precision in every block ({ratios}), so every "
+            "posterior variance is within a few percent of 1 / prior_precision and BALD tracks "
+            "the feature norm, not the data. Use laplace.tuning: fixed_temperature (or marglik), "
+            "or a smaller temperature_grid."
+        )
+    auroc = checks["bald_error_auroc"]
+    if auroc is not None and auroc < 0.5:
+        messages.append(
+            f"validation BALD error-AUROC is {auroc:.3f} < 0.5: the epistemic uncertainty is "
+            "anti-correlated with the predictive mask's errors, so clicking where BALD is high "
+            "targets pixels that are already right. Try laplace.approx full or kron."
+        )
+    return messages
+
+
 def _build_meta(
     la: Any,
+    curvature: BlockCurvature,
     ckpt: dict,
     checkpoint_path: Path,
     checkpoint_md5: str,
     settings: dict,
-    grid: dict,
-    chosen: tuple[int, int],
-    edges: dict,
-    marglik: dict,
+    tune: dict,
+    checks: dict,
+    collapse: dict,
     *,
+    backend: str,
     n_train: int,
     n_pixels: int,
     per_row: int,
@@ -295,30 +447,56 @@ def _build_meta(
     val_rows: int,
 ) -> dict:
     laplace, _ = import_laplace()
-    variance = la.posterior_variance.double()
+    prior, temperature = tune["prior_precision"], tune["temperature"]
+    variance = curvature.marginal_variance(curvature.weights(prior, temperature)).double()
+    grid, chosen = tune["grid"], tune["chosen"]
     n_data = int(la.n_data)
-    temperature = float(la.temperature)
-    return {
+    layout = []
+    for name, n_out, n_in in block_shapes_of(curvature):
+        layout += [f"{name}[{i}]" for i in range(n_out * n_in)]
+    if curvature.subset == "last_layer":
+        layout = layout[:-1] + ["final_conv.bias"]
+        layout = [e.replace("final_conv[", "final_conv.weight[") for e in layout]
+    selection = {
+        "val_nll": "lowest mean validation pixel NLL over both grids (closed-form probit GLM)",
+        "fixed_temperature": "temperature fixed by laplace.fixed_temperature; prior precision "
+        "with the lowest validation pixel NLL",
+        "marglik": "temperature fixed by laplace.fixed_temperature; prior precision maximising "
+        "the Laplace marginal likelihood",
+    }[tune["rule"]]
+    meta = {
         "format_version": FORMAT_VERSION,
         "run_id": run_id,
-        "prior_precision": float(la.prior_precision.reshape(-1)[0]),
-        "temperature": temperature,
+        "posterior": {
+            "target_layer": settings["target_layer"],
+            "approx": settings["approx"],
+            "subset": curvature.subset,
+            "structure": curvature.structure,
+            "tuning": tune["rule"],
+            "fixed_temperature": settings["fixed_temperature"],
+        },
+        "prior_precision": float(prior),
+        "temperature": float(temperature),
         "val_nll": float(grid["val_nll"][chosen]),
         "val_nll_map": float(grid["map_nll"]),
         "val_nll_improvement_over_map": float(grid["map_nll"] - grid["val_nll"][chosen]),
-        "selection": "lowest mean validation pixel NLL, closed-form probit GLM predictive",
+        "val_bald_error_auroc": checks["bald_error_auroc"],
+        "val_entropy_error_auroc": checks["entropy_error_auroc"],
+        "val_error_rate": checks["error_rate"],
+        "data_to_prior_ratio": collapse["per_block"],
+        "collapsed_onto_prior": collapse["collapsed_onto_prior"],
+        "selection": selection,
         "grid": {
-            "prior_precision": settings["prior_precision_grid"],
-            "temperature": settings["temperature_grid"],
+            "prior_precision": tune["priors"],
+            "temperature": tune["temperatures"],
             "val_nll": grid["val_nll"].tolist(),
             "mean_logit_variance": grid["mean_logit_variance"].tolist(),
             "chosen_index": [int(chosen[0]), int(chosen[1])],
-            **edges,
+            **tune["edges"],
         },
-        "marglik": marglik,
-        "n_params": int(la.n_params),
-        "param_layout": [f"final_conv.weight[{i}]" for i in range(int(la.n_params) - 1)]
-        + ["final_conv.bias"],
+        "marglik": tune["marglik"],
+        "n_params": curvature.n_params,
+        "param_layout": layout,
         "n_data": n_data,
         "n_train_rows": n_train,
         "pixels_per_row": per_row,
@@ -335,24 +513,33 @@ def _build_meta(
         "source_checkpoint_metrics": ckpt.get("metrics"),
         "laplace_torch_version": _package_version("laplace-torch", laplace),
         "torch_version": torch.__version__,
-        "backend": BACKEND_NAME,
+        "backend": backend,
         "likelihood": "classification on two logits [0, z] = per-pixel Bernoulli",
         "subset_of_weights": "all",
-        "hessian_structure": "diag",
-        "target_layer": "final_conv",
+        "hessian_structure": curvature.structure,
+        "target_layer": settings["target_layer"],
         "fit_time_s": round(times[0], 3),
         "tune_time_s": round(times[1], 3),
         "posterior_variance": {
             "min": float(variance.min()),
             "max": float(variance.max()),
             "mean": float(variance.mean()),
-            "per_parameter": variance.tolist(),
+            "per_parameter": variance.tolist() if variance.numel() <= 64 else None,
             "mean_logit_variance_val": float(grid["mean_logit_variance"][chosen]),
-            "n_params_without_curvature": int((la.H == 0).sum()),
+            "n_params_without_curvature": int(
+                sum(int((b.eigenvalues <= 0).sum()) for b in curvature.blocks)
+            ),
         },
-        "ggn_diagonal": la.H.double().tolist(),
         "fit_settings": settings,
     }
+    if curvature.structure == "diag" and curvature.subset == "last_layer":
+        meta["ggn_diagonal"] = la.H.double().tolist()
+    return meta
+
+
+def block_shapes_of(curvature: BlockCurvature) -> list[tuple[str, int, int]]:
+    """(name, out, in) of the curvature's blocks."""
+    return [(b.name, *b.shape) for b in curvature.blocks]
 
 
 def _package_version(distribution: str, module: Any) -> str:
@@ -365,7 +552,13 @@ def _package_version(distribution: str, module: Any) -> str:
 
 
 def _write_artifacts(
-    out_dir: Path, la: Any, head: NoImageHead, meta: dict, logit_clip: float
+    out_dir: Path,
+    la: Any,
+    curvature: BlockCurvature,
+    mean: torch.Tensor,
+    head: NoImageHead,
+    meta: dict,
+    logit_clip: float,
 ) -> None:
     from laplace_head.evaluation.plots import plot_val_nll_grid
 
@@ -380,28 +573,30 @@ def _write_artifacts(
     )
     state = {
         "format_version": FORMAT_VERSION,
-        "laplace_state": la.state_dict(),
+        "curvature": curvature.state(),
+        "mean": mean,
         "head_model_args": dict(head.constructor_args),
         "head_state": head.state_dict(),
         "logit_clip": float(logit_clip),
         "prior_precision": meta["prior_precision"],
         "temperature": meta["temperature"],
-        "target_layer": "final_conv",
-        "backend": BACKEND_NAME,
+        "target_layer": meta["target_layer"],
+        "approx": meta["posterior"]["approx"],
+        "backend": meta["backend"],
         "source_checkpoint_md5": meta["source_checkpoint_md5"],
     }
+    if curvature.subset == "last_layer" and curvature.structure == "diag":
+        state["laplace_state"] = la.state_dict()  # rebuildable as a laplace-torch DiagLaplace
     with atomic_path(out_dir / STATE_NAME) as tmp:
         torch.save(state, tmp)
     atomic_write_yaml(
         out_dir / CONFIG_NAME,
         {
             "run_id": meta["run_id"],
-            "target_layer": "final_conv",
-            "approx": "diagonal",
             "likelihood": meta["likelihood"],
-            "backend": BACKEND_NAME,
+            "backend": meta["backend"],
             "subset_of_weights": "all",
-            "hessian_structure": "diag",
+            "hessian_structure": meta["hessian_structure"],
             **meta["fit_settings"],
             "chosen_prior_precision": meta["prior_precision"],
             "chosen_temperature": meta["temperature"],
@@ -418,14 +613,16 @@ def _track(tracker: Any, meta: dict, out_dir: Path, run_id: str | None) -> None:
 
     rows, step = [], 0
     grid = meta["grid"]
+    marglik = meta["marglik"]["log_marglik"]
     for i, prior in enumerate(grid["prior_precision"]):
         for j, temperature in enumerate(grid["temperature"]):
             row = {
                 "prior_precision": prior,
                 "temperature": temperature,
                 "val_nll": grid["val_nll"][i][j],
-                "log_marglik": meta["marglik"]["log_marglik"][i][j],
             }
+            if len(marglik) == len(grid["prior_precision"]):  # marglik tuning adds a prior
+                row["log_marglik"] = marglik[i][j]
             tracker.log({f"laplace/{key}": value for key, value in row.items()}, step=step)
             rows.append(row)
             step += 1
@@ -436,6 +633,7 @@ def _track(tracker: Any, meta: dict, out_dir: Path, run_id: str | None) -> None:
             "laplace/temperature": meta["temperature"],
             "laplace/val_nll": meta["val_nll"],
             "laplace/val_nll_map": meta["val_nll_map"],
+            "laplace/val_bald_error_auroc": meta["val_bald_error_auroc"],
             "laplace/prior_at_edge": grid["prior_precision_at_edge"],
             "laplace/temperature_at_edge": grid["temperature_at_edge"],
             "laplace/marglik_prior_precision": meta["marglik"][

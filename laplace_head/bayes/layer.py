@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
@@ -31,7 +32,12 @@ from laplace_head.cache.split_h5 import iter_split_batches, split_num_rows
 from laplace_head.model.head import NoImageHead
 from laplace_head.util.seeding import derive_seed
 
-BACKEND_NAME = "AsdlGGN"
+BACKEND_NAME = "AsdlGGN"  # the seed's last-layer diagonal (exact GGN diagonal, cheap)
+# Every other variant: curvlinops' GGN. (AsdlGGN's diagonal of the first conv of the patch model
+# disagreed with the exact GGN diagonal; CurvlinopsGGN agrees.)
+CURVLINOPS_BACKEND_NAME = "CurvlinopsGGN"
+#: laplace-torch's ``hessian_structure`` of each of this package's approximations.
+HESSIAN_STRUCTURES = {"diagonal": "diag", "full": "full", "kron": "kron"}
 # asdl (imported by laplace-torch) decorates functions with torch.jit.script at import time.
 ASDL_IMPORT_WARNING = r"`torch\.jit\.script` is deprecated"
 # asdl registers module backward hooks that torch flags while fitting; the GGN is unaffected.
@@ -45,6 +51,13 @@ def import_laplace() -> tuple[Any, Any]:
         import laplace
         from laplace.curvature import AsdlGGN
     return laplace, AsdlGGN
+
+
+def backend_name(target_layer: str, approx: str) -> str:
+    """The laplace-torch curvature backend of a variant (see the constants above)."""
+    if target_layer == "final_conv" and approx == "diagonal":
+        return BACKEND_NAME
+    return CURVLINOPS_BACKEND_NAME
 
 
 class PixelBernoulliLayer(nn.Module):
@@ -124,15 +137,29 @@ class PixelFeatureStream(IterableDataset):
             yield torch.cat(xs), torch.cat(ys)
 
 
-def make_laplace(layer: PixelBernoulliLayer, prior_precision: float, temperature: float) -> Any:
-    """The laplace-torch DiagLaplace over ``layer`` (all 17 weights, exact GGN via AsdlGGN)."""
+def make_laplace(
+    layer: nn.Module,
+    prior_precision: float,
+    temperature: float,
+    approx: str = "diagonal",
+    backend: str = BACKEND_NAME,
+) -> Any:
+    """A laplace-torch Laplace over every weight of ``layer`` (a :class:`PixelBernoulliLayer`
+    or a :class:`PatchHead`), classification on the two logits ``[0, z]``.
+
+    ``approx`` is one of :data:`HESSIAN_STRUCTURES`; ``backend`` ``AsdlGGN`` or
+    ``CurvlinopsGGN``.
+    """
     laplace, asdl_ggn = import_laplace()
+    from laplace.curvature import CurvlinopsGGN
+
+    backends = {BACKEND_NAME: asdl_ggn, CURVLINOPS_BACKEND_NAME: CurvlinopsGGN}
     return laplace.Laplace(
         layer,
         "classification",
         subset_of_weights="all",
-        hessian_structure="diag",
-        backend=asdl_ggn,
+        hessian_structure=HESSIAN_STRUCTURES[approx],
+        backend=backends[backend],
         prior_precision=float(prior_precision),
         temperature=float(temperature),
     )
@@ -145,6 +172,69 @@ def rebuild_laplace(laplace_state: Mapping[str, Any], head: NoImageHead) -> Any:
     la = make_laplace(layer, float(prior.reshape(-1)[0]), float(laplace_state["temperature"]))
     la.load_state_dict(dict(laplace_state))
     return la
+
+
+class PatchHead(nn.Module):
+    """The whole head as a model of one pixel: its 5x5 input patch -> two logits ``[0, z]``.
+
+    The head is fully convolutional with a 5x5 receptive field, so each output pixel is an
+    independent data point of laplace-torch: its (channels_in + 1, 5, 5) patch, the last
+    channel an "inside the image" indicator. The head zero-pads its *hidden* layer as well as
+    its input, so plain zero-padding of the patch is wrong near the border; multiplying the
+    first conv's output by the indicator restores it (then the patch model reproduces the
+    full-image logits, tests/unit/test_posterior_variants.py). Parameter names and order are
+    the head's (``trunk.0``, ``trunk.2``, ``final_conv``), so laplace-torch's parameter vector
+    is :func:`~laplace_head.bayes.jacobian.parameter_vector` of ``all_layers``.
+    """
+
+    def __init__(self, head: NoImageHead, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        conv1, conv2 = head.trunk[0], head.trunk[2]
+        self.trunk = nn.Sequential(
+            nn.Conv2d(conv1.in_channels, conv1.out_channels, 3),
+            nn.ReLU(),
+            nn.Conv2d(conv2.in_channels, conv2.out_channels, 3),
+            nn.ReLU(),
+        )
+        self.final_conv = nn.Conv2d(head.final_conv.in_channels, 1, 1)
+        self.to(dtype)
+        with torch.no_grad():
+            for mine, theirs in zip(self.parameters(), head.parameters(), strict=True):
+                mine.copy_(theirs.detach())
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        inside = patches[:, -1:, 1:4, 1:4]
+        hidden = self.trunk[1](self.trunk[0](patches[:, :-1])) * inside
+        z = self.final_conv(self.trunk[3](self.trunk[2](hidden))).reshape(-1, 1)
+        return torch.cat([torch.zeros_like(z), z], dim=-1)
+
+
+def pixel_patches(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) head inputs -> (B, H*W, C + 1, 5, 5) zero-padded patches + indicator."""
+    batch, channels, height, width = inputs.shape
+    inside = inputs.new_ones(batch, 1, height, width)
+    stacked = torch.cat([inputs, inside], dim=1)
+    patches = F.unfold(stacked, 5, padding=2)  # (B, (C + 1) * 25, H * W)
+    return patches.transpose(1, 2).reshape(batch, height * width, channels + 1, 5, 5)
+
+
+class PixelPatchStream(PixelFeatureStream):
+    """(patches (n, C + 1, 5, 5) float64, labels (n,) int64) chunks for the all-layer fit."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = iter_split_batches(self.h5_path, self.batch_rows, self.logit_clip)
+        for batch in tqdm(
+            batches, total=math.ceil(self.n_rows / self.batch_rows), desc="laplace fit", leave=False
+        ):
+            patches = pixel_patches(batch.inputs.double())
+            labels = batch.gt_mask.flatten(1).long()
+            n_pixels = patches.shape[1]
+            xs, ys = [], []
+            for offset in range(patches.shape[0]):
+                subset = pixel_subset(batch.start + offset, n_pixels, self.per_row, self.seed)
+                xs.append(patches[offset] if subset is None else patches[offset, subset])
+                ys.append(labels[offset] if subset is None else labels[offset, subset])
+            yield torch.cat(xs), torch.cat(ys)
 
 
 def flat_features(head: NoImageHead, inputs: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,23 @@
 """The fitted Laplace head as a predictive model: probabilities, samples, BALD, prompt scores.
 
-``load_posterior`` rebuilds the MAP head and the diagonal Gaussian posterior over its final 1x1
-conv (17 numbers: 16 weights, then the bias) from the artifacts of stage 6. Every pixel's
-refined logit is ``z = phi . w + b`` with ``phi`` the (16,) trunk feature of that pixel, so:
+``load_posterior`` rebuilds the MAP head and the Gaussian posterior of stage 6 - any variant
+(last layer diagonal / full, all layers diagonal / KFAC; see :mod:`laplace_head.bayes.fit`)
+- from its artifacts. Predictions use the linearised (GLM) model: a pixel's refined logit is
+``z(theta) ~ z_map + J (theta - theta_map)`` with ``J`` its Jacobian (exact for the last layer,
+whose logit is linear in its weights), so:
 
-* the **predictive probability** is the closed-form probit GLM predictive: the logit variance
-  ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2`` is exact for a diagonal posterior over a linear last
-  layer, and ``p = sigmoid(z_map / sqrt(1 + pi * var(z) / 8))`` is the probit approximation
-  of ``E[sigmoid(z)]``;
-* **samples** draw weight vectors ``w_s ~ N(mean, diag(variance))`` and push them through the
-  frozen features; the same weight samples can be reused for several inputs (candidate prompts)
-  so that their uncertainties differ only through the inputs;
-* **entropies** (nats) from S samples ``p_s = sigmoid(z_s)``: predictive entropy
-  ``H[mean_s p_s]`` (total), expected entropy ``mean_s H[p_s]`` (aleatoric) and their
+* the **logit variance** is ``J Sigma J^T`` per pixel, in closed form
+  (:meth:`~laplace_head.bayes.curvature.BlockCurvature.logit_variance`);
+* the **predictive probability** is the probit approximation
+  ``p = sigmoid(z_map / sqrt(1 + pi * var(z) / 8))`` of ``E[sigmoid(z)]``; BALD and the
+  entropies follow from the same Gaussian by quadrature
+  (:func:`~laplace_head.bayes.predictive.gaussian_logit_uncertainty`);
+* **samples** draw parameter vectors ``theta_s ~ N(theta_map, Sigma)`` and push them through
+  the linearised model (``J (theta_s - theta_map)`` by a Jacobian-vector product; pushing
+  them through the non-linear network instead ruins the all-layer predictive); the same draws
+  can be reused for several inputs (candidate prompts) so that their uncertainties differ only
+  through the inputs. Entropies (nats) from S samples ``p_s = sigmoid(z_s)``: predictive
+  entropy ``H[mean_s p_s]`` (total), expected entropy ``mean_s H[p_s]`` (aleatoric) and their
   difference, the mutual information / BALD (epistemic).
 
 The formulas themselves live in :mod:`laplace_head.bayes.predictive` (shared with the
@@ -36,13 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from laplace_head.bayes.curvature import BlockCurvature, CurvatureBlock
+from laplace_head.bayes.jacobian import JacobianFactors, block_shapes, jacobian_factors
 from laplace_head.bayes.predictive import (
     binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
 )
 from laplace_head.bayes.predictive import (
-    diagonal_posterior_variance,
     linear_logits,
-    logit_variance,
     probit_logits,
     uncertainty_from_samples,
 )
@@ -77,30 +82,75 @@ def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
     return np.stack([a.astype(np.float32) for a in arrays], axis=axis)
 
 
+#: Pixels per chunk of the closed-form logit variance (bounds the Jacobian factors' memory).
+VARIANCE_CHUNK_PIXELS = 1 << 15
+
+
 @dataclass
 class Posterior:
-    """MAP head + diagonal Gaussian over its final 1x1 conv ([w_0..w_{C-1}, b]).
+    """MAP head + Gaussian posterior over a subset of its weights (the stage-6 variant).
 
     Attributes
     ----------
     head
         The MAP :class:`NoImageHead` (eval mode, frozen).
-    mean, variance
-        (C + 1,) float32 posterior mean (= MAP) and marginal variances; the bias is last.
+    mean
+        (n_params,) float32 MAP of the covered parameters, in the curvature's block order (the
+        last layer: ``[w_0..w_{C-1}, b]``).
+    curvature
+        The fitted :class:`~laplace_head.bayes.curvature.BlockCurvature`; its ``subset`` is
+        ``last_layer`` or ``all_layers``.
     prior_precision, temperature
-        The hyperparameters chosen on validation NLL.
+        The chosen hyperparameters (``laplace.tuning``).
     logit_clip
         Clip applied to the logits input channel (as in training).
+    variance
+        (n_params,) float32 marginal posterior variances (derived).
     """
 
     head: NoImageHead
     mean: torch.Tensor
-    variance: torch.Tensor
+    curvature: BlockCurvature
     prior_precision: float
     temperature: float
     logit_clip: float
     meta: dict = field(default_factory=dict)
     laplace_state: dict = field(default_factory=dict, repr=False)
+    variance: torch.Tensor = field(init=False, repr=False)
+    _weights: list[torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        weights = self.curvature.to(self.mean.device, torch.float64).weights(
+            self.prior_precision, self.temperature
+        )
+        self.variance = (
+            self.curvature.to(self.mean.device, torch.float64).marginal_variance(weights).float()
+        )
+        self._weights = [w.float() for w in weights]
+        self.curvature = self.curvature.to(self.mean.device, torch.float32)
+
+    @property
+    def subset(self) -> str:
+        return self.curvature.subset
+
+    @classmethod
+    def last_layer_diagonal(
+        cls, head: NoImageHead, variance: torch.Tensor, logit_clip: float = 20.0
+    ) -> Posterior:
+        """A last-layer diagonal posterior with given marginal variances (C + 1,) around the
+        head's final conv: prior precision ``1 / max(variance)``, T = 1 and the curvature that
+        makes up the rest (for tests and hand-built posteriors)."""
+        ((name, n_out, n_in),) = block_shapes(head, "last_layer")
+        variance = torch.as_tensor(variance, dtype=torch.float64).reshape(n_out, n_in)
+        if not bool((variance > 0).all()):
+            raise UncertaintyInputError("posterior variances must be > 0")
+        prior = float(1.0 / variance.max())
+        curvature = BlockCurvature(
+            "last_layer", "diag", [CurvatureBlock(name, 1.0 / variance - prior)]
+        )
+        conv = head.final_conv
+        mean = torch.cat([conv.weight.detach().reshape(-1), conv.bias.detach().reshape(-1)])
+        return cls(head, mean.float(), curvature, prior, 1.0, logit_clip)
 
     @property
     def device(self) -> torch.device:
@@ -143,10 +193,30 @@ class Posterior:
 
     @torch.no_grad()
     def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """MAP logits and their posterior variance, both (B, H, W) float32."""
-        feats = self.features(inputs)
-        map_logits = linear_logits(feats, self.mean, feature_dim=1)
-        return map_logits, logit_variance(feats, self.variance, feature_dim=1)
+        """MAP logits and their GLM posterior variance ``J Sigma J^T``, both (B, H, W) float32."""
+        tensor = self.as_inputs(inputs)
+        means, variances = [], []
+        for image in tensor.split(1):
+            logits, factors = jacobian_factors(self.head, image, self.subset)
+            n = logits.numel()
+            variance = torch.cat(
+                [
+                    self.curvature.logit_variance(
+                        [
+                            JacobianFactors(
+                                f.left[s : s + VARIANCE_CHUNK_PIXELS],
+                                f.right[s : s + VARIANCE_CHUNK_PIXELS],
+                            )
+                            for f in factors
+                        ],
+                        self._weights,
+                    )
+                    for s in range(0, n, VARIANCE_CHUNK_PIXELS)
+                ]
+            )
+            means.append(logits)
+            variances.append(variance.reshape(logits.shape))
+        return torch.cat(means), torch.cat(variances).clamp_min(0.0)
 
     def map_logits(self, inputs: Any) -> torch.Tensor:
         """Refined MAP logits (B, H, W) float32 (= the trained head's output)."""
@@ -167,11 +237,11 @@ class Posterior:
     def sample_weights(
         self, n_samples: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """``n_samples`` draws of [w, b] from the posterior, (S, C + 1) float32."""
+        """``n_samples`` draws of the covered parameters, (S, n_params) float32 (mean order)."""
         if n_samples < 1:
             raise UncertaintyInputError(f"n_samples must be >= 1; got {n_samples}")
-        noise = torch.randn(n_samples, self.mean.numel(), generator=generator, device=self.device)
-        return self.mean + noise * self.variance.sqrt()
+        steps = self.curvature.sample(n_samples, self._weights, generator)
+        return self.mean + torch.cat([step.flatten(1) for step in steps], dim=1)
 
     @torch.no_grad()
     def sample_logits(
@@ -181,7 +251,7 @@ class Posterior:
         generator: torch.Generator | None = None,
         weight_samples: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Refined logit maps under posterior weight samples, (S, B, H, W) float32.
+        """Refined logit maps of the linearised model under posterior samples, (S, B, H, W).
 
         Pass ``weight_samples`` (from :meth:`sample_weights`) to reuse the same draws across
         inputs, e.g. the same image under several candidate prompts.
@@ -194,7 +264,32 @@ class Posterior:
                 f"{tuple(weight_samples.shape)}"
             )
         weight_samples = weight_samples.to(self.device, torch.float32)
-        return linear_logits(self.features(inputs), weight_samples, feature_dim=1)
+        tensor = self.as_inputs(inputs)
+        if self.subset == "last_layer":  # linear in its weights: exact
+            return linear_logits(self.head.features(tensor), weight_samples, feature_dim=1)
+        return self._linearised_samples(tensor, weight_samples - self.mean)
+
+    def _linearised_samples(self, tensor: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """``z_map + J step`` per step (S, n_params) by Jacobian-vector products: (S, B, H, W)."""
+        from torch.func import functional_call, jvp
+
+        names = [name for name, _ in self.head.named_parameters()]
+        params = {name: p.detach() for name, p in self.head.named_parameters()}
+        shapes = [params[name].shape for name in names]
+        sizes = [params[name].numel() for name in names]
+
+        def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self.head, p, (tensor,))[:, 0]
+
+        out = []
+        for step in steps:
+            tangent = {
+                name: part.reshape(shape)
+                for name, part, shape in zip(names, step.split(sizes), shapes, strict=True)
+            }
+            z_map, dz = jvp(logits, (params,), (tangent,))
+            out.append(z_map + dz)
+        return torch.stack(out)
 
     def uncertainty_maps(
         self,
@@ -291,9 +386,15 @@ class Posterior:
             yield out
 
     def to_laplace(self) -> Any:
-        """The laplace-torch ``DiagLaplace`` object rebuilt from the saved state."""
+        """The laplace-torch ``DiagLaplace`` rebuilt from the saved state (last-layer diagonal
+        posteriors only; the other variants keep their curvature in :attr:`curvature`)."""
         from laplace_head.bayes.layer import rebuild_laplace
 
+        if not self.laplace_state:
+            raise PosteriorLoadError(
+                f"to_laplace() rebuilds the last-layer diagonal posterior only; this one is "
+                f"{self.curvature.subset} / {self.curvature.structure} (use .curvature)."
+            )
         return rebuild_laplace(self.laplace_state, self.head)
 
 
@@ -338,8 +439,10 @@ def load_posterior(
         raise PosteriorLoadError(
             f"cannot read {folder / STATE_NAME} ({exc}); re-run fit_laplace with --force."
         ) from exc
-    required = ("laplace_state", "head_model_args", "head_state", "logit_clip")
+    required = ("head_model_args", "head_state", "logit_clip")
     missing = [key for key in required if key not in state]
+    if "curvature" not in state and "laplace_state" not in state:
+        missing.append("curvature")
     if missing:
         raise PosteriorLoadError(
             f"{folder / STATE_NAME} lacks {', '.join(missing)}; it was not written by this "
@@ -348,17 +451,25 @@ def load_posterior(
     head = NoImageHead(**check_model_args(state["head_model_args"], folder / STATE_NAME)).to(device)
     head.load_state_dict(state["head_state"])
     head.eval().requires_grad_(False)
-    la_state = state["laplace_state"]
-    ggn = la_state["H"].to(device, torch.float64)
-    prior = la_state["prior_precision"].to(device, torch.float64)
-    variance = diagonal_posterior_variance(ggn, prior, float(la_state["temperature"]))
+    la_state = state.get("laplace_state") or {}
+    if "curvature" in state:  # format 2: any variant
+        curvature = BlockCurvature.from_state(state["curvature"])
+        mean = state["mean"]
+        prior, temperature = float(state["prior_precision"]), float(state["temperature"])
+    else:  # format 1: the last-layer diagonal as a laplace-torch state
+        ((name, n_out, n_in),) = block_shapes(head, "last_layer")
+        ggn = la_state["H"].double().reshape(n_out, n_in)
+        curvature = BlockCurvature("last_layer", "diag", [CurvatureBlock(name, ggn)])
+        mean = la_state["mean"]
+        prior = float(la_state["prior_precision"].reshape(-1)[0])
+        temperature = float(la_state["temperature"])
     meta = read_json(folder / META_NAME) if (folder / META_NAME).is_file() else {}
     return Posterior(
         head=head,
-        mean=la_state["mean"].to(device, torch.float32),
-        variance=variance.float(),
-        prior_precision=float(prior.reshape(-1)[0]),
-        temperature=float(la_state["temperature"]),
+        mean=mean.to(device, torch.float32),
+        curvature=curvature,
+        prior_precision=prior,
+        temperature=temperature,
         logit_clip=float(state["logit_clip"]),
         meta=meta,
         laplace_state=la_state,

@@ -1,14 +1,10 @@
-"""The predictive maths of the last-layer diagonal Laplace head, each formula once.
+"""The predictive maths of the Laplace head, each formula once.
 
-The posterior is a diagonal Gaussian over the final 1x1 conv's parameters
-``theta = [w_0..w_{C-1}, b]`` (weights first, bias last; C = 16 for the default head). A pixel
-with trunk features ``phi`` (C,) has the refined logit ``z = phi . w + b``, which is linear in
-``theta``, so under the posterior ``z`` is Gaussian with
-
-* mean ``z_map = phi . w_map + b_map`` (:func:`linear_logits`),
-* variance ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2`` (:func:`logit_variance`), where the
-  marginal variances are ``s^2 = 1 / (H / T + prior_precision)`` with ``H`` the GGN diagonal
-  and ``T`` the likelihood temperature (:func:`diagonal_posterior_variance`).
+Under the linearised (GLM) posterior a pixel's refined logit ``z`` is Gaussian with mean
+``z_map`` and a variance ``var(z) = J Sigma J^T`` computed for every posterior variant by
+:mod:`laplace_head.bayes.curvature`. The last layer is linear in its parameters
+``theta = [w_0..w_{C-1}, b]`` (weights first, bias last; C = 16 for the default head): a pixel
+with trunk features ``phi`` has ``z = phi . w + b`` (:func:`linear_logits`).
 
 The predictive probability ``E[sigmoid(z)]`` is approximated in closed form by the probit
 (MacKay) approximation ``sigmoid(z_map / sqrt(1 + pi var(z) / 8))`` (:func:`probit_logits`).
@@ -16,7 +12,7 @@ Sample-based uncertainties (predictive entropy, expected entropy and their diffe
 mutual information / BALD) come from :func:`uncertainty_from_samples`. Entropies are in nats.
 
 Used by :mod:`laplace_head.bayes.posterior` (the Posterior API) and
-:mod:`laplace_head.bayes.tuning` (the grid search on validation NLL).
+:mod:`laplace_head.bayes.tuning` (the hyperparameter search).
 """
 
 from __future__ import annotations
@@ -28,34 +24,6 @@ import torch
 import torch.nn.functional as F
 
 PROBIT_SCALE = math.pi / 8.0
-
-
-def diagonal_posterior_variance(
-    ggn_diagonal: torch.Tensor,
-    prior_precision: torch.Tensor | float,
-    temperature: torch.Tensor | float,
-) -> torch.Tensor:
-    """Marginal variances of the tempered diagonal Laplace posterior, ``1 / (H / T + prior)``.
-
-    Parameters
-    ----------
-    ggn_diagonal
-        GGN (curvature) diagonal ``H`` of the negative log-likelihood, (n_params,) or any shape
-        that broadcasts against the other two arguments; units of 1 / parameter^2.
-    prior_precision
-        Precision of the isotropic Gaussian prior (scalar, or a tensor broadcasting with
-        ``ggn_diagonal``, e.g. (P, 1, 1) for a grid).
-    temperature
-        Likelihood temperature ``T > 0`` (scalar or broadcasting tensor): the data term of the
-        log-likelihood, and so ``H``, is divided by ``T``.
-
-    Returns
-    -------
-    torch.Tensor
-        The broadcast shape of the three inputs, dtype of ``ggn_diagonal / temperature +
-        prior_precision``; parameter^2 (variances of the weights and the bias).
-    """
-    return 1.0 / (ggn_diagonal / temperature + prior_precision)
 
 
 def _affine(features: torch.Tensor, params: torch.Tensor, feature_dim: int) -> torch.Tensor:
@@ -102,36 +70,6 @@ def linear_logits(
         axis: (B, H, W) for one vector and a (B, C, H, W) map, (S, B, H, W) for S samples.
     """
     return _affine(features, params, feature_dim)
-
-
-def logit_variance(
-    features: torch.Tensor, variance: torch.Tensor, feature_dim: int = -1
-) -> torch.Tensor:
-    """Posterior variance of the logit ``z = phi . w + b`` under a diagonal Gaussian posterior.
-
-    ``var(z) = sum_i phi_i^2 s_i^2 + s_b^2``, exact for a diagonal posterior over a linear last
-    layer (the bias multiplies a constant feature 1).
-
-    Parameters
-    ----------
-    features
-        Per-pixel trunk features with the C channels on axis ``feature_dim`` ((..., C) by
-        default; (B, C, H, W) with ``feature_dim=1``).
-    variance
-        (*G, C + 1) marginal posterior variances ``[s_0^2..s_{C-1}^2, s_b^2]`` along the LAST
-        axis (bias last); leading axes ``G`` hold several posteriors, e.g. a
-        (prior precision x temperature) grid of shape (P, T, C + 1). Same dtype as
-        ``features``.
-    feature_dim
-        The channel axis of ``features``.
-
-    Returns
-    -------
-    torch.Tensor
-        (*G, *rest) logit variances (squared log-odds, >= 0), ``rest`` being ``features.shape``
-        without the channel axis.
-    """
-    return _affine(features.square(), variance, feature_dim)
 
 
 def probit_logits(map_logits: torch.Tensor, logit_variance: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,18 @@ def _coerce_integers(config: dict, schema: Mapping[str, Any]) -> None:
 
 
 def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
+    from laplace_head.settings import posterior_variant_problem, variant_laplace
+
+    problem = posterior_variant_problem(config["laplace"])
+    if problem:
+        raise ConfigError(f"{config_name}: laplace.{problem}. Edit the laplace section.")
+    for name in config["ablation"]["variants"]:
+        problem = posterior_variant_problem(variant_laplace(config, name))
+        if problem:
+            raise ConfigError(
+                f"{config_name}: ablation variant {name!r}: {problem} (its keys override the "
+                f"laplace section). Edit ablation.variants.{name}."
+            )
     prompts = config["prompt_generation"]
     if prompts["min_pairs"] > prompts["max_pairs"]:
         raise ConfigError(

@@ -15,7 +15,9 @@ name, ``overall`` included, can collide with the overall scope): per-image mean 
 ``ece_bins`` equal-width bins of the foreground probability (sum over bins of
 ``n_bin / n * |mean p - fraction foreground|``), and the AUROC of a per-pixel uncertainty for
 detecting misclassified pixels: the predictive entropy for every method, plus the BALD
-(mutual information from posterior weight samples) for the Laplace head. AUROCs are computed
+(mutual information of the Gaussian GLM logit, by quadrature - no sampling noise, the same for
+every posterior variant) for the Laplace head. Posterior weight samples only rank the example
+panels' prompts. AUROCs are computed
 from fine histograms (log-scale bins), so memory stays bounded for any split size.
 """
 
@@ -32,12 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from laplace_head.bayes.posterior import (
-    Posterior,
-    load_posterior,
-    probit_logits,
-    uncertainty_from_samples,
-)
+from laplace_head.bayes.posterior import Posterior, load_posterior, probit_logits
+from laplace_head.bayes.predictive import gaussian_logit_uncertainty
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.evaluation.calibration import (
@@ -139,9 +137,7 @@ def evaluate(
     examples: list[dict[str, Any]] = []
     for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
         map_logits, variance = posterior.logit_moments(batch.inputs)
-        maps = uncertainty_from_samples(
-            posterior.sample_logits(batch.inputs, weight_samples=weights)
-        )
+        maps = gaussian_logit_uncertainty(map_logits, variance)
         bald_score = torch.log(maps["mutual_information"].double().clamp_min(1e-300))
         effective = {
             "base": batch.raw_logits.nan_to_num(0.0),
@@ -186,6 +182,7 @@ def evaluate(
         "laplace": {
             "prior_precision": posterior.prior_precision,
             "temperature": posterior.temperature,
+            "posterior": posterior.meta.get("posterior"),
             "n_posterior_samples": n_posterior_samples,
         },
         "overall": {m: results.get((OVERALL_SCOPE, m)) for m in METHODS},

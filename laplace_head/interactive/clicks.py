@@ -32,6 +32,24 @@ cell is clicked or excluded). Map-based policies smooth their map with a Gaussia
 the ground truth at that cell. Add a policy with :func:`register_policy`. Every random draw of
 a simulation comes from :func:`click_rng` (seed, sample id, policy, click index), so results do
 not depend on the order in which samples or policies are simulated.
+
+Three further BALD rules read more than the BALD map:
+
+* ``bald_raw`` - the argmax of the *unsmoothed* BALD map, the control for ``bald``: it shows
+  what the smoothing buys (a click on the single most informative pixel, noisy or not).
+* ``bald_region`` - the oracle's rule without the ground truth: the predicted error
+  ``min(p, 1 - p)`` of the posterior predictive probability ``p``
+  (:attr:`ClickState.predictive_probability`) stands in for the true error, its 4-connected
+  regions at or above :data:`REGION_ERROR_LEVEL` stand in for the error regions, the region
+  with the largest BALD *sum* (not the largest pixel) is chosen and clicked at its
+  distance-transform centre, as the oracle clicks its largest error region. Clicked cells are
+  boundary, as for the oracle; with no such region it falls back to ``bald``.
+* ``bald_lookahead`` - a one-step look-ahead: for the centres of the best
+  :data:`LOOKAHEAD_CANDIDATES` ``bald_region`` regions it re-predicts with the click added as
+  positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
+  expected remaining predicted error ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q,
+  1 - q)``, is smallest, i.e. the largest expected reduction of predicted error. It costs
+  ``2 * LOOKAHEAD_CANDIDATES`` extra predictions per click.
 """
 
 from __future__ import annotations
@@ -52,6 +70,15 @@ Policy = Callable[["ClickState", np.random.Generator], "Cell | None"]
 #: ``entropy``, ``bald`` and ``map_margin`` policies: about 1 % of the image side, well below the
 #: prompt maps' default sigma (8), so a click lands inside the uncertain band it targets.
 SMOOTHING_SIGMA = 3.0
+
+#: Predicted-error level of the ``bald_region`` regions: cells whose expected error
+#: ``min(p, 1 - p)`` under the posterior predictive probability ``p`` is at least this, i.e.
+#: ``0.25 <= p <= 0.75`` - where the head gives the wrong class at least one time in four. Half
+#: way between a confident cell (error 0) and a coin flip (0.5).
+REGION_ERROR_LEVEL = 0.25
+
+#: Candidates the ``bald_lookahead`` policy re-predicts (twice each: positive and negative).
+LOOKAHEAD_CANDIDATES = 3
 
 
 # --- coordinates ----------------------------------------------------------------------------
@@ -232,6 +259,15 @@ class ClickState:
     excluded
         Optional (256, 256) bool mask of further cells not to click (e.g. around suggestions
         already made).
+    predictive_probability
+        The posterior predictive foreground probability ``E[sigmoid(z)]``, in [0, 1]; read by
+        ``bald_region`` and ``bald_lookahead`` (which raise without it). The builders in
+        :mod:`~laplace_head.interactive.simulate` and :mod:`~laplace_head.interactive.predictor`
+        always set it.
+    lookahead
+        ``lookahead((row, col), label) -> (256, 256)`` predictive probability after adding a
+        click with ``label`` (1 positive, 0 negative) at the cell to the current clicks,
+        without changing them; read by ``bald_lookahead`` only.
     """
 
     map_probability: np.ndarray
@@ -240,6 +276,8 @@ class ClickState:
     clicked: set[Cell] = field(default_factory=set)
     gt: np.ndarray | None = None
     excluded: np.ndarray | None = None
+    predictive_probability: np.ndarray | None = None
+    lookahead: Callable[[Cell, int], np.ndarray] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -322,6 +360,102 @@ def entropy_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
 def bald_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Argmax of the smoothed BALD (mutual information) over the clickable cells."""
     return _best_cell(smooth_map(state.bald), state.blocked())
+
+
+@register_policy("bald_raw")
+def bald_raw_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the unsmoothed BALD over the clickable cells."""
+    return _best_cell(np.asarray(state.bald, dtype=np.float64), state.blocked())
+
+
+def _predictive_probability(state: ClickState, policy: str) -> np.ndarray:
+    if state.predictive_probability is None:
+        raise ValueError(
+            f"the {policy} policy needs the predictive probability "
+            "(ClickState.predictive_probability)"
+        )
+    probability = np.asarray(state.predictive_probability, dtype=np.float64)
+    if probability.shape != state.shape:
+        raise ValueError(
+            f"predictive_probability has shape {probability.shape}; expected {state.shape}"
+        )
+    return probability
+
+
+def predicted_error(probability: np.ndarray) -> np.ndarray:
+    """Expected 0-1 error ``min(p, 1 - p)`` of predicting the likelier class, per cell."""
+    probability = np.asarray(probability, dtype=np.float64)
+    return np.minimum(probability, 1.0 - probability)
+
+
+def bald_region_centres(state: ClickState, n: int, policy: str = "bald_region") -> list[Cell]:
+    """Centres of the ``n`` uncertain regions with the largest BALD sums, best first.
+
+    The regions are the 4-connected components of the clickable cells whose predicted error
+    ``min(p, 1 - p)`` is at least :data:`REGION_ERROR_LEVEL`; they are ranked by the sum of
+    BALD over them (ties: first in label, i.e. scan, order) and each is clicked at its
+    :func:`interior_point` (blocked cells count as boundary). Fewer than ``n`` when there are
+    fewer regions.
+    """
+    probability = _predictive_probability(state, policy)
+    region_mask = ~state.blocked() & (predicted_error(probability) >= REGION_ERROR_LEVEL)
+    labels, n_regions = ndimage.label(region_mask)  # 4-connectivity
+    if n_regions == 0 or n <= 0:
+        return []
+    bald = np.asarray(state.bald, dtype=np.float64)
+    sums = np.bincount(labels.ravel(), weights=bald.ravel(), minlength=n_regions + 1)[1:]
+    order = np.argsort(-sums, kind="stable")[:n]
+    boxes = ndimage.find_objects(labels)
+    centres = []
+    for index in order:
+        box = boxes[index]
+        # The centre in the region's bounding box is the centre in the whole grid: every cell
+        # outside the box is background, and the box's padding ring is nearer than any of them.
+        row, col = interior_point(labels[box] == index + 1)
+        centres.append((int(row + box[0].start), int(col + box[1].start)))
+    return centres
+
+
+@register_policy("bald_region")
+def bald_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Centre of the uncertain region with the largest BALD sum (``bald`` without one)."""
+    centres = bald_region_centres(state, 1)
+    return centres[0] if centres else bald_policy(state, rng)
+
+
+def _total_error(probability: np.ndarray) -> float:
+    return float(predicted_error(probability).sum())
+
+
+@register_policy("bald_lookahead")
+def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """The candidate click with the least expected predicted error after it (one step ahead).
+
+    Candidates: the :func:`bald_region_centres` of the best :data:`LOOKAHEAD_CANDIDATES`
+    regions, topped up with the next smoothed-BALD argmaxes. Ties: the first candidate.
+    """
+    if state.lookahead is None:
+        raise ValueError("the bald_lookahead policy needs a look-ahead (ClickState.lookahead)")
+    probability = _predictive_probability(state, "bald_lookahead")
+    candidates = bald_region_centres(state, LOOKAHEAD_CANDIDATES, "bald_lookahead")
+    if len(candidates) < LOOKAHEAD_CANDIDATES:
+        blocked = state.blocked() | clicked_mask(candidates, state.shape)
+        smoothed = smooth_map(state.bald)
+        while len(candidates) < LOOKAHEAD_CANDIDATES:
+            cell = _best_cell(smoothed, blocked)
+            if cell is None:
+                break
+            candidates.append(cell)
+            blocked[cell] = True
+    best: tuple[float, Cell] | None = None
+    for cell in candidates:
+        p = float(probability[cell])
+        expected = p * _total_error(state.lookahead(cell, 1)) + (1.0 - p) * _total_error(
+            state.lookahead(cell, 0)
+        )
+        if best is None or expected < best[0]:
+            best = (expected, cell)
+    return None if best is None else best[1]
 
 
 @register_policy("map_margin")

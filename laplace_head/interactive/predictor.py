@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,6 +427,33 @@ class InteractivePredictor:
 
     # --- suggestions --------------------------------------------------------------------------
 
+    def lookahead(
+        self, prediction: InteractivePrediction
+    ) -> Callable[[tuple[int, int], int], np.ndarray]:
+        """The look-ahead of ``prediction`` for :attr:`ClickState.lookahead
+        <laplace_head.interactive.clicks.ClickState.lookahead>`.
+
+        ``lookahead((row, col), label)`` is the (256, 256) predictive probability of
+        :meth:`predict` on ``prediction``'s clicks plus one click with ``label`` at the cell's
+        centre (:func:`~laplace_head.interactive.clicks.grid_to_image`). The click history is
+        not touched; results are cached per (cell, label). ``prediction`` must be of the
+        current image.
+        """
+        points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
+        image_hw = prediction.image_hw
+        cache: dict[tuple[tuple[int, int], int], np.ndarray] = {}
+
+        def predict_with(cell: tuple[int, int], label: int) -> np.ndarray:
+            key = ((int(cell[0]), int(cell[1])), int(label))
+            if key not in cache:
+                x, y = grid_to_image(key[0][0], key[0][1], image_hw)
+                extended = self.predict(np.vstack([points, [[x, y]]]), np.append(labels, key[1]))
+                cache[key] = extended.predictive_probability
+            return cache[key]
+
+        return predict_with
+
     def suggest(
         self,
         k: int = 1,
@@ -442,8 +470,11 @@ class InteractivePredictor:
         k
             Number of suggestions (fewer when the policy runs out of cells).
         policy
-            A name in :data:`~laplace_head.interactive.clicks.POLICIES` (``bald``, ``entropy``,
-            ``map_margin``, ``random``, ``oracle``).
+            A name in :data:`~laplace_head.interactive.clicks.POLICIES` (``bald``,
+            ``bald_raw``, ``bald_region``, ``bald_lookahead``, ``entropy``, ``map_margin``,
+            ``random``, ``oracle``). ``bald_lookahead`` re-predicts
+            (:meth:`lookahead`, 2 predictions per candidate) without touching the click
+            history; ``prediction`` must then be of the current image.
         prediction
             The prediction to suggest from; default :attr:`last_prediction`. Its clicked cells
             are never suggested.
@@ -484,6 +515,8 @@ class InteractivePredictor:
             clicked=prediction.clicked_cells(),
             gt=np.asarray(gt_256, dtype=bool) if policy == "oracle" else None,
             excluded=np.zeros(shape, dtype=bool),
+            predictive_probability=prediction.predictive_probability,
+            lookahead=self.lookahead(prediction),
         )
         suggestions: list[tuple[float, float, int]] = []
         for index in range(k):

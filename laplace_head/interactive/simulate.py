@@ -11,7 +11,10 @@
    .POLICIES`) on the head's current maps; the simulated user labels each by the grid ground
    truth at its cell (for the oracle this is the oracle's own label). Only ground-truth policies
    (the oracle) see the ground truth. A click goes to the predictor at its cell centre in image
-   pixels (:func:`~laplace_head.interactive.clicks.grid_to_image`).
+   pixels (:func:`~laplace_head.interactive.clicks.grid_to_image`). A look-ahead policy
+   (``bald_lookahead``) may re-predict with one extra click
+   (:meth:`~laplace_head.interactive.predictor.InteractivePredictor.lookahead`); that leaves
+   the simulation's click history as it is.
 4. After every click: the IoU of the base mask (``base_logits > 0``) and of the head mask
    (``map_probability > 0.5``) with the grid ground truth, the click, and ``no_error`` -
    whether the oracle finds no unclicked error pixel of the head mask left.
@@ -122,6 +125,9 @@ def simulate_clicks(
                 bald=prediction.bald,
                 clicked=set(clicked),
                 gt=policy_gt,
+                predictive_probability=prediction.predictive_probability,
+                # predict() on the clicks so far plus one: the history is not touched
+                lookahead=predictor.lookahead(prediction),
             )
             next_cell = choose(state, click_rng(seed, sample_id, policy, index))
             if next_cell is None:

@@ -29,8 +29,8 @@ def _posterior(scale: float) -> Posterior:
         head.trunk[0].weight[0, 0, 1, 1], head.trunk[0].weight[1, 0, 1, 1] = 1.0, -1.0
         head.trunk[2].weight[0, 0, 1, 1], head.trunk[2].weight[1, 1, 1, 1] = 1.0, 1.0
         head.final_conv.weight[0, 0], head.final_conv.weight[0, 1] = scale, -scale
-    mean = torch.cat([head.final_conv.weight.reshape(-1), head.final_conv.bias]).detach()
-    return Posterior(head, mean, torch.full_like(mean, 1e-6), 1.0, 1.0, logit_clip=20.0)
+    variance = torch.full((head.final_conv.in_channels + 1,), 1e-6)
+    return Posterior.last_layer_diagonal(head, variance, logit_clip=20.0)
 
 
 def test_histogram_auroc():

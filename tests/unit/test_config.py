@@ -52,7 +52,12 @@ def test_schema_gives_every_key_a_description_and_default_and_closes_objects() -
         assert subschema.get("description"), f"{key} has no description"
         assert "default" in subschema, f"{key} has no default"
         if subschema.get("type") == "object":
-            assert subschema.get("additionalProperties") is False, key
+            entries = subschema.get("additionalProperties")
+            if isinstance(entries, dict):  # a map of user-chosen names: names and entries closed
+                assert subschema["propertyNames"]["pattern"], key
+                assert entries.get("additionalProperties") is False, key
+            else:
+                assert entries is False, key
 
 
 def test_config_yaml_carries_every_schema_key(repo_root: Path) -> None:

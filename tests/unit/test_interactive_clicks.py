@@ -9,7 +9,9 @@ import pytest
 
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
+    LOOKAHEAD_CANDIDATES,
     POLICIES,
+    REGION_ERROR_LEVEL,
     ClickState,
     click_rng,
     first_click,
@@ -165,7 +167,20 @@ def _state(seed: int = 0, shape=(256, 256), with_gt: bool = False) -> ClickState
         bald=rng.random(shape) * 0.1,
         clicked={(0, 0)},
         gt=gt if with_gt else None,
+        predictive_probability=probability,
+        lookahead=_fake_lookahead(probability),
     )
+
+
+def _fake_lookahead(probability: np.ndarray):
+    """A look-ahead that sharpens p around the clicked cell (a deterministic toy head)."""
+    rows, cols = np.mgrid[: probability.shape[0], : probability.shape[1]]
+
+    def lookahead(cell, label):
+        near = (rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < 15**2
+        return np.where(near, float(label), probability)
+
+    return lookahead
 
 
 def _run_policy(name: str, sample_id: str, seed: int = 7, n_clicks: int = 5) -> list:
@@ -180,10 +195,23 @@ def _run_policy(name: str, sample_id: str, seed: int = 7, n_clicks: int = 5) -> 
 
 def test_registry_has_the_documented_policies() -> None:
     assert {"oracle", "random", "entropy", "bald", "map_margin"} <= set(POLICIES)
+    assert {"bald_raw", "bald_region", "bald_lookahead"} <= set(POLICIES)
     assert GROUND_TRUTH_POLICIES == {"oracle"}
 
 
-@pytest.mark.parametrize("name", ["oracle", "random", "entropy", "bald", "map_margin"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "oracle",
+        "random",
+        "entropy",
+        "bald",
+        "map_margin",
+        "bald_raw",
+        "bald_region",
+        "bald_lookahead",
+    ],
+)
 def test_every_policy_is_deterministic_and_never_reclicks(name) -> None:
     first = _run_policy(name, "cls/a")
     assert first == _run_policy(name, "cls/a")
@@ -202,14 +230,22 @@ def test_random_clicks_depend_on_sample_id_seed_and_click_index_only() -> None:
 
 def test_random_policy_is_uniform_over_unclicked_cells_and_runs_out() -> None:
     shape = (4, 4)
-    state = ClickState(np.zeros(shape), np.zeros(shape), np.zeros(shape), clicked=set())
+    half = np.full(shape, 0.5)
+    state = ClickState(
+        np.zeros(shape),
+        np.zeros(shape),
+        np.zeros(shape),
+        clicked=set(),
+        predictive_probability=half,
+        lookahead=_fake_lookahead(half),
+    )
     cells = []
     for index in range(16):
         cells.append(POLICIES["random"](state, click_rng(0, "s", "random", index)))
         state.clicked.add(cells[-1])
     assert sorted(cells) == sorted(itertools.product(range(4), range(4)))
     assert POLICIES["random"](state, click_rng(0, "s", "random", 16)) is None
-    for name in ("entropy", "bald", "map_margin"):
+    for name in ("entropy", "bald", "map_margin", "bald_raw", "bald_region", "bald_lookahead"):
         assert POLICIES[name](state, click_rng(0, "s", name, 16)) is None
 
 
@@ -246,8 +282,182 @@ def test_excluded_cells_are_never_picked() -> None:
     state = _state()
     state.excluded = np.ones((256, 256), dtype=bool)
     state.excluded[5, 7] = False
-    for name in ("random", "entropy", "bald", "map_margin"):
+    for name in ("random", "entropy", "bald", "map_margin", "bald_raw"):
         assert POLICIES[name](state, np.random.default_rng(0)) == (5, 7)
+    state.predictive_probability = np.full((256, 256), 0.5)  # one region: the free cell
+    for name in ("bald_region", "bald_lookahead"):
+        assert POLICIES[name](state, np.random.default_rng(0)) == (5, 7)
+
+
+# --- BALD rules: raw, region, look-ahead ------------------------------------------------------
+
+
+def _hot_pixel_and_plateau() -> np.ndarray:
+    values = np.zeros((256, 256))
+    values[200, 40] = 1.0  # a single hot pixel ...
+    values[100:121, 150:171] = 0.5  # ... and a plateau that wins once smoothed
+    return values
+
+
+def test_bald_raw_takes_the_unsmoothed_argmax() -> None:
+    shape = (256, 256)
+    state = ClickState(np.full(shape, 0.9), np.zeros(shape), _hot_pixel_and_plateau())
+    assert POLICIES["bald"](state, np.random.default_rng(0)) == (110, 160)
+    assert POLICIES["bald_raw"](state, np.random.default_rng(0)) == (200, 40)
+    state.clicked.add((200, 40))  # next: the plateau's first cell in row-major order
+    assert POLICIES["bald_raw"](state, np.random.default_rng(0)) == (100, 150)
+
+
+# Three uncertain regions (p in [0.25, 0.75]) on a confident background (p = 0.02):
+#   SMALL  5 x 5,   BALD 0.6 / px (sum 15):   the highest pixels;
+#   MID    25 x 25, BALD 0.1 / px (sum 62.5): the largest BALD sum, centre (112, 60);
+#   BIG    51 x 51, BALD 0.01 / px (sum 26):  the largest region, centre (205, 205).
+SMALL = ((20, 25), (20, 25))
+MID = ((100, 125), (48, 73))
+BIG = ((180, 231), (180, 231))
+
+
+def _region_state() -> ClickState:
+    shape = (256, 256)
+    probability = np.full(shape, 0.02)
+    bald = np.zeros(shape)
+    for box, p, b in ((SMALL, 0.5, 0.6), (MID, 0.4, 0.1), (BIG, 0.7, 0.01)):
+        probability[box[0][0] : box[0][1], box[1][0] : box[1][1]] = p
+        bald[box[0][0] : box[0][1], box[1][0] : box[1][1]] = b
+    bald[150, 150] = 0.05  # BALD outside every region does not count
+    return ClickState(
+        probability, np.zeros(shape), bald, clicked=set(), predictive_probability=probability
+    )
+
+
+def test_bald_region_clicks_the_centre_of_the_region_with_the_largest_bald_sum() -> None:
+    state = _region_state()
+    assert POLICIES["bald_raw"](state, np.random.default_rng(0)) == (20, 20)  # SMALL's pixel
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (112, 60)  # MID's centre
+    assert (112, 60) == _brute_force_centre(_box((256, 256), *MID))
+
+
+def test_bald_region_treats_blocked_cells_as_boundary_and_never_picks_them() -> None:
+    state = _region_state()
+    state.clicked.add((112, 60))
+    cell = POLICIES["bald_region"](state, np.random.default_rng(0))
+    # Still MID (its sum barely drops), clicked at the centre of MID minus the clicked cell;
+    # brute force on a window around MID (every cell outside it is outside the region).
+    window = _box((256, 256), *MID)[90:141, 40:81]
+    window[112 - 90, 60 - 40] = False
+    row, col = _brute_force_centre(window)
+    assert cell == (row + 90, col + 40) and cell != (112, 60)
+    # MID excluded entirely: BIG (sum 26) beats SMALL (sum 15).
+    state.excluded = _box((256, 256), *MID)
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (205, 205)
+
+
+def test_bald_region_uses_4_connectivity_and_the_error_level() -> None:
+    shape = (256, 256)
+    probability = np.full(shape, 0.98)
+    bald = np.full(shape, 0.1)
+    # Two 11 x 11 squares touching at a corner (sum 12.1 each; 24.2 if 8-connected) ...
+    probability[200:211, 200:211] = 0.5
+    probability[211:222, 211:222] = 0.5
+    # ... and an 11 x 16 strip (sum 17.6), at exactly the error level (p = 0.75).
+    probability[10:21, 200:216] = 1 - REGION_ERROR_LEVEL
+    state = ClickState(
+        probability, np.zeros(shape), bald, clicked=set(), predictive_probability=probability
+    )
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (15, 205)
+    # Just below the error level the strip is no region: a corner square wins.
+    probability[10:21, 200:216] = 0.76
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (205, 205)
+
+
+def test_bald_region_falls_back_to_smoothed_bald_without_an_uncertain_region() -> None:
+    shape = (256, 256)
+    confident = np.full(shape, 0.9)  # error 0.1 < REGION_ERROR_LEVEL everywhere
+    state = ClickState(
+        confident, np.zeros(shape), _hot_pixel_and_plateau(), predictive_probability=confident
+    )
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (110, 160)
+    state.clicked.add((110, 160))
+    expected = POLICIES["bald"](state, np.random.default_rng(0))
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == expected
+    # The only uncertain cells are clicked: no region either.
+    state.predictive_probability = confident.copy()
+    state.predictive_probability[110, 160] = 0.5
+    assert POLICIES["bald_region"](state, np.random.default_rng(0)) == expected
+
+
+@pytest.mark.parametrize("name", ["bald_region", "bald_lookahead"])
+def test_region_rules_need_the_predictive_probability(name) -> None:
+    state = _region_state()
+    state.predictive_probability = None
+    state.lookahead = _fake_lookahead(state.map_probability)
+    with pytest.raises(ValueError, match=f"{name}.*predictive_probability"):
+        POLICIES[name](state, np.random.default_rng(0))
+
+
+def _error_map(total_error: float) -> np.ndarray:
+    """A probability map with sum(min(q, 1 - q)) == total_error (q = 0.5 on 2 * total cells)."""
+    q = np.zeros(256 * 256)
+    q[: int(round(2 * total_error))] = 0.5
+    return q.reshape(256, 256)
+
+
+def test_bald_lookahead_minimises_the_expected_remaining_error() -> None:
+    state = _region_state()
+    # Candidates in bald_region order: MID (p 0.4), BIG (p 0.7), SMALL (p 0.5).
+    errors = {
+        (112, 60): (800.0, 800.0),  # (after a positive, after a negative click): E = 800
+        # Unweighted mean 500 would win, p-weighted: 0.7 * 1000 + 0.3 * 0 = 700.
+        (205, 205): (1000.0, 0.0),
+        (22, 22): (600.0, 600.0),  # E = 600: the best, though SMALL has the least BALD sum
+    }
+    calls = []
+
+    def lookahead(cell, label):
+        calls.append((cell, label))
+        return _error_map(errors[cell][1 - label])
+
+    state.lookahead = lookahead
+    assert LOOKAHEAD_CANDIDATES == 3
+    assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (22, 22)
+    assert sorted(calls) == sorted((cell, label) for cell in errors for label in (0, 1))
+    # A label mix-up (p weighting the negative click) would pick BIG: 0.3 * 1000 = 300.
+    errors[(205, 205)] = (0.0, 1000.0)  # now E = 0.7 * 0 + 0.3 * 1000 = 300
+    assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (205, 205)
+    # Ties go to the first candidate (bald_region's choice).
+    errors.update({cell: (5.0, 5.0) for cell in errors})
+    assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (112, 60)
+
+
+def test_bald_lookahead_tops_up_candidates_from_smoothed_bald() -> None:
+    shape = (256, 256)
+    probability = np.full(shape, 0.05)
+    probability[30:41, 30:41] = 0.5  # one region, centre (35, 35), no BALD
+    state = ClickState(
+        probability,
+        np.zeros(shape),
+        _hot_pixel_and_plateau(),
+        clicked=set(),
+        predictive_probability=probability,
+    )
+    calls = []
+
+    def lookahead(cell, label):
+        calls.append(cell)
+        return _error_map(0.0 if cell == (110, 160) else 50.0)
+
+    state.lookahead = lookahead
+    assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (110, 160)
+    candidates = list(dict.fromkeys(calls))
+    assert len(candidates) == LOOKAHEAD_CANDIDATES
+    assert candidates[:2] == [(35, 35), (110, 160)]  # the region, then the smoothed argmax
+    assert candidates[2] in {(109, 160), (110, 159)}  # the next smoothed argmax
+
+
+def test_bald_lookahead_needs_a_lookahead() -> None:
+    state = _region_state()
+    with pytest.raises(ValueError, match="bald_lookahead.*lookahead"):
+        POLICIES["bald_lookahead"](state, np.random.default_rng(0))
 
 
 # --- coordinates ------------------------------------------------------------------------------

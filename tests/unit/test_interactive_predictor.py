@@ -17,7 +17,7 @@ from helpers.tiny_sam import CountingSam
 from laplace_head.bayes.posterior import load_posterior
 from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
 from laplace_head.cache.split_h5 import assemble_inputs
-from laplace_head.interactive.clicks import POLICIES, image_to_grid
+from laplace_head.interactive.clicks import POLICIES, ClickState, grid_to_image, image_to_grid
 from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
 from laplace_head.interactive.simulate import simulate_clicks
 from laplace_head.prompts.sampling import PromptSet
@@ -190,7 +190,7 @@ def test_suggest_returns_distinct_unclicked_cells_with_correcting_labels(walker_
     walker_predictor.add_click(2, 2, 0)
     prediction = walker_predictor.predict_clicks()
     clicked = prediction.clicked_cells()
-    for policy in ("bald", "entropy", "map_margin", "random"):
+    for policy in ("bald", "entropy", "map_margin", "random", "bald_raw", "bald_region"):
         suggestions = walker_predictor.suggest(k=4, policy=policy, seed=3)
         assert len(suggestions) == 4
         assert suggestions == walker_predictor.suggest(k=4, policy=policy, seed=3)
@@ -208,6 +208,60 @@ def test_suggest_returns_distinct_unclicked_cells_with_correcting_labels(walker_
     assert label == int(gt_256[image_to_grid(x, y, (HEIGHT, WIDTH))])
     with pytest.raises(ValueError, match="unknown click policy"):
         walker_predictor.suggest(policy="nope")
+
+
+def test_lookahead_predicts_one_click_ahead_without_touching_the_history(walker_predictor) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    walker_predictor.add_click(32, 24, 1)
+    walker_predictor.add_click(2, 2, 0)
+    prediction = walker_predictor.predict_clicks()
+    history = walker_predictor.clicks
+    lookahead = walker_predictor.lookahead(prediction)
+    for cell, label in (((10, 200), 0), ((128, 128), 1)):
+        x, y = grid_to_image(cell[0], cell[1], (HEIGHT, WIDTH))
+        expected = walker_predictor.predict([[32, 24], [2, 2], [x, y]], [1, 0, label])
+        np.testing.assert_array_equal(lookahead(cell, label), expected.predictive_probability)
+    assert not np.array_equal(lookahead((10, 200), 0), lookahead((10, 200), 1))
+    assert walker_predictor.clicks == history
+    assert walker_predictor.predict_clicks() is prediction
+
+
+def test_suggest_bald_lookahead_leaves_the_history_unchanged(walker_predictor) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    walker_predictor.add_click(32, 24, 1)
+    walker_predictor.add_click(2, 2, 0)
+    prediction = walker_predictor.predict_clicks()
+    history = walker_predictor.clicks
+    suggestions = walker_predictor.suggest(k=2, policy="bald_lookahead")
+    assert len(suggestions) == 2
+    assert suggestions == walker_predictor.suggest(k=2, policy="bald_lookahead")
+    assert walker_predictor.clicks == history
+    assert walker_predictor.last_prediction is prediction
+    assert walker_predictor.predict_clicks() is prediction
+    # The first suggestion is the policy's choice with a look-ahead built by hand.
+    calls = []
+
+    def lookahead(cell, label):
+        calls.append((cell, label))
+        x, y = grid_to_image(cell[0], cell[1], (HEIGHT, WIDTH))
+        extended = walker_predictor.predict([[32, 24], [2, 2], [x, y]], [1, 0, label])
+        return extended.predictive_probability
+
+    state = ClickState(
+        prediction.map_probability,
+        prediction.entropy,
+        prediction.bald,
+        clicked=prediction.clicked_cells(),
+        predictive_probability=prediction.predictive_probability,
+        lookahead=lookahead,
+    )
+    cell = POLICIES["bald_lookahead"](state, np.random.default_rng(0))
+    assert len(calls) == 6  # three candidates, both labels
+    x, y, label = suggestions[0]
+    assert image_to_grid(x, y, (HEIGHT, WIDTH)) == cell
+    assert label == int(prediction.map_probability[cell] < 0.5)
 
 
 def test_sampling_option_is_seeded_and_agrees_with_the_quadrature(posterior) -> None:
@@ -251,7 +305,19 @@ def test_from_config_builds_the_configured_segmenter(fitted) -> None:
 # --- simulate_clicks --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ["oracle", "random", "entropy", "bald", "map_margin"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "oracle",
+        "random",
+        "entropy",
+        "bald",
+        "map_margin",
+        "bald_raw",
+        "bald_region",
+        "bald_lookahead",
+    ],
+)
 def test_simulate_clicks_is_deterministic_and_json_able(walker_predictor, policy) -> None:
     image, mask = _image_and_mask()
     result = simulate_clicks(walker_predictor, image, mask, policy, 4, seed=5, sample_id="c/a")
@@ -288,6 +354,30 @@ def test_simulate_clicks_seeding_and_shared_first_click(walker_predictor) -> Non
     bald = simulate_clicks(walker_predictor, image, mask, "bald", 4, 5, "c/a")
     assert bald["clicks"][0] == runs["c/a"]["clicks"][0]
     assert bald["iou_head"][0] == runs["c/a"]["iou_head"][0]
+
+
+def test_simulate_clicks_passes_the_predictive_probability_and_a_pure_lookahead(
+    walker_predictor, monkeypatch
+) -> None:
+    seen = []
+
+    def spy(state, rng):
+        history = walker_predictor.clicks
+        seen.append(state.predictive_probability)
+        cell = POLICIES["bald_lookahead"](state, rng)
+        assert walker_predictor.clicks == history  # the look-ahead left the history alone
+        return cell
+
+    monkeypatch.setitem(POLICIES, "spy", spy)
+    image, mask = _image_and_mask()
+    result = simulate_clicks(walker_predictor, image, mask, "spy", 3, 5, "c/a")
+    reference = simulate_clicks(walker_predictor, image, mask, "bald_lookahead", 3, 5, "c/a")
+    assert result["clicks"] == reference["clicks"] and result["n_clicks"] == 3
+    assert len(seen) == 2
+    # The first policy call saw the predictive probability of the first click alone.
+    first = result["clicks"][0]
+    expected = walker_predictor.predict([[first["x"], first["y"]]], [1])
+    np.testing.assert_array_equal(seen[0], expected.predictive_probability)
 
 
 def test_simulate_clicks_stops_when_the_policy_has_nothing_to_click(

@@ -135,7 +135,8 @@ def test_validation_nll_grid_is_the_probit_nll_of_each_pair(run):
     variance = 1 / (ggn / TEMPERATURE_GRID[j] + PRIOR_GRID[i])
     z = phi @ mean / np.sqrt(1 + math.pi / 8 * (phi**2 @ variance))
     nll = np.mean(np.logaddexp(0, z) - y * z)
-    assert run.meta["grid"]["val_nll"][i][j] == pytest.approx(nll, rel=1e-9)
+    # the tuning pass runs the head in float64, this reference on float32 features
+    assert run.meta["grid"]["val_nll"][i][j] == pytest.approx(nll, rel=1e-7)
     assert run.meta["n_val_pixels"] == y.size
 
 

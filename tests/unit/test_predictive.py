@@ -11,9 +11,7 @@ import torch
 from laplace_head.bayes import posterior, predictive
 from laplace_head.bayes.predictive import (
     binary_entropy_from_logits,
-    diagonal_posterior_variance,
     linear_logits,
-    logit_variance,
     probit_logits,
     uncertainty_from_samples,
 )
@@ -23,38 +21,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def test_diagonal_posterior_variance_matches_a_loop_over_the_grid() -> None:
-    ggn = torch.tensor([0.0, 1.0, 250.0, 1e6], dtype=torch.float64)
-    priors, temperatures = [1e-3, 1.0, 10.0], [1.0, 100.0]
-    grid = diagonal_posterior_variance(
-        ggn.view(1, 1, -1),
-        torch.tensor(priors, dtype=torch.float64).view(-1, 1, 1),
-        torch.tensor(temperatures, dtype=torch.float64).view(1, -1, 1),
-    )
-    assert grid.shape == (3, 2, 4)
-    for i, prior in enumerate(priors):
-        for j, temperature in enumerate(temperatures):
-            for k, h in enumerate(ggn.tolist()):
-                assert float(grid[i, j, k]) == pytest.approx(1.0 / (h / temperature + prior))
-    # no curvature: the prior variance; scalar arguments work too
-    assert float(diagonal_posterior_variance(ggn, 4.0, 2.0)[0]) == pytest.approx(0.25)
-
-
-def test_linear_logits_and_logit_variance_match_explicit_loops() -> None:
+def test_linear_logits_match_explicit_loops() -> None:
     gen = torch.Generator().manual_seed(0)
     n_features = 5
     feats = torch.randn(2, 3, 4, n_features, generator=gen, dtype=torch.float64)
     params = torch.randn(n_features + 1, generator=gen, dtype=torch.float64)
-    variance = torch.rand(n_features + 1, generator=gen, dtype=torch.float64)
     z = linear_logits(feats, params)
-    var = logit_variance(feats, variance)
-    assert z.shape == var.shape == (2, 3, 4)
+    assert z.shape == (2, 3, 4)
     for index in np.ndindex(2, 3, 4):
         phi = feats[index].tolist()
         expected_z = sum(p * w for p, w in zip(phi, params.tolist())) + float(params[-1])
-        expected_var = sum(p * p * s for p, s in zip(phi, variance.tolist())) + float(variance[-1])
         assert float(z[index]) == pytest.approx(expected_z, rel=1e-12, abs=1e-12)
-        assert float(var[index]) == pytest.approx(expected_var, rel=1e-12, abs=1e-12)
 
 
 def test_leading_parameter_axes_give_one_result_per_vector() -> None:
@@ -62,12 +39,10 @@ def test_leading_parameter_axes_give_one_result_per_vector() -> None:
     gen = torch.Generator().manual_seed(1)
     feats = torch.randn(7, 3, generator=gen, dtype=torch.float64)
     grid = torch.rand(2, 5, 4, generator=gen, dtype=torch.float64)  # (P, T, C + 1)
-    stacked = logit_variance(feats, grid)
     logits = linear_logits(feats, grid)
-    assert stacked.shape == logits.shape == (2, 5, 7)
+    assert logits.shape == (2, 5, 7)
     for p in range(2):
         for t in range(5):
-            torch.testing.assert_close(stacked[p, t], logit_variance(feats, grid[p, t]))
             torch.testing.assert_close(logits[p, t], linear_logits(feats, grid[p, t]))
 
 
@@ -76,33 +51,15 @@ def test_channel_first_maps_equal_channel_last_features() -> None:
     gen = torch.Generator().manual_seed(5)
     maps = torch.randn(2, 4, 3, 6, generator=gen)
     samples = torch.randn(9, 5, generator=gen)  # (S, C + 1)
-    variance = torch.rand(5, generator=gen)
     channel_last = maps.movedim(1, -1)
     z = linear_logits(maps, samples, feature_dim=1)
     assert z.shape == (9, 2, 3, 6)
     torch.testing.assert_close(z, linear_logits(channel_last, samples))
-    torch.testing.assert_close(
-        logit_variance(maps, variance, feature_dim=1), logit_variance(channel_last, variance)
-    )
-    assert logit_variance(maps, variance, feature_dim=1).shape == (2, 3, 6)
-
-
-def test_logit_variance_is_the_variance_of_sampled_logits() -> None:
-    gen = torch.Generator().manual_seed(2)
-    feats = torch.randn(6, 4, generator=gen, dtype=torch.float64)
-    mean = torch.randn(5, generator=gen, dtype=torch.float64)
-    variance = torch.rand(5, generator=gen, dtype=torch.float64)
-    samples = mean + torch.randn(200_000, 5, generator=gen, dtype=torch.float64) * variance.sqrt()
-    sampled = linear_logits(feats, samples)  # (S, 6)
-    torch.testing.assert_close(sampled.var(0), logit_variance(feats, variance), rtol=0.02, atol=0)
-    torch.testing.assert_close(sampled.mean(0), linear_logits(feats, mean), rtol=0, atol=0.02)
 
 
 def test_parameter_count_must_match_the_features() -> None:
     with pytest.raises(ValueError, match="C \\+ 1 = 4"):
         linear_logits(torch.zeros(2, 3), torch.zeros(3))
-    with pytest.raises(ValueError, match="C \\+ 1 = 4"):
-        logit_variance(torch.zeros(2, 3), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="C \\+ 1 = 3"):
         linear_logits(torch.zeros(2, 2, 5, 5), torch.zeros(4), feature_dim=1)
 

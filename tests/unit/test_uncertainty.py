@@ -27,9 +27,8 @@ SIZE = 24
 def _posterior(variance_scale: float = 0.05, seed: int = 0) -> Posterior:
     torch.manual_seed(seed)
     head = NoImageHead().eval().requires_grad_(False)
-    mean = torch.cat([head.final_conv.weight.reshape(-1), head.final_conv.bias]).detach()
-    variance = variance_scale * (1 + torch.rand(mean.numel()))
-    return Posterior(head, mean, variance, prior_precision=1.0, temperature=10.0, logit_clip=20.0)
+    variance = variance_scale * (1 + torch.rand(head.final_conv.in_channels + 1))
+    return Posterior.last_layer_diagonal(head, variance, logit_clip=20.0)
 
 
 def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:

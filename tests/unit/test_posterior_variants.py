@@ -1,0 +1,315 @@
+"""Every posterior variant against an independent computation.
+
+The reference for a variant is laplace-torch's own dense posterior covariance ``Sigma`` of the
+fitted object, pushed through the autograd Jacobian of the *full-image* head (torch.func
+.jacrev): ``var(z_u) = J_u Sigma J_u^T``. Neither the closed-form Jacobian factors of
+:mod:`laplace_head.bayes.jacobian` nor the rotated curvature of
+:mod:`laplace_head.bayes.curvature` enter it. Then each variant is fitted end to end by
+``fit_laplace``, reloaded through ``load_posterior`` and checked again, with its tuning rule
+and its warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from helpers.laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, save_best, train_tiny_head
+from helpers.synthetic_h5 import make_synthetic_h5
+from torch.func import functional_call, jacrev
+from torch.utils.data import DataLoader, TensorDataset
+
+from laplace_head.bayes.curvature import curvature_from_laplace
+from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
+from laplace_head.bayes.jacobian import block_shapes, jacobian_factors, parameter_vector
+from laplace_head.bayes.layer import (
+    CURVLINOPS_BACKEND_NAME,
+    HESSIAN_STRUCTURES,
+    PatchHead,
+    PixelBernoulliLayer,
+    backend_name,
+    flat_features,
+    make_laplace,
+    pixel_patches,
+)
+from laplace_head.bayes.posterior import load_posterior
+from laplace_head.bayes.predictive import gaussian_logit_uncertainty
+from laplace_head.model.head import NoImageHead
+from laplace_head.settings import LaplaceSettings
+
+# (target_layer, approx) -> subset, as laplace_head.settings.POSTERIOR_VARIANTS
+VARIANTS = [
+    ("final_conv", "diagonal", "last_layer"),
+    ("final_conv", "full", "last_layer"),
+    ("all", "diagonal", "all_layers"),
+    ("all", "kron", "all_layers"),
+]
+PRIOR, TEMPERATURE = 0.7, 3.0
+
+
+def _head(seed: int = 0) -> NoImageHead:
+    torch.manual_seed(seed)
+    head = NoImageHead().double().eval()
+    with torch.no_grad():  # make some ReLUs inactive so the derivative masks matter
+        for parameter in head.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return head
+
+
+def _full_image_jacobian(head: NoImageHead, x: torch.Tensor, subset: str) -> torch.Tensor:
+    """(pixels, params) d logit / d theta of the full-image head, by autograd."""
+    params = {name: p.detach() for name, p in head.named_parameters()}
+    jac = jacrev(lambda p: functional_call(head, p, (x,)).flatten())(params)
+    names = ["final_conv.weight", "final_conv.bias"] if subset == "last_layer" else list(params)
+    return torch.cat([jac[name].reshape(jac[name].shape[0], -1) for name in names], dim=1)
+
+
+def _dense_covariance(la, approx: str) -> torch.Tensor:
+    la.prior_precision, la.temperature = PRIOR, TEMPERATURE
+    if approx == "diagonal":
+        return torch.diag(la.posterior_variance)
+    if approx == "full":
+        return la.posterior_covariance
+    return la.posterior_precision.to_matrix(exponent=-1)
+
+
+def test_patch_model_reproduces_the_full_image_head_at_the_border():
+    head = _head()
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    patches = pixel_patches(x).reshape(-1, 4, 5, 5)
+    logits = PatchHead(head)(patches)
+    torch.testing.assert_close(logits[:, 1], head(x).flatten(), rtol=0, atol=1e-12)
+    assert torch.all(logits[:, 0] == 0)
+    # without the indicator channel (plain zero padding) the border pixels are wrong
+    unmasked = patches.clone()
+    unmasked[:, -1] = 1.0
+    wrong = (PatchHead(head)(unmasked)[:, 1] - head(x).flatten()).abs()
+    assert wrong.max() > 1e-3
+
+
+@pytest.mark.parametrize(("target_layer", "approx", "subset"), VARIANTS)
+def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx, subset):
+    head = _head()
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    labels = (torch.rand(2 * 7 * 8, generator=torch.Generator().manual_seed(1)) > 0.5).long()
+    if subset == "last_layer":
+        inputs = flat_features(head, x).reshape(-1, head.hidden_channels)
+        model = PixelBernoulliLayer.from_conv(head.final_conv)
+    else:
+        inputs = pixel_patches(x).reshape(-1, 4, 5, 5)
+        model = PatchHead(head)
+    la = make_laplace(model, 1.0, 1.0, approx, backend_name(target_layer, approx))
+    la.fit(DataLoader(TensorDataset(inputs, labels), batch_size=40))
+    structure = HESSIAN_STRUCTURES[approx]
+    curvature = curvature_from_laplace(la, subset, structure, block_shapes(head, subset))
+    torch.testing.assert_close(la.mean.detach(), parameter_vector(head, subset))
+
+    sigma = _dense_covariance(la, approx)
+    jac = _full_image_jacobian(head, x, subset)
+    reference = torch.einsum("np,pq,nq->n", jac, sigma, jac)
+    weights = curvature.weights(PRIOR, TEMPERATURE)
+    logits, factors = jacobian_factors(head, x, subset)
+    torch.testing.assert_close(logits.flatten(), head(x).flatten(), rtol=0, atol=1e-12)
+    variance = curvature.logit_variance(factors, weights)
+    torch.testing.assert_close(variance, reference, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(curvature.marginal_variance(weights), sigma.diagonal())
+    if structure != "diag":  # the correlations are real: a diagonal would differ
+        diagonal_only = torch.einsum("np,p,np->n", jac, sigma.diagonal(), jac)
+        assert (diagonal_only - reference).abs().max() > 1e-3 * reference.abs().max()
+
+    # samples: J . (theta_s - theta_map) through the factors equals the dense Jacobian's
+    steps = curvature.sample(5, weights, torch.Generator().manual_seed(0))
+    flat = torch.cat([step.reshape(5, -1) for step in steps], dim=1)
+    pushed = sum(f.apply(step) for f, step in zip(factors, steps, strict=True))
+    torch.testing.assert_close(pushed, flat @ jac.T, rtol=1e-9, atol=1e-12)
+    # and their covariance is Sigma (on a few parameters of every block, to keep it cheap)
+    many = curvature.sample(20_000, weights, torch.Generator().manual_seed(1))
+    index = torch.cat([torch.arange(6) + start for start in _block_starts(head, subset)])
+    flat = torch.cat([step.reshape(20_000, -1) for step in many], dim=1)[:, index]
+    empirical = torch.cov(flat.T)
+    reference_cov = sigma[index][:, index]
+    assert (empirical - reference_cov).abs().max() < 0.06 * reference_cov.diagonal().max()
+
+
+def _block_starts(head: NoImageHead, subset: str) -> list[int]:
+    starts, offset = [], 0
+    for _, n_out, n_in in block_shapes(head, subset):
+        starts.append(min(offset, offset + n_out * n_in - 6))
+        offset += n_out * n_in
+    return [max(0, s) for s in starts]
+
+
+def test_the_first_conv_diagonal_uses_curvlinops_not_asdl():
+    """AsdlGGN's diagonal of the patch model's first conv is wrong (measured sum ratio 0.15)."""
+    assert backend_name("all", "diagonal") == CURVLINOPS_BACKEND_NAME
+    assert backend_name("all", "kron") == CURVLINOPS_BACKEND_NAME
+    assert backend_name("final_conv", "full") == CURVLINOPS_BACKEND_NAME
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    train_h5 = make_synthetic_h5(root / "train.h5", 4, seed=0, size=24, split="train")
+    val_h5 = make_synthetic_h5(root / "val.h5", 2, seed=1, size=24, split="val")
+    head = train_tiny_head(train_h5)
+    return root, train_h5, val_h5, head, save_best(head, root / "best.pt")
+
+
+@pytest.mark.parametrize(("target_layer", "approx", "subset"), VARIANTS)
+def test_fitted_variant_reloads_and_predicts_in_closed_form(data, target_layer, approx, subset):
+    root, train_h5, val_h5, head, best = data
+    settings = LaplaceSettings(
+        PRIOR_GRID,
+        TEMPERATURE_GRID,
+        max_pixels_fit=600,
+        target_layer=target_layer,
+        approx=approx,
+    )
+    out = root / f"{target_layer}_{approx}"
+    meta = fit_laplace(best, train_h5, val_h5, out, settings, run_id="t1")
+    assert meta["posterior"]["subset"] == subset
+    assert meta["hessian_structure"] == HESSIAN_STRUCTURES[approx]
+    assert set(meta["data_to_prior_ratio"]) == {n for n, _, _ in block_shapes(head, subset)}
+    assert 0.0 <= meta["val_bald_error_auroc"] <= 1.0
+    posterior = load_posterior(out)
+    assert posterior.subset == subset
+    assert posterior.prior_precision == meta["prior_precision"]
+    assert posterior.mean.numel() == meta["n_params"]
+
+    # closed form vs laplace-torch's dense covariance at the chosen hyperparameters
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 9, 10)).astype(np.float32))
+    map_logits, variance = posterior.logit_moments(x)
+    torch.testing.assert_close(map_logits, head(x)[:, 0], rtol=0, atol=1e-5)
+    jac = _full_image_jacobian(head.double(), x.double(), subset)
+    head.float()
+    settings_at = replace(settings, prior_precision_grid=(1.0,), temperature_grid=(1.0,))
+    la = _refit(head, train_h5, settings_at, subset, approx, target_layer)
+    la.prior_precision, la.temperature = posterior.prior_precision, posterior.temperature
+    sigma = {
+        "diagonal": lambda: torch.diag(la.posterior_variance),
+        "full": lambda: la.posterior_covariance,
+        "kron": lambda: la.posterior_precision.to_matrix(exponent=-1),
+    }[approx]()
+    reference = torch.einsum("np,pq,nq->n", jac, sigma, jac).reshape(variance.shape)
+    torch.testing.assert_close(variance.double(), reference, rtol=2e-4, atol=1e-7)
+
+    # sampling (linearised) agrees with the closed-form variance
+    samples = posterior.sample_logits(x, n_samples=800, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        samples.mean(0), map_logits, rtol=0, atol=0.1 * variance.max() ** 0.5 + 1e-3
+    )
+    ratio = samples.var(0).double() / variance.double().clamp_min(1e-12)
+    assert float(ratio.median()) == pytest.approx(1.0, abs=0.1)
+    maps = gaussian_logit_uncertainty(map_logits, variance)
+    assert torch.all(maps["mutual_information"] >= 0)
+    if subset == "last_layer" and approx == "diagonal":
+        assert posterior.to_laplace() is not None
+    else:
+        with pytest.raises(Exception, match="last-layer diagonal"):
+            posterior.to_laplace()
+
+
+def _refit(head, train_h5, settings, subset, approx, target_layer):
+    """laplace-torch fitted on the same pixels as fit_laplace (its own streams)."""
+    from laplace_head.bayes.layer import PixelFeatureStream, PixelPatchStream, pixels_per_row
+    from laplace_head.cache.split_h5 import split_shape
+
+    n_rows, height, width = split_shape(train_h5)
+    per_row = pixels_per_row(n_rows, height * width, settings.max_pixels_fit)
+    stream_cls, model = (
+        (PixelFeatureStream, PixelBernoulliLayer.from_conv(head.final_conv))
+        if subset == "last_layer"
+        else (PixelPatchStream, PatchHead(head))
+    )
+    stream = stream_cls(head, train_h5, settings.logit_clip, per_row, settings.seed, 4)
+    la = make_laplace(model, 1.0, 1.0, approx, backend_name(target_layer, approx))
+    la.fit(DataLoader(stream, batch_size=None))
+    return la
+
+
+@pytest.mark.parametrize("tuning", ["fixed_temperature", "marglik"])
+def test_tuning_rules_fix_the_temperature(data, tuning):
+    root, train_h5, val_h5, head, best = data
+    settings = LaplaceSettings(
+        PRIOR_GRID,
+        TEMPERATURE_GRID,
+        max_pixels_fit=600,
+        approx="full",
+        tuning=tuning,
+        fixed_temperature="pixels_per_image",
+    )
+    meta = fit_laplace(best, train_h5, val_h5, root / f"tune_{tuning}", settings)
+    assert meta["temperature"] == meta["pixels_per_row"]  # one prompt set = one observation
+    assert meta["grid"]["temperature"] == [meta["pixels_per_row"]]
+    assert meta["posterior"]["tuning"] == tuning
+    if tuning == "marglik":
+        assert meta["prior_precision"] == pytest.approx(
+            meta["marglik"]["optimized_prior_precision_at_chosen_temperature"]
+        )
+    else:
+        nll = np.asarray(meta["grid"]["val_nll"])[:, 0]
+        assert meta["prior_precision"] == PRIOR_GRID[int(np.argmin(nll))]
+    numeric = replace(settings, fixed_temperature=7.0)
+    meta = fit_laplace(best, train_h5, val_h5, root / f"tune7_{tuning}", numeric)
+    assert meta["temperature"] == 7.0
+
+
+def test_a_posterior_flattened_onto_its_prior_is_reported(data, caplog):
+    root, train_h5, val_h5, head, best = data
+    settings = LaplaceSettings(
+        (1e6,), (1e9,), max_pixels_fit=600
+    )  # T huge, prior strong: the data cannot move the posterior
+    with caplog.at_level("WARNING"):
+        meta = fit_laplace(best, train_h5, val_h5, root / "collapsed", settings)
+    assert meta["collapsed_onto_prior"] is True
+    assert all(r["mean"] < 0.05 for r in meta["data_to_prior_ratio"].values())
+    assert "collapsed onto its prior" in caplog.text
+    untempered = LaplaceSettings((1e-2,), (1.0,), max_pixels_fit=600)
+    meta = fit_laplace(best, train_h5, val_h5, root / "untempered", untempered)
+    assert meta["collapsed_onto_prior"] is False
+
+
+@pytest.mark.parametrize(("auroc", "warned"), [(0.3, True), (0.7, False)])
+def test_a_below_chance_bald_auroc_is_a_warning(data, caplog, monkeypatch, auroc, warned):
+    import laplace_head.bayes.fit as fit_module
+
+    root, train_h5, val_h5, head, best = data
+    real = fit_module.validation_error_aurocs
+    monkeypatch.setattr(
+        fit_module,
+        "validation_error_aurocs",
+        lambda *a, **k: {**real(*a, **k), "bald_error_auroc": auroc},
+    )
+    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=600)
+    with caplog.at_level("WARNING"):
+        meta = fit_laplace(best, train_h5, val_h5, root / f"auroc{auroc}", settings)
+    assert meta["val_bald_error_auroc"] == auroc
+    assert ("anti-correlated" in caplog.text) is warned
+
+
+def test_validation_error_auroc_is_the_rank_statistic():
+    """AUROC = P(score of an error > score of a correct pixel), ties one half, brute force."""
+    from laplace_head.bayes.tuning import _auroc
+
+    rng = np.random.default_rng(0)
+    errors = torch.from_numpy(rng.integers(0, 5, 40).astype(np.float32))
+    correct = torch.from_numpy(rng.integers(0, 5, 70).astype(np.float32))
+    pairs = errors[:, None] - correct[None, :]
+    expected = float(((pairs > 0).double() + 0.5 * (pairs == 0).double()).mean())
+    assert _auroc([errors[:15], errors[15:]], [correct]) == pytest.approx(expected, rel=1e-12)
+    assert _auroc([errors[:0]], [correct]) is None
+
+
+def test_invalid_variants_are_rejected_with_the_valid_list(data):
+    root, train_h5, val_h5, head, best = data
+    for target_layer, approx in (("final_conv", "kron"), ("all", "full")):
+        settings = LaplaceSettings(
+            PRIOR_GRID, TEMPERATURE_GRID, target_layer=target_layer, approx=approx
+        )
+        with pytest.raises(LaplaceFitError, match="final_conv \\+ diagonal"):
+            fit_laplace(best, train_h5, val_h5, root / "bad", settings)
+    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, tuning="bayes")
+    with pytest.raises(LaplaceFitError, match="val_nll"):
+        fit_laplace(best, train_h5, val_h5, root / "bad", settings)
