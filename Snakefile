@@ -18,6 +18,7 @@ include: "rules/train.smk"
 include: "rules/laplace.smk"
 include: "rules/evaluate.smk"
 include: "rules/active_prompting.smk"
+include: "rules/ablation.smk"
 include: "rules/targets.smk"
 
 

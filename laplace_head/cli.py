@@ -38,9 +38,17 @@ class _Context:
         self.config = run_user_facing(lambda: load_configs(args.config, check_paths))
         run_id = getattr(args, "run_id", None) or self.config["training"]["run_id"]
         self.run_id = run_id
+        self.variant = getattr(args, "variant", None)
         self.layout = ProjectLayout(self.config["data"]["project_root"], run_id=run_id)
-        self.params = stage_params(self.config)
+        if self.variant:  # an ablation variant: its own stage 6-8 folders and settings
+            self.layout = self.layout.for_posterior(self.variant)
+        self.params = run_user_facing(lambda: stage_params(self.config, self.variant))
         self.runtime = Runtime.from_config(self.config)
+
+    def log_parts(self, *parts: str) -> tuple[str, ...]:
+        """``run_<id>[, variant_<name>], *parts`` as the rules name their logs."""
+        variant = (f"variant_{self.variant}",) if self.variant else ()
+        return (f"run_{self.run_id}", *variant, *parts)
 
     def run(self, log_file: Path, func: Callable[[], Any]) -> Any:
         setup_logging(log_file)
@@ -179,7 +187,7 @@ def _fit_laplace(args: argparse.Namespace) -> None:
     ctx = _Context(args)
     layout = ctx.layout
     ctx.run(
-        layout.log("fit_laplace", f"run_{ctx.run_id}"),
+        layout.log("fit_laplace", *ctx.log_parts()),
         lambda: stages.fit_laplace(
             layout.best_checkpoint,
             layout.split_h5("train"),
@@ -197,7 +205,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     ctx = _Context(args)
     layout = ctx.layout
     ctx.run(
-        layout.log("evaluate", f"run_{ctx.run_id}"),
+        layout.log("evaluate", *ctx.log_parts()),
         lambda: stages.evaluate(
             layout.laplace_dir,
             layout.split_h5("test"),
@@ -217,7 +225,7 @@ def _active_prompting(args: argparse.Namespace) -> None:
     shards = [args.shard] if args.shard else ctx.shards(split, settings["shard_size"])
     for shard in shards:
         ctx.run(
-            layout.log("active_prompting", f"run_{ctx.run_id}", split, f"shard_{shard}"),
+            layout.log("active_prompting", *ctx.log_parts(split, f"shard_{shard}")),
             lambda shard=shard: stages.active_prompting(
                 layout.manifest(split),
                 shard,
@@ -228,11 +236,15 @@ def _active_prompting(args: argparse.Namespace) -> None:
             ),
         )
     if not args.shard:
+        report_split = split if ctx.variant else None  # a variant reports every split apart
         ctx.run(
-            layout.log("active_prompting_report", f"run_{ctx.run_id}"),
+            layout.log("active_prompting_report", *ctx.log_parts(*filter(None, [report_split]))),
             lambda: stages.active_prompting_report(
                 [layout.active_prompting_shard(split, shard) for shard in shards],
-                {name: layout.active_prompting_file(name) for name in ACTIVE_PROMPTING_FILES},
+                {
+                    name: layout.active_prompting_file(name, report_split)
+                    for name in ACTIVE_PROMPTING_FILES
+                },
                 settings,
             ),
         )
@@ -274,7 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable, help_text: str, run: bool = False, split=False):
+    def command(
+        name: str, func: Callable, help_text: str, run: bool = False, split=False, variant=False
+    ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--config",
@@ -285,6 +299,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         if run:
             sub.add_argument("--run_id", help="run name (default: training.run_id)")
+        if variant:
+            sub.add_argument(
+                "--variant", help="an ablation.variants name: that posterior's own folders"
+            )
         if split:
             sub.add_argument("--split", choices=SPLITS, help="only this split (default: all)")
         sub.set_defaults(func=func)
@@ -306,11 +324,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true", help="start over / accept a new config")
     sub.add_argument("--sanity_check", action="store_true", help="overfit a tiny batch only")
     command("plot-training-curves", _plot_training_curves, "training curves PNG", run=True)
-    sub = command("fit-laplace", _fit_laplace, "stage 6", run=True)
+    sub = command("fit-laplace", _fit_laplace, "stage 6", run=True, variant=True)
     sub.add_argument("--force", action="store_true", help="refit even if artifacts exist")
-    command("evaluate", _evaluate, "stage 7", run=True)
+    command("evaluate", _evaluate, "stage 7", run=True, variant=True)
     sub = command(
-        "active-prompting", _active_prompting, "stage 8 (every shard, then the report)", run=True
+        "active-prompting",
+        _active_prompting,
+        "stage 8 (every shard, then the report)",
+        run=True,
+        variant=True,
     )
     sub.add_argument("--split", choices=("test", "val"), help="default: active_prompting.split")
     sub.add_argument("--shard", help="only this shard, e.g. 0000 (no report then)")

@@ -19,6 +19,10 @@ path. Methods take plain strings, so Snakemake wildcards pass straight through
       reports/eval/run_<id>/        metrics.{json,csv,md}, reliability.png, ...       (stage 7)
       reports/active_prompting/run_<id>/  shards/<split>/shard_NNNN.jsonl,
                                     metrics.{json,csv,md}, curves.png                 (stage 8)
+      laplace/<head>/run_<id>/variants/<variant>/   the same files, per ablation variant
+      reports/ablation/run_<id>/    ablation.{json,csv,md}, ablation.png                (ablation)
+                    <variant>/eval/ (stage 7 files), <variant>/active_prompting/  shards/<split>/,
+                                    <split>/metrics.{json,csv,md}, <split>/curves.png
       reports/debug_panels/         <split>_panels.json, <split>_overview.png, *.png
       logs/<rule>/..., benchmarks/<rule>/...
 
@@ -57,6 +61,14 @@ ACTIVE_PROMPTING_FILES = {
 }
 
 
+ABLATION_FILES = {
+    "metrics": "ablation.json",
+    "table": "ablation.csv",
+    "markdown": "ablation.md",
+    "figure": "ablation.png",
+}
+
+
 class ProjectLayout:
     """The output tree of one project (and, for stages 5-7, one training run).
 
@@ -68,6 +80,9 @@ class ProjectLayout:
         ``training.run_id`` (or the wildcard ``"{run_id}"``); needed only by the run paths.
     head_variant
         Folder of the head variant under ``training_data/``, ``checkpoints/``, ``laplace/``.
+    posterior
+        An ``ablation.variants`` name (or the wildcard ``"{variant}"``): stages 6-8 of that
+        posterior variant of the run, fitted on the same head (see :meth:`for_posterior`).
     """
 
     def __init__(
@@ -75,13 +90,20 @@ class ProjectLayout:
         project_root: str | os.PathLike,
         run_id: str | None = None,
         head_variant: str = HEAD_VARIANT,
+        posterior: str | None = None,
     ) -> None:
         self.root = Path(project_root)
         self.run_id = run_id
         self.head_variant = head_variant
+        self.posterior = posterior
 
     def __repr__(self) -> str:
-        return f"ProjectLayout({str(self.root)!r}, run_id={self.run_id!r})"
+        extra = f", posterior={self.posterior!r}" if self.posterior else ""
+        return f"ProjectLayout({str(self.root)!r}, run_id={self.run_id!r}{extra})"
+
+    def for_posterior(self, name: str) -> ProjectLayout:
+        """The same run with the stage 6-8 paths of ablation variant ``name``."""
+        return ProjectLayout(self.root, self.run_id, self.head_variant, name)
 
     @classmethod
     def of_run_dir(cls, run_dir: str | os.PathLike) -> ProjectLayout | None:
@@ -94,7 +116,7 @@ class ProjectLayout:
 
     def with_run(self, run_id: str) -> ProjectLayout:
         """The same project, another run."""
-        return ProjectLayout(self.root, run_id, self.head_variant)
+        return ProjectLayout(self.root, run_id, self.head_variant, self.posterior)
 
     def _run_name(self) -> str:
         if not self.run_id:
@@ -173,7 +195,8 @@ class ProjectLayout:
     # --- stage 6 ---------------------------------------------------------------------------
     @property
     def laplace_dir(self) -> Path:
-        return self.root / "laplace" / self.head_variant / self._run_name()
+        run = self.root / "laplace" / self.head_variant / self._run_name()
+        return run / "variants" / self.posterior if self.posterior else run
 
     def laplace_file(self, name: str) -> Path:
         """``state``, ``config``, ``meta`` or ``grid_figure`` of the run's posterior."""
@@ -188,6 +211,8 @@ class ProjectLayout:
     # --- stage 7 ---------------------------------------------------------------------------
     @property
     def eval_dir(self) -> Path:
+        if self.posterior:
+            return self.ablation_dir / self.posterior / "eval"
         return self.root / "reports" / "eval" / self._run_name()
 
     def eval_file(self, name: str) -> Path:
@@ -197,15 +222,28 @@ class ProjectLayout:
     # --- stage 8 ---------------------------------------------------------------------------
     @property
     def active_prompting_dir(self) -> Path:
+        if self.posterior:
+            return self.ablation_dir / self.posterior / "active_prompting"
         return self.root / "reports" / "active_prompting" / self._run_name()
 
     def active_prompting_shard(self, split: str, shard: str | int) -> Path:
         """One JSONL of click records per shard of the split."""
         return self.active_prompting_dir / "shards" / split / f"shard_{_shard_name(shard)}.jsonl"
 
-    def active_prompting_file(self, name: str) -> Path:
-        """One of :data:`ACTIVE_PROMPTING_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
-        return self.active_prompting_dir / ACTIVE_PROMPTING_FILES[name]
+    def active_prompting_file(self, name: str, split: str | None = None) -> Path:
+        """One of :data:`ACTIVE_PROMPTING_FILES` (``metrics``, ``table``, ``markdown``, ...);
+        with ``split`` the report of that split (the ablation clicks on several)."""
+        folder = self.active_prompting_dir / split if split else self.active_prompting_dir
+        return folder / ACTIVE_PROMPTING_FILES[name]
+
+    # --- ablation ----------------------------------------------------------------------------
+    @property
+    def ablation_dir(self) -> Path:
+        return self.root / "reports" / "ablation" / self._run_name()
+
+    def ablation_file(self, name: str) -> Path:
+        """One of :data:`ABLATION_FILES`: the summary over every variant of the run."""
+        return self.ablation_dir / ABLATION_FILES[name]
 
     # --- sanity panels -----------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import SPLITS
 
 # The working grid: base logits, prompt maps, ground truth and head outputs are all
@@ -117,11 +118,18 @@ def posterior_variant_problem(laplace: Mapping[str, Any]) -> str | None:
     return None
 
 
+class UnknownVariantError(LaplaceHeadError, KeyError):
+    """A posterior variant name that ``ablation.variants`` does not declare."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def variant_laplace(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
     """The laplace section of ablation variant ``variant``: the config's, with its overrides."""
     variants = config["ablation"]["variants"]
     if variant not in variants:
-        raise KeyError(
+        raise UnknownVariantError(
             f"unknown ablation variant {variant!r}; config ablation.variants has: "
             f"{', '.join(variants) or '(none)'}"
         )
@@ -164,17 +172,24 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "training": result_keys(config, "training"),
         },
         "fit_laplace": {
-            "laplace": dict(fit),
+            # max_pixels_calibration is stage 7's (the temperature-scaling baseline), not the fit's
+            "laplace": {k: v for k, v in fit.items() if k != "max_pixels_calibration"},
             "logit_clip": config["training"]["logit_clip"],
         },
         "evaluate": {
             "n_posterior_samples": laplace["n_posterior_samples"],
             "ece_bins": laplace["ece_bins"],
             "prompt_sigma": prompts["gaussian_sigma"],
-            "max_pixels_calibration": laplace["max_pixels_fit"],
+            "max_pixels_calibration": laplace["max_pixels_calibration"],
             "seed": laplace["seed"],
         },
         "visualize_sanity": {"n": 8, "seed": 0},
+        "ablation": {
+            "variants": list(config["ablation"]["variants"]),
+            "splits": list(config["ablation"]["splits"]),
+            "policies": list(config["ablation"]["policies"]),
+            "max_clicks": config["ablation"]["max_clicks"],
+        },
         "active_prompting": {
             "split": active["split"],
             "shard_size": data["shard_size"],

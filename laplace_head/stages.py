@@ -327,6 +327,17 @@ def active_prompting_report(
     )
 
 
+def ablation_report(
+    variants: Mapping[str, Mapping[str, Any]],
+    out_files: Mapping[str, PathLike],
+    settings: Mapping[str, Any],
+) -> dict:
+    """`snakemake ablation`: the summary over every posterior variant (choose on val)."""
+    from laplace_head.evaluation.ablation import write_ablation
+
+    return write_ablation(variants, out_files, settings)
+
+
 def visualize_sanity(
     source: PathLike,
     split: str,

@@ -45,6 +45,7 @@ wildcard_constraints:
     split="train|val|test",
     shard=r"\d{4}",
     run_id=r"[A-Za-z0-9_.-]+",
+    variant=r"[A-Za-z0-9_]+",
 
 
 def get_num_promptsets(wildcards):
@@ -86,6 +87,33 @@ def get_active_prompting_shards(wildcards):
     split = PARAMS["active_prompting"]["split"]
     run = LAYOUT.with_run(wildcards.run_id)
     return [run.active_prompting_shard(split, shard) for shard in get_shards(split)]
+
+
+def variant_params(stage):
+    """The result settings of ``stage`` for the job's variant (rerun triggers, as PARAMS)."""
+    return lambda wildcards: stage_params(config, wildcards.variant)[stage]
+
+
+def get_variant_active_prompting_shards(wildcards):
+    """The stage-8 shard JSONLs of one variant and split."""
+    run = LAYOUT.with_run(wildcards.run_id).for_posterior(wildcards.variant)
+    split = wildcards.split
+    return [run.active_prompting_shard(split, shard) for shard in get_shards(split)]
+
+
+def get_ablation_inputs(wildcards):
+    """Every variant's posterior meta, stage-7 metrics and stage-8 report per split."""
+    run = LAYOUT.with_run(wildcards.run_id)
+    inputs = {}
+    for name in config["ablation"]["variants"]:
+        variant = run.for_posterior(name)
+        inputs[f"{name}.meta"] = variant.laplace_file("meta")
+        inputs[f"{name}.eval"] = variant.eval_file("metrics")
+        for split in config["ablation"]["splits"]:
+            inputs[f"{name}.clicks.{split}"] = variant.active_prompting_file(
+                "metrics", split
+            )
+    return inputs
 
 
 def get_final_targets():

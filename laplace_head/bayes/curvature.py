@@ -68,8 +68,9 @@ class CurvatureBlock:
         left, right = self.rotated(factors)
         if left.shape[-1] == 1:  # rank one: M^2 = l^2 (x) r^2
             return torch.einsum("no,...oi,ni->...n", left[..., 0] ** 2, weights, right[..., 0] ** 2)
-        m = torch.einsum("nor,nir->noi", left, right)
-        return torch.einsum("noi,...oi->...n", m * m, weights)
+        m = torch.bmm(left, right.transpose(1, 2))  # (N, out, in)
+        squares = (m * m).reshape(m.shape[0], -1)
+        return weights.reshape(*weights.shape[:-2], -1) @ squares.T
 
     def marginal_variance(self, weights: torch.Tensor) -> torch.Tensor:
         """The diagonal of ``Q diag(W) Q^T``, (out, in)."""

@@ -87,16 +87,26 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def jacobian_factors(
-    head: NoImageHead, inputs: torch.Tensor, subset: str
+    head: NoImageHead | torch.nn.Module,
+    inputs: torch.Tensor,
+    subset: str,
+    inside: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[JacobianFactors]]:
     """MAP logits (B, H, W) and the per-pixel Jacobian factors of every block of ``subset``.
 
-    ``inputs`` are the head's (B, channels_in, H, W) inputs (logits already clipped).
+    ``inputs`` are the head's (B, channels_in, H, W) inputs (logits already clipped). ``head``
+    is a :class:`NoImageHead` or a :class:`~laplace_head.bayes.layer.PatchHead` (the same
+    parameters; both 3x3 convs are applied with zero padding 1 here). ``inside`` (B, 1, H, W),
+    1 inside the image and 0 outside, multiplies the first conv's output as the patch model
+    does (patches of border pixels); None means every position is inside.
     """
     conv1, conv2, final = head.trunk[0], head.trunk[2], head.final_conv
-    pre1 = conv1(inputs)
-    hidden1 = F.relu(pre1)
-    pre2 = conv2(hidden1)
+    pre1 = F.conv2d(inputs, conv1.weight, conv1.bias, padding=1)
+    mask = (pre1 > 0).to(inputs.dtype)
+    if inside is not None:
+        mask = mask * inside
+    hidden1 = pre1 * mask  # relu, and 0 outside the image
+    pre2 = F.conv2d(hidden1, conv2.weight, conv2.bias, padding=1)
     features = F.relu(pre2)
     logits = final(features)[:, 0]
     n = features.shape[0] * features.shape[2] * features.shape[3]
@@ -105,11 +115,12 @@ def jacobian_factors(
     if subset == "last_layer":
         right = torch.cat([phi, phi.new_ones(n, 1)], dim=1).unsqueeze(-1)
         return logits, [JacobianFactors(ones, right)]
-    block_shapes(head, subset)  # validates the subset name
-    hidden = head.hidden_channels
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}; got {subset!r}")
+    hidden = conv2.out_channels
     g2 = _pixels((pre2 > 0).to(features.dtype) * final.weight.reshape(1, hidden, 1, 1))
     h1_patch = _pixels(F.unfold(hidden1, 3, padding=1))  # (N, hidden * 9), (c, d) order
-    active1 = _pixels(F.unfold((pre1 > 0).to(features.dtype), 3, padding=1))
+    active1 = _pixels(F.unfold(mask, 3, padding=1))
     back = torch.einsum("no,ocd->ncd", g2, conv2.weight.reshape(hidden, hidden, 9))
     g1 = back * active1.reshape(n, hidden, 9)  # (N, hidden, 9); 0 outside the image
     patches = F.unfold(inputs, 3, padding=1)  # (B, channels * 9, H * W)

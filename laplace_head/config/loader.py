@@ -359,7 +359,8 @@ def schema_markdown(schema_path: str | os.PathLike = SCHEMA_PATH) -> str:
     rows = ["| key | default | description |", "|---|---|---|"]
     for section, section_schema in load_schema(schema_path)["properties"].items():
         for key, prop in section_schema.get("properties", {}).items():
-            default = yaml.safe_dump(prop.get("default"), default_flow_style=True).strip()
+            default = yaml.safe_dump(prop.get("default"), default_flow_style=True, width=1 << 20)
+            default = default.strip()
             default = default.removesuffix("\n...").removesuffix("...").strip()
             description = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
             rows.append(f"| `{section}.{key}` | `{default}` | {description} |")

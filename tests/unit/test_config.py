@@ -11,6 +11,7 @@ from laplace_head.config import (
     ConfigError,
     fill_defaults,
     load_config,
+    load_configs,
     load_schema,
     project_path,
     validate_config,
@@ -475,3 +476,79 @@ def test_braces_in_data_paths_are_refused(tmp_path: Path, key: str, brace: str, 
         )
     message = str(caught.value)
     assert f"data.{key}" in message and "wildcard" in message, message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "laplace:\n  approx: kron\n",
+            r"laplace\.target_layer = 'final_conv' with approx = 'kron'",
+        ),
+        ("laplace:\n  fixed_temperature: hot\n", r"fixed_temperature = 'hot' must be"),
+        (
+            "ablation:\n  variants:\n    x: {target_layer: all, approx: full}\n",
+            r"variant 'x': target_layer = 'all' with approx = 'full'.*ablation\.variants\.x",
+        ),
+        ("ablation:\n  variants:\n    x: {seed: 3}\n", r"unknown key ablation\.variants\.x\.seed"),
+        ("ablation:\n  variants:\n    bad-name: {}\n", r"ablation\.variants"),
+    ],
+)
+def test_posterior_variants_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "variant.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, check_paths=False)
+
+
+def test_a_variant_overrides_only_its_keys_for_stages_6_and_8(repo_root: Path) -> None:
+    from laplace_head.settings import stage_params
+
+    config = load_config(repo_root / "config" / "config.yaml", check_paths=False)
+    base = stage_params(config)
+    variant = stage_params(config, "all_kron_fixed_t")
+    laplace = variant["fit_laplace"]["laplace"]
+    assert (laplace["target_layer"], laplace["approx"], laplace["tuning"]) == (
+        "all",
+        "kron",
+        "fixed_temperature",
+    )
+    assert laplace["prior_precision_grid"] == base["fit_laplace"]["laplace"]["prior_precision_grid"]
+    assert variant["evaluate"] == base["evaluate"]  # the same test-time settings for all
+    assert variant["active_prompting"]["policies"] == config["ablation"]["policies"]
+    assert variant["active_prompting"]["max_clicks"] == config["ablation"]["max_clicks"]
+    with pytest.raises(KeyError, match="unknown ablation variant 'nope'"):
+        stage_params(config, "nope")
+
+
+def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path) -> None:
+    """real_dev ships an all-layer fit on 200k pixels; stage 7's baseline keeps its own cap, and
+    the cap is not a fit setting (changing it refits nothing)."""
+    from laplace_head.settings import stage_params
+
+    paths = [repo_root / "config" / "config.yaml", repo_root / "config" / "real_dev.yaml"]
+    config = load_configs(paths, check_paths=False)
+    params = stage_params(config)
+    assert config["laplace"]["max_pixels_fit"] == 200_000
+    assert params["evaluate"]["max_pixels_calibration"] == 4_000_000
+    assert "max_pixels_calibration" not in params["fit_laplace"]["laplace"]
+    config["laplace"]["max_pixels_calibration"] = 1000
+    assert stage_params(config)["evaluate"]["max_pixels_calibration"] == 1000
+    assert stage_params(config)["fit_laplace"] == params["fit_laplace"]
+
+
+def test_cli_names_an_unknown_variant_and_the_declared_ones(repo_root: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "laplace_head", "evaluate", "--variant", "nope"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "unknown ablation variant 'nope'" in result.stderr
+    assert "all_kron_fixed_t" in result.stderr
+    assert "Traceback" not in result.stderr

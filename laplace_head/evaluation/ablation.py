@@ -1,0 +1,369 @@
+"""`snakemake ablation`: one table and one figure over every posterior variant of a run.
+
+Inputs per variant: its stage-6 ``posterior_meta.json`` (validation NLL and BALD error-AUROC),
+its stage-7 ``metrics.json`` on test (NLL, ECE, BALD / entropy error-AUROC of the Laplace head
+next to the MAP head and temperature scaling) and its stage-8 report per split (head-mIoU AUC
+of every click policy, paired per-image comparison with ``random``).
+
+The choice is made on val only: the (variant, click rule) whose BALD-based rule (a policy
+whose name contains ``bald``) beats random by the largest mean per-image AUC difference on the
+validation split. Its test figures are then reported as they are, with the share of the
+random-to-oracle AUC gap it closes. Nothing is chosen on test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from laplace_head.evaluation.active_prompting import BASELINE_POLICY, ORACLE_POLICY
+from laplace_head.util.atomic import (
+    atomic_path,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
+
+LOGGER = logging.getLogger(__name__)
+CHOICE_SPLIT, REPORT_SPLIT = "val", "test"
+
+
+def is_bald_rule(policy: str) -> bool:
+    """A click rule driven by the posterior's epistemic uncertainty (its name has ``bald``)."""
+    return "bald" in policy
+
+
+def _overall(metrics: Mapping[str, Any], method: str, key: str) -> float | None:
+    value = ((metrics.get("overall") or {}).get(method) or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _clicks_summary(report: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Per policy: head AUC, and the paired AUC difference with random (mean, CI, n)."""
+    if not report:
+        return {}
+    out = {}
+    for policy, models in report.get("overall", {}).items():
+        head = models.get("head") or {}
+        entry: dict[str, Any] = {"auc": head.get("auc"), "miou": head.get("miou")}
+        paired = report.get("paired", {}).get(f"{policy}_vs_{BASELINE_POLICY}") or {}
+        if paired.get("n"):
+            entry.update(
+                vs_random=paired["mean_difference"],
+                vs_random_ci95=paired["ci95"],
+                vs_random_better_worse=[paired["n_better"], paired["n_worse"]],
+                n_images=paired["n"],
+            )
+        out[policy] = entry
+    return out
+
+
+def variant_row(
+    name: str,
+    meta: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    clicks: Mapping[str, Mapping[str, Any] | None],
+) -> dict[str, Any]:
+    """Everything the summary knows about one variant."""
+    posterior = meta.get("posterior") or {}
+    row: dict[str, Any] = {
+        "variant": name,
+        "target_layer": posterior.get("target_layer", meta.get("target_layer")),
+        "approx": posterior.get("approx"),
+        "tuning": posterior.get("tuning"),
+        "prior_precision": meta.get("prior_precision"),
+        "temperature": meta.get("temperature"),
+        "collapsed_onto_prior": meta.get("collapsed_onto_prior"),
+        "val_nll": meta.get("val_nll"),
+        "val_nll_map": meta.get("val_nll_map"),
+        "val_bald_auroc": meta.get("val_bald_error_auroc"),
+        "val_entropy_auroc": meta.get("val_entropy_error_auroc"),
+        "test_nll": _overall(evaluation, "laplace", "nll"),
+        "test_nll_map": _overall(evaluation, "map", "nll"),
+        "test_nll_temp_scaled": _overall(evaluation, "map_temperature_scaled", "nll"),
+        "test_ece": _overall(evaluation, "laplace", "ece"),
+        "test_ece_map": _overall(evaluation, "map", "ece"),
+        "test_bald_auroc": _overall(evaluation, "laplace", "auroc_bald"),
+        "test_entropy_auroc": _overall(evaluation, "laplace", "auroc_entropy"),
+        "test_iou": _overall(evaluation, "laplace", "iou"),
+        "clicks": {split: _clicks_summary(report) for split, report in clicks.items()},
+    }
+    nll, nll_map, nll_ts = row["test_nll"], row["test_nll_map"], row["test_nll_temp_scaled"]
+    ece, ece_map, auroc = row["test_ece"], row["test_ece_map"], row["test_bald_auroc"]
+    row["calibration_goal_met"] = bool(
+        None not in (nll, nll_map, nll_ts, ece, ece_map, auroc)
+        and auroc >= 0.75
+        and nll < nll_map
+        and nll < nll_ts
+        and ece <= ece_map
+    )
+    return row
+
+
+def choose(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The (variant, BALD rule) with the largest val AUC gain over random; None without val."""
+    best = None
+    for row in rows:
+        for policy, entry in (row["clicks"].get(CHOICE_SPLIT) or {}).items():
+            if not is_bald_rule(policy) or entry.get("vs_random") is None:
+                continue
+            if best is None or entry["vs_random"] > best["val_vs_random"]:
+                best = {
+                    "variant": row["variant"],
+                    "policy": policy,
+                    "val_vs_random": entry["vs_random"],
+                }
+    if best is None:
+        return None
+    row = next(r for r in rows if r["variant"] == best["variant"])
+    test = row["clicks"].get(REPORT_SPLIT) or {}
+    entry = test.get(best["policy"]) or {}
+    best["test_vs_random"] = entry.get("vs_random")
+    best["test_vs_random_ci95"] = entry.get("vs_random_ci95")
+    best["test_auc"] = entry.get("auc")
+    random_auc = (test.get(BASELINE_POLICY) or {}).get("auc")
+    oracle_auc = (test.get(ORACLE_POLICY) or {}).get("auc")
+    best["test_random_auc"], best["test_oracle_auc"] = random_auc, oracle_auc
+    if None not in (random_auc, oracle_auc, entry.get("auc")) and oracle_auc != random_auc:
+        best["test_oracle_gap_closed"] = (entry["auc"] - random_auc) / (oracle_auc - random_auc)
+    ci = best["test_vs_random_ci95"]
+    best["click_goal_met"] = bool(
+        best["test_vs_random"] is not None and best["test_vs_random"] >= 0.03 and ci and ci[0] > 0
+    )
+    return best
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return (
+            f"{value:.{digits}g}"
+            if abs(value) >= 1e4 or 0 < abs(value) < 1e-3
+            else (f"{value:.{digits}f}")
+        )
+    return str(value)
+
+
+def _diff(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("vs_random") is None:
+        return "-"
+    low, high = entry["vs_random_ci95"]
+    return f"{entry['vs_random']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """The two ablation tables (posteriors; click rules) and the val choice, as Markdown."""
+    rows = summary["variants"]
+    lines = [
+        "# Ablation: posterior variants x click rules",
+        "",
+        "## Posteriors (val from stage 6, test from stage 7)",
+        "",
+        "| variant | layer | approx | tuning | prior | T | val NLL (MAP) | val BALD AUROC | "
+        "test NLL | test NLL MAP | test NLL temp. scaled | test ECE (MAP) | test BALD AUROC | "
+        "test entropy AUROC | goal met |",
+        "|" + "---|" * 15,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['target_layer']} | {r['approx']} | {r['tuning']} | "
+            f"{_fmt(r['prior_precision'], 3)} | {_fmt(r['temperature'], 3)} | "
+            f"{_fmt(r['val_nll'])} ({_fmt(r['val_nll_map'])}) | {_fmt(r['val_bald_auroc'], 3)} | "
+            f"{_fmt(r['test_nll'])} | {_fmt(r['test_nll_map'])} | "
+            f"{_fmt(r['test_nll_temp_scaled'])} | {_fmt(r['test_ece'])} "
+            f"({_fmt(r['test_ece_map'])}) | {_fmt(r['test_bald_auroc'], 3)} | "
+            f"{_fmt(r['test_entropy_auroc'], 3)} | {_fmt(r['calibration_goal_met'])} |"
+        )
+    lines += [
+        "",
+        "Goal: BALD error-AUROC >= 0.75, NLL below the MAP head and temperature scaling, "
+        "ECE <= MAP (test).",
+        "",
+        "## Click rules: head-mIoU AUC minus random, per image (mean [95% bootstrap CI])",
+        "",
+    ]
+    splits = summary["splits"]
+    policies = [p for p in summary["policies"] if p != BASELINE_POLICY]
+    header = "| variant | rule | " + " | ".join(f"{s} AUC | {s} vs random" for s in splits) + " |"
+    lines += [header, "|" + "---|" * (2 + 2 * len(splits))]
+    for r in rows:
+        for policy in policies:
+            cells = []
+            for split in splits:
+                entry = (r["clicks"].get(split) or {}).get(policy)
+                cells += [_fmt((entry or {}).get("auc"), 3), _diff(entry)]
+            lines.append(f"| {r['variant']} | {policy} | " + " | ".join(cells) + " |")
+        random_cells = []
+        for split in splits:
+            entry = (r["clicks"].get(split) or {}).get(BASELINE_POLICY)
+            random_cells += [_fmt((entry or {}).get("auc"), 3), "0"]
+        lines.append(f"| {r['variant']} | random | " + " | ".join(random_cells) + " |")
+    choice = summary.get("choice")
+    lines += ["", "## Chosen on val", ""]
+    if choice is None:
+        lines.append("No BALD rule was clicked on val: nothing chosen.")
+    else:
+        gap = choice.get("test_oracle_gap_closed")
+        lines.append(
+            f"Variant **{choice['variant']}** with rule **{choice['policy']}** (val AUC vs "
+            f"random {choice['val_vs_random']:+.4f}). On test: {_diff({'vs_random': choice['test_vs_random'], 'vs_random_ci95': choice['test_vs_random_ci95']} if choice['test_vs_random'] is not None else None)}"  # noqa: E501
+            f" vs random; AUC {_fmt(choice['test_auc'], 3)}, random {_fmt(choice['test_random_auc'], 3)}, "  # noqa: E501
+            f"oracle {_fmt(choice['test_oracle_auc'], 3)}; share of the random-to-oracle gap "
+            f"closed {_fmt(gap, 3)}. Goal (>= +0.03 with CI above 0) "
+            f"{'met' if choice['click_goal_met'] else 'not met'}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Flat CSV rows: one per (variant, split, policy) with the posterior's columns."""
+    rows = []
+    for r in summary["variants"]:
+        base = {k: v for k, v in r.items() if k != "clicks"}
+        for split, by_policy in r["clicks"].items():
+            for policy, entry in by_policy.items():
+                ci = entry.get("vs_random_ci95") or [None, None]
+                rows.append(
+                    {
+                        **base,
+                        "split": split,
+                        "policy": policy,
+                        "head_auc": entry.get("auc"),
+                        "vs_random": entry.get("vs_random"),
+                        "vs_random_ci_low": ci[0],
+                        "vs_random_ci_high": ci[1],
+                    }
+                )
+    return rows
+
+
+def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
+    """Left: test BALD error-AUROC vs test NLL per variant (MAP and temperature scaling as
+    lines). Right: test mIoU vs clicks of each variant's val-best BALD rule, random, oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = summary["variants"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, r in enumerate(rows):
+        if r["test_bald_auroc"] is None or r["test_nll"] is None:
+            continue
+        colour = colours[index % len(colours)]
+        left.scatter(r["test_bald_auroc"], r["test_nll"], color=colour, s=50)
+        left.annotate(
+            r["variant"],
+            (r["test_bald_auroc"], r["test_nll"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    for key, label, style in (
+        ("test_nll_map", "MAP head", "--"),
+        ("test_nll_temp_scaled", "temperature scaling", ":"),
+    ):
+        values = [r[key] for r in rows if r[key] is not None]
+        if values:
+            left.axhline(values[0], color="k", linestyle=style, linewidth=1, label=label)
+    left.axvline(0.5, color="tab:red", linewidth=0.8, alpha=0.6, label="chance")
+    left.axvline(0.75, color="tab:green", linewidth=0.8, alpha=0.6, label="goal 0.75")
+    left.set_xlabel("test BALD error-AUROC (higher: flags wrong pixels)")
+    left.set_ylabel("test pixel NLL (lower is better)")
+    left.set_title("Posterior variants: uncertainty quality vs calibration")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+
+    drawn_reference = False
+    for index, r in enumerate(rows):
+        test = r["clicks"].get(REPORT_SPLIT) or {}
+        val = r["clicks"].get(CHOICE_SPLIT) or {}
+        rules = [p for p in val if is_bald_rule(p) and val[p].get("vs_random") is not None]
+        if not rules or not test:
+            continue
+        rule = max(rules, key=lambda p: val[p]["vs_random"])
+        entry = test.get(rule) or {}
+        if entry.get("miou"):
+            clicks = np.arange(1, len(entry["miou"]) + 1)
+            right.plot(
+                clicks,
+                entry["miou"],
+                color=colours[index % len(colours)],
+                label=f"{r['variant']} / {rule} (AUC {entry['auc']:.3f})",
+            )
+        if not drawn_reference:
+            for policy, style in ((BASELINE_POLICY, "--"), (ORACLE_POLICY, ":")):
+                ref = test.get(policy) or {}
+                if ref.get("miou"):
+                    right.plot(
+                        np.arange(1, len(ref["miou"]) + 1),
+                        ref["miou"],
+                        style,
+                        color="k",
+                        label=f"{policy} ({r['variant']}, AUC {ref['auc']:.3f})",
+                    )
+            drawn_reference = True
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_xlabel("clicks")
+    right.set_ylabel("test head mIoU")
+    right.set_title("Clicks-to-IoU: each variant's BALD rule chosen on val")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def write_ablation(
+    variants: Mapping[str, Mapping[str, Any]],
+    out_files: Mapping[str, str | os.PathLike],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Read every variant's outputs and write ``metrics``, ``table``, ``markdown``, ``figure``.
+
+    ``variants``: name -> {"meta": path, "eval": path, "clicks": {split: path}}.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, paths in variants.items():
+        clicks = {split: read_json(path) for split, path in paths["clicks"].items()}
+        rows.append(variant_row(name, read_json(paths["meta"]), read_json(paths["eval"]), clicks))
+    summary = {
+        "splits": list(settings["splits"]),
+        "policies": list(settings["policies"]),
+        "max_clicks": settings["max_clicks"],
+        "choice_split": CHOICE_SPLIT,
+        "report_split": REPORT_SPLIT,
+        "variants": rows,
+    }
+    summary["choice"] = choose(rows)
+    atomic_write_csv(out_files["table"], pd.DataFrame(table_rows(summary)))
+    atomic_write_text(out_files["markdown"], markdown(summary))
+    plot(summary, out_files["figure"])
+    atomic_write_json(out_files["metrics"], summary)  # last: marks the report complete
+    for r in rows:
+        LOGGER.info(
+            "%s: test NLL %s (MAP %s), ECE %s, BALD error-AUROC %s",
+            r["variant"],
+            _fmt(r["test_nll"]),
+            _fmt(r["test_nll_map"]),
+            _fmt(r["test_ece"]),
+            _fmt(r["test_bald_auroc"], 3),
+        )
+    if summary["choice"]:
+        LOGGER.info(
+            "chosen on val: %s / %s", summary["choice"]["variant"], summary["choice"]["policy"]
+        )
+    return summary

@@ -1,0 +1,113 @@
+# `snakemake ablation`: every posterior variant of config ablation.variants, fitted on the same
+# trained head (stage 6), evaluated by stage 7 and clicked on by stage 8 on every split of
+# ablation.splits; one summary (choose on val, report on test) with a table and a figure.
+
+VARIANT = LAYOUT.for_posterior("{variant}")
+
+
+use rule fit_laplace as fit_laplace_variant with:
+    output:
+        state=VARIANT.laplace_file("state"),
+        config=VARIANT.laplace_file("config"),
+        meta=VARIANT.laplace_file("meta"),
+        grid_figure=VARIANT.laplace_file("grid_figure"),
+    log:
+        LAYOUT.log("fit_laplace", "run_{run_id}", "variant_{variant}"),
+    benchmark:
+        LAYOUT.benchmark("fit_laplace", "run_{run_id}", "variant_{variant}")
+    params:
+        run_id="{run_id}",
+        settings=variant_params("fit_laplace"),
+        runtime=RUNTIME,
+
+
+use rule evaluate as evaluate_variant with:
+    input:
+        state=VARIANT.laplace_file("state"),
+        meta=VARIANT.laplace_file("meta"),
+        test_h5=LAYOUT.split_h5("test"),
+        val_h5=LAYOUT.split_h5("val"),
+    output:
+        metrics=VARIANT.eval_file("metrics"),
+        table=VARIANT.eval_file("table"),
+        markdown=VARIANT.eval_file("markdown"),
+        reliability=VARIANT.eval_file("reliability"),
+        examples=VARIANT.eval_file("examples"),
+    log:
+        LAYOUT.log("evaluate", "run_{run_id}", "variant_{variant}"),
+    benchmark:
+        LAYOUT.benchmark("evaluate", "run_{run_id}", "variant_{variant}")
+
+
+use rule active_prompting as active_prompting_variant with:
+    input:
+        split_csv=LAYOUT.manifest("{split}"),
+        state=VARIANT.laplace_file("state"),
+        meta=VARIANT.laplace_file("meta"),
+    output:
+        jsonl=VARIANT.active_prompting_shard("{split}", "{shard}"),
+    log:
+        LAYOUT.log(
+            "active_prompting",
+            "run_{run_id}",
+            "variant_{variant}",
+            "{split}",
+            "shard_{shard}",
+        ),
+    benchmark:
+        LAYOUT.benchmark(
+            "active_prompting",
+            "run_{run_id}",
+            "variant_{variant}",
+            "{split}",
+            "shard_{shard}",
+        )
+    params:
+        settings=variant_params("active_prompting"),
+        runtime=RUNTIME,
+
+
+use rule active_prompting_report as active_prompting_report_variant with:
+    input:
+        shards=get_variant_active_prompting_shards,
+    output:
+        metrics=VARIANT.active_prompting_file("metrics", "{split}"),
+        table=VARIANT.active_prompting_file("table", "{split}"),
+        markdown=VARIANT.active_prompting_file("markdown", "{split}"),
+        curves=VARIANT.active_prompting_file("curves", "{split}"),
+    log:
+        LAYOUT.log(
+            "active_prompting_report", "run_{run_id}", "variant_{variant}", "{split}"
+        ),
+    params:
+        settings=variant_params("active_prompting"),
+
+
+rule ablation_report:
+    input:
+        unpack(get_ablation_inputs),
+    output:
+        metrics=LAYOUT.ablation_file("metrics"),
+        table=LAYOUT.ablation_file("table"),
+        markdown=LAYOUT.ablation_file("markdown"),
+        figure=report(
+            LAYOUT.ablation_file("figure"),
+            category="Ablation",
+            subcategory="run {run_id}",
+            labels={
+                "figure": "posterior variants: BALD error-AUROC vs NLL, clicks-to-IoU"
+            },
+        ),
+    log:
+        LAYOUT.log("ablation_report", "run_{run_id}"),
+    conda:
+        "../envs/laplace_head.yaml"
+    params:
+        settings=PARAMS["ablation"],
+    script:
+        "../workflow_scripts/ablation_report.py"
+
+
+rule ablation:
+    input:
+        RUN.ablation_file("metrics"),
