@@ -125,6 +125,12 @@ class UnknownVariantError(LaplaceHeadError, KeyError):
         return str(self.args[0])
 
 
+def ablation_variants(config: Mapping[str, Any]) -> list[str]:
+    """The variants `snakemake ablation` runs: ``ablation.run``, or every declared one."""
+    ablation = config["ablation"]
+    return list(ablation["variants"] if ablation.get("run") is None else ablation["run"])
+
+
 def variant_laplace(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
     """The laplace section of ablation variant ``variant``: the config's, with its overrides."""
     variants = config["ablation"]["variants"]
@@ -185,7 +191,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
         },
         "visualize_sanity": {"n": 8, "seed": 0},
         "ablation": {
-            "variants": list(config["ablation"]["variants"]),
+            "variants": ablation_variants(config),
             "splits": list(config["ablation"]["splits"]),
             "policies": list(config["ablation"]["policies"]),
             "max_clicks": config["ablation"]["max_clicks"],

@@ -8,7 +8,7 @@ from laplace_head.dataset.manifests import read_split_manifest
 from laplace_head.config import ConfigError, validate_config
 from laplace_head.dataset.sharding import shard_names
 from laplace_head.layout import SPLITS, ProjectLayout
-from laplace_head.settings import Runtime, stage_params
+from laplace_head.settings import Runtime, ablation_variants, stage_params
 
 
 def _config_files():
@@ -105,7 +105,7 @@ def get_ablation_inputs(wildcards):
     """Every variant's posterior meta, stage-7 metrics and stage-8 report per split."""
     run = LAYOUT.with_run(wildcards.run_id)
     inputs = {}
-    for name in config["ablation"]["variants"]:
+    for name in ablation_variants(config):
         variant = run.for_posterior(name)
         inputs[f"{name}.meta"] = variant.laplace_file("meta")
         inputs[f"{name}.eval"] = variant.eval_file("metrics")

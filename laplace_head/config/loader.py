@@ -231,6 +231,13 @@ def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
     problem = posterior_variant_problem(config["laplace"])
     if problem:
         raise ConfigError(f"{config_name}: laplace.{problem}. Edit the laplace section.")
+    unknown = sorted(set(config["ablation"].get("run") or ()) - set(config["ablation"]["variants"]))
+    if unknown:
+        raise ConfigError(
+            f"{config_name}: ablation.run names {', '.join(map(repr, unknown))}, not in "
+            f"ablation.variants ({', '.join(config['ablation']['variants']) or 'none'}). "
+            "Declare it under ablation.variants or drop it from ablation.run."
+        )
     for name in config["ablation"]["variants"]:
         problem = posterior_variant_problem(variant_laplace(config, name))
         if problem:

@@ -537,6 +537,26 @@ def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path) -> None:
     assert stage_params(config)["fit_laplace"] == params["fit_laplace"]
 
 
+def test_ablation_run_picks_variants_and_names_unknown_ones(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    from laplace_head.settings import ablation_variants, stage_params
+
+    config = load_config(repo_root / "config" / "config.yaml", check_paths=False)
+    assert ablation_variants(config) == list(config["ablation"]["variants"])
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "ablation:\n  variants: {mine: {approx: full}}\n  run: [mine, last_diag_valnll]\n"
+    )
+    paths = [repo_root / "config" / "config.yaml", overlay]
+    config = load_configs(paths, check_paths=False)
+    assert "all_kron_fixed_t" in config["ablation"]["variants"]  # the map merged
+    assert stage_params(config)["ablation"]["variants"] == ["mine", "last_diag_valnll"]
+    overlay.write_text("ablation:\n  run: [mine]\n")
+    with pytest.raises(ConfigError, match="ablation.run names 'mine', not in ablation.variants"):
+        load_configs(paths, check_paths=False)
+
+
 def test_cli_names_an_unknown_variant_and_the_declared_ones(repo_root: Path) -> None:
     import subprocess
     import sys

@@ -16,7 +16,7 @@ from laplace_head.layout import ProjectLayout
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
 VARIANTS = {
-    "last_diag": {},
+    "last_diag": {"target_layer": "final_conv", "approx": "diagonal", "tuning": "val_nll"},
     "all_kron_fixed": {
         "target_layer": "all",
         "approx": "kron",
@@ -52,7 +52,8 @@ def test_snakemake_ablation_fits_evaluates_and_chooses_on_val(tmp_path, snakemak
                     "max_pixels_fit": 50000,
                 },
                 "ablation": {
-                    "variants": VARIANTS,
+                    "variants": VARIANTS,  # merged into the defaults' map; run picks these
+                    "run": list(VARIANTS),
                     "policies": ["oracle", "random", "bald", "bald_region"],
                     "max_clicks": 3,
                 },
@@ -76,6 +77,8 @@ def test_snakemake_ablation_fits_evaluates_and_chooses_on_val(tmp_path, snakemak
             clicks = row["clicks"][split]
             assert set(clicks) == {"oracle", "random", "bald", "bald_region"}
             assert len(clicks["bald"]["miou"]) == 3
+    diag = json.loads(run.for_posterior("last_diag").laplace_file("meta").read_text())
+    assert (diag["posterior"]["approx"], diag["posterior"]["tuning"]) == ("diagonal", "val_nll")
     kron = json.loads(run.for_posterior("all_kron_fixed").laplace_file("meta").read_text())
     assert kron["posterior"]["subset"] == "all_layers"
     assert kron["temperature"] == kron["pixels_per_row"]
