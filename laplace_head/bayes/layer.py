@@ -15,6 +15,7 @@ to ~1e-12 relative whatever the number of pixels.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,7 @@ def backend_name(target_layer: str, approx: str) -> str:
     return CURVLINOPS_BACKEND_NAME
 
 
+@functools.cache
 def _patch_diagonal_ggn() -> type:
     """laplace-torch's CurvlinopsGGN with the exact GGN diagonal of a :class:`PatchHead`
     computed in closed form (Bernoulli GGN: ``sum_u p_u (1 - p_u) J_u^2``)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from laplace_head.evaluation.active_prompting import BASELINE_POLICY, ORACLE_POLICY
+from laplace_head.evaluation.active_prompting import BASELINE_POLICY, ORACLE_POLICY, paired_key
 from laplace_head.util.atomic import (
     atomic_path,
     atomic_write_csv,
@@ -51,7 +51,7 @@ def _clicks_summary(report: Mapping[str, Any] | None) -> dict[str, Any]:
     for policy, models in report.get("overall", {}).items():
         head = models.get("head") or {}
         entry: dict[str, Any] = {"auc": head.get("auc"), "miou": head.get("miou")}
-        paired = report.get("paired", {}).get(f"{policy}_vs_{BASELINE_POLICY}") or {}
+        paired = report.get("paired", {}).get(paired_key(policy)) or {}
         if paired.get("n"):
             entry.update(
                 vs_random=paired["mean_difference"],
@@ -105,22 +105,27 @@ def variant_row(
     return row
 
 
+def val_best_bald_rule(row: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The variant's BALD rule with the largest val AUC gain over random, and that gain."""
+    val = row["clicks"].get(CHOICE_SPLIT) or {}
+    gains = {
+        p: e["vs_random"]
+        for p, e in val.items()
+        if is_bald_rule(p) and e.get("vs_random") is not None
+    }
+    if not gains:
+        return None
+    policy = max(gains, key=gains.get)
+    return policy, gains[policy]
+
+
 def choose(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The (variant, BALD rule) with the largest val AUC gain over random; None without val."""
-    best = None
-    for row in rows:
-        for policy, entry in (row["clicks"].get(CHOICE_SPLIT) or {}).items():
-            if not is_bald_rule(policy) or entry.get("vs_random") is None:
-                continue
-            if best is None or entry["vs_random"] > best["val_vs_random"]:
-                best = {
-                    "variant": row["variant"],
-                    "policy": policy,
-                    "val_vs_random": entry["vs_random"],
-                }
-    if best is None:
+    candidates = [(row, best) for row in rows if (best := val_best_bald_rule(row))]
+    if not candidates:
         return None
-    row = next(r for r in rows if r["variant"] == best["variant"])
+    row, (policy, gain) = max(candidates, key=lambda candidate: candidate[1][1])
+    best: dict[str, Any] = {"variant": row["variant"], "policy": policy, "val_vs_random": gain}
     test = row["clicks"].get(REPORT_SPLIT) or {}
     entry = test.get(best["policy"]) or {}
     best["test_vs_random"] = entry.get("vs_random")
@@ -212,10 +217,14 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append("No BALD rule was clicked on val: nothing chosen.")
     else:
         gap = choice.get("test_oracle_gap_closed")
+        test = {
+            "vs_random": choice["test_vs_random"],
+            "vs_random_ci95": choice["test_vs_random_ci95"],
+        }
         lines.append(
             f"Variant **{choice['variant']}** with rule **{choice['policy']}** (val AUC vs "
-            f"random {choice['val_vs_random']:+.4f}). On test: {_diff({'vs_random': choice['test_vs_random'], 'vs_random_ci95': choice['test_vs_random_ci95']} if choice['test_vs_random'] is not None else None)}"  # noqa: E501
-            f" vs random; AUC {_fmt(choice['test_auc'], 3)}, random {_fmt(choice['test_random_auc'], 3)}, "  # noqa: E501
+            f"random {choice['val_vs_random']:+.4f}). On test: {_diff(test)} vs random; "
+            f"AUC {_fmt(choice['test_auc'], 3)}, random {_fmt(choice['test_random_auc'], 3)}, "
             f"oracle {_fmt(choice['test_oracle_auc'], 3)}; share of the random-to-oracle gap "
             f"closed {_fmt(gap, 3)}. Goal (>= +0.03 with CI above 0) "
             f"{'met' if choice['click_goal_met'] else 'not met'}."
@@ -287,11 +296,10 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     drawn_reference = False
     for index, r in enumerate(rows):
         test = r["clicks"].get(REPORT_SPLIT) or {}
-        val = r["clicks"].get(CHOICE_SPLIT) or {}
-        rules = [p for p in val if is_bald_rule(p) and val[p].get("vs_random") is not None]
-        if not rules or not test:
+        best = val_best_bald_rule(r)
+        if best is None or not test:
             continue
-        rule = max(rules, key=lambda p: val[p]["vs_random"])
+        rule = best[0]
         entry = test.get(rule) or {}
         if entry.get("miou"):
             clicks = np.arange(1, len(entry["miou"]) + 1)

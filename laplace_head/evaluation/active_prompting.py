@@ -36,6 +36,11 @@ BASELINE_POLICY = "random"
 ORACLE_POLICY = "oracle"
 
 
+def paired_key(policy: str) -> str:
+    """The report's ``paired`` entry comparing ``policy`` with the random baseline."""
+    return f"{policy}_vs_{BASELINE_POLICY}"
+
+
 def read_records(jsonl_paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Every record of the per-shard JSONL files (one JSON object per line)."""
     records = []
@@ -140,7 +145,7 @@ def aggregate(
                 continue
             common = sorted(set(baseline) & set(by_policy[policy]))
             differences = np.array([by_policy[policy][s] - baseline[s] for s in common])
-            key = f"{policy}_vs_{BASELINE_POLICY}"
+            key = paired_key(policy)
             result["paired"][key] = paired_comparison(differences, n_bootstrap, seed, key)
     if ORACLE_POLICY in by_policy:
         oracle = [r for r in records if r["policy"] == ORACLE_POLICY]
