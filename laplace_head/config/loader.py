@@ -37,13 +37,24 @@ def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict:
 
 
 def fill_defaults(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict:
-    """Return a copy of ``config`` with every missing key set to the schema's default."""
-    filled = copy.deepcopy(dict(config))
-    for key, subschema in schema.get("properties", {}).items():
-        if key not in filled and "default" in subschema:
+    """Return a copy of ``config`` with every missing key set to the schema's default.
+
+    Keys come in the schema's order (then any it does not know, in the config's order), so the
+    resolved config, and every rule's params built from it, do not depend on how a user or a
+    ``--configfile`` overlay happens to order them: Snakemake compares params by their repr,
+    and a reordered section would otherwise rerun the stage.
+    """
+    given = copy.deepcopy(dict(config))
+    properties = schema.get("properties", {})
+    filled: dict[str, Any] = {}
+    for key, subschema in properties.items():
+        if key in given:
+            filled[key] = given[key]
+        elif "default" in subschema:
             filled[key] = copy.deepcopy(subschema["default"])
         if subschema.get("type") == "object" and isinstance(filled.get(key), Mapping):
             filled[key] = fill_defaults(filled[key], subschema)
+    filled.update((key, value) for key, value in given.items() if key not in properties)
     return filled
 
 

@@ -16,7 +16,13 @@ from snakemake.profiles import ProfileConfigFileParser
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = REPO_ROOT / "profiles" / "default" / "config.yaml"
 SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"precompute_sam", "train_head", "sanity_check_head", "active_prompting"}
+GPU_RULES = {
+    "precompute_sam",
+    "train_head",
+    "sanity_check_head",
+    "active_prompting",
+    "active_prompting_variant",  # `snakemake ablation`'s copy of active_prompting
+}
 CPU_RULES = {
     "build_manifests",
     "generate_promptsets",
@@ -27,6 +33,11 @@ CPU_RULES = {
     "visualize_sanity",
     "plot_training_curves",
     "active_prompting_report",
+    # `snakemake ablation` (rules/ablation.smk): copies of stages 6-8 per posterior variant
+    "fit_laplace_variant",
+    "evaluate_variant",
+    "active_prompting_report_variant",
+    "ablation_report",
 }
 
 
@@ -41,31 +52,51 @@ def workflow_rules() -> set[str]:
     for source in [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "rules").glob("*.smk"))]:
         text = source.read_text(encoding="utf-8")
         names.update(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
+        names.update(re.findall(r"^use rule \w+ as (\w+)", text, flags=re.MULTILINE))
     return names
+
+
+def rule_blocks() -> dict[str, tuple[str | None, str]]:
+    """Each rule of rules/*.smk: its name -> (the rule it copies with `use rule`, its text)."""
+    blocks: dict[str, tuple[str | None, str]] = {}
+    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
+        text = source.read_text(encoding="utf-8")
+        pattern = r"^(?=(?:use rule|rule|checkpoint) )"
+        for block in re.split(pattern, text, flags=re.MULTILINE):
+            if match := re.match(r"(?:rule|checkpoint) (\w+):", block):
+                blocks[match.group(1)] = (None, block)
+            elif match := re.match(r"use rule (\w+) as (\w+)", block):
+                blocks[match.group(2)] = (match.group(1), block)
+    return blocks
+
+
+def _rules_where(has: str) -> set[str]:
+    """Rules whose own text matches `has`, or that copy (`use rule`) such a rule without
+    overriding that part."""
+    blocks = rule_blocks()
+
+    def matches(name: str) -> bool:
+        parent, block = blocks[name]
+        if re.search(has, block, flags=re.MULTILINE):
+            return True
+        return parent is not None and matches(parent)
+
+    return {name for name in blocks if matches(name)}
 
 
 def declared_gpu_rules() -> set[str]:
     """Rules whose ``resources:`` in rules/*.smk declare ``gpu=N`` (the local GPU pool)."""
-    declared = set()
-    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
-        text = source.read_text(encoding="utf-8")
-        for block in re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE):
-            match = re.match(r"(?:rule|checkpoint) (\w+):", block)
-            if match and re.search(r"^\s+gpu=[1-9]", block, flags=re.MULTILINE):
-                declared.add(match.group(1))
-    return declared
+    return _rules_where(r"^\s+gpu=[1-9]")
 
 
 def job_rules() -> set[str]:
     """Rules that run something (script:, shell:, run:), as opposed to target-only rules."""
-    names = set()
-    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
-        text = source.read_text(encoding="utf-8")
-        for block in re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE):
-            match = re.match(r"(?:rule|checkpoint) (\w+):", block)
-            if match and re.search(r"^\s+(?:script|shell|run):", block, flags=re.MULTILINE):
-                names.add(match.group(1))
-    return names
+    return _rules_where(r"^\s+(?:script|shell|run):")
+
+
+def copied_rules() -> dict[str, str]:
+    """`use rule PARENT as NAME` in rules/*.smk: NAME -> PARENT."""
+    return {name: parent for name, (parent, _) in rule_blocks().items() if parent is not None}
 
 
 def test_default_profile_keys() -> None:
@@ -123,6 +154,17 @@ def test_slurm_gpu_rules_get_one_gpu_and_cpu_rules_none() -> None:
     assert not GPU_RULES & CPU_RULES
     unclassified = job_rules() - GPU_RULES - CPU_RULES
     assert not unclassified, f"add {sorted(unclassified)} to GPU_RULES or CPU_RULES"
+
+
+def test_slurm_rule_copies_get_their_parents_resources() -> None:
+    """SLURM resources are looked up by rule name: a `use rule X as Y` copy that runs the same
+    work must request what X requests, or the ablation's stage 8 would run without a GPU."""
+    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    set_resources = profile["set-resources"]
+    copies = copied_rules()
+    assert copies  # rules/ablation.smk copies stages 6-8
+    for name, parent in copies.items():
+        assert set_resources.get(name) == set_resources.get(parent), (name, parent)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])

@@ -521,6 +521,33 @@ def test_a_variant_overrides_only_its_keys_for_stages_6_and_8(repo_root: Path) -
         stage_params(config, "nope")
 
 
+def _reversed_keys(node, name: str = ""):
+    """Every mapping's keys reversed, except the ablation's variant names (their order is the
+    user's choice of table order, not a setting)."""
+    if isinstance(node, dict):
+        keys = list(node) if name == "variants" else reversed(list(node))
+        return {key: _reversed_keys(node[key], key) for key in keys}
+    return node
+
+
+@pytest.mark.parametrize("overlay", ["demo.yaml", "real_dev.yaml"])
+def test_key_order_in_a_config_file_is_no_rerun_trigger(repo_root: Path, overlay: str) -> None:
+    """Snakemake compares a rule's params by repr, which keeps dict order: the same settings
+    written in another order (or merged from an overlay) must give the same params text."""
+    from laplace_head.settings import stage_params
+
+    merged = load_configs(
+        [repo_root / "config" / "config.yaml", repo_root / "config" / overlay], check_paths=False
+    )
+    shuffled = validate_config(_reversed_keys(merged), check_paths=False)
+    assert list(shuffled["training"]) != list(reversed(list(merged["training"])))
+    assert repr(stage_params(shuffled)) == repr(stage_params(merged))
+    for variant in merged["ablation"]["variants"]:
+        assert repr(stage_params(shuffled, variant)) == repr(stage_params(merged, variant))
+    # The schema fixes the order, not the file.
+    assert list(merged["laplace"]) == list(load_schema()["properties"]["laplace"]["properties"])
+
+
 def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path) -> None:
     """real_dev ships an all-layer fit on 200k pixels; stage 7's baseline keeps its own cap, and
     the cap is not a fit setting (changing it refits nothing)."""
