@@ -16,8 +16,10 @@ name, ``overall`` included, can collide with the overall scope): per-image mean 
 ``n_bin / n * |mean p - fraction foreground|``), and the AUROC of a per-pixel uncertainty for
 detecting misclassified pixels: the predictive entropy for every method, plus the BALD
 (mutual information of the Gaussian GLM logit, by quadrature - no sampling noise, the same for
-every posterior variant) for the Laplace head. Posterior weight samples only rank the example
-panels' prompts. AUROCs are computed
+every posterior variant) for the Laplace head. Posterior weight samples only give the BALD map
+behind the example panels' suggested clicks (the ``bald_region`` rule of
+:mod:`laplace_head.interactive.clicks`, with correcting labels as the interactive predictor's
+``suggest``). AUROCs are computed
 from fine histograms (log-scale bins), so memory stays bounded for any split size.
 """
 
@@ -36,6 +38,7 @@ import torch
 
 from laplace_head.bayes.posterior import Posterior, load_posterior, probit_logits
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
+from laplace_head.bayes.prompt_scoring import PromptSuggestion
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.evaluation.calibration import (
@@ -44,6 +47,7 @@ from laplace_head.evaluation.calibration import (
     fit_temperature_scaling,
     log_uncertainty,
 )
+from laplace_head.interactive.clicks import ClickState, correcting_label, suggest_cells
 from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
@@ -208,6 +212,11 @@ def evaluate(
     return metrics
 
 
+#: The click rule of the example panels' suggested clicks: the region rule needs no base
+#: segmenter (stage 7 has none), and its region centres are what ``bald_lookahead`` re-ranks.
+EXAMPLE_CLICK_RULE = "bald_region"
+
+
 def _example(
     posterior: Posterior,
     batch: Any,
@@ -219,19 +228,43 @@ def _example(
 ) -> dict[str, Any]:
     inputs = batch.inputs[offset]
     height, width = inputs.shape[1:]
-    prompts = posterior.score_prompts(inputs, sigma=sigma, weight_samples=weights, top_k=5)
+    probability = posterior.predictive_probability(inputs)[0].numpy()
+    map_probability = posterior.map_probability(inputs)[0].numpy()
+    sampled = posterior.uncertainty_maps(inputs, weight_samples=weights)
+    pos_map, neg_map = inputs[1].numpy(), inputs[2].numpy()
+    state = ClickState(
+        map_probability=map_probability,
+        entropy=sampled["predictive_entropy"][0].numpy(),
+        bald=sampled["mutual_information"][0].numpy(),
+        # the row's given clicks: their prompt discs are not suggested again
+        excluded=(pos_map > 0.5) | (neg_map > 0.5),
+        predictive_probability=probability,
+    )
+    cells = suggest_cells(state, EXAMPLE_CLICK_RULE, k=5, min_distance=2.0 * sigma)
+    prompts = [
+        PromptSuggestion(
+            rank=rank,
+            x=float(col),
+            y=float(row),
+            score=float(state.bald[row, col]),
+            label="positive" if correcting_label(map_probability, (row, col)) else "negative",
+            p_foreground=float(probability[row, col]),
+        )
+        for rank, (row, col) in enumerate(cells)
+    ]
     image_path = str(index_row.get("image_path", ""))
     return {
         "title": f"{index_row.get('sample_id', '')} #{index_row.get('promptset_id', '')}",
         "image": _display_image(image_path, height, width) if image_path else None,
         "gt": batch.gt_mask[offset].numpy(),
         "base_logits": batch.raw_logits[offset].numpy(),
-        "probability": posterior.predictive_probability(inputs)[0].numpy(),
+        "probability": probability,
         "entropy": maps["predictive_entropy"][offset].numpy(),
         "bald": maps["mutual_information"][offset].numpy(),
         "prompts": prompts,
-        "pos_map": inputs[1].numpy(),
-        "neg_map": inputs[2].numpy(),
+        "click_rule": EXAMPLE_CLICK_RULE,
+        "pos_map": pos_map,
+        "neg_map": neg_map,
     }
 
 

@@ -141,7 +141,8 @@ def plot_uncertainty_examples(
     examples
         Each: "title" str, "image" (H, W, 3) uint8 or None, "gt" (H, W), "base_logits" (H, W),
         "probability" (H, W), "entropy" (H, W), "bald" (H, W) (nats), "prompts" list of
-        PromptSuggestion (top ranked first), optional "pos_map"/"neg_map" (H, W) prompt maps
+        PromptSuggestion (top ranked first), optional "click_rule" (the rule that suggested
+        them, named in the column title), optional "pos_map"/"neg_map" (H, W) prompt maps
         (their 0.5 contours mark the given clicks: green positive, red negative).
     """
     columns = (
@@ -152,6 +153,9 @@ def plot_uncertainty_examples(
         "predictive entropy",
         "BALD + suggested clicks",
     )
+    rules = sorted({str(e["click_rule"]) for e in examples if e.get("click_rule")})
+    if rules:
+        columns = (*columns[:-1], f"BALD + next clicks ({', '.join(rules)})")
     n_rows = max(1, len(examples))
     fig, axes = plt.subplots(n_rows, len(columns), figsize=(2.6 * len(columns), 2.7 * n_rows))
     axes = np.atleast_2d(axes)

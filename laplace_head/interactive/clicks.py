@@ -465,6 +465,44 @@ def map_margin_policy(state: ClickState, rng: np.random.Generator) -> Cell | Non
     return _best_cell(-margin, state.blocked())
 
 
+def suggest_cells(
+    state: ClickState,
+    policy: str,
+    k: int,
+    min_distance: float,
+    seed: int = 0,
+    stream: tuple = (),
+) -> list[Cell]:
+    """The next ``k`` cells ``policy`` proposes from one state, best first.
+
+    After each pick the cell and the disc of radius ``min_distance`` (grid cells; 0: only the
+    cell) around it join ``state.excluded``, so the next pick points at a different region.
+    Fewer than ``k`` when the policy runs out of cells. The ``random`` policy is seeded by
+    ``seed``, ``stream`` and the pick's index.
+    """
+    chooser = get_policy(policy)
+    rows, cols = np.mgrid[: state.shape[0], : state.shape[1]]
+    if state.excluded is None:
+        state.excluded = np.zeros(state.shape, dtype=bool)
+    cells: list[Cell] = []
+    for index in range(k):
+        rng = np.random.default_rng(derive_seed(seed, "suggest", policy, *stream, index))
+        cell = chooser(state, rng)
+        if cell is None:
+            break
+        cells.append(cell)
+        if min_distance > 0:
+            state.excluded |= (rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < min_distance**2
+        state.excluded |= clicked_mask({cell}, state.shape)
+    return cells
+
+
+def correcting_label(map_probability: np.ndarray, cell: Cell) -> int:
+    """The label of a click that would correct the head at ``cell``: 1 (positive) where its MAP
+    probability is < 0.5, else 0 - the RITM user's click where the mask is wrong."""
+    return 1 if map_probability[cell] < 0.5 else 0
+
+
 def get_policy(name: str) -> Policy:
     """The registered policy ``name``; ValueError listing the valid names otherwise."""
     if name not in POLICIES:

@@ -58,10 +58,11 @@ from laplace_head.cache.promptset_format import stored_logits
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     ClickState,
-    clicked_mask,
+    correcting_label,
     get_policy,
     grid_to_image,
     image_to_grid,
+    suggest_cells,
 )
 from laplace_head.segmenters import BaseSegmenter, build_segmenter_from_settings
 from laplace_head.util.devices import resolve_device
@@ -502,12 +503,11 @@ class InteractivePredictor:
         prediction = prediction if prediction is not None else self.last_prediction
         if prediction is None:
             raise RuntimeError("nothing to suggest from: call predict_clicks() (or predict) first")
-        chooser = get_policy(policy)
+        get_policy(policy)  # an unknown name fails before any work
         if policy == "oracle" and gt_256 is None:
             raise ValueError("the oracle policy needs gt_256")
         distance = 2.0 * self.prompt_sigma if min_distance is None else float(min_distance)
         shape = prediction.map_probability.shape
-        rows, cols = np.mgrid[: shape[0], : shape[1]]
         state = ClickState(
             map_probability=prediction.map_probability,
             entropy=prediction.entropy,
@@ -518,19 +518,11 @@ class InteractivePredictor:
             predictive_probability=prediction.predictive_probability,
             lookahead=self.lookahead(prediction),
         )
+        cells = suggest_cells(state, policy, k, distance, seed, (len(prediction.labels),))
         suggestions: list[tuple[float, float, int]] = []
-        for index in range(k):
-            rng = np.random.default_rng(
-                derive_seed(seed, "suggest", policy, len(prediction.labels), index)
-            )
-            cell = chooser(state, rng)
-            if cell is None:
-                break
-            label = 1 if prediction.map_probability[cell] < 0.5 else 0
+        for cell in cells:
             x, y = grid_to_image(cell[0], cell[1], prediction.image_hw)
-            suggestions.append((float(x), float(y), label))
-            assert state.excluded is not None
-            if distance > 0:
-                state.excluded |= (rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < distance**2
-            state.excluded |= clicked_mask({cell}, shape)
+            suggestions.append(
+                (float(x), float(y), correcting_label(prediction.map_probability, cell))
+            )
         return suggestions

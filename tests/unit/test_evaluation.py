@@ -156,6 +156,47 @@ def test_empty_test_split(evaluated, tmp_path):
     assert (tmp_path / "out" / "uncertainty_examples.png").is_file()
 
 
+def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
+    evaluated, tmp_path, monkeypatch
+):
+    """The panels' next clicks come from the bald_region rule (stage 8's region rule): the
+    first at the centre of an uncertain region (0.25 <= p <= 0.75) when there is one, the rest
+    at least 2 sigma apart, none on a given click."""
+    import laplace_head.evaluation.evaluate as stage7
+    import laplace_head.evaluation.plots as plots
+    from laplace_head.interactive.clicks import REGION_ERROR_LEVEL, predicted_error
+
+    run, test_h5, _, _ = evaluated
+    captured, calls = [], []
+    monkeypatch.setattr(plots, "plot_uncertainty_examples", lambda ex, path: captured.extend(ex))
+
+    def spy(state, policy, **kwargs):
+        calls.append((policy, state.excluded.copy(), state.predictive_probability))
+        return stage7_suggest(state, policy, **kwargs)
+
+    stage7_suggest = stage7.suggest_cells
+    monkeypatch.setattr(stage7, "suggest_cells", spy)
+    evaluate(run.laplace_dir, test_h5, run.val_h5, tmp_path / "out", SETTINGS)
+    assert captured and len(calls) == len(captured)
+    sigma = SETTINGS.prompt_sigma
+    for example, (policy, excluded, probability) in zip(captured, calls):
+        assert example["click_rule"] == policy == "bald_region"
+        prompts = example["prompts"]
+        assert 1 <= len(prompts) <= 5 and [p.rank for p in prompts] == list(range(len(prompts)))
+        given = (example["pos_map"] > 0.5) | (example["neg_map"] > 0.5)
+        assert given.any() and np.array_equal(excluded, given)
+        assert np.array_equal(probability, example["probability"])
+        cells = [(int(p.y), int(p.x)) for p in prompts]
+        assert not any(given[cell] for cell in cells)
+        for i, a in enumerate(cells):
+            assert all(np.hypot(a[0] - b[0], a[1] - b[1]) >= 2 * sigma for b in cells[:i])
+        uncertain = (predicted_error(example["probability"]) >= REGION_ERROR_LEVEL) & ~given
+        if uncertain.any():  # (the fixture's head is mostly confident: often no region)
+            assert uncertain[cells[0]]
+        for prompt, cell in zip(prompts, cells):
+            assert prompt.p_foreground == pytest.approx(float(example["probability"][cell]))
+
+
 def test_markdown_table_formats_missing_values():
     frame = pd.DataFrame([{"scope": "overall", "method": "map", "nll": 0.123456, "auroc": None}])
     text = markdown_table(frame)

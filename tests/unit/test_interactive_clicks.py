@@ -14,12 +14,14 @@ from laplace_head.interactive.clicks import (
     REGION_ERROR_LEVEL,
     ClickState,
     click_rng,
+    correcting_label,
     first_click,
     grid_to_image,
     image_to_grid,
     interior_point,
     oracle_click,
     smooth_map,
+    suggest_cells,
 )
 from laplace_head.prompts.sampling import rescale_points
 
@@ -335,6 +337,40 @@ def test_bald_region_clicks_the_centre_of_the_region_with_the_largest_bald_sum()
     assert POLICIES["bald_raw"](state, np.random.default_rng(0)) == (20, 20)  # SMALL's pixel
     assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (112, 60)  # MID's centre
     assert (112, 60) == _brute_force_centre(_box((256, 256), *MID))
+
+
+def test_suggest_cells_points_at_different_regions_best_first() -> None:
+    state = _region_state()
+    cells = suggest_cells(state, "bald_region", k=4, min_distance=40.0)
+    # MID (largest BALD sum), then BIG, then SMALL: each pick's disc covers its whole region
+    assert cells[:3] == [(112, 60), (205, 205), (22, 22)]
+    assert (22, 22) == _brute_force_centre(_box((256, 256), *SMALL))
+    # no region left: the rule falls back to smoothed BALD, around the lone BALD pixel
+    assert np.hypot(cells[3][0] - 150, cells[3][1] - 150) < 10
+    for i, j in itertools.combinations(range(len(cells)), 2):
+        assert np.hypot(cells[i][0] - cells[j][0], cells[i][1] - cells[j][1]) >= 40
+    assert all(state.excluded[cell] for cell in cells)  # the state remembers the picks
+
+
+def test_suggest_cells_without_distance_never_repeats_and_runs_out() -> None:
+    shape = (4, 4)
+    state = ClickState(np.full(shape, 0.9), np.zeros(shape), np.zeros(shape))
+    cells = suggest_cells(state, "random", k=20, min_distance=0.0, seed=3, stream=("a",))
+    assert len(cells) == 16 and len(set(cells)) == 16
+    again = ClickState(np.full(shape, 0.9), np.zeros(shape), np.zeros(shape))
+    assert suggest_cells(again, "random", k=20, min_distance=0.0, seed=3, stream=("a",)) == cells
+    with pytest.raises(ValueError, match="unknown click policy"):
+        suggest_cells(state, "nope", k=1, min_distance=0.0)
+
+
+def test_correcting_label_is_positive_where_the_head_says_background() -> None:
+    probability = np.array([[0.2, 0.5], [0.8, 0.49]])
+    assert [correcting_label(probability, cell) for cell in ((0, 0), (0, 1), (1, 0), (1, 1))] == [
+        1,
+        0,
+        0,
+        1,
+    ]
 
 
 def test_bald_region_treats_blocked_cells_as_boundary_and_never_picks_them() -> None:
