@@ -39,7 +39,8 @@ def plot_val_nll_grid(
     map_nll: float,
     path: str | os.PathLike,
 ) -> None:
-    """Heatmap of validation pixel NLL over (prior precision x temperature) + NLL vs T curves.
+    """Heatmap of validation pixel NLL over (prior precision x temperature) + NLL vs T curves
+    (NLL vs prior precision when the grid has one T).
 
     Parameters
     ----------
@@ -70,13 +71,29 @@ def plot_val_nll_grid(
         )
     )
     ax_map.set_title("val NLL and excess over the best (box: chosen)")
-    for i, prior in enumerate(prior_grid):
-        ax_curve.plot(temperature_grid, val_nll[i], marker="o", label=f"prior {prior:g}")
+    if len(temperature_grid) == 1:
+        # T fixed (laplace.tuning fixed_temperature / marglik): the curve over the prior
+        ax_curve.plot(prior_grid, val_nll[:, 0], marker="o", color="tab:green", label="posterior")
+        ax_curve.plot(
+            prior_grid[chosen[0]],
+            val_nll[chosen],
+            marker="s",
+            ms=11,
+            mfc="none",
+            color="black",
+            ls="none",
+            label="chosen",
+        )
+        ax_curve.set_xlabel("prior precision")
+        ax_curve.set_title(f"T fixed at {temperature_grid[0]:g}: val NLL vs prior precision")
+    else:
+        for i, prior in enumerate(prior_grid):
+            ax_curve.plot(temperature_grid, val_nll[i], marker="o", label=f"prior {prior:g}")
+        ax_curve.set_xlabel("likelihood temperature T")
+        ax_curve.set_title("val NLL vs likelihood temperature T, per prior precision")
     ax_curve.axhline(map_nll, color="black", ls="--", label=f"MAP head {map_nll:.4f}")
     ax_curve.set_xscale("log")
-    ax_curve.set_xlabel("likelihood temperature T")
     ax_curve.set_ylabel("val NLL (nats / pixel)")
-    ax_curve.set_title("tempering matters: NLL vs T per prior precision")
     ax_curve.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
