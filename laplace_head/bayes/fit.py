@@ -398,6 +398,27 @@ def _tune(
     }
 
 
+def _collapse_advice(tune: dict) -> str:
+    """What to change when the posterior is its prior, for the tuning rule that chose it."""
+    prior, temperature = tune["prior_precision"], tune["temperature"]
+    if tune["rule"] == "val_nll":
+        return (
+            f"Validation NLL chose T = {temperature:g}: use laplace.tuning: fixed_temperature "
+            "(or marglik), or a smaller temperature_grid."
+        )
+    if tune["rule"] == "fixed_temperature":
+        return (
+            f"At the fixed T = {temperature:g}, validation NLL chose the prior precision "
+            f"{prior:g}; a smaller one (cap laplace.prior_precision_grid below {prior:g}) or a "
+            "smaller laplace.fixed_temperature lets the data shape the covariance, at the "
+            "validation-NLL cost val_nll_grid.png shows."
+        )
+    return (
+        f"The marginal likelihood chose the prior precision {prior:g} at T = {temperature:g}: "
+        "set a smaller laplace.fixed_temperature."
+    )
+
+
 def _health_warnings(tune: dict, checks: dict, collapse: dict) -> list[str]:
     """Warnings for a posterior that is its prior, flags errors below chance or lowers no NLL."""
     messages = []
@@ -414,8 +435,7 @@ def _health_warnings(tune: dict, checks: dict, collapse: dict) -> list[str]:
             "the posterior has collapsed onto its prior: the tempered data curvature is below "
             f"{COLLAPSE_RATIO:g} x the prior precision in every block ({ratios}), so every "
             "posterior variance is within a few percent of 1 / prior_precision and BALD tracks "
-            "the feature norm, not the data. Use laplace.tuning: fixed_temperature (or marglik), "
-            "or a smaller temperature_grid."
+            f"the feature norm, not the data. {_collapse_advice(tune)}"
         )
     auroc = checks["bald_error_auroc"]
     if auroc is not None and auroc < 0.5:

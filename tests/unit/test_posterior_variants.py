@@ -287,6 +287,15 @@ def test_a_posterior_flattened_onto_its_prior_is_reported(data, caplog):
     assert meta["collapsed_onto_prior"] is True
     assert all(r["mean"] < 0.05 for r in meta["data_to_prior_ratio"].values())
     assert "collapsed onto its prior" in caplog.text
+    assert "Validation NLL chose T = 1e+09: use laplace.tuning: fixed_temperature" in caplog.text
+    caplog.clear()
+    fixed = replace(settings, tuning="fixed_temperature", fixed_temperature=1e9)
+    with caplog.at_level("WARNING"):
+        meta = fit_laplace(best, train_h5, val_h5, root / "collapsed_fixed", fixed)
+    assert meta["collapsed_onto_prior"] is True
+    # the advice fits the rule: T is already fixed, the prior precision is what to change
+    assert "At the fixed T = 1e+09, validation NLL chose the prior precision 1e+06" in caplog.text
+    assert "use laplace.tuning: fixed_temperature" not in caplog.text
     untempered = LaplaceSettings((1e-2,), (1.0,), max_pixels_fit=600)
     meta = fit_laplace(best, train_h5, val_h5, root / "untempered", untempered)
     assert meta["collapsed_onto_prior"] is False
