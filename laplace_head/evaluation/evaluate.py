@@ -18,8 +18,8 @@ detecting misclassified pixels: the predictive entropy for every method, plus th
 (mutual information of the Gaussian GLM logit, by quadrature - no sampling noise, the same for
 every posterior variant) for the Laplace head. Posterior weight samples only give the BALD map
 behind the example panels' suggested clicks (the ``bald_region`` rule of
-:mod:`laplace_head.interactive.clicks`, with correcting labels as the interactive predictor's
-``suggest``). AUROCs are computed
+:mod:`laplace_head.interactive.clicks`, each labelled with the class the posterior predicts
+there, the label the click most likely gets). AUROCs are computed
 from fine histograms (log-scale bins), so memory stays bounded for any split size.
 """
 
@@ -47,7 +47,7 @@ from laplace_head.evaluation.calibration import (
     fit_temperature_scaling,
     log_uncertainty,
 )
-from laplace_head.interactive.clicks import ClickState, correcting_label, suggest_cells
+from laplace_head.interactive.clicks import ClickState, suggest_cells
 from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
@@ -247,7 +247,7 @@ def _example(
             x=float(col),
             y=float(row),
             score=float(state.bald[row, col]),
-            label="positive" if correcting_label(map_probability, (row, col)) else "negative",
+            label="positive" if probability[row, col] > 0.5 else "negative",  # the likelier
             p_foreground=float(probability[row, col]),
         )
         for rank, (row, col) in enumerate(cells)

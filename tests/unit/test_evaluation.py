@@ -161,7 +161,7 @@ def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
 ):
     """The panels' next clicks come from the bald_region rule (stage 8's region rule): the
     first at the centre of an uncertain region (0.25 <= p <= 0.75) when there is one, the rest
-    at least 2 sigma apart, none on a given click."""
+    at least 2 sigma apart, none on a given click, each with the likelier label."""
     import laplace_head.evaluation.evaluate as stage7
     import laplace_head.evaluation.plots as plots
     from laplace_head.interactive.clicks import REGION_ERROR_LEVEL, predicted_error
@@ -195,6 +195,7 @@ def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
             assert uncertain[cells[0]]
         for prompt, cell in zip(prompts, cells):
             assert prompt.p_foreground == pytest.approx(float(example["probability"][cell]))
+            assert prompt.label == ("positive" if prompt.p_foreground > 0.5 else "negative")
 
 
 def test_markdown_table_formats_missing_values():
