@@ -4,18 +4,21 @@ For each base segmenter - random_walker and the ViT-B shape of SAM with random w
 (``sam_model_registry['vit_b']``, on the CPU unless ``--device cuda``) - it runs the interactive
 loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` on a few synthetic
 images: ``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then
-``predict_clicks`` and ``suggest(k=1, policy="bald")`` per click, the suggestion labelled by the
-ground truth and added as the next click. Per click it records the predictor's own step
+``predict_clicks`` and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
+the ground truth and added as the next click. Per click it records the predictor's own step
 timings (``decode``: the base segmenter's predict = SAM prompt encoder + mask decoder +
 post-processing to the 256 grid; ``prompt_maps``; ``head``: one head pass for the MAP logits and
 their variance; ``uncertainty``: predictive probability, entropy and BALD by quadrature) and the
 suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encoder + mask
 decoder on the kept embedding, no post-processing). It prints medians over the clicks and the
 ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
-head is the tiny fitted head of the test fixtures (same architecture as the workflow's).
-No assertion on time.
+head is the tiny fitted head of the test fixtures (same architecture as the workflow's), with
+the posterior variant of ``--target-layer`` / ``--approx`` (default: the seed's last-layer
+diagonal; ``all kron`` is what config/real_dev.yaml ships, refitted on the fixture's data with
+T fixed at the pixels per prompt set). No assertion on time.
 
     .venv/bin/python bench/bench_interactive.py [--images 2] [--clicks 5] [--skip-vit-b]
+        [--target-layer all --approx kron] [--policy bald_lookahead]
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench_precompute import make_images  # noqa: E402  (bench/ is the script folder)
-from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
+from helpers.laplace_fixtures import PRIOR_GRID, make_fitted_run  # noqa: E402
 
+from laplace_head.bayes.fit import fit_laplace  # noqa: E402
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
 from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
 from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
-from laplace_head.settings import GRID_SIZE  # noqa: E402
+from laplace_head.settings import GRID_SIZE, POSTERIOR_VARIANTS, LaplaceSettings  # noqa: E402
 
 STEPS = ("decode", "prompt_maps", "head", "uncertainty", "suggest")
 
@@ -68,7 +72,9 @@ def sam_decoder_pass(segmenter: SamSegmenter, points_xy: np.ndarray, labels: np.
     return time.perf_counter() - start
 
 
-def run_loop(label: str, predictor: InteractivePredictor, images, n_clicks: int) -> dict:
+def run_loop(
+    label: str, predictor: InteractivePredictor, images, n_clicks: int, policy: str = "bald"
+) -> dict:
     """The interactive loop on every image; per-click step timings (seconds)."""
     timings: dict[str, list[float]] = {step: [] for step in STEPS}
     decoder: list[float] = []
@@ -93,7 +99,7 @@ def run_loop(label: str, predictor: InteractivePredictor, images, n_clicks: int)
                     sam_decoder_pass(predictor.segmenter, prediction.points_xy, prediction.labels)
                 )
             start = time.perf_counter()
-            suggestion = predictor.suggest(k=1, policy="bald")
+            suggestion = predictor.suggest(k=1, policy=policy)
             timings["suggest"].append(time.perf_counter() - start)
             if not suggestion:
                 break
@@ -144,6 +150,9 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--sigma", type=float, default=8.0, help="prompt-map sigma (grid px)")
     parser.add_argument("--skip-vit-b", action="store_true")
+    parser.add_argument("--target-layer", default="final_conv", choices=["final_conv", "all"])
+    parser.add_argument("--approx", default="diagonal", choices=["diagonal", "full", "kron"])
+    parser.add_argument("--policy", default="bald", help="click rule of the suggestions")
     parser.add_argument(
         "--threads",
         type=int,
@@ -151,15 +160,29 @@ def main(argv=None) -> None:
         help="torch CPU threads (1 keeps timings stable on a shared machine)",
     )
     args = parser.parse_args(argv)
+    if (args.target_layer, args.approx) not in POSTERIOR_VARIANTS:
+        parser.error(f"no posterior variant {args.target_layer} + {args.approx}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     images = make_images(args.images, *args.size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_interactive_") as tmp:
         fitted = make_fitted_run(Path(tmp))
-        posterior = load_posterior(fitted.laplace_dir)
+        laplace_dir = fitted.laplace_dir
+        if (args.target_layer, args.approx) != ("final_conv", "diagonal"):
+            laplace_dir = Path(tmp) / "laplace_variant"
+            settings = LaplaceSettings(
+                tuple(PRIOR_GRID),
+                target_layer=args.target_layer,
+                approx=args.approx,
+                tuning="fixed_temperature",
+                max_pixels_fit=1500,
+            )
+            fit_laplace(fitted.best, fitted.train_h5, fitted.val_h5, laplace_dir, settings)
+        print(f"posterior {args.target_layer} + {args.approx}, suggestions by {args.policy}")
+        posterior = load_posterior(laplace_dir)
         walker = InteractivePredictor(RandomWalkerSegmenter(), posterior, args.sigma)
-        rows.append(run_loop("random_walker", walker, images, args.clicks))
+        rows.append(run_loop("random_walker", walker, images, args.clicks, args.policy))
         if not args.skip_vit_b:
             from segment_anything import sam_model_registry
 
@@ -168,9 +191,9 @@ def main(argv=None) -> None:
                 model = sam_model_registry["vit_b"](checkpoint=None)
             segmenter = SamSegmenter(model=model, model_type="vit_b", device=args.device)
             head_device = str(segmenter.device)
-            sam_posterior = load_posterior(fitted.laplace_dir, device=head_device)
+            sam_posterior = load_posterior(laplace_dir, device=head_device)
             sam = InteractivePredictor(segmenter, sam_posterior, args.sigma)
-            rows.append(run_loop("sam_vit_b", sam, images, args.clicks))
+            rows.append(run_loop("sam_vit_b", sam, images, args.clicks, args.policy))
     sam_decoder = next((r["decoder_s"] for r in rows if r["decoder_s"] is not None), None)
     print()
     print_table(rows, sam_decoder)
