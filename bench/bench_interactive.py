@@ -14,7 +14,7 @@ decoder on the kept embedding, no post-processing). It prints medians over the c
 ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
 head is the tiny fitted head of the test fixtures (same architecture as the workflow's), with
 the posterior variant of ``--target-layer`` / ``--approx`` (default: the seed's last-layer
-diagonal; ``all kron`` is what config/real_dev.yaml ships, refitted on the fixture's data with
+diagonal; ``all kron`` is what config/real_dev.yaml ships, fitted on the fixture's data with
 T fixed at the pixels per prompt set). No assertion on time.
 
     .venv/bin/python bench/bench_interactive.py [--images 2] [--clicks 5] [--skip-vit-b]
@@ -36,16 +36,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench_precompute import make_images  # noqa: E402  (bench/ is the script folder)
-from helpers.laplace_fixtures import PRIOR_GRID, make_fitted_run  # noqa: E402
+from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 
-from laplace_head.bayes.fit import fit_laplace  # noqa: E402
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
 from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
 from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
-from laplace_head.settings import GRID_SIZE, POSTERIOR_VARIANTS, LaplaceSettings  # noqa: E402
+from laplace_head.settings import GRID_SIZE, POSTERIOR_VARIANTS  # noqa: E402
 
 STEPS = ("decode", "prompt_maps", "head", "uncertainty", "suggest")
 
@@ -167,18 +166,12 @@ def main(argv=None) -> None:
     images = make_images(args.images, *args.size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_interactive_") as tmp:
-        fitted = make_fitted_run(Path(tmp))
-        laplace_dir = fitted.laplace_dir
+        variant = {}
         if (args.target_layer, args.approx) != ("final_conv", "diagonal"):
-            laplace_dir = Path(tmp) / "laplace_variant"
-            settings = LaplaceSettings(
-                tuple(PRIOR_GRID),
-                target_layer=args.target_layer,
-                approx=args.approx,
-                tuning="fixed_temperature",
-                max_pixels_fit=1500,
+            variant = dict(
+                target_layer=args.target_layer, approx=args.approx, tuning="fixed_temperature"
             )
-            fit_laplace(fitted.best, fitted.train_h5, fitted.val_h5, laplace_dir, settings)
+        laplace_dir = make_fitted_run(Path(tmp), **variant).laplace_dir
         print(f"posterior {args.target_layer} + {args.approx}, suggestions by {args.policy}")
         posterior = load_posterior(laplace_dir)
         walker = InteractivePredictor(RandomWalkerSegmenter(), posterior, args.sigma)

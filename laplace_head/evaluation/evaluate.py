@@ -228,9 +228,9 @@ def _example(
 ) -> dict[str, Any]:
     inputs = batch.inputs[offset]
     height, width = inputs.shape[1:]
-    probability = posterior.predictive_probability(inputs)[0].numpy()
-    map_probability = posterior.map_probability(inputs)[0].numpy()
     sampled = posterior.uncertainty_maps(inputs, weight_samples=weights)
+    probability = sampled["predictive_probability"][0].numpy()  # closed form, not sampled
+    map_probability = posterior.map_probability(inputs)[0].numpy()
     pos_map, neg_map = inputs[1].numpy(), inputs[2].numpy()
     state = ClickState(
         map_probability=map_probability,

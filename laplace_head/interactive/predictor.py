@@ -507,14 +507,12 @@ class InteractivePredictor:
         if policy == "oracle" and gt_256 is None:
             raise ValueError("the oracle policy needs gt_256")
         distance = 2.0 * self.prompt_sigma if min_distance is None else float(min_distance)
-        shape = prediction.map_probability.shape
         state = ClickState(
             map_probability=prediction.map_probability,
             entropy=prediction.entropy,
             bald=prediction.bald,
             clicked=prediction.clicked_cells(),
             gt=np.asarray(gt_256, dtype=bool) if policy == "oracle" else None,
-            excluded=np.zeros(shape, dtype=bool),
             predictive_probability=prediction.predictive_probability,
             lookahead=self.lookahead(prediction),
         )

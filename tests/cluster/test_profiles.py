@@ -47,19 +47,11 @@ def snakemake_args(path: Path) -> dict:
         return dict(ProfileConfigFileParser().parse(stream))
 
 
-def workflow_rules() -> set[str]:
-    names = set()
-    for source in [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "rules").glob("*.smk"))]:
-        text = source.read_text(encoding="utf-8")
-        names.update(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
-        names.update(re.findall(r"^use rule \w+ as (\w+)", text, flags=re.MULTILINE))
-    return names
-
-
 def rule_blocks() -> dict[str, tuple[str | None, str]]:
-    """Each rule of rules/*.smk: its name -> (the rule it copies with `use rule`, its text)."""
+    """Each rule of the Snakefile and rules/*.smk: its name -> (the rule it copies with
+    `use rule`, or None; its text)."""
     blocks: dict[str, tuple[str | None, str]] = {}
-    for source in sorted((REPO_ROOT / "rules").glob("*.smk")):
+    for source in [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "rules").glob("*.smk"))]:
         text = source.read_text(encoding="utf-8")
         pattern = r"^(?=(?:use rule|rule|checkpoint) )"
         for block in re.split(pattern, text, flags=re.MULTILINE):
@@ -68,6 +60,10 @@ def rule_blocks() -> dict[str, tuple[str | None, str]]:
             elif match := re.match(r"use rule (\w+) as (\w+)", block):
                 blocks[match.group(2)] = (match.group(1), block)
     return blocks
+
+
+def workflow_rules() -> set[str]:
+    return set(rule_blocks())
 
 
 def _rules_where(has: str) -> set[str]:
@@ -85,7 +81,7 @@ def _rules_where(has: str) -> set[str]:
 
 
 def declared_gpu_rules() -> set[str]:
-    """Rules whose ``resources:`` in rules/*.smk declare ``gpu=N`` (the local GPU pool)."""
+    """Rules whose ``resources:`` declare ``gpu=N`` (the local GPU pool)."""
     return _rules_where(r"^\s+gpu=[1-9]")
 
 
@@ -95,7 +91,7 @@ def job_rules() -> set[str]:
 
 
 def copied_rules() -> dict[str, str]:
-    """`use rule PARENT as NAME` in rules/*.smk: NAME -> PARENT."""
+    """`use rule PARENT as NAME` in the workflow: NAME -> PARENT."""
     return {name: parent for name, (parent, _) in rule_blocks().items() if parent is not None}
 
 

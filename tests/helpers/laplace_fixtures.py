@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -60,8 +61,14 @@ def save_best(head: NoImageHead, path: Path, epoch: int = 3) -> Path:
     return path
 
 
-def make_fitted_run(root: Path, max_pixels_fit: int | None = 1500) -> SimpleNamespace:
-    """Project-like layout under ``root`` with train/val/test splits, best.pt and a fit."""
+def make_fitted_run(
+    root: Path, max_pixels_fit: int | None = 1500, **laplace: Any
+) -> SimpleNamespace:
+    """Project-like layout under ``root`` with train/val/test splits, best.pt and a fit.
+
+    ``laplace`` overrides further :class:`LaplaceSettings` fields (e.g. ``target_layer``,
+    ``approx``, ``tuning``); without them the fit is the seed's last-layer diagonal.
+    """
     data = root / "training_data" / "no_image"
     data.mkdir(parents=True, exist_ok=True)
     train_h5 = make_synthetic_h5(data / "train.h5", 4, seed=0, size=MAP_SIZE, split="train")
@@ -70,7 +77,9 @@ def make_fitted_run(root: Path, max_pixels_fit: int | None = 1500) -> SimpleName
     head = train_tiny_head(train_h5)
     best = save_best(head, root / "checkpoints" / "no_image" / "run_t1" / "best.pt")
     laplace_dir = root / "laplace" / "no_image" / "run_t1"
-    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=max_pixels_fit)
+    settings = LaplaceSettings(
+        PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=max_pixels_fit, **laplace
+    )
     meta = fit_laplace(best, train_h5, val_h5, laplace_dir, settings, run_id="t1")
     return SimpleNamespace(
         root=root,
