@@ -58,8 +58,9 @@ test: lint unit test-workflow
 real-dev: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --configfile $(REAL_DEV_CONFIG)
 
-## make bench: every bench/bench_*.py once at a quick setting (smoke run, not for the numbers;
-## bench_packing and bench_loading read ../shared/data/real_dev)
+## make bench: every bench/bench_*.py and bench/gpu_check.py (on the CPU, tiny SAM) once at a
+## quick setting (smoke run, not for the numbers; bench_packing and bench_loading read
+## ../shared/data/real_dev)
 bench: $(STAMP)
 	$(PY) bench/bench_dag.py --sizes 1000
 	$(PY) bench/bench_packing.py --samples 8 --promptsets 2 --repeats 1
@@ -68,6 +69,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_training.py --rows 16 --epochs 1 --repeats 1 --workers 0 --device cpu
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b --target-layer all --approx kron --policy bald_lookahead
+	$(PY) bench/gpu_check.py --device cpu --tiny
 
 clean-demo:
 	rm -rf demo_data demo_project
