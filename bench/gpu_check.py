@@ -551,7 +551,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         type=int,
         help="prompt sets per image (default: the config's prompt_generation.num_promptsets_train)",
     )
-    parser.add_argument("--decode-images", type=int, default=4, help="images of the decode rows")
+    parser.add_argument(
+        "--decode-images", type=int, default=4, help="images of the decode rows (default 4)"
+    )
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="default 1024 1024")
     parser.add_argument("--repeats", type=int, help="timed repeats (default 3; --tiny 1)")
     parser.add_argument("--train-batches", type=int, nargs="+", help="default: the config's and 64")
