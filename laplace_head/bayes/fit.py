@@ -160,25 +160,7 @@ def fit_laplace(
         return meta
 
     fitted = _fit_curvature(head, variant, settings, Path(train_h5))
-    start = time.perf_counter()
-    data = ValidationPass(
-        head,
-        fitted.curvature,
-        Path(val_h5),
-        settings.logit_clip,
-        settings.batch_rows,
-        settings.max_pixels_tune,
-        settings.seed,
-    )
-    tune = _tune(fitted.la, data, settings, fitted.per_row)
-    prior, temperature = tune["prior_precision"], tune["temperature"]
-    checks = validation_error_aurocs(data, prior, temperature)
-    collapse = collapse_report(fitted.curvature, prior, temperature)
-    tune_time = time.perf_counter() - start
-    tune["edges"]["warnings"].extend(health_warnings(tune, checks, collapse))
-    for message in tune["edges"]["warnings"]:
-        LOGGER.warning("%s", message)
-
+    tune, checks, collapse, tune_time = _tune_and_check(head, fitted, settings, Path(val_h5))
     last_layer_diagonal = variant == PosteriorVariant("final_conv", Approx.DIAGONAL)
     meta = build_meta(
         FitRecord(
@@ -202,6 +184,7 @@ def fit_laplace(
             ggn_diagonal=fitted.la.H.double().tolist() if last_layer_diagonal else None,
         )
     )
+    write_grid_figure(out_dir, meta)
     saved = SavedPosterior(
         curvature=fitted.curvature,
         mean=fitted.mean,
@@ -212,7 +195,6 @@ def fit_laplace(
         temperature=meta["temperature"],
         source_checkpoint_md5=meta["source_checkpoint_md5"],
     )
-    write_grid_figure(out_dir, meta)
     write_posterior_files(out_dir, saved, meta)
     link_artifacts(out_dir, out_dir / REUSE_DIR)
     track(tracker, meta, out_dir, run_id)
@@ -347,6 +329,33 @@ def _fit_curvature(
     if not torch.allclose(la.mean.detach().double().cpu(), mean, rtol=0, atol=1e-6):
         raise LaplaceFitError("laplace-torch's parameter vector does not match the head's (bug)")
     return FittedCurvature(la, curvature, mean, n_rows, n_pixels, per_row, fit_time)
+
+
+def _tune_and_check(
+    head: NoImageHead, fitted: FittedCurvature, settings: LaplaceSettings, val_h5: Path
+) -> tuple[dict, dict, dict, float]:
+    """Choose (prior precision, temperature) on the validation split and check the chosen
+    posterior: the tuning report (its warnings logged), the error-AUROCs, the data-to-prior
+    ratios and the seconds it took."""
+    start = time.perf_counter()
+    data = ValidationPass(
+        head,
+        fitted.curvature,
+        val_h5,
+        settings.logit_clip,
+        settings.batch_rows,
+        settings.max_pixels_tune,
+        settings.seed,
+    )
+    tune = _tune(fitted.la, data, settings, fitted.per_row)
+    prior, temperature = tune["prior_precision"], tune["temperature"]
+    checks = validation_error_aurocs(data, prior, temperature)
+    collapse = collapse_report(fitted.curvature, prior, temperature)
+    tune_time = time.perf_counter() - start
+    tune["edges"]["warnings"].extend(health_warnings(tune, checks, collapse))
+    for message in tune["edges"]["warnings"]:
+        LOGGER.warning("%s", message)
+    return tune, checks, collapse, tune_time
 
 
 def _tune(la: Any, data: ValidationPass, settings: LaplaceSettings, per_row: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from laplace_head.bayes.laplace_torch import (
 )
 from laplace_head.bayes.pixels import PixelStream, pixel_subset, pixels_per_row
 from laplace_head.bayes.posterior import load_posterior
-from laplace_head.bayes.posterior_io import read_posterior_files
+from laplace_head.bayes.posterior_io import meta_summary, read_meta, read_posterior_files
 from laplace_head.bayes.tuning import edge_report
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
@@ -221,6 +221,10 @@ def test_artifacts_and_meta_fields(run):
     config = yaml.safe_load((run.laplace_dir / "laplace_config.yaml").read_text())
     assert config["chosen_temperature"] == meta["temperature"]
     assert config["backend"] == "AsdlGGN"
+    # every figure a reader of the meta (the ablation summary) takes is in a real meta
+    summary = meta_summary(read_meta(run.laplace_dir))
+    assert None not in summary.values(), summary
+    assert (summary["target_layer"], summary["approx"]) == ("final_conv", "diagonal")
     # the head's weights the posterior covers, in laplace-torch's words
     assert meta["subset_of_weights"] == config["subset_of_weights"] == "last_layer"
     assert meta["posterior"]["subset"] == "last_layer"
