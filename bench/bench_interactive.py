@@ -39,12 +39,13 @@ from bench_precompute import make_images  # noqa: E402  (bench/ is the script fo
 from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
+from laplace_head.bayes.variant import PosteriorVariant  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
 from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
 from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
-from laplace_head.settings import GRID_SIZE, POSTERIOR_VARIANTS  # noqa: E402
+from laplace_head.settings import GRID_SIZE  # noqa: E402
 
 STEPS = ("decode", "prompt_maps", "head", "uncertainty", "suggest")
 
@@ -159,8 +160,10 @@ def main(argv=None) -> None:
         help="torch CPU threads (1 keeps timings stable on a shared machine)",
     )
     args = parser.parse_args(argv)
-    if (args.target_layer, args.approx) not in POSTERIOR_VARIANTS:
-        parser.error(f"no posterior variant {args.target_layer} + {args.approx}")
+    try:
+        PosteriorVariant(args.target_layer, args.approx)
+    except ValueError as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     images = make_images(args.images, *args.size)

@@ -17,10 +17,11 @@ Two kinds of settings:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import SPLITS
 
@@ -91,27 +92,16 @@ def segmenter_params(config: Mapping[str, Any]) -> dict:
     return {key: sam[key] for key in SEGMENTER_KEYS[Backend(sam["backend"]).value]}
 
 
-#: (laplace.target_layer, laplace.approx) -> the parameter subset the posterior covers
-#: (laplace_head.bayes.jacobian.SUBSETS).
-POSTERIOR_VARIANTS: dict[tuple[str, str], str] = {
-    ("final_conv", "diagonal"): "last_layer",
-    ("final_conv", "full"): "last_layer",
-    ("all", "diagonal"): "all_layers",
-    ("all", "kron"): "all_layers",
-}
 #: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
 PIXELS_PER_IMAGE = "pixels_per_image"
 
 
 def posterior_variant_problem(laplace: Mapping[str, Any]) -> str | None:
     """Why a laplace section (or a variant's merged one) is not a valid posterior, else None."""
-    key = (laplace["target_layer"], laplace["approx"])
-    if key not in POSTERIOR_VARIANTS:
-        valid = ", ".join(f"{layer} + {approx}" for layer, approx in POSTERIOR_VARIANTS)
-        return (
-            f"target_layer = {key[0]!r} with approx = {key[1]!r} is not a posterior variant; "
-            f"valid (target_layer + approx): {valid}"
-        )
+    try:
+        PosteriorVariant(laplace["target_layer"], laplace["approx"])
+    except ValueError as exc:
+        return str(exc)
     fixed = laplace["fixed_temperature"]
     if fixed != PIXELS_PER_IMAGE and (isinstance(fixed, str | bool) or not fixed > 0):
         return f"fixed_temperature = {fixed!r} must be {PIXELS_PER_IMAGE!r} or a number > 0"
@@ -213,20 +203,27 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
 class LaplaceSettings:
     """Stage 6: the ``laplace`` section plus the head's input clip (see schema.yaml).
 
-    ``batch_rows`` is how many split rows are streamed at a time (memory, not a result).
+    The schema holds the defaults: build from a resolved config with :meth:`from_params`, or
+    with :meth:`from_defaults` and overrides. ``batch_rows`` is how many split rows are
+    streamed at a time (memory, not a result).
     """
 
     prior_precision_grid: tuple[float, ...]
-    temperature_grid: tuple[float, ...] = (1.0,)
-    logit_clip: float = 20.0
-    max_pixels_fit: int | None = None
-    seed: int = 0
-    target_layer: str = "final_conv"
-    approx: str = "diagonal"
-    tuning: str = "val_nll"
-    fixed_temperature: float | str = "pixels_per_image"
-    max_pixels_tune: int | None = None
+    temperature_grid: tuple[float, ...]
+    logit_clip: float
+    max_pixels_fit: int | None
+    seed: int
+    target_layer: str
+    approx: str
+    tuning: str
+    fixed_temperature: float | str
+    max_pixels_tune: int | None
     batch_rows: int = 4
+
+    @property
+    def variant(self) -> PosteriorVariant:
+        """The posterior variant (raises ``ValueError`` for an invalid pair)."""
+        return PosteriorVariant(self.target_layer, self.approx)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> LaplaceSettings:
@@ -244,6 +241,16 @@ class LaplaceSettings:
             fixed_temperature=laplace["fixed_temperature"],
             max_pixels_tune=laplace["max_pixels_tune"],
         )
+
+    @classmethod
+    def from_defaults(cls, **overrides: Any) -> LaplaceSettings:
+        """The schema's defaults (``laplace`` and ``training.logit_clip``) with ``overrides``
+        of any field."""
+        from laplace_head.config.loader import fill_defaults, load_schema
+
+        defaults = fill_defaults({}, load_schema())
+        params = {"laplace": defaults["laplace"], "logit_clip": defaults["training"]["logit_clip"]}
+        return replace(cls.from_params(params), **overrides)
 
 
 @dataclass(frozen=True)

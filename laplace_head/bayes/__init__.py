@@ -1,2 +1,3 @@
-"""Stage 6 and the posterior API: the laplace-torch layer, fit, hyperparameter tuning, the
-predictive maths, the Posterior and prompt scoring."""
+"""Stage 6 and the posterior API: the variant vocabulary, the laplace-torch seam, the fit and its
+tuning and report, the posterior's file format, the predictive maths, the Posterior and prompt
+scoring."""

@@ -29,8 +29,7 @@ from typing import Any
 import torch
 
 from laplace_head.bayes.jacobian import JacobianFactors
-
-STRUCTURES = ("diag", "full", "kron")
+from laplace_head.bayes.variant import PosteriorVariant
 
 
 @dataclass
@@ -92,10 +91,9 @@ class CurvatureBlock:
 
 @dataclass
 class BlockCurvature:
-    """The curvature of one posterior variant: its subset, structure and blocks."""
+    """The curvature of one posterior variant: the variant and its blocks."""
 
-    subset: str
-    structure: str
+    variant: PosteriorVariant
     blocks: list[CurvatureBlock]
 
     @property
@@ -170,8 +168,8 @@ class BlockCurvature:
     def state(self) -> dict[str, Any]:
         """Plain tensors and strings for ``torch.save`` (``weights_only`` loadable)."""
         return {
-            "subset": self.subset,
-            "structure": self.structure,
+            "subset": self.variant.subset,
+            "structure": self.variant.hessian_structure,
             "blocks": [
                 {
                     "name": b.name,
@@ -186,8 +184,7 @@ class BlockCurvature:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BlockCurvature:
         return cls(
-            subset=state["subset"],
-            structure=state["structure"],
+            variant=PosteriorVariant.from_stored(state["subset"], state["structure"]),
             blocks=[
                 CurvatureBlock(b["name"], b["eigenvalues"], b.get("rot_out"), b.get("rot_in"))
                 for b in state["blocks"]
@@ -195,54 +192,4 @@ class BlockCurvature:
         )
 
     def to(self, device: Any, dtype: torch.dtype) -> BlockCurvature:
-        return BlockCurvature(
-            self.subset, self.structure, [b.to(device, dtype) for b in self.blocks]
-        )
-
-
-def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = torch.linalg.eigh(matrix.double())
-    return values.clamp_min(0.0), vectors
-
-
-def curvature_from_laplace(
-    la: Any, subset: str, structure: str, shapes: Sequence[tuple[str, int, int]]
-) -> BlockCurvature:
-    """The :class:`BlockCurvature` of a fitted laplace-torch object.
-
-    ``shapes`` are the (name, out, in) blocks of :func:`~laplace_head.bayes.jacobian
-    .block_shapes`; laplace-torch's parameter vector (and KFAC factor list) follows that order.
-    """
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}; got {structure!r}")
-    blocks: list[CurvatureBlock] = []
-    if structure == "diag":
-        h = la.H.detach().double()
-        offset = 0
-        for name, n_out, n_in in shapes:
-            size = n_out * n_in
-            blocks.append(CurvatureBlock(name, h[offset : offset + size].reshape(n_out, n_in)))
-            offset += size
-        if offset != h.numel():
-            raise ValueError(f"GGN diagonal has {h.numel()} entries; the blocks hold {offset}")
-    elif structure == "full":
-        if len(shapes) != 1 or shapes[0][1] != 1:
-            raise ValueError("the full structure is for the last layer's single block only")
-        values, vectors = _eigh(la.H.detach())
-        blocks.append(CurvatureBlock(shapes[0][0], values.reshape(1, -1), None, vectors))
-    else:  # kron: laplace-torch keeps the undecomposed factors in H_facs
-        kfacs = la.H_facs.kfacs if getattr(la, "H_facs", None) is not None else la.H.kfacs
-        if len(kfacs) != len(shapes):
-            raise ValueError(f"{len(kfacs)} Kronecker blocks for {len(shapes)} parameter blocks")
-        for (name, n_out, n_in), factors in zip(shapes, kfacs, strict=True):
-            out_values, out_vectors = _eigh(factors[0])
-            if len(factors) == 1:  # a bias: (out, out) alone
-                blocks.append(CurvatureBlock(name, out_values.reshape(n_out, 1), out_vectors))
-                continue
-            in_values, in_vectors = _eigh(factors[1])
-            if (out_values.numel(), in_values.numel()) != (n_out, n_in):
-                raise ValueError(f"Kronecker factors of {name} do not match ({n_out}, {n_in})")
-            blocks.append(
-                CurvatureBlock(name, torch.outer(out_values, in_values), out_vectors, in_vectors)
-            )
-    return BlockCurvature(subset, structure, blocks)
+        return BlockCurvature(self.variant, [b.to(device, dtype) for b in self.blocks])

@@ -22,7 +22,7 @@ Jacobian of pixel ``u`` is a sum of a few outer products::
 Blocks come in laplace-torch's parameter order (``trunk.0.weight``, ``trunk.0.bias``,
 ``trunk.2.weight``, ``trunk.2.bias``, ``final_conv.weight``, ``final_conv.bias``; the last
 layer alone is one block of weights then bias). The patch formulation of
-:class:`~laplace_head.bayes.layer.PatchHead` (what laplace-torch fits) has the same
+:class:`~laplace_head.bayes.laplace_torch.PatchHead` (what laplace-torch fits) has the same
 parameters and Jacobians; tests/unit/test_posterior_variants.py checks both against autograd.
 """
 
@@ -33,9 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from laplace_head.bayes.variant import TargetLayer
 from laplace_head.model.head import NoImageHead
-
-SUBSETS = ("last_layer", "all_layers")
 
 
 @dataclass(frozen=True)
@@ -48,19 +47,17 @@ class JacobianFactors:
     left: torch.Tensor
     right: torch.Tensor
 
-    def apply(self, delta: torch.Tensor) -> torch.Tensor:
-        """``J(u) . delta`` for parameter steps ``delta`` (S, out, in): (S, N)."""
-        return torch.einsum("nor,soi,nir->sn", self.left, delta, self.right)
+    def rows(self, index: torch.Tensor | slice) -> JacobianFactors:
+        """The factors of the pixels ``index`` selects."""
+        return JacobianFactors(self.left[index], self.right[index])
 
 
-def block_shapes(head: NoImageHead, subset: str) -> list[tuple[str, int, int]]:
-    """(name, out, in) of every parameter block of ``subset``, in laplace-torch order."""
+def block_shapes(head: NoImageHead, layer: TargetLayer | str) -> list[tuple[str, int, int]]:
+    """(name, out, in) of every parameter block the posterior of ``layer`` covers, in
+    laplace-torch order."""
     hidden, channels = head.hidden_channels, head.channels_in
-    last = [("final_conv", 1, hidden + 1)]
-    if subset == "last_layer":
-        return last
-    if subset != "all_layers":
-        raise ValueError(f"subset must be one of {SUBSETS}; got {subset!r}")
+    if TargetLayer(layer) is TargetLayer.FINAL_CONV:
+        return [("final_conv", 1, hidden + 1)]
     return [
         ("trunk.0.weight", hidden, channels * 9),
         ("trunk.0.bias", hidden, 1),
@@ -71,12 +68,11 @@ def block_shapes(head: NoImageHead, subset: str) -> list[tuple[str, int, int]]:
     ]
 
 
-def parameter_vector(head: NoImageHead, subset: str) -> torch.Tensor:
-    """The MAP parameters of ``subset`` as one vector, in the blocks' order."""
-    if subset == "last_layer":
+def parameter_vector(head: NoImageHead, layer: TargetLayer | str) -> torch.Tensor:
+    """The MAP parameters the posterior of ``layer`` covers as one vector, in the blocks' order."""
+    if TargetLayer(layer) is TargetLayer.FINAL_CONV:
         conv = head.final_conv
         return torch.cat([conv.weight.detach().reshape(-1), conv.bias.detach().reshape(-1)])
-    block_shapes(head, subset)  # validates
     return torch.cat([p.detach().reshape(-1) for p in head.parameters()])
 
 
@@ -89,13 +85,13 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
 def jacobian_factors(
     head: NoImageHead | torch.nn.Module,
     inputs: torch.Tensor,
-    subset: str,
+    layer: TargetLayer | str,
     inside: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[JacobianFactors]]:
-    """MAP logits (B, H, W) and the per-pixel Jacobian factors of every block of ``subset``.
+    """MAP logits (B, H, W) and the per-pixel Jacobian factors of every block of ``layer``.
 
     ``inputs`` are the head's (B, channels_in, H, W) inputs (logits already clipped). ``head``
-    is a :class:`NoImageHead` or a :class:`~laplace_head.bayes.layer.PatchHead` (the same
+    is a :class:`NoImageHead` or a :class:`~laplace_head.bayes.laplace_torch.PatchHead` (the same
     parameters; both 3x3 convs are applied with zero padding 1 here). ``inside`` (B, 1, H, W),
     1 inside the image and 0 outside, multiplies the first conv's output as the patch model
     does (patches of border pixels); None means every position is inside.
@@ -112,11 +108,9 @@ def jacobian_factors(
     n = features.shape[0] * features.shape[2] * features.shape[3]
     ones = features.new_ones(n, 1, 1)
     phi = _pixels(features)
-    if subset == "last_layer":
+    if TargetLayer(layer) is TargetLayer.FINAL_CONV:
         right = torch.cat([phi, phi.new_ones(n, 1)], dim=1).unsqueeze(-1)
         return logits, [JacobianFactors(ones, right)]
-    if subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {SUBSETS}; got {subset!r}")
     hidden = conv2.out_channels
     g2 = _pixels((pre2 > 0).to(features.dtype) * final.weight.reshape(1, hidden, 1, 1))
     h1_patch = _pixels(F.unfold(hidden1, 3, padding=1))  # (N, hidden * 9), (c, d) order

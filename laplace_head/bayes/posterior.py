@@ -1,10 +1,10 @@
 """The fitted Laplace head as a predictive model: probabilities, samples, BALD, prompt scores.
 
 ``load_posterior`` rebuilds the MAP head and the Gaussian posterior of stage 6 - any variant
-(last layer diagonal / full, all layers diagonal / KFAC; see :mod:`laplace_head.bayes.fit`)
-- from its artifacts. Predictions use the linearised (GLM) model: a pixel's refined logit is
-``z(theta) ~ z_map + J (theta - theta_map)`` with ``J`` its Jacobian (exact for the last layer,
-whose logit is linear in its weights), so:
+(:class:`~laplace_head.bayes.variant.PosteriorVariant`) - from the files of
+:mod:`laplace_head.bayes.posterior_io`. Predictions use the linearised (GLM) model: a pixel's
+refined logit is ``z(theta) ~ z_map + J (theta - theta_map)`` with ``J`` its Jacobian (exact
+for the last layer, whose logit is linear in its weights), so:
 
 * the **logit variance** is ``J Sigma J^T`` per pixel, in closed form
   (:meth:`~laplace_head.bayes.curvature.BlockCurvature.logit_variance`);
@@ -25,15 +25,14 @@ hyperparameter search of :mod:`laplace_head.bayes.tuning`); ``probit_logits``,
 ``binary_entropy_from_logits`` and ``uncertainty_from_samples`` are re-exported here.
 
 Inputs are [logits_256, pos_map, neg_map] stacked as (3, H, W) or (B, 3, H, W) (float16/32/64,
-NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. A packed
-split is streamed with :meth:`Posterior.predict_split`. Prompt scores (ranked candidate clicks
-with a suggested label) are defined in :mod:`laplace_head.bayes.prompt_scoring`.
+NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. Prompt
+scores (ranked candidate clicks with a suggested label) are defined in
+:mod:`laplace_head.bayes.prompt_scoring`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from laplace_head.bayes.curvature import BlockCurvature, CurvatureBlock
-from laplace_head.bayes.jacobian import JacobianFactors, block_shapes, jacobian_factors
+from laplace_head.bayes.curvature import BlockCurvature
+from laplace_head.bayes.jacobian import jacobian_factors
+from laplace_head.bayes.posterior_io import PosteriorLoadError, read_posterior_files
 from laplace_head.bayes.predictive import (
     binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
 )
@@ -52,21 +52,13 @@ from laplace_head.bayes.predictive import (
     uncertainty_from_samples,
 )
 from laplace_head.bayes.prompt_scoring import PromptSuggestion, UncertaintyInputError, rank_prompts
-from laplace_head.cache.split_h5 import iter_split_batches
-from laplace_head.errors import LaplaceHeadError
-from laplace_head.layout import LAPLACE_CONFIG, LAPLACE_STATE, POSTERIOR_META, ProjectLayout
+from laplace_head.bayes.variant import PosteriorVariant
+from laplace_head.layout import LAPLACE_STATE, ProjectLayout
 from laplace_head.model.head import NoImageHead
 from laplace_head.training.checkpoint import check_model_args
-from laplace_head.util.atomic import read_json
 
-STATE_NAME = LAPLACE_STATE
-META_NAME = POSTERIOR_META
-CONFIG_NAME = LAPLACE_CONFIG
+__all__ = ["Posterior", "PosteriorLoadError", "load_posterior", "resolve_laplace_dir"]
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-
-
-class PosteriorLoadError(LaplaceHeadError):
-    """A Laplace run folder is missing or holds incomplete / incompatible artifacts."""
 
 
 def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
@@ -98,8 +90,7 @@ class Posterior:
         (n_params,) float32 MAP of the covered parameters, in the curvature's block order (the
         last layer: ``[w_0..w_{C-1}, b]``).
     curvature
-        The fitted :class:`~laplace_head.bayes.curvature.BlockCurvature`; its ``subset`` is
-        ``last_layer`` or ``all_layers``.
+        The fitted :class:`~laplace_head.bayes.curvature.BlockCurvature` of the variant.
     prior_precision, temperature
         The chosen hyperparameters (``laplace.tuning``).
     logit_clip
@@ -115,7 +106,6 @@ class Posterior:
     temperature: float
     logit_clip: float
     meta: dict = field(default_factory=dict)
-    laplace_state: dict = field(default_factory=dict, repr=False)
     variance: torch.Tensor = field(init=False, repr=False)
     _weights: list[torch.Tensor] = field(init=False, repr=False)
 
@@ -130,27 +120,13 @@ class Posterior:
         self.curvature = self.curvature.to(self.mean.device, torch.float32)
 
     @property
-    def subset(self) -> str:
-        return self.curvature.subset
+    def variant(self) -> PosteriorVariant:
+        return self.curvature.variant
 
-    @classmethod
-    def last_layer_diagonal(
-        cls, head: NoImageHead, variance: torch.Tensor, logit_clip: float = 20.0
-    ) -> Posterior:
-        """A last-layer diagonal posterior with given marginal variances (C + 1,) around the
-        head's final conv: prior precision ``1 / max(variance)``, T = 1 and the curvature that
-        makes up the rest (for tests and hand-built posteriors)."""
-        ((name, n_out, n_in),) = block_shapes(head, "last_layer")
-        variance = torch.as_tensor(variance, dtype=torch.float64).reshape(n_out, n_in)
-        if not bool((variance > 0).all()):
-            raise UncertaintyInputError("posterior variances must be > 0")
-        prior = float(1.0 / variance.max())
-        curvature = BlockCurvature(
-            "last_layer", "diag", [CurvatureBlock(name, 1.0 / variance - prior)]
-        )
-        conv = head.final_conv
-        mean = torch.cat([conv.weight.detach().reshape(-1), conv.bias.detach().reshape(-1)])
-        return cls(head, mean.float(), curvature, prior, 1.0, logit_clip)
+    @property
+    def subset(self) -> str:
+        """The parameter blocks covered: ``last_layer`` or ``all_layers``."""
+        return self.variant.subset
 
     @property
     def device(self) -> torch.device:
@@ -197,18 +173,12 @@ class Posterior:
         tensor = self.as_inputs(inputs)
         means, variances = [], []
         for image in tensor.split(1):
-            logits, factors = jacobian_factors(self.head, image, self.subset)
+            logits, factors = jacobian_factors(self.head, image, self.variant.layer)
             n = logits.numel()
             variance = torch.cat(
                 [
                     self.curvature.logit_variance(
-                        [
-                            JacobianFactors(
-                                f.left[s : s + VARIANCE_CHUNK_PIXELS],
-                                f.right[s : s + VARIANCE_CHUNK_PIXELS],
-                            )
-                            for f in factors
-                        ],
+                        [f.rows(slice(s, s + VARIANCE_CHUNK_PIXELS)) for f in factors],
                         self._weights,
                     )
                     for s in range(0, n, VARIANCE_CHUNK_PIXELS)
@@ -362,41 +332,6 @@ class Posterior:
             min_distance=min_distance,
         )
 
-    def predict_split(
-        self,
-        h5_path: str | os.PathLike,
-        batch_rows: int = 4,
-        n_samples: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Predictions for a packed split (the layout's ``split_h5(split)``), streamed.
-
-        Yields one dict per batch of rows: ``start`` (first row), ``gt_mask`` (B, H, W) uint8,
-        ``map_probability`` and ``predictive_probability`` (B, H, W); with ``n_samples > 0``
-        also the maps of :meth:`uncertainty_maps` (one weight sample set for the whole split).
-        """
-        weights = self.sample_weights(n_samples, generator) if n_samples > 0 else None
-        for batch in iter_split_batches(h5_path, batch_rows, self.logit_clip):
-            out: dict[str, Any] = {"start": batch.start, "gt_mask": batch.gt_mask}
-            if weights is not None:
-                out.update(self.uncertainty_maps(batch.inputs, weight_samples=weights))
-            else:
-                out["predictive_probability"] = self.predictive_probability(batch.inputs)
-            out["map_probability"] = self.map_probability(batch.inputs)
-            yield out
-
-    def to_laplace(self) -> Any:
-        """The laplace-torch ``DiagLaplace`` rebuilt from the saved state (last-layer diagonal
-        posteriors only; the other variants keep their curvature in :attr:`curvature`)."""
-        from laplace_head.bayes.layer import rebuild_laplace
-
-        if not self.laplace_state:
-            raise PosteriorLoadError(
-                f"to_laplace() rebuilds the last-layer diagonal posterior only; this one is "
-                f"{self.curvature.subset} / {self.curvature.structure} (use .curvature)."
-            )
-        return rebuild_laplace(self.laplace_state, self.head)
-
 
 def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> Path:
     """Find the folder holding ``laplace_state.pt`` for a path a user is likely to pass.
@@ -408,15 +343,15 @@ def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> P
     path = Path(path)
     if run_id is not None:
         path = ProjectLayout(path, run_id).laplace_dir
-    if path.is_file() and path.name == STATE_NAME:
+    if path.is_file() and path.name == LAPLACE_STATE:
         return path.parent
-    if (path / STATE_NAME).is_file():
+    if (path / LAPLACE_STATE).is_file():
         return path
     run = ProjectLayout.of_run_dir(path)
-    if run is not None and (run.laplace_dir / STATE_NAME).is_file():
+    if run is not None and (run.laplace_dir / LAPLACE_STATE).is_file():
         return run.laplace_dir
     raise PosteriorLoadError(
-        f"no {STATE_NAME} under {str(path)!r}; pass the stage-6 folder "
+        f"no {LAPLACE_STATE} under {str(path)!r}; pass the stage-6 folder "
         "<project_root>/laplace/<head>/run_<id> (or the project root and run_id) and run "
         "fit_laplace first (snakemake ... or python -m laplace_head fit-laplace)."
     )
@@ -433,44 +368,17 @@ def load_posterior(
         Missing folder or file, or a state file not written by this package's fit_laplace.
     """
     folder = resolve_laplace_dir(path, run_id)
-    try:
-        state = torch.load(folder / STATE_NAME, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise PosteriorLoadError(
-            f"cannot read {folder / STATE_NAME} ({exc}); re-run fit_laplace with --force."
-        ) from exc
-    required = ("head_model_args", "head_state", "logit_clip")
-    missing = [key for key in required if key not in state]
-    if "curvature" not in state and "laplace_state" not in state:
-        missing.append("curvature")
-    if missing:
-        raise PosteriorLoadError(
-            f"{folder / STATE_NAME} lacks {', '.join(missing)}; it was not written by this "
-            "version of fit_laplace. Re-run fit_laplace with --force."
-        )
-    head = NoImageHead(**check_model_args(state["head_model_args"], folder / STATE_NAME)).to(device)
-    head.load_state_dict(state["head_state"])
+    saved, meta = read_posterior_files(folder, device)
+    args = check_model_args(saved.head_model_args, folder / LAPLACE_STATE)
+    head = NoImageHead(**args).to(device)
+    head.load_state_dict(saved.head_state)
     head.eval().requires_grad_(False)
-    la_state = state.get("laplace_state") or {}
-    if "curvature" in state:  # format 2: any variant
-        curvature = BlockCurvature.from_state(state["curvature"])
-        mean = state["mean"]
-        prior, temperature = float(state["prior_precision"]), float(state["temperature"])
-    else:  # format 1: the last-layer diagonal as a laplace-torch state
-        ((name, n_out, n_in),) = block_shapes(head, "last_layer")
-        ggn = la_state["H"].double().reshape(n_out, n_in)
-        curvature = BlockCurvature("last_layer", "diag", [CurvatureBlock(name, ggn)])
-        mean = la_state["mean"]
-        prior = float(la_state["prior_precision"].reshape(-1)[0])
-        temperature = float(la_state["temperature"])
-    meta = read_json(folder / META_NAME) if (folder / META_NAME).is_file() else {}
     return Posterior(
         head=head,
-        mean=mean.to(device, torch.float32),
-        curvature=curvature,
-        prior_precision=prior,
-        temperature=temperature,
-        logit_clip=float(state["logit_clip"]),
+        mean=saved.mean.to(device, torch.float32),
+        curvature=saved.curvature,
+        prior_precision=saved.prior_precision,
+        temperature=saved.temperature,
+        logit_clip=saved.logit_clip,
         meta=meta,
-        laplace_state=la_state,
     )

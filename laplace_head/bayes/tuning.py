@@ -23,22 +23,21 @@ moved the posterior off the prior and whether BALD ranks the validation errors a
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from laplace_head.bayes.curvature import BlockCurvature
 from laplace_head.bayes.jacobian import JacobianFactors, jacobian_factors
-from laplace_head.bayes.layer import pixel_subset, pixels_per_row
+from laplace_head.bayes.pixels import pixels_per_row, sampled_batches
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty, probit_logits
-from laplace_head.cache.split_h5 import iter_split_batches, split_shape
+from laplace_head.cache.split_h5 import split_shape
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
 from laplace_head.settings import PIXELS_PER_IMAGE
@@ -64,75 +63,66 @@ def resolve_temperature(value: float | str, per_row: int) -> float:
     return float(value)
 
 
-def _val_chunks(
-    head: NoImageHead,
-    subset: str,
-    val_h5: Path,
-    logit_clip: float,
-    batch_rows: int,
-    max_pixels: int | None,
-    seed: int,
-    desc: str,
-) -> Iterator[tuple[torch.Tensor, list[JacobianFactors], torch.Tensor]]:
-    """(MAP logits (n,), Jacobian factors, labels (n,)) float64 per validation row.
+@dataclass(frozen=True)
+class ValidationPass:
+    """What a tuning pass streams: the MAP head and its curvature over the validation split.
 
-    With ``max_pixels`` each row contributes a seeded uniform subset of
-    ``max_pixels // rows`` pixels (the same subset in every pass).
+    ``max_pixels`` caps the pixels used (a seeded uniform subset of ``max_pixels // rows`` per
+    row, the same in every pass; None uses every pixel); ``batch_rows`` rows are read at a time.
     """
-    n_rows, height, width = split_shape(val_h5)
-    n_pixels = height * width
-    per_row = pixels_per_row(max(n_rows, 1), n_pixels, max_pixels)
-    tune_seed = derive_seed(seed, "laplace_tune_pixels")
-    for batch in tqdm(
-        iter_split_batches(val_h5, batch_rows, logit_clip),
-        desc=desc,
-        total=math.ceil(n_rows / batch_rows),
-        leave=False,
-    ):
-        for offset in range(batch.inputs.shape[0]):
-            inputs = batch.inputs[offset : offset + 1].double()
-            logits, factors = jacobian_factors(head, inputs, subset)
-            labels = batch.gt_mask[offset].reshape(-1).double()
-            logits = logits.reshape(-1)
-            keep = pixel_subset(batch.start + offset, n_pixels, per_row, tune_seed)
-            if keep is not None:
-                index = torch.from_numpy(keep)
-                logits, labels = logits[index], labels[index]
-                factors = [JacobianFactors(f.left[index], f.right[index]) for f in factors]
-            yield logits, factors, labels
+
+    head: NoImageHead
+    curvature: BlockCurvature
+    val_h5: Path
+    logit_clip: float
+    batch_rows: int
+    max_pixels: int | None = None
+    seed: int = 0
+
+    def chunks(
+        self, desc: str
+    ) -> Iterator[tuple[torch.Tensor, list[JacobianFactors], torch.Tensor]]:
+        """(MAP logits (n,), Jacobian factors, labels (n,)) float64 per validation row."""
+        n_rows, height, width = split_shape(self.val_h5)
+        per_row = pixels_per_row(max(n_rows, 1), height * width, self.max_pixels)
+        head = _double(self.head)
+        layer = self.curvature.variant.layer
+        tune_seed = derive_seed(self.seed, "laplace_tune_pixels")
+        for batch, subsets in sampled_batches(
+            self.val_h5, self.batch_rows, self.logit_clip, per_row, tune_seed, desc
+        ):
+            for offset, keep in enumerate(subsets):
+                inputs = batch.inputs[offset : offset + 1].double()
+                logits, factors = jacobian_factors(head, inputs, layer)
+                labels = batch.gt_mask[offset].reshape(-1).double()
+                logits = logits.reshape(-1)
+                if keep is not None:
+                    index = torch.from_numpy(keep)
+                    logits, labels = logits[index], labels[index]
+                    factors = [f.rows(index) for f in factors]
+                yield logits, factors, labels
 
 
 def validation_nll_grid(
-    head: NoImageHead,
-    curvature: BlockCurvature,
-    prior_grid: Sequence[float],
-    temperature_grid: Sequence[float],
-    val_h5: Path,
-    logit_clip: float,
-    batch_rows: int,
-    max_pixels: int | None = None,
-    seed: int = 0,
+    data: ValidationPass, prior_grid: Sequence[float], temperature_grid: Sequence[float]
 ) -> dict[str, Any]:
     """Mean validation pixel NLL of the probit GLM predictive for every grid pair, one pass.
 
     Returns ``val_nll`` and ``mean_logit_variance`` (P, T) arrays, ``map_nll`` (the MAP head,
     no posterior variance) and ``n_pixels``.
     """
-    head = _double(head)
-    curvature = curvature.to("cpu", torch.float64)
+    curvature = data.curvature.to("cpu", torch.float64)
     priors = torch.tensor(prior_grid, dtype=torch.float64).repeat_interleave(len(temperature_grid))
     temps = torch.tensor(temperature_grid, dtype=torch.float64).repeat(len(prior_grid))
     weights = curvature.weights(priors, temps)  # per block (G, out, in)
     nll_sum = torch.zeros(priors.numel(), dtype=torch.float64)
     var_sum = torch.zeros_like(nll_sum)
     map_sum, n_pixels = 0.0, 0
-    for z, factors, labels in _val_chunks(
-        head, curvature.subset, val_h5, logit_clip, batch_rows, max_pixels, seed, "laplace tune"
-    ):
+    for z, factors, labels in data.chunks("laplace tune"):
         map_sum += float(F.binary_cross_entropy_with_logits(z, labels, reduction="sum"))
         for start in range(0, z.numel(), GRID_CHUNK_PIXELS):
             chunk = slice(start, start + GRID_CHUNK_PIXELS)
-            part = [JacobianFactors(f.left[chunk], f.right[chunk]) for f in factors]
+            part = [f.rows(chunk) for f in factors]
             logit_var = curvature.logit_variance(part, weights)  # (G, n)
             z_eff = probit_logits(z[chunk], logit_var)
             nll_sum += F.binary_cross_entropy_with_logits(
@@ -141,7 +131,9 @@ def validation_nll_grid(
             var_sum += logit_var.sum(1)
         n_pixels += z.numel()
     if n_pixels == 0:
-        raise EmptySplitError(f"validation split {val_h5} is empty; cannot tune the posterior.")
+        raise EmptySplitError(
+            f"validation split {data.val_h5} is empty; cannot tune the posterior."
+        )
     shape = (len(prior_grid), len(temperature_grid))
     return {
         "val_nll": (nll_sum / n_pixels).reshape(shape).numpy(),
@@ -172,38 +164,24 @@ def _auroc(error_scores: list[torch.Tensor], correct_scores: list[torch.Tensor])
 
 
 def validation_error_aurocs(
-    head: NoImageHead,
-    curvature: BlockCurvature,
-    prior_precision: float,
-    temperature: float,
-    val_h5: Path,
-    logit_clip: float,
-    batch_rows: int,
-    max_pixels: int | None = None,
-    seed: int = 0,
+    data: ValidationPass, prior_precision: float, temperature: float
 ) -> dict[str, Any]:
     """How well BALD and the predictive entropy flag the validation pixels the predictive
-    mask gets wrong (AUROC; 0.5 = chance, below 0.5 = anti-correlated), and its NLL."""
-    head = _double(head)
-    curvature = curvature.to("cpu", torch.float64)
+    mask gets wrong (AUROC; 0.5 = chance, below 0.5 = anti-correlated), and the error rate."""
+    curvature = data.curvature.to("cpu", torch.float64)
     weights = curvature.weights(prior_precision, temperature)
     scores: dict[str, tuple[list, list]] = {"bald": ([], []), "entropy": ([], [])}
-    nll_sum, n_pixels = 0.0, 0
-    for z, factors, labels in _val_chunks(
-        head, curvature.subset, val_h5, logit_clip, batch_rows, max_pixels, seed, "laplace check"
-    ):
+    n_pixels = 0
+    for z, factors, labels in data.chunks("laplace check"):
         maps = gaussian_logit_uncertainty(z, curvature.logit_variance(factors, weights))
-        p_bar = maps["mean_probability"].clamp(1e-12, 1 - 1e-12)
-        nll_sum -= float((labels * p_bar.log() + (1 - labels) * (1 - p_bar).log()).sum())
         n_pixels += z.numel()
-        wrong = (p_bar > 0.5) != (labels > 0.5)
+        wrong = (maps["mean_probability"] > 0.5) != (labels > 0.5)
         for name, key in (("bald", "mutual_information"), ("entropy", "predictive_entropy")):
             scores[name][0].append(maps[key][wrong].float())
             scores[name][1].append(maps[key][~wrong].float())
     return {
         "bald_error_auroc": _auroc(*scores["bald"]) if n_pixels else None,
         "entropy_error_auroc": _auroc(*scores["entropy"]) if n_pixels else None,
-        "nll_quadrature": nll_sum / n_pixels if n_pixels else None,
         "n_pixels": n_pixels,
         "error_rate": float(sum(e.numel() for e in scores["bald"][0]) / n_pixels)
         if n_pixels

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from laplace_head.bayes.posterior_io import meta_summary, read_meta
 from laplace_head.evaluation.active_prompting import BASELINE_POLICY, ORACLE_POLICY, paired_key
 from laplace_head.util.atomic import (
     atomic_path,
@@ -69,20 +70,10 @@ def variant_row(
     evaluation: Mapping[str, Any],
     clicks: Mapping[str, Mapping[str, Any] | None],
 ) -> dict[str, Any]:
-    """Everything the summary knows about one variant."""
-    posterior = meta.get("posterior") or {}
+    """Everything the summary knows about one variant (``meta``: its posterior_meta.json)."""
     row: dict[str, Any] = {
         "variant": name,
-        "target_layer": posterior.get("target_layer", meta.get("target_layer")),
-        "approx": posterior.get("approx"),
-        "tuning": posterior.get("tuning"),
-        "prior_precision": meta.get("prior_precision"),
-        "temperature": meta.get("temperature"),
-        "collapsed_onto_prior": meta.get("collapsed_onto_prior"),
-        "val_nll": meta.get("val_nll"),
-        "val_nll_map": meta.get("val_nll_map"),
-        "val_bald_auroc": meta.get("val_bald_error_auroc"),
-        "val_entropy_auroc": meta.get("val_entropy_error_auroc"),
+        **meta_summary(meta),
         "test_nll": _overall(evaluation, "laplace", "nll"),
         "test_nll_map": _overall(evaluation, "map", "nll"),
         "test_nll_temp_scaled": _overall(evaluation, "map_temperature_scaled", "nll"),
@@ -347,7 +338,7 @@ def write_ablation(
     rows = []
     for name, paths in variants.items():
         clicks = {split: read_json(path) for split, path in paths["clicks"].items()}
-        rows.append(variant_row(name, read_json(paths["meta"]), read_json(paths["eval"]), clicks))
+        rows.append(variant_row(name, read_meta(paths["meta"]), read_json(paths["eval"]), clicks))
     summary = {
         "splits": list(settings["splits"]),
         "policies": list(settings["policies"]),

@@ -1,4 +1,4 @@
-"""Figures of stages 6-7: the validation NLL grid, reliability diagrams, uncertainty maps.
+"""Figures of stage 7: reliability diagrams, uncertainty maps.
 
 Every figure is drawn with matplotlib's Agg backend (no display needed) and saved atomically.
 """
@@ -29,74 +29,6 @@ def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-
-
-def plot_val_nll_grid(
-    val_nll: np.ndarray,
-    prior_grid: Sequence[float],
-    temperature_grid: Sequence[float],
-    chosen: tuple[int, int],
-    map_nll: float,
-    path: str | os.PathLike,
-) -> None:
-    """Heatmap of validation pixel NLL over (prior precision x temperature) + NLL vs T curves
-    (NLL vs prior precision when the grid has one T).
-
-    Parameters
-    ----------
-    val_nll
-        (P, T) mean validation NLL (nats per pixel); rows follow ``prior_grid``.
-    chosen
-        (row, column) of the selected pair, marked with a white box.
-    map_nll
-        NLL of the MAP head (no posterior variance), drawn as a reference line.
-    """
-    val_nll = np.asarray(val_nll, dtype=np.float64)
-    fig, (ax_map, ax_curve) = plt.subplots(1, 2, figsize=(12, 4.8))
-    image = ax_map.imshow(val_nll, cmap="viridis_r", aspect="auto", origin="lower")
-    fig.colorbar(image, ax=ax_map, label="val NLL (nats / pixel)")
-    ax_map.set_xticks(range(len(temperature_grid)), [f"{t:g}" for t in temperature_grid])
-    ax_map.set_yticks(range(len(prior_grid)), [f"{p:g}" for p in prior_grid])
-    ax_map.set_xlabel("likelihood temperature T")
-    ax_map.set_ylabel("prior precision")
-    threshold = val_nll.min() + 0.5 * (val_nll.max() - val_nll.min())
-    best = val_nll.min()
-    for (i, j), value in np.ndenumerate(val_nll):
-        color = "black" if value < threshold else "white"
-        text = f"{value:.4f}\n+{value - best:.1e}"
-        ax_map.text(j, i, text, ha="center", va="center", fontsize=6.5, color=color)
-    ax_map.add_patch(
-        plt.Rectangle(
-            (chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False, edgecolor="white", lw=2.5
-        )
-    )
-    ax_map.set_title("val NLL and excess over the best (box: chosen)")
-    if len(temperature_grid) == 1:
-        # T fixed (laplace.tuning fixed_temperature / marglik): the curve over the prior
-        ax_curve.plot(prior_grid, val_nll[:, 0], marker="o", color="tab:green", label="posterior")
-        ax_curve.plot(
-            prior_grid[chosen[0]],
-            val_nll[chosen],
-            marker="s",
-            ms=11,
-            mfc="none",
-            color="black",
-            ls="none",
-            label="chosen",
-        )
-        ax_curve.set_xlabel("prior precision")
-        ax_curve.set_title(f"T fixed at {temperature_grid[0]:g}: val NLL vs prior precision")
-    else:
-        for i, prior in enumerate(prior_grid):
-            ax_curve.plot(temperature_grid, val_nll[i], marker="o", label=f"prior {prior:g}")
-        ax_curve.set_xlabel("likelihood temperature T")
-        ax_curve.set_title("val NLL vs likelihood temperature T, per prior precision")
-    ax_curve.axhline(map_nll, color="black", ls="--", label=f"MAP head {map_nll:.4f}")
-    ax_curve.set_xscale("log")
-    ax_curve.set_ylabel("val NLL (nats / pixel)")
-    ax_curve.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
 
 
 def plot_reliability(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import torch
 
 from helpers.synthetic_h5 import make_synthetic_h5
+from laplace_head.bayes.curvature import BlockCurvature, CurvatureBlock
 from laplace_head.bayes.fit import fit_laplace
+from laplace_head.bayes.jacobian import parameter_vector
+from laplace_head.bayes.posterior import Posterior
+from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.model.head import NoImageHead
 from laplace_head.settings import LaplaceSettings
 from laplace_head.training.dataset import H5SegmentationDataset
@@ -61,13 +66,24 @@ def save_best(head: NoImageHead, path: Path, epoch: int = 3) -> Path:
     return path
 
 
+def laplace_settings(
+    prior_grid: Sequence[float], temperature_grid: Sequence[float], **overrides: Any
+) -> LaplaceSettings:
+    """The schema's default stage-6 settings with these grids and ``overrides``."""
+    return LaplaceSettings.from_defaults(
+        prior_precision_grid=tuple(prior_grid),
+        temperature_grid=tuple(temperature_grid),
+        **overrides,
+    )
+
+
 def make_fitted_run(
     root: Path, max_pixels_fit: int | None = 1500, **laplace: Any
 ) -> SimpleNamespace:
     """Project-like layout under ``root`` with train/val/test splits, best.pt and a fit.
 
     ``laplace`` overrides further :class:`LaplaceSettings` fields (e.g. ``target_layer``,
-    ``approx``, ``tuning``); without them the fit is the seed's last-layer diagonal.
+    ``approx``, ``tuning``); the others are the schema's defaults (a last-layer diagonal).
     """
     data = root / "training_data" / "no_image"
     data.mkdir(parents=True, exist_ok=True)
@@ -77,7 +93,7 @@ def make_fitted_run(
     head = train_tiny_head(train_h5)
     best = save_best(head, root / "checkpoints" / "no_image" / "run_t1" / "best.pt")
     laplace_dir = root / "laplace" / "no_image" / "run_t1"
-    settings = LaplaceSettings(
+    settings = laplace_settings(
         PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=max_pixels_fit, **laplace
     )
     meta = fit_laplace(best, train_h5, val_h5, laplace_dir, settings, run_id="t1")
@@ -91,3 +107,16 @@ def make_fitted_run(
         laplace_dir=laplace_dir,
         meta=meta,
     )
+
+
+def last_layer_posterior(
+    head: NoImageHead, variance: torch.Tensor, logit_clip: float = 20.0
+) -> Posterior:
+    """A last-layer diagonal posterior around ``head`` with the given marginal variances (C + 1,):
+    prior precision ``1 / max(variance)``, T = 1 and the curvature that makes up the rest."""
+    variant = PosteriorVariant("final_conv", "diagonal")
+    variance = torch.as_tensor(variance, dtype=torch.float64).reshape(1, -1)
+    prior = float(1.0 / variance.max())
+    curvature = BlockCurvature(variant, [CurvatureBlock("final_conv", 1.0 / variance - prior)])
+    mean = parameter_vector(head, variant.layer).float()
+    return Posterior(head, mean, curvature, prior, 1.0, logit_clip)

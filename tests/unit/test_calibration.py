@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.laplace_fixtures import last_layer_posterior
 from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.bayes.posterior import Posterior, binary_entropy_from_logits
@@ -30,7 +31,7 @@ def _posterior(scale: float) -> Posterior:
         head.trunk[2].weight[0, 0, 1, 1], head.trunk[2].weight[1, 1, 1, 1] = 1.0, 1.0
         head.final_conv.weight[0, 0], head.final_conv.weight[0, 1] = scale, -scale
     variance = torch.full((head.final_conv.in_channels + 1,), 1e-6)
-    return Posterior.last_layer_diagonal(head, variance, logit_clip=20.0)
+    return last_layer_posterior(head, variance, logit_clip=20.0)
 
 
 def test_histogram_auroc():

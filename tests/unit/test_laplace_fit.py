@@ -13,27 +13,52 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers.laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, make_fitted_run, save_best
+from helpers.laplace_fixtures import (
+    PRIOR_GRID,
+    TEMPERATURE_GRID,
+    laplace_settings,
+    make_fitted_run,
+    save_best,
+)
 from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
-from laplace_head.bayes.layer import (
+from laplace_head.bayes.laplace_torch import (
     PixelBernoulliLayer,
-    pixel_subset,
-    pixels_per_row,
-    rebuild_laplace,
+    fit_laplace_model,
+    laplace_model,
+    make_laplace,
 )
+from laplace_head.bayes.pixels import PixelStream, pixel_subset, pixels_per_row
 from laplace_head.bayes.posterior import load_posterior
+from laplace_head.bayes.posterior_io import meta_summary, read_meta, read_posterior_files
 from laplace_head.bayes.tuning import edge_report
+from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
 from laplace_head.settings import LaplaceSettings
 from laplace_head.util.atomic import read_json
 
+LAST_LAYER_DIAGONAL = PosteriorVariant("final_conv", "diagonal")
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return make_fitted_run(tmp_path_factory.mktemp("laplace_fit"))
+
+
+@pytest.fixture(scope="module")
+def refit(run):
+    """laplace-torch's own DiagLaplace, fitted on the run's pixels with its hyperparameters."""
+    n_rows = h5py.File(run.train_h5, "r")["logits_256"].shape[0]
+    per_row = run.meta["pixels_per_row"]
+    model, per_pixel = laplace_model(run.head, LAST_LAYER_DIAGONAL)
+    la = make_laplace(
+        model, LAST_LAYER_DIAGONAL, run.meta["prior_precision"], run.meta["temperature"]
+    )
+    fit_laplace_model(la, PixelStream(per_pixel, run.train_h5, 20.0, per_row, 0, 4))
+    assert la.n_data == n_rows * per_row
+    return la
 
 
 def _numpy_features(head: NoImageHead, h5_path, clip: float = 20.0):
@@ -51,7 +76,7 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def test_fitted_precision_equals_closed_form_bernoulli_ggn(run):
+def test_fitted_precision_equals_closed_form_bernoulli_ggn(run, refit):
     """precision_i = sum_pixels p(1-p) phi_i^2 / T + prior (bias feature = 1), same pixels."""
     feats, _ = _numpy_features(run.head, run.train_h5)
     n_rows, n_pixels, _ = feats.shape
@@ -70,24 +95,25 @@ def test_fitted_precision_equals_closed_form_bernoulli_ggn(run):
     prior, temperature = run.meta["prior_precision"], run.meta["temperature"]
     expected = ggn / temperature + prior
 
-    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)
-    la = rebuild_laplace(state["laplace_state"], run.head)
+    saved, _ = read_posterior_files(run.laplace_dir)
+    saved_ggn = saved.curvature.blocks[0].eigenvalues.reshape(-1).numpy()
     # entries span ~12 orders of magnitude (nearly dead channels): relative 1e-7, and an
     # absolute floor 1e-9 of the largest entry for entries that float rounding dominates
     floor = 1e-9 * ggn.max()
-    np.testing.assert_allclose(la.H.numpy(), ggn, rtol=1e-7, atol=floor)
+    np.testing.assert_allclose(saved_ggn, ggn, rtol=1e-7, atol=floor)
+    np.testing.assert_array_equal(saved_ggn, refit.H.numpy())  # the saved curvature is la's
     np.testing.assert_allclose(
-        la.posterior_precision.numpy(), expected, rtol=1e-7, atol=floor / temperature
+        refit.posterior_precision.numpy(), expected, rtol=1e-7, atol=floor / temperature
     )
     posterior = load_posterior(run.laplace_dir)
     np.testing.assert_allclose(posterior.variance.double().numpy(), 1 / expected, rtol=1e-6)
-    assert run.meta["n_data"] == n_rows * per_row == la.n_data
+    assert run.meta["n_data"] == n_rows * per_row == refit.n_data
     assert run.meta["n_params"] == 17
 
 
-def test_closed_form_probit_matches_laplace_torch_predictive(run):
+def test_closed_form_probit_matches_laplace_torch_predictive(run, refit):
     posterior = load_posterior(run.laplace_dir)
-    la = posterior.to_laplace()
+    la = refit
     with h5py.File(run.test_h5, "r") as handle:
         inputs = np.stack([handle[k][0] for k in ("logits_256", "pos_map", "neg_map")])
     feats = posterior.features(inputs)[0].flatten(1).T.double()  # (H*W, C)
@@ -115,7 +141,7 @@ def test_tempering_changes_the_chosen_nll(run, tmp_path):
         run.train_h5,
         run.val_h5,
         tmp_path / "t1_only",
-        LaplaceSettings(PRIOR_GRID, (1.0,), max_pixels_fit=1500),
+        laplace_settings(PRIOR_GRID, (1.0,), max_pixels_fit=1500),
     )
     assert untempered["temperature"] == 1.0
     np.testing.assert_allclose(np.asarray(untempered["grid"]["val_nll"])[:, 0], nll[:, 0])
@@ -129,8 +155,8 @@ def test_validation_nll_grid_is_the_probit_nll_of_each_pair(run):
     feats, labels = _numpy_features(run.head, run.val_h5)
     phi = np.concatenate([feats.reshape(-1, feats.shape[-1]), np.ones((feats[..., 0].size, 1))], 1)
     y = labels.reshape(-1)
-    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)["laplace_state"]
-    mean, ggn = state["mean"].numpy(), state["H"].numpy()
+    saved, _ = read_posterior_files(run.laplace_dir)
+    mean, ggn = saved.mean.numpy(), saved.curvature.blocks[0].eigenvalues.reshape(-1).numpy()
     i, j = 1, 2
     variance = 1 / (ggn / TEMPERATURE_GRID[j] + PRIOR_GRID[i])
     z = phi @ mean / np.sqrt(1 + math.pi / 8 * (phi**2 @ variance))
@@ -140,9 +166,10 @@ def test_validation_nll_grid_is_the_probit_nll_of_each_pair(run):
     assert run.meta["n_val_pixels"] == y.size
 
 
-def test_marglik_grid_matches_closed_form(run):
-    state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)["laplace_state"]
-    mean, ggn, loss = state["mean"].numpy(), state["H"].numpy(), float(state["loss"])
+def test_marglik_grid_matches_closed_form(run, refit):
+    saved, _ = read_posterior_files(run.laplace_dir)
+    mean, ggn = saved.mean.numpy(), saved.curvature.blocks[0].eigenvalues.reshape(-1).numpy()
+    loss = float(refit.loss)
     i, j = 2, 1
     prior, temperature = PRIOR_GRID[i], TEMPERATURE_GRID[j]
     precision = ggn / temperature + prior
@@ -194,9 +221,18 @@ def test_artifacts_and_meta_fields(run):
     config = yaml.safe_load((run.laplace_dir / "laplace_config.yaml").read_text())
     assert config["chosen_temperature"] == meta["temperature"]
     assert config["backend"] == "AsdlGGN"
+    # every figure a reader of the meta (the ablation summary) takes is in a real meta
+    summary = meta_summary(read_meta(run.laplace_dir))
+    assert None not in summary.values(), summary
+    assert (summary["target_layer"], summary["approx"]) == ("final_conv", "diagonal")
+    # the head's weights the posterior covers, in laplace-torch's words
+    assert meta["subset_of_weights"] == config["subset_of_weights"] == "last_layer"
+    assert meta["posterior"]["subset"] == "last_layer"
+    assert meta["hessian_structure"] == config["hessian_structure"] == "diag"
     state = torch.load(run.laplace_dir / "laplace_state.pt", weights_only=True)
-    assert state["laplace_state"]["temperature"] == meta["temperature"]
-    assert float(state["laplace_state"]["prior_precision"]) == meta["prior_precision"]
+    assert state["temperature"] == meta["temperature"]
+    assert state["prior_precision"] == meta["prior_precision"]
+    assert (state["target_layer"], state["approx"]) == ("final_conv", "diagonal")
     assert state["head_model_args"] == {"channels_in": 3, "hidden_channels": 16}
 
 
@@ -223,7 +259,7 @@ class _RecordingTracker:
 def test_skip_refit_on_force_and_on_new_checkpoint(run, tmp_path):
     out = tmp_path / "out"
     args = (run.train_h5, run.val_h5, out)
-    at_800 = LaplaceSettings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
+    at_800 = laplace_settings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
     at_900 = replace(at_800, max_pixels_fit=900)
     best = save_best(run.head, tmp_path / "best.pt")
     tracker = _RecordingTracker()
@@ -265,14 +301,18 @@ def test_edge_report_flags_edges_and_flat_axes():
 
 
 def test_clear_errors(run, tmp_path):
-    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID)
+    settings = laplace_settings(PRIOR_GRID, TEMPERATURE_GRID)
     args = (run.train_h5, run.val_h5, tmp_path / "o")
     with pytest.raises(LaplaceHeadError, match="best.pt|does not exist"):
         fit_laplace(tmp_path / "missing" / "best.pt", *args, settings)
     with pytest.raises(LaplaceFitError, match="final_conv"):
         fit_laplace(run.best, *args, replace(settings, target_layer="trunk"))
     with pytest.raises(LaplaceFitError, match="positive"):
-        fit_laplace(run.best, *args, LaplaceSettings((0.0,), (1.0,)))
+        fit_laplace(run.best, *args, laplace_settings((0.0,), (1.0,)))
+    with pytest.raises(
+        LaplaceFitError, match=r"trained with training.logit_clip=20.0.*logit_clip=8"
+    ):
+        fit_laplace(run.best, *args, replace(settings, logit_clip=8.0))
     empty = make_synthetic_h5(tmp_path / "empty.h5", 0, size=32)
     with pytest.raises(LaplaceFitError, match="empty"):
         fit_laplace(run.best, empty, *args[1:], settings)
@@ -281,7 +321,7 @@ def test_clear_errors(run, tmp_path):
 def test_import_filters_only_the_asdl_jit_warning():
     code = (
         "import warnings; warnings.simplefilter('error', FutureWarning)\n"
-        "from laplace_head.bayes.layer import import_laplace; import_laplace()\n"
+        "from laplace_head.bayes.laplace_torch import import_laplace; import_laplace()\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": ""}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -295,7 +335,7 @@ def test_outputs_deleted_by_snakemake_are_restored_without_refitting(run, tmp_pa
     import laplace_head.bayes.fit as fit_module
 
     out = tmp_path / "snakemake_out"
-    settings = LaplaceSettings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
+    settings = laplace_settings(PRIOR_GRID, (1.0, 100.0), max_pixels_fit=800)
     first = fit_laplace(run.best, run.train_h5, run.val_h5, out, settings)
     before = {name: (out / name).read_bytes() for name in fit_module.ARTIFACTS}
     for name in fit_module.ARTIFACTS:
@@ -312,3 +352,15 @@ def test_outputs_deleted_by_snakemake_are_restored_without_refitting(run, tmp_pa
         fit_laplace(run.best, run.train_h5, run.val_h5, out, replace(settings, seed=1))
     with pytest.raises(AssertionError, match="refitted"):
         fit_laplace(run.best, run.train_h5, run.val_h5, out, settings, force=True)
+
+
+def test_settings_defaults_are_the_schema_defaults():
+    from laplace_head.config.loader import fill_defaults, load_schema
+
+    defaults = fill_defaults({}, load_schema())
+    settings = LaplaceSettings.from_defaults(seed=3)
+    assert settings.temperature_grid == tuple(defaults["laplace"]["temperature_grid"])
+    assert settings.prior_precision_grid == tuple(defaults["laplace"]["prior_precision_grid"])
+    assert settings.max_pixels_fit == defaults["laplace"]["max_pixels_fit"]
+    assert settings.logit_clip == defaults["training"]["logit_clip"]
+    assert settings.seed == 3 and settings.variant == LAST_LAYER_DIAGONAL

@@ -16,37 +16,49 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers.laplace_fixtures import PRIOR_GRID, TEMPERATURE_GRID, save_best, train_tiny_head
+from helpers.laplace_fixtures import (
+    PRIOR_GRID,
+    TEMPERATURE_GRID,
+    laplace_settings,
+    save_best,
+    train_tiny_head,
+)
 from helpers.synthetic_h5 import make_synthetic_h5
 from torch.func import functional_call, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
-from laplace_head.bayes.curvature import curvature_from_laplace
 from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
 from laplace_head.bayes.jacobian import block_shapes, jacobian_factors, parameter_vector
-from laplace_head.bayes.layer import (
-    CURVLINOPS_BACKEND_NAME,
-    HESSIAN_STRUCTURES,
-    PATCH_DIAGONAL_BACKEND_NAME,
+from laplace_head.bayes.laplace_torch import (
     PatchHead,
     PixelBernoulliLayer,
-    backend_name,
-    flat_features,
+    curvature_from_laplace,
+    fit_laplace_model,
+    laplace_model,
     make_laplace,
-    pixel_patches,
 )
+from laplace_head.bayes.pixels import PixelStream, flat_features, pixel_patches, pixels_per_row
 from laplace_head.bayes.posterior import load_posterior
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
+from laplace_head.bayes.variant import (
+    CURVLINOPS_GGN,
+    PATCH_DIAGONAL_GGN,
+    Approx,
+    PosteriorVariant,
+    TargetLayer,
+)
+from laplace_head.cache.split_h5 import split_shape
 from laplace_head.model.head import NoImageHead
-from laplace_head.settings import LaplaceSettings
 
-# (target_layer, approx) -> subset, as laplace_head.settings.POSTERIOR_VARIANTS
+# (target_layer, approx) -> subset and structure (as saved), laplace-torch's subset_of_weights
+# of the head and the curvature backend
 VARIANTS = [
-    ("final_conv", "diagonal", "last_layer"),
-    ("final_conv", "full", "last_layer"),
-    ("all", "diagonal", "all_layers"),
-    ("all", "kron", "all_layers"),
+    ("final_conv", "diagonal", "last_layer", "diag", "last_layer", "AsdlGGN"),
+    ("final_conv", "full", "last_layer", "full", "last_layer", "CurvlinopsGGN"),
+    ("all", "diagonal", "all_layers", "diag", "all", "PatchDiagonalGGN"),
+    ("all", "kron", "all_layers", "kron", "all", "CurvlinopsGGN"),
 ]
+VARIANT_PAIRS = [(layer, approx) for layer, approx, *_ in VARIANTS]
 PRIOR, TEMPERATURE = 0.7, 3.0
 
 
@@ -59,11 +71,24 @@ def _head(seed: int = 0) -> NoImageHead:
     return head
 
 
-def _full_image_jacobian(head: NoImageHead, x: torch.Tensor, subset: str) -> torch.Tensor:
+def test_every_name_of_a_variant_is_a_property_of_it():
+    for layer, approx, subset, structure, subset_of_weights, backend in VARIANTS:
+        variant = PosteriorVariant(layer, approx)
+        assert variant == PosteriorVariant(TargetLayer(layer), Approx(approx))
+        assert (variant.subset, variant.hessian_structure) == (subset, structure)
+        assert (variant.subset_of_weights, variant.backend) == (subset_of_weights, backend)
+        assert PosteriorVariant.from_stored(subset, structure) == variant
+    assert [(v.layer.value, v.approx.value) for v in PosteriorVariant.all()] == VARIANT_PAIRS
+    for layer, approx in (("final_conv", "kron"), ("all", "full"), ("trunk", "diagonal")):
+        with pytest.raises(ValueError, match=f"'{layer}'.*valid.*final_conv \\+ diagonal"):
+            PosteriorVariant(layer, approx)
+
+
+def _full_image_jacobian(head: NoImageHead, x: torch.Tensor, layer: str) -> torch.Tensor:
     """(pixels, params) d logit / d theta of the full-image head, by autograd."""
     params = {name: p.detach() for name, p in head.named_parameters()}
     jac = jacrev(lambda p: functional_call(head, p, (x,)).flatten())(params)
-    names = ["final_conv.weight", "final_conv.bias"] if subset == "last_layer" else list(params)
+    names = ["final_conv.weight", "final_conv.bias"] if layer == "final_conv" else list(params)
     return torch.cat([jac[name].reshape(jac[name].shape[0], -1) for name in names], dim=1)
 
 
@@ -90,57 +115,60 @@ def test_patch_model_reproduces_the_full_image_head_at_the_border():
     assert wrong.max() > 1e-3
 
 
-@pytest.mark.parametrize(("target_layer", "approx", "subset"), VARIANTS)
-def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx, subset):
+@pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
+def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
+    variant = PosteriorVariant(target_layer, approx)
     head = _head()
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
     labels = (torch.rand(2 * 7 * 8, generator=torch.Generator().manual_seed(1)) > 0.5).long()
-    if subset == "last_layer":
+    if target_layer == "final_conv":
         inputs = flat_features(head, x).reshape(-1, head.hidden_channels)
         model = PixelBernoulliLayer.from_conv(head.final_conv)
     else:
         inputs = pixel_patches(x).reshape(-1, 4, 5, 5)
         model = PatchHead(head)
-    la = make_laplace(model, 1.0, 1.0, approx, backend_name(target_layer, approx))
+    la = make_laplace(model, variant, 1.0, 1.0)
     la.fit(DataLoader(TensorDataset(inputs, labels), batch_size=40))
-    structure = HESSIAN_STRUCTURES[approx]
-    curvature = curvature_from_laplace(la, subset, structure, block_shapes(head, subset))
-    torch.testing.assert_close(la.mean.detach(), parameter_vector(head, subset))
+    curvature = curvature_from_laplace(la, variant, block_shapes(head, target_layer))
+    torch.testing.assert_close(la.mean.detach(), parameter_vector(head, target_layer))
 
     reference_la = la
-    if backend_name(target_layer, approx) == PATCH_DIAGONAL_BACKEND_NAME:  # independent Sigma
-        reference_la = make_laplace(model, 1.0, 1.0, approx, CURVLINOPS_BACKEND_NAME)
+    if variant.backend == PATCH_DIAGONAL_GGN:  # independent Sigma
+        reference_la = make_laplace(model, variant, 1.0, 1.0, backend=CURVLINOPS_GGN)
         reference_la.fit(DataLoader(TensorDataset(inputs, labels), batch_size=40))
     sigma = _dense_covariance(reference_la, approx)
-    jac = _full_image_jacobian(head, x, subset)
+    jac = _full_image_jacobian(head, x, target_layer)
     reference = torch.einsum("np,pq,nq->n", jac, sigma, jac)
     weights = curvature.weights(PRIOR, TEMPERATURE)
-    logits, factors = jacobian_factors(head, x, subset)
+    logits, factors = jacobian_factors(head, x, target_layer)
     torch.testing.assert_close(logits.flatten(), head(x).flatten(), rtol=0, atol=1e-12)
     variance = curvature.logit_variance(factors, weights)
     torch.testing.assert_close(variance, reference, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(curvature.marginal_variance(weights), sigma.diagonal())
-    if structure != "diag":  # the correlations are real: a diagonal would differ
+    if approx != "diagonal":  # the correlations are real: a diagonal would differ
         diagonal_only = torch.einsum("np,p,np->n", jac, sigma.diagonal(), jac)
         assert (diagonal_only - reference).abs().max() > 1e-3 * reference.abs().max()
 
     # samples: J . (theta_s - theta_map) through the factors equals the dense Jacobian's
     steps = curvature.sample(5, weights, torch.Generator().manual_seed(0))
     flat = torch.cat([step.reshape(5, -1) for step in steps], dim=1)
-    pushed = sum(f.apply(step) for f, step in zip(factors, steps, strict=True))
+    pushed = sum(
+        torch.einsum("nor,soi,nir->sn", f.left, step, f.right)
+        for f, step in zip(factors, steps, strict=True)
+    )
     torch.testing.assert_close(pushed, flat @ jac.T, rtol=1e-9, atol=1e-12)
     # and their covariance is Sigma (on a few parameters of every block, to keep it cheap)
     many = curvature.sample(20_000, weights, torch.Generator().manual_seed(1))
-    index = torch.cat([torch.arange(6) + start for start in _block_starts(head, subset)])
+    index = torch.cat([torch.arange(6) + start for start in _block_starts(head, target_layer)])
     flat = torch.cat([step.reshape(20_000, -1) for step in many], dim=1)[:, index]
     empirical = torch.cov(flat.T)
     reference_cov = sigma[index][:, index]
     assert (empirical - reference_cov).abs().max() < 0.06 * reference_cov.diagonal().max()
 
 
-def _block_starts(head: NoImageHead, subset: str) -> list[int]:
+def _block_starts(head: NoImageHead, layer: str) -> list[int]:
     starts, offset = [], 0
-    for _, n_out, n_in in block_shapes(head, subset):
+    for _, n_out, n_in in block_shapes(head, layer):
         starts.append(min(offset, offset + n_out * n_in - 6))
         offset += n_out * n_in
     return [max(0, s) for s in starts]
@@ -150,23 +178,22 @@ def test_the_closed_form_all_layer_diagonal_equals_curvlinops():
     """The all-layer diagonal's backend (closed-form Jacobians) gives laplace-torch's
     CurvlinopsGGN GGN diagonal and loss; AsdlGGN is not used there (its first-conv diagonal
     disagreed, measured sum ratio 0.15)."""
-    assert backend_name("all", "diagonal") == PATCH_DIAGONAL_BACKEND_NAME
-    assert backend_name("all", "kron") == CURVLINOPS_BACKEND_NAME
+    variant = PosteriorVariant("all", "diagonal")
+    assert variant.backend == PATCH_DIAGONAL_GGN
     head = _head(3)
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
     patches = pixel_patches(x).reshape(-1, 4, 5, 5)
     labels = torch.rand(patches.shape[0], generator=torch.Generator().manual_seed(2)) > 0.4
     loader = DataLoader(TensorDataset(patches, labels.long()), batch_size=25)
     fitted = {}
-    for backend in (PATCH_DIAGONAL_BACKEND_NAME, CURVLINOPS_BACKEND_NAME):
-        la = make_laplace(PatchHead(head), 1.0, 1.0, "diagonal", backend)
+    for backend in (PATCH_DIAGONAL_GGN, CURVLINOPS_GGN):
+        la = make_laplace(PatchHead(head), variant, 1.0, 1.0, backend=backend)
         la.fit(loader)
         fitted[backend] = la
-    mine, reference = fitted[PATCH_DIAGONAL_BACKEND_NAME], fitted[CURVLINOPS_BACKEND_NAME]
+    mine, reference = fitted[PATCH_DIAGONAL_GGN], fitted[CURVLINOPS_GGN]
     torch.testing.assert_close(mine.H, reference.H, rtol=1e-9, atol=1e-12)
     assert float(mine.loss) == pytest.approx(float(reference.loss), rel=1e-12)
     assert mine.n_data == reference.n_data == patches.shape[0]
-    assert backend_name("final_conv", "full") == CURVLINOPS_BACKEND_NAME
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +205,14 @@ def data(tmp_path_factory):
     return root, train_h5, val_h5, head, save_best(head, root / "best.pt")
 
 
-@pytest.mark.parametrize(("target_layer", "approx", "subset"), VARIANTS)
-def test_fitted_variant_reloads_and_predicts_in_closed_form(data, target_layer, approx, subset):
+@pytest.mark.parametrize(
+    ("target_layer", "approx", "subset", "structure", "weights", "backend"), VARIANTS
+)
+def test_fitted_variant_reloads_and_predicts_in_closed_form(
+    data, target_layer, approx, subset, structure, weights, backend
+):
     root, train_h5, val_h5, head, best = data
-    settings = LaplaceSettings(
+    settings = laplace_settings(
         PRIOR_GRID,
         TEMPERATURE_GRID,
         max_pixels_fit=600,
@@ -191,11 +222,14 @@ def test_fitted_variant_reloads_and_predicts_in_closed_form(data, target_layer, 
     out = root / f"{target_layer}_{approx}"
     meta = fit_laplace(best, train_h5, val_h5, out, settings, run_id="t1")
     assert meta["posterior"]["subset"] == subset
-    assert meta["hessian_structure"] == HESSIAN_STRUCTURES[approx]
-    assert set(meta["data_to_prior_ratio"]) == {n for n, _, _ in block_shapes(head, subset)}
+    assert meta["hessian_structure"] == meta["posterior"]["structure"] == structure
+    assert (meta["subset_of_weights"], meta["backend"]) == (weights, backend)
+    assert set(meta["data_to_prior_ratio"]) == {n for n, _, _ in block_shapes(head, target_layer)}
     assert 0.0 <= meta["val_bald_error_auroc"] <= 1.0
     posterior = load_posterior(out)
-    assert posterior.subset == subset
+    assert posterior.subset == subset and posterior.variant == PosteriorVariant(
+        target_layer, approx
+    )
     assert posterior.prior_precision == meta["prior_precision"]
     assert posterior.mean.numel() == meta["n_params"]
 
@@ -203,10 +237,9 @@ def test_fitted_variant_reloads_and_predicts_in_closed_form(data, target_layer, 
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 9, 10)).astype(np.float32))
     map_logits, variance = posterior.logit_moments(x)
     torch.testing.assert_close(map_logits, head(x)[:, 0], rtol=0, atol=1e-5)
-    jac = _full_image_jacobian(head.double(), x.double(), subset)
+    jac = _full_image_jacobian(head.double(), x.double(), target_layer)
     head.float()
-    settings_at = replace(settings, prior_precision_grid=(1.0,), temperature_grid=(1.0,))
-    la = _refit(head, train_h5, settings_at, subset, approx, target_layer)
+    la = _refit(head, train_h5, settings)
     la.prior_precision, la.temperature = posterior.prior_precision, posterior.temperature
     sigma = {
         "diagonal": lambda: torch.diag(la.posterior_variance),
@@ -225,35 +258,24 @@ def test_fitted_variant_reloads_and_predicts_in_closed_form(data, target_layer, 
     assert float(ratio.median()) == pytest.approx(1.0, abs=0.1)
     maps = gaussian_logit_uncertainty(map_logits, variance)
     assert torch.all(maps["mutual_information"] >= 0)
-    if subset == "last_layer" and approx == "diagonal":
-        assert posterior.to_laplace() is not None
-    else:
-        with pytest.raises(Exception, match="last-layer diagonal"):
-            posterior.to_laplace()
 
 
-def _refit(head, train_h5, settings, subset, approx, target_layer):
-    """laplace-torch's CurvlinopsGGN fitted on the pixels fit_laplace used (its own streams)."""
-    from laplace_head.bayes.layer import PixelFeatureStream, PixelPatchStream, pixels_per_row
-    from laplace_head.cache.split_h5 import split_shape
-
+def _refit(head, train_h5, settings):
+    """laplace-torch's CurvlinopsGGN fitted on the pixels fit_laplace used (its own stream)."""
+    variant = settings.variant
     n_rows, height, width = split_shape(train_h5)
     per_row = pixels_per_row(n_rows, height * width, settings.max_pixels_fit)
-    stream_cls, model = (
-        (PixelFeatureStream, PixelBernoulliLayer.from_conv(head.final_conv))
-        if subset == "last_layer"
-        else (PixelPatchStream, PatchHead(head))
-    )
-    stream = stream_cls(head, train_h5, settings.logit_clip, per_row, settings.seed, 4)
-    la = make_laplace(model, 1.0, 1.0, approx, CURVLINOPS_BACKEND_NAME)  # the reference
-    la.fit(DataLoader(stream, batch_size=None))
+    model, per_pixel = laplace_model(head, variant)
+    stream = PixelStream(per_pixel, train_h5, settings.logit_clip, per_row, settings.seed, 4)
+    la = make_laplace(model, variant, 1.0, 1.0, backend=CURVLINOPS_GGN)  # the reference
+    fit_laplace_model(la, stream)
     return la
 
 
 @pytest.mark.parametrize("tuning", ["fixed_temperature", "marglik"])
 def test_tuning_rules_fix_the_temperature(data, tuning):
     root, train_h5, val_h5, head, best = data
-    settings = LaplaceSettings(
+    settings = laplace_settings(
         PRIOR_GRID,
         TEMPERATURE_GRID,
         max_pixels_fit=600,
@@ -279,7 +301,7 @@ def test_tuning_rules_fix_the_temperature(data, tuning):
 
 def test_a_posterior_flattened_onto_its_prior_is_reported(data, caplog):
     root, train_h5, val_h5, head, best = data
-    settings = LaplaceSettings(
+    settings = laplace_settings(
         (1e6,), (1e9,), max_pixels_fit=600
     )  # T huge, prior strong: the data cannot move the posterior
     with caplog.at_level("WARNING"):
@@ -296,7 +318,7 @@ def test_a_posterior_flattened_onto_its_prior_is_reported(data, caplog):
     # the advice fits the rule: T is already fixed, the prior precision is what to change
     assert "At the fixed T = 1e+09, validation NLL chose the prior precision 1e+06" in caplog.text
     assert "use laplace.tuning: fixed_temperature" not in caplog.text
-    untempered = LaplaceSettings((1e-2,), (1.0,), max_pixels_fit=600)
+    untempered = laplace_settings((1e-2,), (1.0,), max_pixels_fit=600)
     meta = fit_laplace(best, train_h5, val_h5, root / "untempered", untempered)
     assert meta["collapsed_onto_prior"] is False
 
@@ -312,7 +334,7 @@ def test_a_below_chance_bald_auroc_is_a_warning(data, caplog, monkeypatch, auroc
         "validation_error_aurocs",
         lambda *a, **k: {**real(*a, **k), "bald_error_auroc": auroc},
     )
-    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=600)
+    settings = laplace_settings(PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=600)
     with caplog.at_level("WARNING"):
         meta = fit_laplace(best, train_h5, val_h5, root / f"auroc{auroc}", settings)
     assert meta["val_bald_error_auroc"] == auroc
@@ -335,11 +357,11 @@ def test_validation_error_auroc_is_the_rank_statistic():
 def test_invalid_variants_are_rejected_with_the_valid_list(data):
     root, train_h5, val_h5, head, best = data
     for target_layer, approx in (("final_conv", "kron"), ("all", "full")):
-        settings = LaplaceSettings(
+        settings = laplace_settings(
             PRIOR_GRID, TEMPERATURE_GRID, target_layer=target_layer, approx=approx
         )
         with pytest.raises(LaplaceFitError, match="final_conv \\+ diagonal"):
             fit_laplace(best, train_h5, val_h5, root / "bad", settings)
-    settings = LaplaceSettings(PRIOR_GRID, TEMPERATURE_GRID, tuning="bayes")
+    settings = laplace_settings(PRIOR_GRID, TEMPERATURE_GRID, tuning="bayes")
     with pytest.raises(LaplaceFitError, match="val_nll"):
         fit_laplace(best, train_h5, val_h5, root / "bad", settings)

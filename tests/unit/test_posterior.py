@@ -1,4 +1,4 @@
-"""The uncertainty API: probit predictive, samples, entropies / BALD, prompt scores, loading."""
+"""The Posterior: probit predictive, samples, entropies / BALD, prompt scores, loading."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.laplace_fixtures import make_fitted_run
+from helpers.laplace_fixtures import last_layer_posterior, make_fitted_run
 
 import laplace_head
 from laplace_head.bayes.posterior import (
@@ -28,7 +28,7 @@ def _posterior(variance_scale: float = 0.05, seed: int = 0) -> Posterior:
     torch.manual_seed(seed)
     head = NoImageHead().eval().requires_grad_(False)
     variance = variance_scale * (1 + torch.rand(head.final_conv.in_channels + 1))
-    return Posterior.last_layer_diagonal(head, variance, logit_clip=20.0)
+    return last_layer_posterior(head, variance, logit_clip=20.0)
 
 
 def _inputs(batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -221,19 +221,6 @@ def test_load_posterior_errors(fitted, tmp_path):
     (broken / "laplace_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(PosteriorLoadError, match="cannot read"):
         load_posterior(broken)
-
-
-def test_predict_split_streams_a_packed_split(fitted):
-    posterior = load_posterior(fitted.laplace_dir)
-    batches = list(posterior.predict_split(fitted.test_h5, batch_rows=3, n_samples=4))
-    assert [b["start"] for b in batches] == [0, 3]
-    assert sum(b["predictive_probability"].shape[0] for b in batches) == 4
-    assert batches[0]["mutual_information"].shape == batches[0]["gt_mask"].shape
-    plain = next(posterior.predict_split(fitted.test_h5, batch_rows=4))
-    assert "mutual_information" not in plain
-    torch.testing.assert_close(
-        plain["predictive_probability"][:3], batches[0]["predictive_probability"]
-    )
 
 
 def test_crafted_head_args_in_the_laplace_state_are_refused(fitted, tmp_path):

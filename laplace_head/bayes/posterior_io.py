@@ -1,0 +1,350 @@
+"""The on-disk format of a fitted posterior (stage 6): the one module that writes and reads it.
+
+A fit's folder (the layout's ``laplace_dir``) holds, in :data:`ARTIFACTS` order:
+
+* ``LAPLACE_STATE`` (laplace_state.pt): :class:`SavedPosterior` - the MAP head, the curvature
+  of its variant, the chosen hyperparameters and the head's input clip; ``torch.load`` with
+  ``weights_only=True`` reads it (plain tensors, numbers and strings);
+* ``LAPLACE_CONFIG`` (laplace_config.yaml): the settings and choices, for a human reader;
+* ``VAL_NLL_GRID`` (val_nll_grid.png): the tuning figure (:mod:`laplace_head.bayes.fit_report`);
+* ``POSTERIOR_META`` (posterior_meta.json): everything the fit measured (:func:`build_meta`),
+  written last, so its presence marks a complete fit.
+
+The file names are :mod:`laplace_head.layout`'s. Readers elsewhere go through
+:func:`read_posterior_files`, :func:`read_meta` and :func:`meta_summary`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from laplace_head.bayes.curvature import BlockCurvature
+from laplace_head.bayes.variant import PosteriorVariant
+from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import LAPLACE_CONFIG, LAPLACE_STATE, POSTERIOR_META, VAL_NLL_GRID
+from laplace_head.util.atomic import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_yaml,
+    read_json,
+    remove_stale_temp_files,
+)
+
+FORMAT_VERSION = 2  # the curvature of any variant (bayes.curvature) is saved
+ARTIFACTS = (LAPLACE_STATE, LAPLACE_CONFIG, VAL_NLL_GRID, POSTERIOR_META)  # meta last
+#: Beside the artifacts, hard links to the last complete fit (see bayes.fit).
+REUSE_DIR = ".reuse"
+LIKELIHOOD = "classification on two logits [0, z] = per-pixel Bernoulli"
+#: The keys of laplace_state.pt a reader needs (``target_layer``, ``approx``, ``backend`` and
+#: ``source_checkpoint_md5`` are recorded for a human reader).
+REQUIRED_STATE_KEYS = (
+    "curvature",
+    "mean",
+    "head_model_args",
+    "head_state",
+    "logit_clip",
+    "prior_precision",
+    "temperature",
+)
+#: Meta keys that identify a fit's inputs: a fit with the same ones is not redone.
+INPUT_KEYS = ("source_checkpoint_md5", "fit_settings", "training_data")
+_SELECTIONS = {
+    "val_nll": "lowest mean validation pixel NLL over both grids (closed-form probit GLM)",
+    "fixed_temperature": "temperature fixed by laplace.fixed_temperature; prior precision "
+    "with the lowest validation pixel NLL",
+    "marglik": "temperature fixed by laplace.fixed_temperature; prior precision maximising "
+    "the Laplace marginal likelihood",
+}
+
+
+class PosteriorLoadError(LaplaceHeadError):
+    """A Laplace run folder is missing or holds incomplete / incompatible artifacts."""
+
+
+@dataclass(frozen=True)
+class SavedPosterior:
+    """The content of laplace_state.pt.
+
+    ``mean`` is the (n_params,) MAP of the covered parameters in the curvature's block order;
+    ``head_model_args`` / ``head_state`` rebuild the MAP head.
+    """
+
+    curvature: BlockCurvature
+    mean: torch.Tensor
+    head_model_args: dict
+    head_state: dict
+    logit_clip: float
+    prior_precision: float
+    temperature: float
+    source_checkpoint_md5: str | None = None
+
+    @property
+    def variant(self) -> PosteriorVariant:
+        return self.curvature.variant
+
+    def state(self) -> dict[str, Any]:
+        variant = self.variant
+        return {
+            "format_version": FORMAT_VERSION,
+            "curvature": self.curvature.state(),
+            "mean": self.mean,
+            "head_model_args": dict(self.head_model_args),
+            "head_state": self.head_state,
+            "logit_clip": float(self.logit_clip),
+            "prior_precision": float(self.prior_precision),
+            "temperature": float(self.temperature),
+            "target_layer": variant.layer.value,
+            "approx": variant.approx.value,
+            "backend": variant.backend,
+            "source_checkpoint_md5": self.source_checkpoint_md5,
+        }
+
+
+def write_posterior_files(folder: Path, saved: SavedPosterior, meta: Mapping[str, Any]) -> None:
+    """Write laplace_state.pt, laplace_config.yaml and, last, posterior_meta.json atomically
+    (the figure, :data:`VAL_NLL_GRID`, is the caller's, written before)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / LAPLACE_STATE) as tmp:
+        torch.save(saved.state(), tmp)
+    atomic_write_yaml(
+        folder / LAPLACE_CONFIG,
+        {
+            "run_id": meta["run_id"],
+            "likelihood": meta["likelihood"],
+            "backend": meta["backend"],
+            "subset_of_weights": meta["subset_of_weights"],
+            "hessian_structure": meta["hessian_structure"],
+            **meta["fit_settings"],
+            "chosen_prior_precision": meta["prior_precision"],
+            "chosen_temperature": meta["temperature"],
+            "source_checkpoint": meta["source_checkpoint"],
+        },
+    )
+    atomic_write_json(folder / POSTERIOR_META, dict(meta))  # last: marks the fit complete
+
+
+def read_posterior_files(
+    folder: Path, device: str | torch.device = "cpu"
+) -> tuple[SavedPosterior, dict]:
+    """laplace_state.pt and posterior_meta.json (``{}`` when absent) of a fit's folder.
+
+    Raises
+    ------
+    PosteriorLoadError
+        The state file is unreadable or lacks a key (not written by this package's fit).
+    """
+    path = folder / LAPLACE_STATE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise PosteriorLoadError(
+            f"cannot read {path} ({exc}); re-run fit_laplace with --force."
+        ) from exc
+    missing = [key for key in REQUIRED_STATE_KEYS if key not in state]
+    if missing:
+        raise PosteriorLoadError(
+            f"{path} lacks {', '.join(missing)}; it was not written by this version of "
+            "fit_laplace. Re-run fit_laplace with --force."
+        )
+    saved = SavedPosterior(
+        curvature=BlockCurvature.from_state(state["curvature"]),
+        mean=state["mean"],
+        head_model_args=state["head_model_args"],
+        head_state=state["head_state"],
+        logit_clip=float(state["logit_clip"]),
+        prior_precision=float(state["prior_precision"]),
+        temperature=float(state["temperature"]),
+        source_checkpoint_md5=state.get("source_checkpoint_md5"),
+    )
+    meta_path = folder / POSTERIOR_META
+    return saved, read_json(meta_path) if meta_path.is_file() else {}
+
+
+def complete_fit_meta(folder: Path) -> dict | None:
+    """The meta of a complete fit in ``folder`` (every artifact present), else None."""
+    if not all((folder / name).is_file() for name in ARTIFACTS):
+        return None
+    try:
+        return read_json(folder / POSTERIOR_META)
+    except ValueError:
+        return None
+
+
+def fit_inputs(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`INPUT_KEYS` of a meta: best.pt's MD5, the settings, the packed splits."""
+    return {key: meta.get(key) for key in INPUT_KEYS}
+
+
+def link_artifacts(source: Path, target: Path) -> None:
+    """Hard-link (else copy) the artifacts from ``source`` to ``target``, each atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        remove_stale_temp_files(target, [name])
+        with atomic_path(target / name) as tmp:
+            tmp.unlink()
+            try:
+                os.link(source / name, tmp)
+            except OSError:
+                shutil.copy2(source / name, tmp)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """posterior_meta.json, given its path or its fit's folder."""
+    path = Path(path)
+    return read_json(path / POSTERIOR_META if path.is_dir() else path)
+
+
+def meta_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The variant, its hyperparameters and its validation figures (None where absent)."""
+    posterior = meta.get("posterior") or {}
+    return {
+        "target_layer": posterior.get("target_layer", meta.get("target_layer")),
+        "approx": posterior.get("approx"),
+        "tuning": posterior.get("tuning"),
+        "prior_precision": meta.get("prior_precision"),
+        "temperature": meta.get("temperature"),
+        "collapsed_onto_prior": meta.get("collapsed_onto_prior"),
+        "val_nll": meta.get("val_nll"),
+        "val_nll_map": meta.get("val_nll_map"),
+        "val_bald_auroc": meta.get("val_bald_error_auroc"),
+        "val_entropy_auroc": meta.get("val_entropy_error_auroc"),
+    }
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """What a fit measured, for :func:`build_meta`.
+
+    ``tune``, ``checks`` and ``collapse`` are the reports of :mod:`laplace_head.bayes.tuning`
+    (the grid, the chosen pair, the edge warnings; the error-AUROCs; the data-to-prior ratios).
+    ``settings`` are the fit's recorded settings and ``data`` the packed splits' fingerprint
+    (both :data:`INPUT_KEYS`).
+    """
+
+    run_id: str | None
+    settings: dict
+    data: dict
+    curvature: BlockCurvature
+    tune: dict
+    checks: dict
+    collapse: dict
+    n_data: int
+    n_train_rows: int
+    pixels_per_row: int
+    pixels_per_row_available: int
+    n_val_rows: int
+    checkpoint_path: Path
+    checkpoint_md5: str
+    checkpoint: Mapping[str, Any]
+    laplace_torch_version: str
+    times: tuple[float, float]
+    ggn_diagonal: list[float] | None = None
+
+
+def _param_layout(curvature: BlockCurvature) -> list[str]:
+    layout = []
+    for block in curvature.blocks:
+        n_out, n_in = block.shape
+        layout += [f"{block.name}[{i}]" for i in range(n_out * n_in)]
+    if curvature.variant.is_last_layer:
+        layout = layout[:-1] + ["final_conv.bias"]
+        layout = [e.replace("final_conv[", "final_conv.weight[") for e in layout]
+    return layout
+
+
+def build_meta(record: FitRecord) -> dict:
+    """The content of posterior_meta.json."""
+    curvature, tune, checks, collapse = (
+        record.curvature,
+        record.tune,
+        record.checks,
+        record.collapse,
+    )
+    variant, settings = curvature.variant, record.settings
+    prior, temperature = tune["prior_precision"], tune["temperature"]
+    variance = curvature.marginal_variance(curvature.weights(prior, temperature)).double()
+    grid, chosen = tune["grid"], tune["chosen"]
+    per_row, n_pixels, n_data = (
+        record.pixels_per_row,
+        record.pixels_per_row_available,
+        record.n_data,
+    )
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "run_id": record.run_id,
+        "posterior": {
+            "target_layer": settings["target_layer"],
+            "approx": settings["approx"],
+            "subset": variant.subset,
+            "structure": variant.hessian_structure,
+            "tuning": tune["rule"],
+            "fixed_temperature": settings["fixed_temperature"],
+        },
+        "prior_precision": float(prior),
+        "temperature": float(temperature),
+        "val_nll": float(grid["val_nll"][chosen]),
+        "val_nll_map": float(grid["map_nll"]),
+        "val_nll_improvement_over_map": float(grid["map_nll"] - grid["val_nll"][chosen]),
+        "val_bald_error_auroc": checks["bald_error_auroc"],
+        "val_entropy_error_auroc": checks["entropy_error_auroc"],
+        "val_error_rate": checks["error_rate"],
+        "data_to_prior_ratio": collapse["per_block"],
+        "collapsed_onto_prior": collapse["collapsed_onto_prior"],
+        "selection": _SELECTIONS[tune["rule"]],
+        "grid": {
+            "prior_precision": tune["priors"],
+            "temperature": tune["temperatures"],
+            "val_nll": grid["val_nll"].tolist(),
+            "mean_logit_variance": grid["mean_logit_variance"].tolist(),
+            "chosen_index": [int(chosen[0]), int(chosen[1])],
+            **tune["edges"],
+        },
+        "marglik": tune["marglik"],
+        "n_params": curvature.n_params,
+        "param_layout": _param_layout(curvature),
+        "n_data": n_data,
+        "n_train_rows": record.n_train_rows,
+        "pixels_per_row": per_row,
+        "pixels_per_row_available": n_pixels,
+        "pixel_fraction": per_row / n_pixels,
+        "subsampled": per_row < n_pixels,
+        "effective_observations": n_data / temperature,
+        "effective_observations_per_row": per_row / temperature,
+        "n_val_rows": record.n_val_rows,
+        "n_val_pixels": int(grid["n_pixels"]),
+        "source_checkpoint": str(record.checkpoint_path),
+        "source_checkpoint_md5": record.checkpoint_md5,
+        "source_checkpoint_epoch": record.checkpoint.get("epoch"),
+        "source_checkpoint_metrics": record.checkpoint.get("metrics"),
+        "laplace_torch_version": record.laplace_torch_version,
+        "torch_version": torch.__version__,
+        "backend": variant.backend,
+        "likelihood": LIKELIHOOD,
+        "subset_of_weights": variant.subset_of_weights,
+        "hessian_structure": variant.hessian_structure,
+        "target_layer": settings["target_layer"],
+        "fit_time_s": round(record.times[0], 3),
+        "tune_time_s": round(record.times[1], 3),
+        "posterior_variance": {
+            "min": float(variance.min()),
+            "max": float(variance.max()),
+            "mean": float(variance.mean()),
+            "per_parameter": variance.tolist() if variance.numel() <= 64 else None,
+            "mean_logit_variance_val": float(grid["mean_logit_variance"][chosen]),
+            "n_params_without_curvature": int(
+                sum(int((b.eigenvalues <= 0).sum()) for b in curvature.blocks)
+            ),
+        },
+        "fit_settings": settings,
+    }
+    if record.ggn_diagonal is not None:
+        meta["ggn_diagonal"] = record.ggn_diagonal
+    meta["training_data"] = record.data
+    return meta
