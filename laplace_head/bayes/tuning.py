@@ -193,13 +193,13 @@ def validation_error_aurocs(
         head, curvature.subset, val_h5, logit_clip, batch_rows, max_pixels, seed, "laplace check"
     ):
         maps = gaussian_logit_uncertainty(z, curvature.logit_variance(factors, weights))
-        p_bar = maps["mean_probability"].clamp(1e-12, 1 - 1e-12)
+        p_bar = maps["predictive_probability"].clamp(1e-12, 1 - 1e-12)
         nll_sum -= float((labels * p_bar.log() + (1 - labels) * (1 - p_bar).log()).sum())
         n_pixels += z.numel()
         wrong = (p_bar > 0.5) != (labels > 0.5)
-        for name, key in (("bald", "mutual_information"), ("entropy", "predictive_entropy")):
-            scores[name][0].append(maps[key][wrong].float())
-            scores[name][1].append(maps[key][~wrong].float())
+        for name in ("bald", "entropy"):
+            scores[name][0].append(maps[name][wrong].float())
+            scores[name][1].append(maps[name][~wrong].float())
     return {
         "bald_error_auroc": _auroc(*scores["bald"]) if n_pixels else None,
         "entropy_error_auroc": _auroc(*scores["entropy"]) if n_pixels else None,
