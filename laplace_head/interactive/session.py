@@ -4,7 +4,7 @@ The predictor is stateless per call (:meth:`InteractivePredictor.predict
 <laplace_head.interactive.predictor.InteractivePredictor.predict>` decodes one click set); a
 session keeps the clicks made so far and their predictions, so that a click or an undo costs at
 most one prediction. Stage 8's simulation (:mod:`laplace_head.interactive.simulate`) and an
-annotator use it the same way: ``set_image``, ``add_click``, ``prediction``, ``suggest``,
+annotator use it the same way: ``set_image``, ``add_click``, ``predict``, ``suggest``,
 ``undo``.
 
 With the predictor's ``sam_mask_input`` each prediction is fed the low-resolution logits of the
@@ -63,7 +63,7 @@ class ClickSession:
         return tuple(self._clicks)
 
     def add_click(self, x: float, y: float, label: int) -> None:
-        """Append a click (``(x, y)`` image pixels, label 1 / 0); :attr:`prediction` decodes.
+        """Append a click (``(x, y)`` image pixels, label 1 / 0); :meth:`predict` decodes it.
 
         Raises
         ------
@@ -83,7 +83,7 @@ class ClickSession:
 
     def undo(self) -> Click:
         """Remove and return the last click; the prediction of the clicks before it (if made)
-        is :attr:`prediction` again.
+        is :meth:`predict`'s again.
 
         Raises
         ------
@@ -95,9 +95,8 @@ class ClickSession:
         self._predictions.pop()
         return self._clicks.pop()
 
-    @property
-    def prediction(self) -> InteractivePrediction:
-        """The prediction of the click history (made on first access, then cached).
+    def predict(self) -> InteractivePrediction:
+        """The prediction of the click history (made on the first call, then cached).
 
         Raises
         ------
@@ -125,7 +124,7 @@ class ClickSession:
     def suggest(
         self, k: int = 1, policy: str = "bald", seed: int = 0, min_distance: float | None = None
     ) -> list[Suggestion]:
-        """The next ``k`` clicks ``policy`` proposes after :attr:`prediction`
+        """The next ``k`` clicks ``policy`` proposes after :meth:`predict`'s prediction
         (:meth:`InteractivePredictor.suggest
         <laplace_head.interactive.predictor.InteractivePredictor.suggest>`)."""
-        return self.predictor.suggest(self.prediction, k, policy, seed, min_distance)
+        return self.predictor.suggest(self.predict(), k, policy, seed, min_distance)

@@ -157,7 +157,7 @@ def simulate_clicks(
         if index:
             rng = click_rng(seed, sample_id, policy, index)
             next_cell = _policy_cell(
-                predictor, session.prediction, choose, trace.clicked, policy_gt, rng
+                predictor, session.predict(), choose, trace.clicked, policy_gt, rng
             )
             if next_cell is None:
                 stop_reason = "no_error" if trace.no_error[-1] else "no_clickable_cell"
@@ -166,7 +166,7 @@ def simulate_clicks(
         label = int(gt_256[cell])
         x, y = grid_to_image(cell[0], cell[1], image_hw)
         session.add_click(x, y, label)
-        trace.add(cell, x, y, label, session.prediction, gt_256)
+        trace.add(cell, x, y, label, session.predict(), gt_256)
     return click_record(
         sample_id,
         policy,
