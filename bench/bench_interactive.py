@@ -40,8 +40,9 @@ from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
-from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
+from laplace_head.interactive.clicks import first_click, grid_to_image  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
+from laplace_head.interactive.session import ClickSession  # noqa: E402
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
 from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
 from laplace_head.settings import GRID_SIZE, POSTERIOR_VARIANTS  # noqa: E402
@@ -78,19 +79,20 @@ def run_loop(
     timings: dict[str, list[float]] = {step: [] for step in STEPS}
     decoder: list[float] = []
     encode: list[float] = []
+    session = ClickSession(predictor)
     for image, mask in images:
         start = time.perf_counter()
-        predictor.set_image(image)
+        session.set_image(image)
         encode.append(time.perf_counter() - start)
         gt_256 = resize_mask_nearest(mask, GRID_SIZE, GRID_SIZE)
         row, col = first_click(gt_256)
         x, y = grid_to_image(row, col, image.shape[:2])
-        predictor.add_click(x, y, 1)
-        predictor.predict_clicks()  # warm-up (allocator, lazy init); not counted
-        predictor.undo()
-        predictor.add_click(x, y, 1)
+        session.add_click(x, y, 1)
+        session.predict()  # warm-up (allocator, lazy init); not counted
+        session.undo()
+        session.add_click(x, y, 1)
         for _ in range(n_clicks):
-            prediction = predictor.predict_clicks()
+            prediction = session.predict()
             for step, seconds in prediction.timings_s.items():
                 timings[step].append(seconds)
             if isinstance(predictor.segmenter, SamSegmenter):
@@ -98,12 +100,12 @@ def run_loop(
                     sam_decoder_pass(predictor.segmenter, prediction.points_xy, prediction.labels)
                 )
             start = time.perf_counter()
-            suggestion = predictor.suggest(k=1, policy=policy)
+            suggestion = session.suggest(k=1, policy=policy)
             timings["suggest"].append(time.perf_counter() - start)
             if not suggestion:
                 break
-            sx, sy, _ = suggestion[0]
-            predictor.add_click(sx, sy, int(gt_256[image_to_grid(sx, sy, image.shape[:2])]))
+            cell = (suggestion[0].row, suggestion[0].col)
+            session.add_click(suggestion[0].x, suggestion[0].y, int(gt_256[cell]))
     medians = {step: float(np.median(values)) for step, values in timings.items()}
     return {
         "model": label,
