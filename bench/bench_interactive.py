@@ -2,9 +2,10 @@
 
 For each base segmenter - random_walker and the ViT-B shape of SAM with random weights
 (``sam_model_registry['vit_b']``, on the CPU unless ``--device cuda``) - it runs the interactive
-loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` on a few synthetic
-images: ``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then
-``predict_clicks`` and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
+loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` through a
+:class:`~laplace_head.interactive.session.ClickSession` on a few synthetic images:
+``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then ``predict``
+and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
 the ground truth and added as the next click. Per click it records the predictor's own step
 timings (``decode``: the base segmenter's predict = SAM prompt encoder + mask decoder +
 post-processing to the 256 grid; ``prompt_maps``; ``head``: one head pass for the MAP logits and
@@ -13,7 +14,7 @@ suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encod
 decoder on the kept embedding, no post-processing). It prints medians over the clicks and the
 ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
 head is the tiny fitted head of the test fixtures (same architecture as the workflow's), with
-the posterior variant of ``--target-layer`` / ``--approx`` (default: the seed's last-layer
+the posterior variant of ``--target-layer`` / ``--approx`` (default: last-layer
 diagonal; ``all kron`` is what config/real_dev.yaml ships, fitted on the fixture's data with
 T fixed at the pixels per prompt set). No assertion on time.
 
