@@ -29,7 +29,10 @@ the ground truth). ``None`` means there is nothing to click (the oracle finds no
 cell is clicked or excluded). Map-based policies smooth their map with a Gaussian of
 :data:`SMOOTHING_SIGMA` grid pixels first, so that a click goes to the centre of an uncertain
 *region* rather than to a single noisy pixel. The simulated user labels a non-oracle click by
-the ground truth at that cell. Add a policy with :func:`register_policy`. Every random draw of
+the ground truth at that cell. Add a policy with :func:`register_policy`. Every suggestion
+(the predictor, a click session, stage 7's panels) goes through :func:`suggest`: the policy's
+cells as :class:`Suggestion` s in image pixels, each with the label it most likely gets
+(:func:`likely_label`). Every random draw of
 a simulation comes from :func:`click_rng` (seed, sample id, policy, click index), so results do
 not depend on the order in which samples or policies are simulated.
 
@@ -264,9 +267,9 @@ class ClickState:
         already made).
     predictive_probability
         The posterior predictive foreground probability ``E[sigmoid(z)]``, in [0, 1]; read by
-        ``bald_region`` and ``bald_lookahead`` (which raise without it). The builders in
-        :mod:`~laplace_head.interactive.simulate` and :mod:`~laplace_head.interactive.predictor`
-        always set it.
+        ``bald_region`` and ``bald_lookahead`` (which raise without it) and by :func:`suggest`
+        for the suggested label. :meth:`InteractivePredictor.click_state
+        <laplace_head.interactive.predictor.InteractivePredictor.click_state>` always sets it.
     lookahead
         ``lookahead((row, col), label) -> (256, 256)`` predictive probability after adding a
         click with ``label`` (1 positive, 0 negative) at the cell to the current clicks,
