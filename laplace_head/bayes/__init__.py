@@ -1,2 +1,2 @@
 """Stage 6 and the posterior API: the laplace-torch layer, fit, hyperparameter tuning, the
-predictive maths, the Posterior and prompt scoring."""
+predictive maths and the Posterior."""

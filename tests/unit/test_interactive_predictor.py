@@ -148,6 +148,14 @@ def test_positive_only_or_negative_only_clicks_stay_finite(walker_predictor, lab
     assert np.all(np.sign(prediction.base_logits) == expected_sign)
 
 
+def _two_click_session(predictor: InteractivePredictor):
+    """A session on the test image with a positive and a negative click, and its prediction."""
+    session = ClickSession(predictor, _image_and_mask()[0])
+    session.add_click(32, 24, 1)
+    session.add_click(2, 2, 0)
+    return session, session.predict()
+
+
 def test_predict_before_set_image_raises(posterior) -> None:
     predictor = InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
     with pytest.raises(RuntimeError, match="set_image"):
@@ -264,11 +272,7 @@ def test_sam_predict_with_mask_without_a_mask_is_the_stage_3_decode() -> None:
 
 
 def test_suggest_returns_distinct_unclicked_cells_with_likely_labels(walker_predictor) -> None:
-    image, mask = _image_and_mask()
-    session = ClickSession(walker_predictor, image)
-    session.add_click(32, 24, 1)
-    session.add_click(2, 2, 0)
-    prediction = session.predict()
+    session, prediction = _two_click_session(walker_predictor)
     clicked = prediction.clicked_cells()
     for policy in ("bald", "entropy", "map_margin", "random", "bald_raw", "bald_region"):
         suggestions = session.suggest(k=4, policy=policy, seed=3)
@@ -308,11 +312,7 @@ def test_suggest_for_inputs_uses_the_registry_off_the_given_clicks(posterior) ->
 
 
 def test_lookahead_predicts_one_click_ahead_without_touching_the_history(walker_predictor) -> None:
-    image, _ = _image_and_mask()
-    session = ClickSession(walker_predictor, image)
-    session.add_click(32, 24, 1)
-    session.add_click(2, 2, 0)
-    prediction = session.predict()
+    session, prediction = _two_click_session(walker_predictor)
     history = session.clicks
     lookahead = walker_predictor.lookahead(prediction)
     for cell, label in (((10, 200), 0), ((128, 128), 1)):
@@ -325,11 +325,7 @@ def test_lookahead_predicts_one_click_ahead_without_touching_the_history(walker_
 
 
 def test_suggest_bald_lookahead_leaves_the_history_unchanged(walker_predictor) -> None:
-    image, _ = _image_and_mask()
-    session = ClickSession(walker_predictor, image)
-    session.add_click(32, 24, 1)
-    session.add_click(2, 2, 0)
-    prediction = session.predict()
+    session, prediction = _two_click_session(walker_predictor)
     history = session.clicks
     suggestions = session.suggest(k=2, policy="bald_lookahead")
     assert len(suggestions) == 2
