@@ -126,9 +126,7 @@ def test_shapes_dtypes_broadcasting_and_extremes() -> None:
         assert value.shape == (2, 3, 5) and value.dtype == torch.float32
         assert torch.isfinite(value).all()
     flat = gaussian_logit_uncertainty(mean.reshape(-1).double(), variance.reshape(-1).double())
-    np.testing.assert_allclose(
-        out["bald"].numpy().ravel(), flat["bald"].numpy(), rtol=1e-6
-    )
+    np.testing.assert_allclose(out["bald"].numpy().ravel(), flat["bald"].numpy(), rtol=1e-6)
     # A scalar variance broadcasts; negative round-off is treated as 0.
     scalar = gaussian_logit_uncertainty(mean, torch.tensor(-1e-9))
     assert scalar["bald"].shape == (2, 3, 5)
