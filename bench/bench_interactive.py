@@ -2,9 +2,10 @@
 
 For each base segmenter - random_walker and the ViT-B shape of SAM with random weights
 (``sam_model_registry['vit_b']``, on the CPU unless ``--device cuda``) - it runs the interactive
-loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` on a few synthetic
-images: ``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then
-``predict_clicks`` and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
+loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` through a
+:class:`~laplace_head.interactive.session.ClickSession` on a few synthetic images:
+``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then ``predict``
+and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
 the ground truth and added as the next click. Per click it records the predictor's own step
 timings (``decode``: the base segmenter's predict = SAM prompt encoder + mask decoder +
 post-processing to the 256 grid; ``prompt_maps``; ``head``: one head pass for the MAP logits and
@@ -13,7 +14,7 @@ suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encod
 decoder on the kept embedding, no post-processing). It prints medians over the clicks and the
 ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
 head is the tiny fitted head of the test fixtures (same architecture as the workflow's), with
-the posterior variant of ``--target-layer`` / ``--approx`` (default: the seed's last-layer
+the posterior variant of ``--target-layer`` / ``--approx`` (default: last-layer
 diagonal; ``all kron`` is what config/real_dev.yaml ships, fitted on the fixture's data with
 T fixed at the pixels per prompt set). No assertion on time.
 
@@ -41,8 +42,9 @@ from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
 from laplace_head.bayes.variant import PosteriorVariant  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
-from laplace_head.interactive.clicks import first_click, grid_to_image, image_to_grid  # noqa: E402
+from laplace_head.interactive.clicks import first_click, grid_to_image  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
+from laplace_head.interactive.session import ClickSession  # noqa: E402
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter  # noqa: E402
 from laplace_head.segmenters.sam import SamSegmenter  # noqa: E402
 from laplace_head.settings import GRID_SIZE  # noqa: E402
@@ -79,19 +81,20 @@ def run_loop(
     timings: dict[str, list[float]] = {step: [] for step in STEPS}
     decoder: list[float] = []
     encode: list[float] = []
+    session = ClickSession(predictor)
     for image, mask in images:
         start = time.perf_counter()
-        predictor.set_image(image)
+        session.set_image(image)
         encode.append(time.perf_counter() - start)
         gt_256 = resize_mask_nearest(mask, GRID_SIZE, GRID_SIZE)
         row, col = first_click(gt_256)
         x, y = grid_to_image(row, col, image.shape[:2])
-        predictor.add_click(x, y, 1)
-        predictor.predict_clicks()  # warm-up (allocator, lazy init); not counted
-        predictor.undo()
-        predictor.add_click(x, y, 1)
+        session.add_click(x, y, 1)
+        session.predict()  # warm-up (allocator, lazy init); not counted
+        session.undo()
+        session.add_click(x, y, 1)
         for _ in range(n_clicks):
-            prediction = predictor.predict_clicks()
+            prediction = session.predict()
             for step, seconds in prediction.timings_s.items():
                 timings[step].append(seconds)
             if isinstance(predictor.segmenter, SamSegmenter):
@@ -99,12 +102,12 @@ def run_loop(
                     sam_decoder_pass(predictor.segmenter, prediction.points_xy, prediction.labels)
                 )
             start = time.perf_counter()
-            suggestion = predictor.suggest(k=1, policy=policy)
+            suggestion = session.suggest(k=1, policy=policy)
             timings["suggest"].append(time.perf_counter() - start)
             if not suggestion:
                 break
-            sx, sy, _ = suggestion[0]
-            predictor.add_click(sx, sy, int(gt_256[image_to_grid(sx, sy, image.shape[:2])]))
+            cell = (suggestion[0].row, suggestion[0].col)
+            session.add_click(suggestion[0].x, suggestion[0].y, int(gt_256[cell]))
     medians = {step: float(np.median(values)) for step, values in timings.items()}
     return {
         "model": label,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_posterior"]
+__all__ = ["ClickSession", "InteractivePredictor", "__version__", "load_posterior"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from laplace_head.bayes.posterior import load_posterior
 
         return load_posterior
+    if name in ("InteractivePredictor", "ClickSession"):
+        from laplace_head import interactive
+
+        return getattr(interactive, name)
     raise AttributeError(f"module 'laplace_head' has no attribute {name!r}")

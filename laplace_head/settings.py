@@ -195,6 +195,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "n_bootstrap": active["n_bootstrap"],
             "segmenter": segmenter_params(config),
             "prompt_sigma": prompts["gaussian_sigma"],
+            "sam_mask_input": active["sam_mask_input"],
         },
     }
 

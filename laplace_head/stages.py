@@ -300,10 +300,9 @@ def active_prompting(
     from laplace_head.interactive.shard import run_shard
 
     rows = shard_rows(read_split_manifest(split_csv), shard, settings["shard_size"])
-    predictor = InteractivePredictor.from_config(
-        settings["segmenter"],
+    predictor = InteractivePredictor.from_settings(
+        settings,
         laplace_dir,
-        settings["prompt_sigma"],
         device=runtime.sam_device,  # the base segmenter's device; the head goes there too
     )
     return run_shard(

@@ -1,4 +1,4 @@
-"""The fitted Laplace head as a predictive model: probabilities, samples, BALD, prompt scores.
+"""The fitted Laplace head as a predictive model: probabilities, samples, entropies, BALD.
 
 ``load_posterior`` rebuilds the MAP head and the Gaussian posterior of stage 6 - any variant
 (:class:`~laplace_head.bayes.variant.PosteriorVariant`) - from the files of
@@ -25,9 +25,9 @@ hyperparameter search of :mod:`laplace_head.bayes.tuning`); ``probit_logits``,
 ``binary_entropy_from_logits`` and ``uncertainty_from_samples`` are re-exported here.
 
 Inputs are [logits_256, pos_map, neg_map] stacked as (3, H, W) or (B, 3, H, W) (float16/32/64,
-NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. Prompt
-scores (ranked candidate clicks with a suggested label) are defined in
-:mod:`laplace_head.bayes.prompt_scoring`.
+NumPy or torch); the logits channel is clipped to +-logit_clip exactly as in training. Suggested
+clicks for an input come from the click-policy registry
+(:func:`laplace_head.interactive.predictor.suggest_for_inputs`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ from laplace_head.bayes.curvature import BlockCurvature
 from laplace_head.bayes.jacobian import jacobian_factors
 from laplace_head.bayes.posterior_io import PosteriorLoadError, read_posterior_files
 from laplace_head.bayes.predictive import (
-    binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
-)
-from laplace_head.bayes.predictive import (
+    QUADRATURE_NODES,
+    UncertaintyInputError,
+    gaussian_logit_uncertainty,
     linear_logits,
     probit_logits,
     uncertainty_from_samples,
 )
-from laplace_head.bayes.prompt_scoring import PromptSuggestion, UncertaintyInputError, rank_prompts
+from laplace_head.bayes.predictive import (
+    binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
+)
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.layout import LAPLACE_STATE, ProjectLayout
 from laplace_head.model.head import NoImageHead
@@ -261,76 +263,47 @@ class Posterior:
             out.append(z_map + dz)
         return torch.stack(out)
 
+    @torch.no_grad()
     def uncertainty_maps(
         self,
         inputs: Any,
-        n_samples: int = 32,
+        n_samples: int | None = None,
         generator: torch.Generator | None = None,
         weight_samples: torch.Tensor | None = None,
+        n_nodes: int = QUADRATURE_NODES,
+        moments: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-pixel uncertainty maps (B, H, W), see :func:`uncertainty_from_samples`.
+        """The head's per-pixel prediction and its uncertainty, each (B, H, W).
 
-        Adds ``predictive_probability`` (closed-form probit, no sampling noise).
-        """
-        samples = self.sample_logits(inputs, n_samples, generator, weight_samples)
-        maps = uncertainty_from_samples(samples)
-        maps["predictive_probability"] = self.predictive_probability(inputs)
-        return maps
+        Keys: ``map_logits``, ``map_probability`` (the MAP estimate), ``logit_variance`` (the
+        GLM ``var(z)``) and :data:`~laplace_head.bayes.predictive.UNCERTAINTY_FIELDS`
+        (``predictive_probability``, ``entropy``, ``expected_entropy``, ``bald``).
 
-    def score_prompts(
-        self,
-        inputs: Any,
-        candidates_xy: Any | None = None,
-        sigma: float = 8.0,
-        grid_stride: int = 16,
-        n_samples: int = 32,
-        generator: torch.Generator | None = None,
-        weight_samples: torch.Tensor | None = None,
-        top_k: int | None = None,
-        min_distance: float | None = None,
-    ) -> list[PromptSuggestion]:
-        """Rank candidate clicks by the epistemic uncertainty they would resolve.
-
-        Definition: ``score(c) = sum_u g(u - c) BALD(u) / sum_u g(u - c)`` with ``g`` a Gaussian
-        of standard deviation ``sigma`` (the prompt maps' sigma) truncated at 3 sigma and
-        renormalised at the border - the mean BALD in the neighbourhood a click at ``c``
-        would inform. The suggested label is the predicted class at ``c``: positive when the
-        predictive probability there is > 0.5, negative otherwise.
+        The uncertainty comes by quadrature from each pixel's Gaussian logit
+        (:func:`~laplace_head.bayes.predictive.gaussian_logit_uncertainty`): one head pass, no
+        sampling noise. Sampling is used only when asked for: ``n_samples`` draws (with
+        ``generator``) or given ``weight_samples`` (:meth:`sample_weights`) give the four
+        uncertainty maps from the linearised model's logit samples
+        (:func:`~laplace_head.bayes.predictive.uncertainty_from_samples`).
 
         Parameters
         ----------
-        inputs
-            One prompt set: (3, H, W) or (1, 3, H, W).
-        candidates_xy
-            (M, 2) (x, y) pixel coordinates on the H x W input grid; None uses a regular grid
-            with ``grid_stride`` spacing.
-        top_k
-            Keep the best ``top_k`` (all when None).
-        min_distance
-            Suppress candidates closer than this to a better one (None: ``2 * sigma``; 0: off).
-        n_samples, generator, weight_samples
-            Posterior samples for the BALD map (see :meth:`sample_logits`).
-
-        Returns
-        -------
-        list of PromptSuggestion
-            Sorted by decreasing score (ties by position in the candidate list).
+        moments
+            ``(map_logits, logit_variance)`` of :meth:`logit_moments` for these inputs, when
+            already computed (saves the head pass).
         """
-        tensor = self.as_inputs(inputs)
-        if tensor.shape[0] != 1:
-            raise UncertaintyInputError(
-                f"score_prompts takes one prompt set, (3, H, W); got batch of {tensor.shape[0]}"
-            )
-        maps = self.uncertainty_maps(tensor, n_samples, generator, weight_samples)
-        return rank_prompts(
-            maps["mutual_information"][0],
-            maps["predictive_probability"][0],
-            candidates_xy,
-            sigma=sigma,
-            grid_stride=grid_stride,
-            top_k=top_k,
-            min_distance=min_distance,
-        )
+        map_logits, variance = moments if moments is not None else self.logit_moments(inputs)
+        if n_samples is None and weight_samples is None:
+            maps = gaussian_logit_uncertainty(map_logits, variance, n_nodes)
+        else:
+            samples = self.sample_logits(inputs, n_samples or 0, generator, weight_samples)
+            maps = uncertainty_from_samples(samples)
+        return {
+            "map_logits": map_logits,
+            "map_probability": torch.sigmoid(map_logits),
+            "logit_variance": variance,
+            **maps,
+        }
 
 
 def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> Path:

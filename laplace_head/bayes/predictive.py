@@ -8,8 +8,12 @@ with trunk features ``phi`` has ``z = phi . w + b`` (:func:`linear_logits`).
 
 The predictive probability ``E[sigmoid(z)]`` is approximated in closed form by the probit
 (MacKay) approximation ``sigmoid(z_map / sqrt(1 + pi var(z) / 8))`` (:func:`probit_logits`).
-Sample-based uncertainties (predictive entropy, expected entropy and their difference, the
-mutual information / BALD) come from :func:`uncertainty_from_samples`. Entropies are in nats.
+The uncertainty of a pixel - its predictive probability, predictive entropy, expected entropy
+and BALD (their difference, the mutual information between label and weights) - comes by
+quadrature from the logit's Gaussian (:func:`gaussian_logit_uncertainty`, the route every
+stage and the predictor take) or, on explicit request, from logit samples
+(:func:`uncertainty_from_samples`). Both return the names of :data:`UNCERTAINTY_FIELDS`.
+Entropies are in nats.
 
 Used by :mod:`laplace_head.bayes.posterior` (the Posterior API) and
 :mod:`laplace_head.bayes.tuning` (the hyperparameter search).
@@ -23,7 +27,18 @@ import string
 import torch
 import torch.nn.functional as F
 
+from laplace_head.errors import LaplaceHeadError
+
 PROBIT_SCALE = math.pi / 8.0
+
+#: The names of a pixel's uncertainty, one per quantity: the predictive probability
+#: ``E[sigmoid(z)]``, the predictive (total) entropy ``H(E[sigmoid(z)])``, the expected
+#: (aleatoric) entropy ``E[H(sigmoid(z))]`` and BALD, their difference (epistemic).
+UNCERTAINTY_FIELDS = ("predictive_probability", "entropy", "expected_entropy", "bald")
+
+
+class UncertaintyInputError(LaplaceHeadError, ValueError):
+    """Inputs given to the uncertainty API have the wrong shape, dtype or range."""
 
 
 def _affine(features: torch.Tensor, params: torch.Tensor, feature_dim: int) -> torch.Tensor:
@@ -126,9 +141,9 @@ def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Ten
     Returns
     -------
     dict
-        ``mean_probability``, ``predictive_entropy``, ``expected_entropy``,
-        ``mutual_information`` (= BALD, clamped at 0), each of the trailing shape, float32;
-        entropies in nats (max ln 2).
+        :data:`UNCERTAINTY_FIELDS`: ``predictive_probability`` (the sample mean of
+        ``sigmoid(z)``), ``entropy``, ``expected_entropy`` and ``bald`` (clamped at 0), each of
+        the trailing shape, float32; entropies in nats (max ln 2).
     """
     samples = logit_samples.double()
     p_mean = torch.sigmoid(samples).mean(0)
@@ -137,17 +152,14 @@ def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Ten
     total = total - q_mean * torch.log(q_mean.clamp_min(1e-300))
     expected = binary_entropy_from_logits(samples).mean(0)
     bald = (total - expected).clamp_min(0.0)
-    return {
-        "mean_probability": p_mean.float(),
-        "predictive_entropy": total.float(),
-        "expected_entropy": expected.float(),
-        "mutual_information": bald.float(),
-    }
+    return dict(
+        zip(UNCERTAINTY_FIELDS, (p_mean.float(), total.float(), expected.float(), bald.float()))
+    )
 
 
 # --- Predictive probability, entropies and BALD of a Gaussian logit, by quadrature -------------
 #
-# For a pixel whose logit is z ~ N(m, v) (m = z_map, v = var(z) of the linearised last layer):
+# For a pixel whose logit is z ~ N(m, v) (m = z_map, v = var(z) of the linearised posterior):
 #
 #     p_bar    = E[sigmoid(z)]                       predictive probability
 #     H_pred   = H(p_bar)                            predictive (total) entropy
@@ -253,8 +265,8 @@ def gaussian_logit_uncertainty(
 ) -> dict[str, torch.Tensor]:
     """Predictive probability, entropies and BALD of Gaussian logits, in one quadrature pass.
 
-    For every pixel, ``z ~ N(map_logits, logit_variance)`` (the linearised last-layer
-    posterior's logit); see the comment block above this function for the two quadrature rules
+    For every pixel, ``z ~ N(map_logits, logit_variance)`` (the logit under the linearised
+    posterior, any variant); see the comment block above this function for the two quadrature rules
     (Gauss-Hermite for ``var(z) <= 4``, Gauss-Laguerre over the sigmoid's tails above). No
     sampling: the result is deterministic and, unlike sample estimates or the rescaled
     closed-form approximations, BALD tends to 0 as ``var(z) -> 0``.
@@ -272,11 +284,11 @@ def gaussian_logit_uncertainty(
     Returns
     -------
     dict
-        The same keys as :func:`uncertainty_from_samples`, each of the broadcast shape, in the
-        floating dtype of ``map_logits`` (float32 for integer input), computed in float64:
-        ``mean_probability`` (``E[sigmoid(z)]`` in [0, 1]), ``predictive_entropy``
-        (``H(E[sigmoid(z)])``), ``expected_entropy`` (``E[H(sigmoid(z))]``) and
-        ``mutual_information`` (BALD = their difference, clamped at 0); entropies in nats.
+        :data:`UNCERTAINTY_FIELDS`, each of the broadcast shape, in the floating dtype of
+        ``map_logits`` (float32 for integer input), computed in float64:
+        ``predictive_probability`` (``E[sigmoid(z)]`` in [0, 1]), ``entropy``
+        (``H(E[sigmoid(z))])``), ``expected_entropy`` (``E[H(sigmoid(z))]``) and ``bald``
+        (their difference, clamped at 0); entropies in nats.
     """
     if n_nodes < 2:
         raise ValueError(f"n_nodes must be >= 2; got {n_nodes}")
@@ -306,10 +318,5 @@ def gaussian_logit_uncertainty(
     bald = (total - expected).clamp_min(0.0)
     return {
         name: value.reshape(shape).to(out_dtype)
-        for name, value in (
-            ("mean_probability", p_bar),
-            ("predictive_entropy", total),
-            ("expected_entropy", expected),
-            ("mutual_information", bald),
-        )
+        for name, value in zip(UNCERTAINTY_FIELDS, (p_bar, total, expected, bald))
     }

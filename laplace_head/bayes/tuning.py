@@ -175,10 +175,10 @@ def validation_error_aurocs(
     for z, factors, labels in data.chunks("laplace check"):
         maps = gaussian_logit_uncertainty(z, curvature.logit_variance(factors, weights))
         n_pixels += z.numel()
-        wrong = (maps["mean_probability"] > 0.5) != (labels > 0.5)
-        for name, key in (("bald", "mutual_information"), ("entropy", "predictive_entropy")):
-            scores[name][0].append(maps[key][wrong].float())
-            scores[name][1].append(maps[key][~wrong].float())
+        wrong = (maps["predictive_probability"] > 0.5) != (labels > 0.5)
+        for name in ("bald", "entropy"):
+            scores[name][0].append(maps[name][wrong].float())
+            scores[name][1].append(maps[name][~wrong].float())
     return {
         "bald_error_auroc": _auroc(*scores["bald"]) if n_pixels else None,
         "entropy_error_auroc": _auroc(*scores["entropy"]) if n_pixels else None,

@@ -1,6 +1,7 @@
 """Stage 8, aggregation: clicks-to-quality of every click policy, from the per-shard JSONL.
 
-One record per (image, policy) holds the IoU of the base mask and of the head mask after each
+One record per (image, policy) (:mod:`laplace_head.interactive.records`, the JSONL's owner)
+holds the IoU of the base mask and of the head mask after each
 click (click 1 is the RITM first click, the same for every policy). A record that stopped early
 (the oracle found no error left) keeps its last IoU for the remaining clicks.
 
@@ -17,15 +18,14 @@ Reported, overall and per class (classes live under ``per_class``, never beside 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from laplace_head.interactive.records import CLASS, POLICY, SAMPLE_ID, iou_key, read_records
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
 
@@ -41,20 +41,11 @@ def paired_key(policy: str) -> str:
     return f"{policy}_vs_{BASELINE_POLICY}"
 
 
-def read_records(jsonl_paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Every record of the per-shard JSONL files (one JSON object per line)."""
-    records = []
-    for path in jsonl_paths:
-        text = Path(path).read_text(encoding="utf-8")
-        records.extend(json.loads(line) for line in text.splitlines() if line.strip())
-    return records
-
-
 def iou_matrix(records: Sequence[Mapping[str, Any]], model: str, max_clicks: int) -> np.ndarray:
     """(n_records, max_clicks) IoU after click 1..K; short records keep their last value."""
     out = np.zeros((len(records), max_clicks))
     for row, record in enumerate(records):
-        values = list(record[f"iou_{model}"])[:max_clicks]
+        values = list(record[iou_key(model)])[:max_clicks]
         if not values:
             continue
         out[row, : len(values)] = values
@@ -108,15 +99,15 @@ def paired_comparison(
 
 def _per_image_auc(records: Sequence[Mapping[str, Any]], model: str, max_clicks: int) -> dict:
     ious = iou_matrix(records, model, max_clicks)
-    return {record["sample_id"]: float(ious[i].mean()) for i, record in enumerate(records)}
+    return {record[SAMPLE_ID]: float(ious[i].mean()) for i, record in enumerate(records)}
 
 
 def aggregate(
     records: Sequence[Mapping[str, Any]], max_clicks: int, n_bootstrap: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """The stage-8 metrics (see the module docstring) of all records."""
-    policies = sorted({r["policy"] for r in records})
-    classes = sorted({r["class"] for r in records})
+    policies = sorted({r[POLICY] for r in records})
+    classes = sorted({r[CLASS] for r in records})
     result: dict[str, Any] = {
         "max_clicks": max_clicks,
         "policies": policies,
@@ -125,17 +116,17 @@ def aggregate(
         "paired": {},
     }
     for policy in policies:
-        mine = [r for r in records if r["policy"] == policy]
+        mine = [r for r in records if r[POLICY] == policy]
         result["overall"][policy] = {
             model: curve_metrics(iou_matrix(mine, model, max_clicks)) for model in MODELS
         }
         for cls in classes:
-            subset = [r for r in mine if r["class"] == cls]
+            subset = [r for r in mine if r[CLASS] == cls]
             result["per_class"].setdefault(cls, {})[policy] = {
                 model: curve_metrics(iou_matrix(subset, model, max_clicks)) for model in MODELS
             }
     by_policy = {
-        policy: _per_image_auc([r for r in records if r["policy"] == policy], "head", max_clicks)
+        policy: _per_image_auc([r for r in records if r[POLICY] == policy], "head", max_clicks)
         for policy in policies
     }
     if BASELINE_POLICY in by_policy:
@@ -148,7 +139,7 @@ def aggregate(
             key = paired_key(policy)
             result["paired"][key] = paired_comparison(differences, n_bootstrap, seed, key)
     if ORACLE_POLICY in by_policy:
-        oracle = [r for r in records if r["policy"] == ORACLE_POLICY]
+        oracle = [r for r in records if r[POLICY] == ORACLE_POLICY]
         base = _per_image_auc(oracle, "base", max_clicks)
         head = by_policy[ORACLE_POLICY]
         common = sorted(set(head) & set(base))

@@ -16,10 +16,10 @@ name, ``overall`` included, can collide with the overall scope): per-image mean 
 ``n_bin / n * |mean p - fraction foreground|``), and the AUROC of a per-pixel uncertainty for
 detecting misclassified pixels: the predictive entropy for every method, plus the BALD
 (mutual information of the Gaussian GLM logit, by quadrature - no sampling noise, the same for
-every posterior variant) for the Laplace head. Posterior weight samples only give the BALD map
-behind the example panels' suggested clicks (the ``bald_region`` rule of
-:mod:`laplace_head.interactive.clicks`, each labelled with the class the posterior predicts
-there, the label the click most likely gets). AUROCs are computed
+every posterior variant) for the Laplace head. The example panels show the same quadrature maps
+and the next clicks the ``bald_region`` rule of :mod:`laplace_head.interactive.clicks` suggests
+from them (:func:`~laplace_head.interactive.predictor.suggest_for_inputs`, each labelled with the
+class the posterior predicts there, the label the click most likely gets). AUROCs are computed
 from fine histograms (log-scale bins), so memory stays bounded for any split size.
 """
 
@@ -38,7 +38,6 @@ import torch
 
 from laplace_head.bayes.posterior import Posterior, load_posterior, probit_logits
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
-from laplace_head.bayes.prompt_scoring import PromptSuggestion
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.evaluation.calibration import (
@@ -47,10 +46,9 @@ from laplace_head.evaluation.calibration import (
     fit_temperature_scaling,
     log_uncertainty,
 )
-from laplace_head.interactive.clicks import ClickState, suggest_cells
+from laplace_head.interactive.predictor import suggest_for_inputs
 from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
-from laplace_head.util.seeding import derive_seed
 
 LOGGER = logging.getLogger(__name__)
 METHODS = ("base", "map", "map_temperature_scaled", "laplace")
@@ -131,8 +129,6 @@ def evaluate(
     scaling = fit_temperature_scaling(posterior, val_h5, batch_rows, max_pixels_calibration, seed)
     tau = scaling["temperature"]
     LOGGER.info("temperature scaling on val: tau = %.4f", tau)
-    generator = torch.Generator().manual_seed(derive_seed(seed, "evaluate_weights"))
-    weights = posterior.sample_weights(n_posterior_samples, generator)
 
     index = read_h5_index(test_h5)
     classes = index["class"].astype(str).tolist() if len(index) else []
@@ -142,7 +138,7 @@ def evaluate(
     for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
         map_logits, variance = posterior.logit_moments(batch.inputs)
         maps = gaussian_logit_uncertainty(map_logits, variance)
-        bald_score = torch.log(maps["mutual_information"].double().clamp_min(1e-300))
+        bald_score = torch.log(maps["bald"].double().clamp_min(1e-300))
         effective = {
             "base": batch.raw_logits.nan_to_num(0.0),
             "map": map_logits,
@@ -163,9 +159,7 @@ def evaluate(
         for offset in range(batch.inputs.shape[0]):
             row = batch.start + offset
             if row in example_rows:
-                examples.append(
-                    _example(posterior, batch, offset, index.iloc[row], maps, weights, prompt_sigma)
-                )
+                examples.append(_example(posterior, batch, offset, index.iloc[row], prompt_sigma))
 
     results = {key: acc.result() for key, acc in accumulators.items()}
     metrics = {
@@ -218,53 +212,27 @@ EXAMPLE_CLICK_RULE = "bald_region"
 
 
 def _example(
-    posterior: Posterior,
-    batch: Any,
-    offset: int,
-    index_row: pd.Series,
-    maps: dict,
-    weights: torch.Tensor,
-    sigma: float,
+    posterior: Posterior, batch: Any, offset: int, index_row: pd.Series, sigma: float
 ) -> dict[str, Any]:
     inputs = batch.inputs[offset]
     height, width = inputs.shape[1:]
-    sampled = posterior.uncertainty_maps(inputs, weight_samples=weights)
-    probability = sampled["predictive_probability"][0].numpy()  # closed form, not sampled
-    map_probability = posterior.map_probability(inputs)[0].numpy()
-    pos_map, neg_map = inputs[1].numpy(), inputs[2].numpy()
-    state = ClickState(
-        map_probability=map_probability,
-        entropy=sampled["predictive_entropy"][0].numpy(),
-        bald=sampled["mutual_information"][0].numpy(),
-        # the row's given clicks: their prompt discs are not suggested again
-        excluded=(pos_map > 0.5) | (neg_map > 0.5),
-        predictive_probability=probability,
+    # The row's quadrature maps and the next clicks from them, off the row's given clicks.
+    prompts, maps = suggest_for_inputs(
+        posterior, inputs, k=5, policy=EXAMPLE_CLICK_RULE, min_distance=2.0 * sigma
     )
-    cells = suggest_cells(state, EXAMPLE_CLICK_RULE, k=5, min_distance=2.0 * sigma)
-    prompts = [
-        PromptSuggestion(
-            rank=rank,
-            x=float(col),
-            y=float(row),
-            score=float(state.bald[row, col]),
-            label="positive" if probability[row, col] > 0.5 else "negative",  # the likelier
-            p_foreground=float(probability[row, col]),
-        )
-        for rank, (row, col) in enumerate(cells)
-    ]
     image_path = str(index_row.get("image_path", ""))
     return {
         "title": f"{index_row.get('sample_id', '')} #{index_row.get('promptset_id', '')}",
         "image": _display_image(image_path, height, width) if image_path else None,
         "gt": batch.gt_mask[offset].numpy(),
         "base_logits": batch.raw_logits[offset].numpy(),
-        "probability": probability,
-        "entropy": maps["predictive_entropy"][offset].numpy(),
-        "bald": maps["mutual_information"][offset].numpy(),
+        "probability": maps["predictive_probability"],
+        "entropy": maps["entropy"],
+        "bald": maps["bald"],
         "prompts": prompts,
         "click_rule": EXAMPLE_CLICK_RULE,
-        "pos_map": pos_map,
-        "neg_map": neg_map,
+        "pos_map": inputs[1].numpy(),
+        "neg_map": inputs[2].numpy(),
     }
 
 

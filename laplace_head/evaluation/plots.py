@@ -90,8 +90,8 @@ def plot_uncertainty_examples(
     examples
         Each: "title" str, "image" (H, W, 3) uint8 or None, "gt" (H, W), "base_logits" (H, W),
         "probability" (H, W), "entropy" (H, W), "bald" (H, W) (nats), "prompts" list of
-        PromptSuggestion (top ranked first), optional "click_rule" (the rule that suggested
-        them, named in the column title), optional "pos_map"/"neg_map" (H, W) prompt maps
+        Suggestion (interactive.clicks, top ranked first), optional "click_rule" (the rule that
+        suggested them, named in the column title), optional "pos_map"/"neg_map" (H, W) prompt maps
         (their 0.5 contours mark the given clicks: green positive, red negative).
     """
     columns = (
@@ -128,8 +128,8 @@ def plot_uncertainty_examples(
         for axis in ax[1:4]:
             _draw_prompt_contours(axis, example.get("pos_map"), example.get("neg_map"))
         for suggestion in example.get("prompts", []):
-            marker = "P" if suggestion.label == "positive" else "X"
-            color = "lime" if suggestion.label == "positive" else "cyan"
+            marker = "P" if suggestion.label == 1 else "X"
+            color = "lime" if suggestion.label == 1 else "cyan"
             ax[5].plot(suggestion.x, suggestion.y, marker=marker, color=color, ms=9, mec="black")
             ax[5].text(
                 suggestion.x + 4, suggestion.y, str(suggestion.rank + 1), color="white", fontsize=7

@@ -29,7 +29,10 @@ the ground truth). ``None`` means there is nothing to click (the oracle finds no
 cell is clicked or excluded). Map-based policies smooth their map with a Gaussian of
 :data:`SMOOTHING_SIGMA` grid pixels first, so that a click goes to the centre of an uncertain
 *region* rather than to a single noisy pixel. The simulated user labels a non-oracle click by
-the ground truth at that cell. Add a policy with :func:`register_policy`. Every random draw of
+the ground truth at that cell. Add a policy with :func:`register_policy`. Every suggestion
+(the predictor, a click session, stage 7's panels) goes through :func:`suggest`: the policy's
+cells as :class:`Suggestion` s in image pixels, each with the label it most likely gets
+(:func:`likely_label`). Every random draw of
 a simulation comes from :func:`click_rng` (seed, sample id, policy, click index), so results do
 not depend on the order in which samples or policies are simulated.
 
@@ -55,7 +58,7 @@ Three further BALD rules read more than the BALD map:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -92,7 +95,7 @@ def grid_to_image(
     row: int | np.ndarray,
     col: int | np.ndarray,
     image_hw: tuple[int, int],
-    size: int = GRID_SIZE,
+    size: int | tuple[int, int] = GRID_SIZE,
 ) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Centre of grid cell(s) ``(row, col)`` as ``(x, y)`` in original-image pixels.
 
@@ -102,6 +105,8 @@ def grid_to_image(
         Cell indices on the ``size`` grid (ints or integer arrays of one shape).
     image_hw
         (H, W) of the original image.
+    size
+        The grid's side, or its (rows, cols).
 
     Returns
     -------
@@ -113,8 +118,9 @@ def grid_to_image(
     """
     scalar = np.ndim(row) == 0 and np.ndim(col) == 0
     height, width = image_hw
-    x = (np.asarray(col, dtype=np.float64) + 0.5) * width / size - 0.5
-    y = (np.asarray(row, dtype=np.float64) + 0.5) * height / size - 0.5
+    rows, cols = (size, size) if np.ndim(size) == 0 else size
+    x = (np.asarray(col, dtype=np.float64) + 0.5) * width / cols - 0.5
+    y = (np.asarray(row, dtype=np.float64) + 0.5) * height / rows - 0.5
     return _scalar_or_array(x, scalar, float), _scalar_or_array(y, scalar, float)
 
 
@@ -261,9 +267,9 @@ class ClickState:
         already made).
     predictive_probability
         The posterior predictive foreground probability ``E[sigmoid(z)]``, in [0, 1]; read by
-        ``bald_region`` and ``bald_lookahead`` (which raise without it). The builders in
-        :mod:`~laplace_head.interactive.simulate` and :mod:`~laplace_head.interactive.predictor`
-        always set it.
+        ``bald_region`` and ``bald_lookahead`` (which raise without it) and by :func:`suggest`
+        for the suggested label. :meth:`InteractivePredictor.click_state
+        <laplace_head.interactive.predictor.InteractivePredictor.click_state>` always sets it.
     lookahead
         ``lookahead((row, col), label) -> (256, 256)`` predictive probability after adding a
         click with ``label`` (1 positive, 0 negative) at the cell to the current clicks,
@@ -497,10 +503,90 @@ def suggest_cells(
     return cells
 
 
-def correcting_label(map_probability: np.ndarray, cell: Cell) -> int:
-    """The label of a click that would correct the head at ``cell``: 1 (positive) where its MAP
-    probability is < 0.5, else 0 - the RITM user's click where the mask is wrong."""
-    return 1 if map_probability[cell] < 0.5 else 0
+def likely_label(predictive_probability: np.ndarray, cell: Cell) -> int:
+    """The label a click at ``cell`` most likely gets: 1 (positive) where the posterior
+    predictive probability is > 0.5, else 0 - the label rule of every suggestion."""
+    return 1 if predictive_probability[cell] > 0.5 else 0
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One suggested click, the type every suggestion route returns.
+
+    Attributes
+    ----------
+    rank
+        0 for the policy's first choice, then 1, 2, ...
+    x, y
+        The click in image pixels (x = column): the centre of its grid cell
+        (:func:`grid_to_image`).
+    label
+        1 (positive) or 0 (negative): the label the click most likely gets
+        (:func:`likely_label`).
+    row, col
+        Its cell on the 256 grid.
+    predictive_probability
+        The posterior predictive foreground probability at the cell.
+    """
+
+    rank: int
+    x: float
+    y: float
+    label: int
+    row: int
+    col: int
+    predictive_probability: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def suggest(
+    state: ClickState,
+    policy: str,
+    k: int,
+    min_distance: float,
+    image_hw: tuple[int, int],
+    seed: int = 0,
+    stream: tuple = (),
+) -> list[Suggestion]:
+    """The next ``k`` clicks ``policy`` proposes from one state, best first (the one route from a
+    policy of the registry to suggested clicks).
+
+    Cells come from :func:`suggest_cells` (``min_distance``, ``seed`` and ``stream`` as there),
+    then go to ``(x, y)`` pixels of an ``image_hw`` image and get the :func:`likely_label` of
+    ``state.predictive_probability`` (required). Ground-truth policies (the oracle) are for
+    simulations and are refused here.
+
+    Raises
+    ------
+    ValueError
+        For an unknown or ground-truth policy, or a state without the predictive probability.
+    """
+    get_policy(policy)
+    if policy in GROUND_TRUTH_POLICIES:
+        raise ValueError(
+            f"the {policy} policy reads the ground truth: it simulates a user "
+            "(laplace_head.interactive.simulate) and suggests nothing; pick one of "
+            f"{', '.join(sorted(set(POLICIES) - GROUND_TRUTH_POLICIES))}"
+        )
+    probability = _predictive_probability(state, "suggestion label")
+    cells = suggest_cells(state, policy, k, min_distance, seed, stream)
+    suggestions = []
+    for rank, (row, col) in enumerate(cells):
+        x, y = grid_to_image(row, col, image_hw, size=state.shape)
+        suggestions.append(
+            Suggestion(
+                rank=rank,
+                x=float(x),
+                y=float(y),
+                label=likely_label(probability, (row, col)),
+                row=int(row),
+                col=int(col),
+                predictive_probability=float(probability[row, col]),
+            )
+        )
+    return suggestions
 
 
 def get_policy(name: str) -> Policy:

@@ -1,13 +1,18 @@
 """InteractivePredictor: the base segmenter + the Laplace head as one click-by-click model.
 
-Modelled on segment_anything's ``SamPredictor``: :meth:`InteractivePredictor.set_image` does the
+Shaped like segment_anything's ``SamPredictor``: :meth:`InteractivePredictor.set_image` does the
 per-image work once (SAM: one image-encoder pass, the embedding is kept by the segmenter), then
-every :meth:`~InteractivePredictor.predict` decodes a set of clicks against it.
+every :meth:`~InteractivePredictor.predict` decodes one set of clicks against it, with
+SamPredictor's argument names (``point_coords``, ``point_labels``, ``mask_input``, ...). The
+predictor keeps no click history: :class:`~laplace_head.interactive.session.ClickSession` does.
 
 Decode protocol (the same as stages 3-4.5 build the head's training inputs)
 ---------------------------------------------------------------------------
 1. The base segmenter's ``predict`` with **all** clicks at once, ``(x, y)`` in original-image
-   pixels, labels 1 (positive) / 0 (negative), no mask input: (256, 256) float32 logits.
+   pixels, labels 1 (positive) / 0 (negative): (256, 256) float32 logits. No mask input unless
+   one is given (``mask_input``) or the predictor was built with ``sam_mask_input=True``, the
+   RITM protocol of feeding SAM its previous low-resolution logits; stage 3 decodes without
+   one, so that switch shows the head inputs it was not trained on.
 2. The positive and negative prompt maps: the clicks mapped to the 256 grid with
    :func:`~laplace_head.prompts.sampling.rescale_points` and drawn with
    :func:`~laplace_head.prompts.sampling.gaussian_prompt_map` (std ``prompt_sigma`` grid
@@ -22,16 +27,13 @@ Decode protocol (the same as stages 3-4.5 build the head's training inputs)
 4. One head pass, :meth:`Posterior.logit_moments <laplace_head.bayes.posterior.Posterior
    .logit_moments>`: the MAP logit and its posterior variance per pixel; then the predictive
    probability, the predictive entropy and BALD by quadrature
-   (:func:`~laplace_head.bayes.predictive.gaussian_logit_uncertainty`, no sampling). With
-   ``uncertainty="samples"`` they come from ``n_samples`` posterior weight draws instead
-   (:func:`~laplace_head.bayes.predictive.uncertainty_from_samples`; the draws are made once,
-   seeded, and reused for every prediction, so maps differ between clicks only through the
-   inputs).
+   (:meth:`Posterior.uncertainty_maps <laplace_head.bayes.posterior.Posterior
+   .uncertainty_maps>`, no sampling). With ``uncertainty="samples"`` they come from
+   ``n_samples`` posterior weight draws instead (the draws are made once, seeded, and reused
+   for every prediction, so maps differ between clicks only through the inputs).
 
-SAM's previous low-resolution logits are **not** fed back as ``mask_input``:
-:class:`~laplace_head.segmenters.sam.SamSegmenter` has no hook for it (its decoder call passes
-``masks=None``), and the head was trained on single-pass decodes. Each prediction is therefore
-a function of the click set alone, and an undo gives back exactly the earlier prediction.
+Without a mask input each prediction is a function of the click set alone, so an undo gives
+back exactly the earlier prediction.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,41 +51,32 @@ import torch
 import torch.nn.functional as F
 
 from laplace_head.bayes.posterior import Posterior, load_posterior
-from laplace_head.bayes.predictive import (
-    QUADRATURE_NODES,
-    gaussian_logit_uncertainty,
-    uncertainty_from_samples,
-)
+from laplace_head.bayes.predictive import QUADRATURE_NODES, UncertaintyInputError
 from laplace_head.cache.promptset_format import prompt_maps as stage3_prompt_maps
 from laplace_head.cache.promptset_format import stored_logits
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     ClickState,
-    correcting_label,
-    get_policy,
+    Suggestion,
     grid_to_image,
     image_to_grid,
-    suggest_cells,
+    suggest,
 )
 from laplace_head.segmenters import BaseSegmenter, build_segmenter_from_settings
 from laplace_head.util.devices import resolve_device
 from laplace_head.util.seeding import derive_seed
 
 UNCERTAINTY_MODES = ("quadrature", "samples")
-
-
-@dataclass(frozen=True)
-class Click:
-    """One click: ``(x, y)`` in original-image pixels (x = column), label 1 = positive."""
-
-    x: float
-    y: float
-    label: int
+#: The mask threshold on the predictive probability (:attr:`InteractivePrediction.masks`).
+MASK_THRESHOLD = 0.5
 
 
 @dataclass
 class InteractivePrediction:
-    """The outputs of one prediction, every map (256, 256) float32 NumPy on the 256 grid.
+    """The outputs of one prediction: the mask at image size and the (256, 256) grid maps.
+
+    Every grid map is (256, 256) float32 NumPy. One name per quantity: ``map_`` is the MAP
+    estimate (the trained head), ``predictive_`` the posterior predictive.
 
     Attributes
     ----------
@@ -93,7 +87,8 @@ class InteractivePrediction:
     logit_variance
         Posterior variance of the head's logit (squared log-odds).
     predictive_probability
-        ``E[sigmoid(z)]`` under the posterior (quadrature, or the mean over weight samples).
+        ``E[sigmoid(z)]`` under the posterior: the calibrated probability (quadrature, or the
+        mean over weight samples).
     entropy, expected_entropy, bald
         Predictive entropy ``H(E[p])``, expected entropy ``E[H(p)]`` and BALD (their
         difference, the mutual information), nats.
@@ -105,6 +100,9 @@ class InteractivePrediction:
         The base segmenter's kept branch and per-branch scores.
     uncertainty
         ``quadrature`` or ``samples``.
+    low_res_logits
+        SAM only (else None): the kept branch's (1, h, w) low-resolution logits, SamPredictor's
+        ``mask_input`` for the next prediction.
     timings_s
         Wall-clock seconds of the steps: ``decode`` (base segmenter), ``prompt_maps``,
         ``head`` (one head pass: MAP logits and variance), ``uncertainty``.
@@ -124,10 +122,11 @@ class InteractivePrediction:
     branch_index: int
     scores: list[float]
     uncertainty: str
+    low_res_logits: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
-    #: The (256, 256) map fields, for :meth:`to_image`.
-    MAP_FIELDS = (
+    #: The (256, 256) grid fields, for :meth:`to_image`.
+    GRID_FIELDS = (
         "base_logits",
         "map_logits",
         "map_probability",
@@ -140,24 +139,29 @@ class InteractivePrediction:
     PROBABILITY_FIELDS = ("map_probability", "predictive_probability")
     NONNEGATIVE_FIELDS = ("logit_variance", "entropy", "expected_entropy", "bald")
 
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """(1, H, W) bool mask at image size, as SamPredictor's ``masks``: the predictive
+        probability resized to the image (:meth:`to_image`) above :data:`MASK_THRESHOLD`."""
+        return (self.to_image("predictive_probability") > MASK_THRESHOLD)[None]
+
     def clicked_cells(self) -> set[tuple[int, int]]:
         """The grid cells ``(row, col)`` of the clicks."""
         rows, cols = image_to_grid(self.points_xy[:, 0], self.points_xy[:, 1], self.image_hw)
         return {(int(r), int(c)) for r, c in zip(np.atleast_1d(rows), np.atleast_1d(cols))}
 
     def to_image(self, name: str) -> np.ndarray:
-        """The map field ``name`` resized to the image, (H, W) float32.
+        """The grid field ``name`` resized to the image, (H, W) float32.
 
         Bilinear interpolation with pixel centres aligned (``align_corners=False``) and
         anti-aliasing when shrinking, the resize SAM's logits go through
         (:mod:`laplace_head.segmenters.sam`); every field is resized as it is (probabilities
         stay in [0, 1], logits are interpolated as logits). The anti-aliasing filter can
         overshoot by a float32 rounding step, so probabilities are clamped to [0, 1] and
-        variances, entropies and BALD at 0. Threshold ``map_probability`` at 0.5 for a
-        full-resolution mask.
+        variances, entropies and BALD at 0.
         """
-        if name not in self.MAP_FIELDS:
-            raise ValueError(f"unknown field {name!r}; valid: {', '.join(self.MAP_FIELDS)}")
+        if name not in self.GRID_FIELDS:
+            raise ValueError(f"unknown field {name!r}; valid: {', '.join(self.GRID_FIELDS)}")
         plane = torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
         resized = F.interpolate(
             plane[None, None], self.image_hw, mode="bilinear", align_corners=False, antialias=True
@@ -196,6 +200,24 @@ def _has_image(segmenter: BaseSegmenter) -> bool:
         return False
 
 
+def _check_prompt_kinds(point_coords: Any, point_labels: Any, box: Any, multimask: bool) -> None:
+    if box is not None:
+        raise ValueError(
+            "box prompts are not supported: the head was trained on click prompts only; pass "
+            "point_coords and point_labels"
+        )
+    if multimask:
+        raise ValueError(
+            "multimask_output=True is not supported: the head refines one mask (the base "
+            "segmenter's highest-scoring branch); call predict with multimask_output=False"
+        )
+    if point_coords is None or point_labels is None:
+        raise ValueError(
+            "predict needs point_coords ((N, 2) (x, y) image pixels) and point_labels ((N,) "
+            "1 = positive, 0 = negative), N >= 1"
+        )
+
+
 class InteractivePredictor:
     """A frozen base segmenter and a fitted Laplace head, predicting click by click.
 
@@ -214,6 +236,11 @@ class InteractivePredictor:
         ``samples`` (``n_samples`` posterior weight draws, seeded by ``seed``).
     n_nodes
         Quadrature nodes per pixel.
+    sam_mask_input
+        Feed SAM its previous low-resolution logits as ``mask_input`` (the RITM protocol):
+        :class:`~laplace_head.interactive.session.ClickSession` and :meth:`lookahead` pass a
+        prediction's ``low_res_logits`` with the next click
+        (``active_prompting.sam_mask_input``; SAM only, default off as stage 3 decodes without).
     """
 
     def __init__(
@@ -225,6 +252,7 @@ class InteractivePredictor:
         n_samples: int = 32,
         seed: int = 0,
         n_nodes: int = QUADRATURE_NODES,
+        sam_mask_input: bool = False,
     ) -> None:
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
@@ -232,12 +260,19 @@ class InteractivePredictor:
             )
         if not prompt_sigma > 0:
             raise ValueError(f"prompt_sigma must be > 0; got {prompt_sigma}")
+        if sam_mask_input and not segmenter.supports_mask_input:
+            raise ValueError(
+                f"sam_mask_input (active_prompting.sam_mask_input) feeds SAM its previous "
+                f"low-resolution logits; the {segmenter.name} base segmenter takes no mask "
+                "input. Set it to false, or use sam.backend: sam."
+            )
         self.segmenter = segmenter
         self.posterior = posterior
         self.prompt_sigma = float(prompt_sigma)
         self.uncertainty = uncertainty
         self.n_nodes = int(n_nodes)
         self.seed = int(seed)
+        self.sam_mask_input = bool(sam_mask_input)
         self._weight_samples: torch.Tensor | None = None
         if uncertainty == "samples":
             generator = torch.Generator(device=posterior.device).manual_seed(
@@ -245,57 +280,69 @@ class InteractivePredictor:
             )
             self._weight_samples = posterior.sample_weights(n_samples, generator)
         self._image_digest: str | None = None
-        self._clicks: list[Click] = []
-        self._predictions: list[InteractivePrediction | None] = []
 
     @classmethod
-    def from_config(
+    def from_settings(
         cls,
-        segmenter_settings: dict[str, Any],
+        settings: Mapping[str, Any],
         laplace_dir: str | os.PathLike,
-        prompt_sigma: float,
         device: str = "cpu",
         **kwargs: Any,
     ) -> InteractivePredictor:
-        """Build the segmenter and load the posterior from settings and a stage-6 folder.
+        """Build the segmenter and load the posterior from stage 8's settings.
 
         Parameters
         ----------
-        segmenter_settings
-            Keyword arguments of :func:`~laplace_head.segmenters.build_segmenter_from_settings`
-            (the ``sam`` config section's values, e.g. ``settings.segmenter_params(config)``).
-            A SAM backend without ``device`` gets ``device``.
+        settings
+            Stage 8's settings, ``laplace_head.settings.stage_params(config)
+            ["active_prompting"]``: ``segmenter`` (keyword arguments of
+            :func:`~laplace_head.segmenters.build_segmenter_from_settings`; a SAM backend
+            without ``device`` gets ``device``), ``prompt_sigma`` and ``sam_mask_input``.
         laplace_dir
             The fitted Laplace run (anything :func:`load_posterior` accepts).
-        prompt_sigma
-            ``prompt_generation.gaussian_sigma``.
         device
             auto | cuda | cpu, for the head (and SAM when the settings name no device).
         **kwargs
             Passed to the constructor (``uncertainty``, ``n_samples``, ``seed``, ``n_nodes``).
         """
-        settings = dict(segmenter_settings)
-        if settings.get("backend") == "sam":
-            settings.setdefault("device", device)
-        segmenter = build_segmenter_from_settings(**settings)
+        segmenter_settings = dict(settings["segmenter"])
+        if segmenter_settings.get("backend") == "sam":
+            segmenter_settings.setdefault("device", device)
+        segmenter = build_segmenter_from_settings(**segmenter_settings)
         posterior = load_posterior(laplace_dir, device=resolve_device(device, "device"))
-        return cls(segmenter, posterior, prompt_sigma, **kwargs)
+        kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
+        return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        laplace_dir: str | os.PathLike,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> InteractivePredictor:
+        """:meth:`from_settings` with the settings of a resolved config
+        (:func:`laplace_head.config.loader.load_config`); ``device`` defaults to
+        ``sam.device``."""
+        from laplace_head.settings import stage_params
+
+        settings = stage_params(config)["active_prompting"]
+        device = config["sam"]["device"] if device is None else device
+        return cls.from_settings(settings, laplace_dir, device, **kwargs)
 
     # --- image --------------------------------------------------------------------------------
 
     def set_image(self, image_rgb: np.ndarray) -> None:
-        """Do the per-image work for an (H, W, 3) uint8 RGB image and clear the click history.
+        """Do the per-image work for an (H, W, 3) uint8 RGB image.
 
-        Setting the image that is already set (same pixels) only clears the history: the
-        segmenter's per-image work (SAM's encoder) is not repeated.
+        Setting the image that is already set (same pixels) does nothing: the segmenter's
+        per-image work (SAM's encoder) is not repeated.
         """
         digest = _image_digest(np.asarray(image_rgb))
         if digest != self._image_digest or not _has_image(self.segmenter):
             self._image_digest = None
             self.segmenter.set_image(image_rgb)
             self._image_digest = digest
-        self._clicks.clear()
-        self._predictions.clear()
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -306,29 +353,50 @@ class InteractivePredictor:
 
     # --- prediction ---------------------------------------------------------------------------
 
-    def predict(self, points_xy: Any, labels: Any) -> InteractivePrediction:
+    def predict(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = False,
+    ) -> InteractivePrediction:
         """Base segmenter + head on one click set (see the module docstring's protocol).
 
         Parameters
         ----------
-        points_xy
-            (k, 2) ``(x, y)`` in original-image pixels, k >= 1.
-        labels
-            (k,) 1 = positive, 0 = negative.
+        point_coords
+            (N, 2) ``(x, y)`` in original-image pixels, N >= 1.
+        point_labels
+            (N,) 1 = positive, 0 = negative.
+        box
+            Not supported (ValueError): the head was trained on clicks.
+        mask_input
+            SAM only: (1, h, w) low-resolution logits of a previous prediction
+            (:attr:`InteractivePrediction.low_res_logits`), as SamPredictor's.
+        multimask_output
+            Only False: the head refines one mask.
 
         Raises
         ------
         RuntimeError
             Before :meth:`set_image`.
         ValueError
-            For no points, mismatched lengths or labels other than 0/1.
+            For a box, multimask output, no points, mismatched lengths, labels other than 0/1,
+            or a ``mask_input`` the base segmenter cannot take.
         """
+        _check_prompt_kinds(point_coords, point_labels, box, multimask_output)
         image_hw = self.image_hw
-        points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(point_labels).reshape(-1).astype(np.int64)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        logits, branch_index, scores = self.segmenter.predict(points, labels)
+        low_res = None
+        if self.segmenter.supports_mask_input or mask_input is not None:
+            prediction, low_res = self.segmenter.predict_with_mask(points, labels, mask_input)
+        else:
+            prediction = self.segmenter.predict(points, labels)
+        logits, branch_index, scores = prediction
         logits = np.asarray(logits, dtype=np.float32)
         timings["decode"] = time.perf_counter() - start
 
@@ -340,91 +408,32 @@ class InteractivePredictor:
         timings["prompt_maps"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        map_logits, variance = self.posterior.logit_moments(inputs)
+        moments = self.posterior.logit_moments(inputs)
         timings["head"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        if self._weight_samples is None:
-            maps = gaussian_logit_uncertainty(map_logits, variance, self.n_nodes)
-        else:
-            samples = self.posterior.sample_logits(inputs, weight_samples=self._weight_samples)
-            maps = uncertainty_from_samples(samples)
+        maps = self.posterior.uncertainty_maps(
+            inputs, weight_samples=self._weight_samples, n_nodes=self.n_nodes, moments=moments
+        )
         timings["uncertainty"] = time.perf_counter() - start
-
-        def plane(tensor: torch.Tensor) -> np.ndarray:
-            return tensor[0].detach().float().cpu().numpy()
-
+        grid = {name: maps[name][0].detach().float().cpu().numpy() for name in maps}
         return InteractivePrediction(
             base_logits=logits,
-            map_logits=plane(map_logits),
-            map_probability=plane(torch.sigmoid(map_logits)),
-            logit_variance=plane(variance),
-            predictive_probability=plane(maps["mean_probability"]),
-            entropy=plane(maps["predictive_entropy"]),
-            expected_entropy=plane(maps["expected_entropy"]),
-            bald=plane(maps["mutual_information"]),
+            **{name: grid[name] for name in InteractivePrediction.GRID_FIELDS[1:]},
             points_xy=points,
             labels=labels,
             image_hw=image_hw,
             branch_index=int(branch_index),
             scores=[float(s) for s in scores],
             uncertainty=self.uncertainty,
+            low_res_logits=low_res,
             timings_s=timings,
         )
 
-    # --- click history ------------------------------------------------------------------------
-
-    @property
-    def clicks(self) -> tuple[Click, ...]:
-        """The click history of the current image, oldest first."""
-        return tuple(self._clicks)
-
-    def add_click(self, x: float, y: float, label: int) -> None:
-        """Append a click (``(x, y)`` image pixels, label 1 / 0); predict with
-        :meth:`predict_clicks`."""
-        _ = self.image_hw  # raises before set_image
-        if int(label) not in (0, 1) or int(label) != label:
-            raise ValueError(f"label must be 1 (positive) or 0 (negative); got {label!r}")
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise ValueError(f"click coordinates must be finite; got ({x}, {y})")
-        self._clicks.append(Click(float(x), float(y), int(label)))
-        self._predictions.append(None)
-
-    def undo(self) -> Click:
-        """Remove and return the last click; the prediction of the clicks before it (if made)
-        becomes :attr:`last_prediction` again.
-
-        Raises
-        ------
-        IndexError
-            When there is no click to undo.
-        """
-        if not self._clicks:
-            raise IndexError("no click to undo")
-        self._predictions.pop()
-        return self._clicks.pop()
-
-    def predict_clicks(self) -> InteractivePrediction:
-        """:meth:`predict` with the click history (cached: a repeated call or an undo back to
-        an earlier history returns the prediction already made).
-
-        Raises
-        ------
-        ValueError
-            When there is no click yet.
-        """
-        if not self._clicks:
-            raise ValueError("no clicks yet: add_click(x, y, label) first")
-        if self._predictions[-1] is None:
-            points = [(c.x, c.y) for c in self._clicks]
-            labels = [c.label for c in self._clicks]
-            self._predictions[-1] = self.predict(points, labels)
-        return self._predictions[-1]  # type: ignore[return-value]
-
-    @property
-    def last_prediction(self) -> InteractivePrediction | None:
-        """The prediction of the current click history, or None when not predicted yet."""
-        return self._predictions[-1] if self._predictions else None
+    def next_mask_input(self, prediction: InteractivePrediction) -> np.ndarray | None:
+        """The ``mask_input`` of the prediction after ``prediction``: its low-resolution logits
+        with ``sam_mask_input``, else None."""
+        return prediction.low_res_logits if self.sam_mask_input else None
 
     # --- suggestions --------------------------------------------------------------------------
 
@@ -436,53 +445,64 @@ class InteractivePredictor:
 
         ``lookahead((row, col), label)`` is the (256, 256) predictive probability of
         :meth:`predict` on ``prediction``'s clicks plus one click with ``label`` at the cell's
-        centre (:func:`~laplace_head.interactive.clicks.grid_to_image`). The click history is
-        not touched; results are cached per (cell, label). ``prediction`` must be of the
-        current image.
+        centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
+        :meth:`next_mask_input`. Results are cached per (cell, label). ``prediction`` must be
+        of the current image.
         """
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
         image_hw = prediction.image_hw
+        mask_input = self.next_mask_input(prediction)
         cache: dict[tuple[tuple[int, int], int], np.ndarray] = {}
 
         def predict_with(cell: tuple[int, int], label: int) -> np.ndarray:
             key = ((int(cell[0]), int(cell[1])), int(label))
             if key not in cache:
                 x, y = grid_to_image(key[0][0], key[0][1], image_hw)
-                extended = self.predict(np.vstack([points, [[x, y]]]), np.append(labels, key[1]))
+                extended = self.predict(
+                    np.vstack([points, [[x, y]]]), np.append(labels, key[1]), mask_input=mask_input
+                )
                 cache[key] = extended.predictive_probability
             return cache[key]
 
         return predict_with
 
+    def click_state(self, prediction: InteractivePrediction) -> ClickState:
+        """What a click policy sees after ``prediction``: its maps, its clicked cells and its
+        :meth:`lookahead` (no ground truth)."""
+        return ClickState(
+            map_probability=prediction.map_probability,
+            entropy=prediction.entropy,
+            bald=prediction.bald,
+            clicked=prediction.clicked_cells(),
+            predictive_probability=prediction.predictive_probability,
+            lookahead=self.lookahead(prediction),
+        )
+
     def suggest(
         self,
+        prediction: InteractivePrediction,
         k: int = 1,
         policy: str = "bald",
-        prediction: InteractivePrediction | None = None,
         seed: int = 0,
-        gt_256: np.ndarray | None = None,
         min_distance: float | None = None,
-    ) -> list[tuple[float, float, int]]:
-        """The next ``k`` clicks a policy proposes, ``[(x, y, suggested_label), ...]``.
+    ) -> list[Suggestion]:
+        """The next ``k`` clicks a policy proposes after ``prediction``, best first.
 
         Parameters
         ----------
+        prediction
+            The prediction to suggest from (of the current image); its clicked cells are never
+            suggested.
         k
             Number of suggestions (fewer when the policy runs out of cells).
         policy
-            A name in :data:`~laplace_head.interactive.clicks.POLICIES` (``bald``,
-            ``bald_raw``, ``bald_region``, ``bald_lookahead``, ``entropy``, ``map_margin``,
-            ``random``, ``oracle``). ``bald_lookahead`` re-predicts
-            (:meth:`lookahead`, 2 predictions per candidate) without touching the click
-            history; ``prediction`` must then be of the current image.
-        prediction
-            The prediction to suggest from; default :attr:`last_prediction`. Its clicked cells
-            are never suggested.
+            A name in :data:`~laplace_head.interactive.clicks.POLICIES` other than the
+            ground-truth ``oracle``: ``bald``, ``bald_raw``, ``bald_region``,
+            ``bald_lookahead``, ``entropy``, ``map_margin``, ``random``. ``bald_lookahead``
+            re-predicts (:meth:`lookahead`, 2 predictions per candidate).
         seed
             Seeds the ``random`` policy (with the number of clicks and the suggestion index).
-        gt_256
-            (256, 256) bool ground truth; only the ``oracle`` policy reads it (and needs it).
         min_distance
             Suggestions after the first keep at least this distance (grid pixels) from the
             earlier ones, so they point at different regions; default ``2 * prompt_sigma``,
@@ -490,37 +510,63 @@ class InteractivePredictor:
 
         Returns
         -------
-        list of tuple
-            ``(x, y)`` in original-image pixels (the cell centre) and the suggested label:
-            **1 where the head's MAP probability is < 0.5, else 0** - the click that would
-            correct the head there. Uncertainty policies point at cells where the head is
-            likely wrong, and a user clicks where a mask is wrong (the RITM protocol); the
-            rule also gives the oracle's label at an oracle click (an FN cell has p < 0.5, an
-            FP cell p >= 0.5). (:meth:`Posterior.score_prompts
-            <laplace_head.bayes.posterior.Posterior.score_prompts>` suggests the predicted
-            class instead: a confirming click.)
+        list of Suggestion
+            In image pixels, each with the label it most likely gets
+            (:func:`~laplace_head.interactive.clicks.suggest`).
         """
-        prediction = prediction if prediction is not None else self.last_prediction
-        if prediction is None:
-            raise RuntimeError("nothing to suggest from: call predict_clicks() (or predict) first")
-        get_policy(policy)  # an unknown name fails before any work
-        if policy == "oracle" and gt_256 is None:
-            raise ValueError("the oracle policy needs gt_256")
         distance = 2.0 * self.prompt_sigma if min_distance is None else float(min_distance)
-        state = ClickState(
-            map_probability=prediction.map_probability,
-            entropy=prediction.entropy,
-            bald=prediction.bald,
-            clicked=prediction.clicked_cells(),
-            gt=np.asarray(gt_256, dtype=bool) if policy == "oracle" else None,
-            predictive_probability=prediction.predictive_probability,
-            lookahead=self.lookahead(prediction),
+        state = self.click_state(prediction)
+        stream = (len(prediction.labels),)
+        return suggest(state, policy, k, distance, prediction.image_hw, seed, stream)
+
+
+def suggest_for_inputs(
+    posterior: Posterior,
+    inputs: Any,
+    k: int = 5,
+    policy: str = "bald_region",
+    min_distance: float | None = None,
+    prompt_sigma: float = 8.0,
+) -> tuple[list[Suggestion], dict[str, np.ndarray]]:
+    """Suggested next clicks for one head input, e.g. a stage-3 prompt set.
+
+    Parameters
+    ----------
+    posterior
+        The fitted head.
+    inputs
+        One (3, H, W) or (1, 3, H, W) input ``[logits_256, pos_map, neg_map]``
+        (:func:`~laplace_head.bayes.posterior.stack_inputs`). Its given clicks - the cells where
+        a prompt map exceeds 0.5 - are never suggested.
+    k, policy
+        As :meth:`InteractivePredictor.suggest` (a policy without look-ahead: there is no base
+        segmenter to re-decode with).
+    min_distance
+        Grid pixels between suggestions; default ``2 * prompt_sigma``.
+
+    Returns
+    -------
+    tuple
+        The suggestions, ``(x, y)`` in pixels of the H x W input grid, and the maps they were
+        chosen from (:meth:`Posterior.uncertainty_maps
+        <laplace_head.bayes.posterior.Posterior.uncertainty_maps>`, (H, W) NumPy, quadrature).
+    """
+    tensor = posterior.as_inputs(inputs)
+    if tensor.shape[0] != 1:
+        raise UncertaintyInputError(
+            f"suggest_for_inputs takes one prompt set, (3, H, W); got a batch of {tensor.shape[0]}"
         )
-        cells = suggest_cells(state, policy, k, distance, seed, (len(prediction.labels),))
-        suggestions: list[tuple[float, float, int]] = []
-        for cell in cells:
-            x, y = grid_to_image(cell[0], cell[1], prediction.image_hw)
-            suggestions.append(
-                (float(x), float(y), correcting_label(prediction.map_probability, cell))
-            )
-        return suggestions
+    maps = {
+        name: value[0].detach().float().cpu().numpy()
+        for name, value in posterior.uncertainty_maps(tensor).items()
+    }
+    pos_map, neg_map = tensor[0, 1].cpu().numpy(), tensor[0, 2].cpu().numpy()
+    state = ClickState(
+        map_probability=maps["map_probability"],
+        entropy=maps["entropy"],
+        bald=maps["bald"],
+        excluded=(pos_map > 0.5) | (neg_map > 0.5),
+        predictive_probability=maps["predictive_probability"],
+    )
+    distance = 2.0 * prompt_sigma if min_distance is None else float(min_distance)
+    return suggest(state, policy, k, distance, state.shape), maps

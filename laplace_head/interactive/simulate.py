@@ -11,10 +11,12 @@
    .POLICIES`) on the head's current maps; the simulated user labels each by the grid ground
    truth at its cell (for the oracle this is the oracle's own label). Only ground-truth policies
    (the oracle) see the ground truth. A click goes to the predictor at its cell centre in image
-   pixels (:func:`~laplace_head.interactive.clicks.grid_to_image`). A look-ahead policy
-   (``bald_lookahead``) may re-predict with one extra click
-   (:meth:`~laplace_head.interactive.predictor.InteractivePredictor.lookahead`); that leaves
-   the simulation's click history as it is.
+   pixels (:func:`~laplace_head.interactive.clicks.grid_to_image`) through a
+   :class:`~laplace_head.interactive.session.ClickSession`, as an annotator's clicks do. The
+   oracle lives here, not in the predictor: the policy's state is the predictor's
+   (:meth:`~laplace_head.interactive.predictor.InteractivePredictor.click_state`) plus, for a
+   ground-truth policy only, the grid ground truth. A look-ahead policy (``bald_lookahead``)
+   may re-predict with one extra click; that leaves the session's history as it is.
 4. After every click: the IoU of the base mask (``base_logits > 0``) and of the head mask
    (``map_probability > 0.5``) with the grid ground truth, the click, and ``no_error`` -
    whether the oracle finds no unclicked error pixel of the head mask left.
@@ -22,13 +24,15 @@
 The simulation stops early when the policy has nothing to click (``stop_reason``:
 ``no_error`` for the oracle on a perfect head mask, ``no_clickable_cell`` otherwise); the IoU
 lists then have fewer than ``max_clicks`` entries and the masks would not change without a
-click, so consumers carry the last IoU forward. Random draws come from
+click, so consumers carry the last IoU forward. The result is a stage-8 record
+(:func:`~laplace_head.interactive.records.click_record`). Random draws come from
 :func:`~laplace_head.interactive.clicks.click_rng` (seed, sample id, policy, click index):
 the result depends on nothing else (not on the order of samples or policies).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +40,8 @@ import numpy as np
 from laplace_head.dataset.images import resize_mask_nearest
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
-    ClickState,
+    Cell,
+    Policy,
     click_rng,
     first_click,
     get_policy,
@@ -44,6 +49,8 @@ from laplace_head.interactive.clicks import (
     oracle_click,
 )
 from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
+from laplace_head.interactive.records import click_entry, click_record
+from laplace_head.interactive.session import ClickSession
 from laplace_head.settings import GRID_SIZE
 
 
@@ -53,6 +60,47 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     if union == 0:
         return 1.0
     return float(np.logical_and(pred, gt).sum() / union)
+
+
+@dataclass
+class _Trace:
+    """What the simulation records after each click."""
+
+    clicks: list[dict[str, Any]] = field(default_factory=list)
+    clicked: set[Cell] = field(default_factory=set)
+    iou_base: list[float] = field(default_factory=list)
+    iou_head: list[float] = field(default_factory=list)
+    no_error: list[bool] = field(default_factory=list)
+
+    def add(self, cell: Cell, x: float, y: float, label: int, prediction, gt_256) -> None:
+        head_mask = prediction.map_probability > 0.5
+        self.clicked.add(cell)
+        self.clicks.append(click_entry(x, y, label, cell))
+        self.iou_base.append(mask_iou(prediction.base_logits > 0, gt_256))
+        self.iou_head.append(mask_iou(head_mask, gt_256))
+        self.no_error.append(oracle_click(head_mask, gt_256, self.clicked) is None)
+
+
+def _grid_ground_truth(image_rgb: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
+    gt = np.asarray(gt_mask).astype(bool)
+    if gt.shape != image_rgb.shape[:2]:
+        raise ValueError(f"gt_mask {gt.shape} does not match the image {image_rgb.shape[:2]}")
+    return resize_mask_nearest(gt, GRID_SIZE, GRID_SIZE)
+
+
+def _policy_cell(
+    predictor: InteractivePredictor,
+    prediction: InteractivePrediction,
+    choose: Policy,
+    clicked: set[Cell],
+    gt_256: np.ndarray | None,
+    rng: np.random.Generator,
+) -> Cell | None:
+    """The policy's next cell after ``prediction`` (``gt_256`` only for ground-truth policies)."""
+    state = predictor.click_state(prediction)
+    state.clicked = set(clicked)
+    state.gt = gt_256
+    return choose(state, rng)
 
 
 def simulate_clicks(
@@ -70,7 +118,7 @@ def simulate_clicks(
     ----------
     predictor
         The interactive predictor; its image is set here (a no-op for the encoder when the same
-        image is already set) and its click history replaced.
+        image is already set).
     image_rgb
         (H, W, 3) uint8 RGB image.
     gt_mask
@@ -85,11 +133,8 @@ def simulate_clicks(
     Returns
     -------
     dict
-        JSON-serialisable: ``sample_id``, ``policy``, ``seed``, ``max_clicks``, ``image_hw``
-        ([H, W]), ``n_clicks``, ``clicks`` (one ``{"x", "y", "label", "row", "col"}`` per click;
-        x, y in image pixels, row, col on the 256 grid), ``iou_base`` and ``iou_head`` (after
-        each click), ``no_error`` (bool after each click) and ``stop_reason`` (None when all
-        ``max_clicks`` clicks were made).
+        The stage-8 record without its class
+        (:func:`~laplace_head.interactive.records.click_record`): JSON-serialisable.
 
     Raises
     ------
@@ -101,59 +146,36 @@ def simulate_clicks(
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1; got {max_clicks}")
     image_rgb = np.asarray(image_rgb)
-    gt = np.asarray(gt_mask).astype(bool)
-    if gt.shape != image_rgb.shape[:2]:
-        raise ValueError(f"gt_mask {gt.shape} does not match the image {image_rgb.shape[:2]}")
-    gt_256 = resize_mask_nearest(gt, GRID_SIZE, GRID_SIZE)
+    gt_256 = _grid_ground_truth(image_rgb, gt_mask)
     cell = first_click(gt_256)  # ValueError for an empty ground truth, before any encoding
-    predictor.set_image(image_rgb)
+    session = ClickSession(predictor, image_rgb)
     image_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
     policy_gt = gt_256 if policy in GROUND_TRUTH_POLICIES else None
-
-    clicks: list[dict[str, Any]] = []
-    clicked: set[tuple[int, int]] = set()
-    iou_base: list[float] = []
-    iou_head: list[float] = []
-    no_error: list[bool] = []
+    trace = _Trace()
     stop_reason: str | None = None
-    prediction: InteractivePrediction | None = None
     for index in range(max_clicks):
-        if prediction is not None:
-            state = ClickState(
-                map_probability=prediction.map_probability,
-                entropy=prediction.entropy,
-                bald=prediction.bald,
-                clicked=set(clicked),
-                gt=policy_gt,
-                predictive_probability=prediction.predictive_probability,
-                # predict() on the clicks so far plus one: the history is not touched
-                lookahead=predictor.lookahead(prediction),
+        if index:
+            rng = click_rng(seed, sample_id, policy, index)
+            next_cell = _policy_cell(
+                predictor, session.predict(), choose, trace.clicked, policy_gt, rng
             )
-            next_cell = choose(state, click_rng(seed, sample_id, policy, index))
             if next_cell is None:
-                stop_reason = "no_error" if no_error[-1] else "no_clickable_cell"
+                stop_reason = "no_error" if trace.no_error[-1] else "no_clickable_cell"
                 break
             cell = next_cell
         label = int(gt_256[cell])
         x, y = grid_to_image(cell[0], cell[1], image_hw)
-        predictor.add_click(x, y, label)
-        clicked.add(cell)
-        prediction = predictor.predict_clicks()
-        head_mask = prediction.map_probability > 0.5
-        clicks.append({"x": x, "y": y, "label": label, "row": cell[0], "col": cell[1]})
-        iou_base.append(mask_iou(prediction.base_logits > 0, gt_256))
-        iou_head.append(mask_iou(head_mask, gt_256))
-        no_error.append(oracle_click(head_mask, gt_256, clicked) is None)
-    return {
-        "sample_id": sample_id,
-        "policy": policy,
-        "seed": int(seed),
-        "max_clicks": int(max_clicks),
-        "image_hw": list(image_hw),
-        "n_clicks": len(clicks),
-        "clicks": clicks,
-        "iou_base": iou_base,
-        "iou_head": iou_head,
-        "no_error": no_error,
-        "stop_reason": stop_reason,
-    }
+        session.add_click(x, y, label)
+        trace.add(cell, x, y, label, session.predict(), gt_256)
+    return click_record(
+        sample_id,
+        policy,
+        seed,
+        max_clicks,
+        image_hw,
+        trace.clicks,
+        trace.iou_base,
+        trace.iou_head,
+        trace.no_error,
+        stop_reason,
+    )

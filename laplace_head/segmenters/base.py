@@ -25,6 +25,8 @@ class BaseSegmenter:
 
     #: Registry name of the backend (``sam``, ``random_walker``).
     name: str = "base"
+    #: Whether :meth:`predict_with_mask` takes a low-resolution mask input (SAM only).
+    supports_mask_input: bool = False
 
     def __init__(self) -> None:
         self._image_hw: tuple[int, int] | None = None
@@ -85,6 +87,47 @@ class BaseSegmenter:
             raise RuntimeError("An image must be set with .set_image(...) before prediction.")
         checked = [self._check_prompts(points, labels) for points, labels in prompt_sets]
         return self._predict_batch(checked)
+
+    def predict_with_mask(
+        self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
+    ) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict` fed a previous low-resolution mask, as SAM's interactive protocol does.
+
+        Parameters
+        ----------
+        points_xy, labels
+            As for :meth:`predict`.
+        mask_input
+            None, or the (1, h, w) low-resolution logits a previous call returned (SAM:
+            ``SamPredictor.predict``'s ``mask_input``; h = w = 256 for the official models).
+
+        Returns
+        -------
+        tuple
+            The :data:`Prediction` and the kept branch's (1, h, w) float32 low-resolution
+            logits, to feed back as the next call's ``mask_input``.
+
+        Raises
+        ------
+        ValueError
+            For a backend without a mask input (random_walker) or a ``mask_input`` of the
+            wrong shape.
+        """
+        if not self.supports_mask_input:
+            raise ValueError(
+                f"the {self.name} base segmenter takes no mask input: feeding the previous "
+                "low-resolution logits back (mask_input, active_prompting.sam_mask_input) needs "
+                "sam.backend: sam; set active_prompting.sam_mask_input: false"
+            )
+        if self._image_hw is None:
+            raise RuntimeError("An image must be set with .set_image(...) before prediction.")
+        points, labels = self._check_prompts(points_xy, labels)
+        return self._predict_with_mask(points, labels, mask_input)
+
+    def _predict_with_mask(
+        self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[Prediction, np.ndarray]:
+        raise NotImplementedError
 
     def _check_prompts(self, points_xy: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
         points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)

@@ -19,6 +19,11 @@ How logits are produced, per image and prompt set
    area-aware when downscaling and plain bilinear when upscaling). Only the kept branch is
    post-processed, so memory stays at one H x W plane per prompt set.
 
+:meth:`~laplace_head.segmenters.base.BaseSegmenter.predict_with_mask` is the same decode with
+SAM's previous low-resolution logits as the prompt encoder's mask input (``SamPredictor``'s
+``mask_input``), returning the kept branch's low-resolution logits to feed back next time: the
+interactive protocol of RITM. Stage 3 never feeds a mask.
+
 Checkpoints are read with ``torch.load(map_location="cpu", weights_only=True)`` into the model
 that ``segment_anything.sam_model_registry[model_type]`` builds, so a checkpoint saved on a GPU
 also loads on a CPU-only machine and nothing is unpickled.
@@ -147,6 +152,7 @@ class SamSegmenter(BaseSegmenter):
     """
 
     name = "sam"
+    supports_mask_input = True
 
     def __init__(
         self,
@@ -216,19 +222,45 @@ class SamSegmenter(BaseSegmenter):
         for indices in groups.values():
             points = np.stack([prompt_sets[i][0] for i in indices])
             labels = np.stack([prompt_sets[i][1] for i in indices])
-            for index, prediction in zip(indices, self._decode(points, labels)):
+            for index, prediction in zip(indices, self._decode(points, labels)[0]):
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
-    def _decode(self, points_xy: np.ndarray, labels: np.ndarray) -> list[Prediction]:
-        """Decode B prompt sets of N points each: (B, N, 2) points, (B, N) labels."""
+    @property
+    def mask_input_hw(self) -> tuple[int, int]:
+        """(h, w) of the low-resolution logits and of ``mask_input`` (256 x 256 for SAM)."""
+        height, width = self.model.prompt_encoder.mask_input_size
+        return int(height), int(width)
+
+    def _predict_with_mask(
+        self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+    ) -> tuple[Prediction, np.ndarray]:
+        masks = None
+        if mask_input is not None:
+            array = np.asarray(mask_input, dtype=np.float32)
+            if array.shape != (1, *self.mask_input_hw) or not np.isfinite(array).all():
+                raise ValueError(
+                    f"mask_input must be finite (1, {self.mask_input_hw[0]}, "
+                    f"{self.mask_input_hw[1]}) low-resolution logits (a previous prediction's "
+                    f"low_res_logits); got shape {array.shape}"
+                )
+            masks = torch.as_tensor(array, device=self.device)[None]
+        predictions, low_res = self._decode(points_xy[None], labels[None], masks)
+        return predictions[0], low_res[0].float().cpu().numpy()
+
+    def _decode(
+        self, points_xy: np.ndarray, labels: np.ndarray, masks: torch.Tensor | None = None
+    ) -> tuple[list[Prediction], torch.Tensor]:
+        """Decode B prompt sets of N points each: (B, N, 2) points, (B, N) labels, optionally
+        (B, 1, h, w) mask inputs; the predictions and the kept branches' (B, 1, h, w)
+        low-resolution logits."""
         predictor, model = self.predictor, self.model
         coords = predictor.transform.apply_coords(points_xy.astype(np.float64), self.image_hw)
         with torch.inference_mode():
             coords_t = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
             sparse, dense = model.prompt_encoder(
-                points=(coords_t, labels_t), boxes=None, masks=None
+                points=(coords_t, labels_t), boxes=None, masks=masks
             )
             low_res, iou = model.mask_decoder(
                 image_embeddings=predictor.features,
@@ -241,10 +273,11 @@ class SamSegmenter(BaseSegmenter):
             kept = low_res[torch.arange(len(best), device=low_res.device), best][:, None]
             logits_256 = self._postprocess(kept)
         scores = iou.float().cpu().numpy()
-        return [
+        predictions = [
             (logits_256[i], int(best[i]), [float(s) for s in scores[i]])
             for i in range(len(points_xy))
         ]
+        return predictions, kept
 
     def _postprocess(self, low_res: torch.Tensor) -> np.ndarray:
         """(B, 1, 256, 256) decoder logits -> (B, 256, 256) float32 at the image's 256 grid."""

@@ -1,4 +1,5 @@
-"""laplace_head.interactive.shard: one stage-8 shard, its JSONL, and resume after a kill."""
+"""laplace_head.interactive.shard and .records: one stage-8 shard, its JSONL, and resume after a
+kill."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 from helpers.laplace_fixtures import make_fitted_run
 
 from laplace_head.dataset.demo import write_demo_dataset
+from laplace_head.evaluation.active_prompting import aggregate
 from laplace_head.interactive.predictor import InteractivePredictor
-from laplace_head.interactive.shard import PARTIAL_SUFFIX, run_shard
+from laplace_head.interactive.records import PARTIAL_SUFFIX, read_records
+from laplace_head.interactive.shard import run_shard
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +32,12 @@ def setting(tmp_path_factory):
                 "mask_path": str(mask),
             }
         )
-    predictor = InteractivePredictor.from_config(
-        {"backend": "random_walker", "random_walker_max_side": 48}, run.laplace_dir, 8.0
-    )
+    settings = {
+        "segmenter": {"backend": "random_walker", "random_walker_max_side": 48},
+        "prompt_sigma": 8.0,
+        "sam_mask_input": False,
+    }
+    predictor = InteractivePredictor.from_settings(settings, run.laplace_dir)
     return root, rows, predictor
 
 
@@ -52,6 +58,11 @@ def test_shard_records_every_image_and_policy(setting):
         assert 1 <= len(record["iou_head"]) == len(record["iou_base"]) <= 3
         assert record["class"] == record["sample_id"].split("/")[0]
     assert not out.with_name(out.name + PARTIAL_SUFFIX).exists()
+    # The report reads the shard through the same module that wrote it.
+    assert read_records([out]) == records
+    result = aggregate(records, 3, n_bootstrap=100)
+    assert result["policies"] == ["oracle", "random"]
+    assert result["overall"]["oracle"]["head"]["n_images"] == len(rows)
 
 
 def test_resume_skips_finished_images_and_ignores_a_cut_line(setting):

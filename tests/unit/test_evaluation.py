@@ -159,34 +159,39 @@ def test_empty_test_split(evaluated, tmp_path):
 def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
     evaluated, tmp_path, monkeypatch
 ):
-    """The panels' next clicks come from the bald_region rule (stage 8's region rule): the
-    first at the centre of an uncertain region (0.25 <= p <= 0.75) when there is one, the rest
-    at least 2 sigma apart, none on a given click, each with the likelier label."""
+    """The panels' next clicks come from the bald_region rule (stage 8's region rule) on the
+    quadrature maps the panel shows: the first at the centre of an uncertain region
+    (0.25 <= p <= 0.75) when there is one, the rest at least 2 sigma apart, none on a given
+    click, each with the likelier label."""
     import laplace_head.evaluation.evaluate as stage7
     import laplace_head.evaluation.plots as plots
+    import laplace_head.interactive.predictor as predictor
     from laplace_head.interactive.clicks import REGION_ERROR_LEVEL, predicted_error
 
     run, test_h5, _, _ = evaluated
     captured, calls = [], []
     monkeypatch.setattr(plots, "plot_uncertainty_examples", lambda ex, path: captured.extend(ex))
 
-    def spy(state, policy, **kwargs):
-        calls.append((policy, state.excluded.copy(), state.predictive_probability))
-        return stage7_suggest(state, policy, **kwargs)
+    def spy(state, policy, *args, **kwargs):
+        calls.append((policy, state.excluded.copy(), state.predictive_probability, state.bald))
+        return suggest(state, policy, *args, **kwargs)
 
-    stage7_suggest = stage7.suggest_cells
-    monkeypatch.setattr(stage7, "suggest_cells", spy)
+    suggest = predictor.suggest
+    monkeypatch.setattr(predictor, "suggest", spy)
+    assert stage7.suggest_for_inputs is predictor.suggest_for_inputs
     evaluate(run.laplace_dir, test_h5, run.val_h5, tmp_path / "out", SETTINGS)
     assert captured and len(calls) == len(captured)
     sigma = SETTINGS.prompt_sigma
-    for example, (policy, excluded, probability) in zip(captured, calls):
+    for example, (policy, excluded, probability, bald) in zip(captured, calls):
         assert example["click_rule"] == policy == "bald_region"
         prompts = example["prompts"]
         assert 1 <= len(prompts) <= 5 and [p.rank for p in prompts] == list(range(len(prompts)))
         given = (example["pos_map"] > 0.5) | (example["neg_map"] > 0.5)
         assert given.any() and np.array_equal(excluded, given)
         assert np.array_equal(probability, example["probability"])
-        cells = [(int(p.y), int(p.x)) for p in prompts]
+        assert np.array_equal(bald, example["bald"])  # the BALD the panel shows
+        cells = [(p.row, p.col) for p in prompts]
+        assert cells == [(int(p.y), int(p.x)) for p in prompts]  # the panel's grid pixels
         assert not any(given[cell] for cell in cells)
         for i, a in enumerate(cells):
             assert all(np.hypot(a[0] - b[0], a[1] - b[1]) >= 2 * sigma for b in cells[:i])
@@ -194,8 +199,9 @@ def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
         if uncertain.any():  # (the fixture's head is mostly confident: often no region)
             assert uncertain[cells[0]]
         for prompt, cell in zip(prompts, cells):
-            assert prompt.p_foreground == pytest.approx(float(example["probability"][cell]))
-            assert prompt.label == ("positive" if prompt.p_foreground > 0.5 else "negative")
+            p = float(example["probability"][cell])
+            assert prompt.predictive_probability == pytest.approx(p)
+            assert prompt.label == (1 if p > 0.5 else 0)
 
 
 def test_markdown_table_formats_missing_values():

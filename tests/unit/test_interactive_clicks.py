@@ -14,13 +14,14 @@ from laplace_head.interactive.clicks import (
     REGION_ERROR_LEVEL,
     ClickState,
     click_rng,
-    correcting_label,
     first_click,
     grid_to_image,
     image_to_grid,
     interior_point,
+    likely_label,
     oracle_click,
     smooth_map,
+    suggest,
     suggest_cells,
 )
 from laplace_head.prompts.sampling import rescale_points
@@ -363,14 +364,39 @@ def test_suggest_cells_without_distance_never_repeats_and_runs_out() -> None:
         suggest_cells(state, "nope", k=1, min_distance=0.0)
 
 
-def test_correcting_label_is_positive_where_the_head_says_background() -> None:
-    probability = np.array([[0.2, 0.5], [0.8, 0.49]])
-    assert [correcting_label(probability, cell) for cell in ((0, 0), (0, 1), (1, 0), (1, 1))] == [
-        1,
-        0,
-        0,
-        1,
-    ]
+def test_likely_label_is_the_class_the_posterior_predicts() -> None:
+    probability = np.array([[0.2, 0.5], [0.8, 0.51]])
+    cells = ((0, 0), (0, 1), (1, 0), (1, 1))
+    assert [likely_label(probability, cell) for cell in cells] == [0, 0, 1, 1]
+
+
+def test_suggest_maps_the_policy_cells_to_image_pixels_with_the_likely_label() -> None:
+    """The one suggestion route: suggest_cells' picks, in image pixels, labelled by the
+    predictive probability (not the MAP probability)."""
+    state = _region_state()
+    state.map_probability = 1.0 - state.predictive_probability  # a MAP that disagrees
+    cells = suggest_cells(_region_state(), "bald_region", k=4, min_distance=40.0)
+    image_hw = (480, 640)
+    suggestions = suggest(state, "bald_region", 4, 40.0, image_hw)
+    assert [(s.row, s.col) for s in suggestions] == cells
+    assert [s.rank for s in suggestions] == [0, 1, 2, 3]
+    for s in suggestions:
+        assert (s.x, s.y) == grid_to_image(s.row, s.col, image_hw)
+        assert image_to_grid(s.x, s.y, image_hw) == (s.row, s.col)
+        p = state.predictive_probability[s.row, s.col]
+        assert s.predictive_probability == p and s.label == int(p > 0.5)
+    assert suggestions[0].to_dict()["label"] == suggestions[0].label
+    small = ClickState(np.full((4, 6), 0.9), np.zeros((4, 6)), np.zeros((4, 6)))
+    small.predictive_probability = np.full((4, 6), 0.9)
+    [only] = suggest(small, "random", 1, 0.0, (4, 6), seed=1)
+    assert (only.x, only.y, only.label) == (only.col, only.row, 1)  # image = grid here
+    with pytest.raises(ValueError, match="ground truth"):
+        suggest(state, "oracle", 1, 0.0, image_hw)
+    with pytest.raises(ValueError, match="unknown click policy"):
+        suggest(state, "nope", 1, 0.0, image_hw)
+    state.predictive_probability = None
+    with pytest.raises(ValueError, match="predictive_probability"):
+        suggest(state, "bald", 1, 0.0, image_hw)
 
 
 def test_bald_region_treats_blocked_cells_as_boundary_and_never_picks_them() -> None:

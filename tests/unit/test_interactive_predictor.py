@@ -1,4 +1,5 @@
-"""InteractivePredictor and simulate_clicks on random_walker and a tiny SAM, with a fitted head.
+"""InteractivePredictor, ClickSession and simulate_clicks on random_walker and a tiny SAM, with a
+fitted head.
 
 The posterior comes from ``make_fitted_run`` (a head trained on 32 x 32 synthetic maps): the
 head is fully convolutional, so it runs unchanged on the 256 grid of live predictions.
@@ -18,7 +19,12 @@ from laplace_head.bayes.posterior import load_posterior
 from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import POLICIES, ClickState, grid_to_image, image_to_grid
-from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
+from laplace_head.interactive.predictor import (
+    InteractivePrediction,
+    InteractivePredictor,
+    suggest_for_inputs,
+)
+from laplace_head.interactive.session import ClickSession
 from laplace_head.interactive.simulate import simulate_clicks
 from laplace_head.prompts.sampling import PromptSet
 from laplace_head.segmenters.random_walker import RandomWalkerSegmenter
@@ -53,7 +59,8 @@ def walker_predictor(posterior) -> InteractivePredictor:
 
 
 def _check_maps(prediction: InteractivePrediction) -> None:
-    for name in InteractivePrediction.MAP_FIELDS:
+    assert prediction.masks.shape == (1, *prediction.image_hw) and prediction.masks.dtype == bool
+    for name in InteractivePrediction.GRID_FIELDS:
         value = getattr(prediction, name)
         assert value.shape == (256, 256) and value.dtype == np.float32, name
         assert np.isfinite(value).all(), name
@@ -81,6 +88,27 @@ def test_predict_shapes_finiteness_and_to_image(walker_predictor) -> None:
     assert probability.min() >= 0 and probability.max() <= 1
     with pytest.raises(ValueError, match="unknown field"):
         prediction.to_image("points_xy")
+    # The mask at image size: the calibrated (predictive) probability above 0.5.
+    expected = prediction.to_image("predictive_probability") > 0.5
+    np.testing.assert_array_equal(prediction.masks[0], expected)
+    assert prediction.low_res_logits is None  # random_walker has no low-resolution logits
+
+
+def test_predict_takes_sam_predictor_arguments(walker_predictor) -> None:
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    points, labels = np.array([[32.0, 24.0], [2.0, 2.0]]), np.array([1, 0])
+    positional = walker_predictor.predict(points, labels)
+    named = walker_predictor.predict(point_coords=points, point_labels=labels)
+    np.testing.assert_array_equal(positional.map_logits, named.map_logits)
+    with pytest.raises(ValueError, match="box prompts are not supported"):
+        walker_predictor.predict(points, labels, box=np.array([0, 0, 10, 10]))
+    with pytest.raises(ValueError, match="multimask_output=True is not supported"):
+        walker_predictor.predict(points, labels, multimask_output=True)
+    with pytest.raises(ValueError, match="point_coords"):
+        walker_predictor.predict(box=None)
+    with pytest.raises(ValueError, match="random_walker base segmenter takes no mask input"):
+        walker_predictor.predict(points, labels, mask_input=np.zeros((1, 256, 256)))
 
 
 def test_decode_protocol_matches_stage_3(walker_predictor, posterior, tmp_path) -> None:
@@ -120,126 +148,190 @@ def test_positive_only_or_negative_only_clicks_stay_finite(walker_predictor, lab
     assert np.all(np.sign(prediction.base_logits) == expected_sign)
 
 
+def _two_click_session(predictor: InteractivePredictor):
+    """A session on the test image with a positive and a negative click, and its prediction."""
+    session = ClickSession(predictor, _image_and_mask()[0])
+    session.add_click(32, 24, 1)
+    session.add_click(2, 2, 0)
+    return session, session.predict()
+
+
 def test_predict_before_set_image_raises(posterior) -> None:
     predictor = InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA)
     with pytest.raises(RuntimeError, match="set_image"):
         predictor.predict([[1, 1]], [1])
     with pytest.raises(RuntimeError, match="set_image"):
-        predictor.add_click(1, 1, 1)
+        ClickSession(predictor).add_click(1, 1, 1)
     with pytest.raises(ValueError, match="prompt_sigma"):
         InteractivePredictor(RandomWalkerSegmenter(), posterior, 0.0)
 
 
-def test_click_history_undo_restores_the_previous_prediction(walker_predictor) -> None:
+def test_click_session_undo_restores_the_previous_prediction(walker_predictor) -> None:
     image, _ = _image_and_mask()
-    walker_predictor.set_image(image)
+    session = ClickSession(walker_predictor, image)
     with pytest.raises(ValueError, match="no clicks"):
-        walker_predictor.predict_clicks()
+        session.predict()
     with pytest.raises(IndexError):
-        walker_predictor.undo()
-    walker_predictor.add_click(32, 24, 1)
-    first = walker_predictor.predict_clicks()
-    assert walker_predictor.predict_clicks() is first  # cached
-    walker_predictor.add_click(3, 3, 0)
-    assert walker_predictor.last_prediction is None
-    second = walker_predictor.predict_clicks()
+        session.undo()
+    session.add_click(32, 24, 1)
+    first = session.predict()
+    assert session.predict() is first  # cached
+    session.add_click(3, 3, 0)
+    second = session.predict()
     assert not np.array_equal(first.map_logits, second.map_logits)
-    assert [c.label for c in walker_predictor.clicks] == [1, 0]
-    undone = walker_predictor.undo()
+    assert [c.label for c in session.clicks] == [1, 0]
+    undone = session.undo()
     assert (undone.x, undone.y, undone.label) == (3.0, 3.0, 0)
-    assert walker_predictor.last_prediction is first
-    assert walker_predictor.predict_clicks() is first
+    assert session.predict() is first
     fresh = walker_predictor.predict([[32, 24]], [1])
-    for name in InteractivePrediction.MAP_FIELDS:
+    for name in InteractivePrediction.GRID_FIELDS:
         np.testing.assert_array_equal(getattr(fresh, name), getattr(first, name))
     with pytest.raises(ValueError, match="label"):
-        walker_predictor.add_click(1, 1, 2)
+        session.add_click(1, 1, 2)
     # A new image clears the history.
-    walker_predictor.set_image(_image_and_mask(seed=1)[0])
-    assert walker_predictor.clicks == () and walker_predictor.last_prediction is None
+    session.set_image(_image_and_mask(seed=1)[0])
+    assert session.clicks == ()
 
 
 def test_one_image_encoder_call_per_image_with_tiny_sam(posterior) -> None:
     segmenter = CountingSam()
     predictor = InteractivePredictor(segmenter, posterior, SIGMA)
     image, _ = _image_and_mask()
-    predictor.set_image(image)
+    session = ClickSession(predictor, image)
     assert segmenter.encoder_calls == 1
-    predictor.add_click(32, 24, 1)
-    predictor.predict_clicks()
-    predictor.add_click(5, 5, 0)
-    predictor.predict_clicks()
-    predictor.suggest(k=3, policy="bald")
-    predictor.undo()
-    predictor.predict_clicks()
-    predictor.add_click(40, 30, 1)
-    _check_maps(predictor.predict_clicks())
+    session.add_click(32, 24, 1)
+    session.predict()
+    session.add_click(5, 5, 0)
+    session.predict()
+    session.suggest(k=3, policy="bald")
+    session.undo()
+    session.predict()
+    session.add_click(40, 30, 1)
+    _check_maps(session.predict())
+    assert session.predict().low_res_logits.shape == (1, *segmenter.mask_input_hw)
     _check_maps(predictor.predict([[32, 24]], [1]))  # positive-only on SAM
     _check_maps(predictor.predict([[2, 2]], [0]))  # negative-only on SAM
-    predictor.set_image(image.copy())  # the same pixels: history cleared, no second encoding
-    assert predictor.clicks == ()
+    session.set_image(image.copy())  # the same pixels: history cleared, no second encoding
+    assert session.clicks == ()
     assert segmenter.encoder_calls == 1
-    predictor.set_image(_image_and_mask(seed=1)[0])
+    session.set_image(_image_and_mask(seed=1)[0])
     assert segmenter.encoder_calls == 2
 
 
-def test_suggest_returns_distinct_unclicked_cells_with_correcting_labels(walker_predictor) -> None:
+def test_sam_mask_input_feeds_the_previous_low_res_logits(posterior) -> None:
+    """The RITM protocol on the tiny SAM: off by default (each click set decoded alone, as in
+    stage 3); on, every click after the first is decoded with the previous low-res logits."""
     image, mask = _image_and_mask()
-    walker_predictor.set_image(image)
-    walker_predictor.add_click(32, 24, 1)
-    walker_predictor.add_click(2, 2, 0)
-    prediction = walker_predictor.predict_clicks()
+    clicks = [(32, 24, 1), (5, 5, 0), (40, 30, 1)]
+    plain = InteractivePredictor(CountingSam(), posterior, SIGMA)
+    fed = InteractivePredictor(CountingSam(), posterior, SIGMA, sam_mask_input=True)
+    sessions = {name: ClickSession(p, image) for name, p in (("plain", plain), ("fed", fed))}
+    for x, y, label in clicks:
+        for session in sessions.values():
+            session.add_click(x, y, label)
+    final_fed = sessions["fed"].predict()  # decodes the earlier clicks in order first
+    points = [c[:2] for c in clicks]
+    labels = [c[2] for c in clicks]
+    # Without the switch: the click set alone (= predict without mask_input).
+    np.testing.assert_array_equal(
+        sessions["plain"].predict().base_logits, plain.predict(points, labels).base_logits
+    )
+    # With it: the chain of mask inputs, reproduced by hand.
+    fed.set_image(image)
+    one = fed.predict(points[:1], labels[:1])
+    two = fed.predict(points[:2], labels[:2], mask_input=one.low_res_logits)
+    three = fed.predict(points, labels, mask_input=two.low_res_logits)
+    np.testing.assert_array_equal(final_fed.base_logits, three.base_logits)
+    assert not np.array_equal(three.base_logits, plain.predict(points, labels).base_logits)
+    _check_maps(final_fed)
+    # The look-ahead of a fed session feeds the prediction's low-res logits too.
+    cell = (128, 128)
+    x, y = grid_to_image(*cell, (HEIGHT, WIDTH))
+    expected = fed.predict(
+        [*points, (x, y)], [*labels, 1], mask_input=final_fed.low_res_logits
+    ).predictive_probability
+    np.testing.assert_array_equal(fed.lookahead(final_fed)(cell, 1), expected)
+    # The segmenter checks the mask's shape; random_walker refuses the switch.
+    with pytest.raises(ValueError, match="mask_input must be"):
+        fed.predict(points, labels, mask_input=np.zeros((1, 5, 5)))
+    with pytest.raises(ValueError, match="random_walker base segmenter takes no mask input"):
+        InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA, sam_mask_input=True)
+    result = simulate_clicks(fed, image, mask, "bald", 3, seed=0, sample_id="c/a")
+    assert result["n_clicks"] == 3
+
+
+def test_sam_predict_with_mask_without_a_mask_is_the_stage_3_decode() -> None:
+    segmenter = CountingSam()
+    segmenter.set_image(_image_and_mask()[0])
+    points, labels = np.array([[32.0, 24.0], [5.0, 5.0]]), np.array([1, 0])
+    (logits, branch, scores), low_res = segmenter.predict_with_mask(points, labels)
+    reference = segmenter.predict(points, labels)
+    np.testing.assert_array_equal(logits, reference[0])
+    assert (branch, scores) == (reference[1], reference[2])
+    assert low_res.shape == (1, *segmenter.mask_input_hw) and low_res.dtype == np.float32
+
+
+def test_suggest_returns_distinct_unclicked_cells_with_likely_labels(walker_predictor) -> None:
+    session, prediction = _two_click_session(walker_predictor)
     clicked = prediction.clicked_cells()
     for policy in ("bald", "entropy", "map_margin", "random", "bald_raw", "bald_region"):
-        suggestions = walker_predictor.suggest(k=4, policy=policy, seed=3)
+        suggestions = session.suggest(k=4, policy=policy, seed=3)
         assert len(suggestions) == 4
-        assert suggestions == walker_predictor.suggest(k=4, policy=policy, seed=3)
-        cells = [image_to_grid(x, y, (HEIGHT, WIDTH)) for x, y, _ in suggestions]
+        assert suggestions == walker_predictor.suggest(prediction, k=4, policy=policy, seed=3)
+        cells = [image_to_grid(s.x, s.y, (HEIGHT, WIDTH)) for s in suggestions]
+        assert cells == [(s.row, s.col) for s in suggestions]
         assert not set(cells) & clicked
-        for (row, col), (_, _, label) in zip(cells, suggestions):
-            assert label == int(prediction.map_probability[row, col] < 0.5)
+        for (row, col), suggestion in zip(cells, suggestions):
+            assert suggestion.label == int(prediction.predictive_probability[row, col] > 0.5)
         for a, b in zip(cells, cells[1:]):  # min_distance = 2 * sigma between suggestions
             assert np.hypot(a[0] - b[0], a[1] - b[1]) >= 2 * SIGMA
-    with pytest.raises(ValueError, match="gt_256"):
-        walker_predictor.suggest(policy="oracle")
-    gt_256 = np.zeros((256, 256), dtype=bool)
-    gt_256[100:150, 100:150] = True
-    [(x, y, label)] = walker_predictor.suggest(policy="oracle", gt_256=gt_256)
-    assert label == int(gt_256[image_to_grid(x, y, (HEIGHT, WIDTH))])
+    with pytest.raises(ValueError, match="ground truth"):
+        session.suggest(policy="oracle")  # the oracle lives in the simulation
     with pytest.raises(ValueError, match="unknown click policy"):
-        walker_predictor.suggest(policy="nope")
+        session.suggest(policy="nope")
+
+
+def test_suggest_for_inputs_uses_the_registry_off_the_given_clicks(posterior) -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (64, 64)).astype(np.float32)
+    pos, neg = np.zeros((2, 64, 64), np.float32)
+    pos[20:24, 20:24], neg[40:44, 50:54] = 1.0, 1.0
+    inputs = np.stack([logits, pos, neg])
+    suggestions, maps = suggest_for_inputs(posterior, inputs, k=3, min_distance=6.0)
+    assert 1 <= len(suggestions) <= 3
+    expected = posterior.uncertainty_maps(inputs)
+    np.testing.assert_array_equal(maps["bald"], expected["bald"][0].numpy())
+    for s in suggestions:
+        assert (s.x, s.y) == (s.col, s.row)  # coordinates of the input grid
+        assert pos[s.row, s.col] <= 0.5 and neg[s.row, s.col] <= 0.5
+        assert s.label == int(maps["predictive_probability"][s.row, s.col] > 0.5)
+    with pytest.raises(ValueError, match="look-ahead"):
+        suggest_for_inputs(posterior, inputs, policy="bald_lookahead")
+    with pytest.raises(ValueError, match="one prompt set"):
+        suggest_for_inputs(posterior, np.stack([inputs, inputs]))
 
 
 def test_lookahead_predicts_one_click_ahead_without_touching_the_history(walker_predictor) -> None:
-    image, _ = _image_and_mask()
-    walker_predictor.set_image(image)
-    walker_predictor.add_click(32, 24, 1)
-    walker_predictor.add_click(2, 2, 0)
-    prediction = walker_predictor.predict_clicks()
-    history = walker_predictor.clicks
+    session, prediction = _two_click_session(walker_predictor)
+    history = session.clicks
     lookahead = walker_predictor.lookahead(prediction)
     for cell, label in (((10, 200), 0), ((128, 128), 1)):
         x, y = grid_to_image(cell[0], cell[1], (HEIGHT, WIDTH))
         expected = walker_predictor.predict([[32, 24], [2, 2], [x, y]], [1, 0, label])
         np.testing.assert_array_equal(lookahead(cell, label), expected.predictive_probability)
     assert not np.array_equal(lookahead((10, 200), 0), lookahead((10, 200), 1))
-    assert walker_predictor.clicks == history
-    assert walker_predictor.predict_clicks() is prediction
+    assert session.clicks == history
+    assert session.predict() is prediction
 
 
 def test_suggest_bald_lookahead_leaves_the_history_unchanged(walker_predictor) -> None:
-    image, _ = _image_and_mask()
-    walker_predictor.set_image(image)
-    walker_predictor.add_click(32, 24, 1)
-    walker_predictor.add_click(2, 2, 0)
-    prediction = walker_predictor.predict_clicks()
-    history = walker_predictor.clicks
-    suggestions = walker_predictor.suggest(k=2, policy="bald_lookahead")
+    session, prediction = _two_click_session(walker_predictor)
+    history = session.clicks
+    suggestions = session.suggest(k=2, policy="bald_lookahead")
     assert len(suggestions) == 2
-    assert suggestions == walker_predictor.suggest(k=2, policy="bald_lookahead")
-    assert walker_predictor.clicks == history
-    assert walker_predictor.last_prediction is prediction
-    assert walker_predictor.predict_clicks() is prediction
+    assert suggestions == session.suggest(k=2, policy="bald_lookahead")
+    assert session.clicks == history
+    assert session.predict() is prediction
     # The first suggestion is the policy's choice with a look-ahead built by hand.
     calls = []
 
@@ -259,9 +351,9 @@ def test_suggest_bald_lookahead_leaves_the_history_unchanged(walker_predictor) -
     )
     cell = POLICIES["bald_lookahead"](state, np.random.default_rng(0))
     assert len(calls) == 6  # three candidates, both labels
-    x, y, label = suggestions[0]
-    assert image_to_grid(x, y, (HEIGHT, WIDTH)) == cell
-    assert label == int(prediction.map_probability[cell] < 0.5)
+    first = suggestions[0]
+    assert image_to_grid(first.x, first.y, (HEIGHT, WIDTH)) == cell
+    assert first.label == int(prediction.predictive_probability[cell] > 0.5)
 
 
 def test_sampling_option_is_seeded_and_agrees_with_the_quadrature(posterior) -> None:
@@ -290,16 +382,38 @@ def test_sampling_option_is_seeded_and_agrees_with_the_quadrature(posterior) -> 
         InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA, uncertainty="mc")
 
 
-def test_from_config_builds_the_configured_segmenter(fitted) -> None:
-    predictor = InteractivePredictor.from_config(
-        {"backend": "random_walker", "random_walker_max_side": 32, "random_walker_beta": 500.0},
-        fitted.laplace_dir,
-        SIGMA,
-    )
+def test_from_settings_builds_the_configured_segmenter(fitted) -> None:
+    settings = {
+        "segmenter": {
+            "backend": "random_walker",
+            "random_walker_max_side": 32,
+            "random_walker_beta": 500.0,
+        },
+        "prompt_sigma": 6.0,
+        "sam_mask_input": False,
+    }
+    predictor = InteractivePredictor.from_settings(settings, fitted.laplace_dir)
     assert isinstance(predictor.segmenter, RandomWalkerSegmenter)
     assert predictor.segmenter.max_side == 32 and predictor.posterior.device == torch.device("cpu")
+    assert predictor.prompt_sigma == 6.0 and not predictor.sam_mask_input
     predictor.set_image(_image_and_mask()[0])
     _check_maps(predictor.predict([[32, 24]], [1]))
+    with pytest.raises(ValueError, match="sam_mask_input"):
+        InteractivePredictor.from_settings({**settings, "sam_mask_input": True}, fitted.laplace_dir)
+
+
+def test_from_config_takes_a_resolved_config(fitted) -> None:
+    from laplace_head.config.loader import validate_config
+
+    config = validate_config(
+        {
+            "sam": {"backend": "random_walker", "random_walker_max_side": 40},
+            "prompt_generation": {"gaussian_sigma": 5.0},
+        },
+        check_paths=False,
+    )
+    predictor = InteractivePredictor.from_config(config, fitted.laplace_dir, device="cpu")
+    assert predictor.segmenter.max_side == 40 and predictor.prompt_sigma == 5.0
 
 
 # --- simulate_clicks --------------------------------------------------------------------------
@@ -362,11 +476,8 @@ def test_simulate_clicks_passes_the_predictive_probability_and_a_pure_lookahead(
     seen = []
 
     def spy(state, rng):
-        history = walker_predictor.clicks
         seen.append(state.predictive_probability)
-        cell = POLICIES["bald_lookahead"](state, rng)
-        assert walker_predictor.clicks == history  # the look-ahead left the history alone
-        return cell
+        return POLICIES["bald_lookahead"](state, rng)
 
     monkeypatch.setitem(POLICIES, "spy", spy)
     image, mask = _image_and_mask()

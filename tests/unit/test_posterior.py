@@ -1,4 +1,4 @@
-"""The Posterior: probit predictive, samples, entropies / BALD, prompt scores, loading."""
+"""The Posterior: probit predictive, samples, entropies / BALD (quadrature by default), loading."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from laplace_head.bayes.posterior import (
     stack_inputs,
     uncertainty_from_samples,
 )
-from laplace_head.bayes.prompt_scoring import gaussian_neighbourhood_mean
+from laplace_head.bayes.predictive import UNCERTAINTY_FIELDS, gaussian_logit_uncertainty
 from laplace_head.model.head import NoImageHead
 
 SIZE = 24
@@ -84,76 +84,56 @@ def test_weight_samples_are_reusable_and_seeded():
 def test_entropy_decomposition_from_samples():
     identical = torch.full((5, 3), 1.3)
     maps = uncertainty_from_samples(identical)
-    torch.testing.assert_close(maps["mutual_information"], torch.zeros(3))
-    torch.testing.assert_close(maps["predictive_entropy"], maps["expected_entropy"])
+    torch.testing.assert_close(maps["bald"], torch.zeros(3))
+    torch.testing.assert_close(maps["entropy"], maps["expected_entropy"])
     a = 2.0
     opposite = torch.tensor([[a], [-a]])
     maps = uncertainty_from_samples(opposite)
     p = 1 / (1 + math.exp(-a))
     h = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    assert float(maps["predictive_entropy"][0]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(maps["entropy"][0]) == pytest.approx(math.log(2), rel=1e-6)
     assert float(maps["expected_entropy"][0]) == pytest.approx(h, rel=1e-6)
-    assert float(maps["mutual_information"][0]) == pytest.approx(math.log(2) - h, rel=1e-5)
+    assert float(maps["bald"][0]) == pytest.approx(math.log(2) - h, rel=1e-5)
     confident = uncertainty_from_samples(torch.tensor([[40.0], [45.0]]))
-    assert float(confident["predictive_entropy"][0]) > 0  # float64, no underflow to 0
-    assert float(confident["mutual_information"][0]) >= 0
+    assert float(confident["entropy"][0]) > 0  # float64, no underflow to 0
+    assert float(confident["bald"][0]) >= 0
 
 
 def test_uncertainty_maps_shapes_and_ranges():
     posterior = _posterior(variance_scale=0.5)
     maps = posterior.uncertainty_maps(_inputs(2), n_samples=16)
-    for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
+    assert set(maps) == {"map_logits", "map_probability", "logit_variance", *UNCERTAINTY_FIELDS}
+    for name in ("entropy", "expected_entropy", "bald"):
         assert maps[name].shape == (2, SIZE, SIZE)
         assert float(maps[name].min()) >= 0 and float(maps[name].max()) <= math.log(2) + 1e-6
-    assert torch.all(maps["predictive_entropy"] + 1e-6 >= maps["expected_entropy"])
+    assert torch.all(maps["entropy"] + 1e-6 >= maps["expected_entropy"])
 
 
-def test_gaussian_neighbourhood_mean_is_a_normalised_local_average():
-    flat = gaussian_neighbourhood_mean(torch.full((20, 30), 0.7), sigma=3.0)
-    torch.testing.assert_close(flat, torch.full((20, 30), 0.7))  # border-normalised
-    spike = torch.zeros(20, 30)
-    spike[5, 20] = 1.0
-    smoothed = gaussian_neighbourhood_mean(spike, sigma=2.0)
-    assert tuple(np.unravel_index(int(smoothed.argmax()), smoothed.shape)) == (5, 20)
-
-
-def test_score_prompts_ranks_by_neighbourhood_bald_with_predicted_labels(monkeypatch):
-    posterior = _posterior()
-    bald = torch.zeros(1, SIZE, SIZE)
-    bald[0, 4:7, 16:19] = 0.5  # an uncertain blob around (x=17, y=5)
-    bald[0, 18, 4] = 0.2  # a weaker spot at (x=4, y=18)
-    probability = torch.full((1, SIZE, SIZE), 0.2)
-    probability[0, :, 12:] = 0.9  # the right half is predicted foreground
-
-    def fake_maps(self, inputs, n_samples=32, generator=None, weight_samples=None):
-        return {"mutual_information": bald, "predictive_probability": probability}
-
-    monkeypatch.setattr(Posterior, "uncertainty_maps", fake_maps)
-    candidates = [[4, 18], [17, 5], [1, 1]]
-    ranked = posterior.score_prompts(_inputs(1), candidates, sigma=1.5)
-    assert [(s.x, s.y) for s in ranked] == [(17, 5), (4, 18), (1, 1)]
-    assert [s.rank for s in ranked] == [0, 1, 2]
-    assert [s.label for s in ranked] == ["positive", "negative", "negative"]
-    assert ranked[0].score > ranked[1].score > ranked[2].score == pytest.approx(0)
-    grid = posterior.score_prompts(_inputs(1), sigma=1.5, grid_stride=1, top_k=3)
-    assert len(grid) == 3 and grid[0].score >= grid[1].score >= grid[2].score
-    assert (grid[0].x, grid[0].y) == (17, 5)  # the blob centre
-    for a in grid:  # non-maximum suppression: suggestions at least 2 sigma apart
-        for b in grid:
-            assert a is b or np.hypot(a.x - b.x, a.y - b.y) >= 3.0
-    dense = posterior.score_prompts(_inputs(1), sigma=1.5, grid_stride=1, top_k=3, min_distance=0)
-    assert max(np.hypot(a.x - 17, a.y - 5) for a in dense) <= 1.5  # all in the blob
-    assert ranked[0].to_dict()["label"] == "positive"
-
-
-def test_score_prompts_on_a_real_posterior_returns_sorted_points():
+def test_uncertainty_maps_are_quadrature_unless_sampling_is_asked_for():
+    """One route: the default is the deterministic quadrature of the moments; only n_samples or
+    weight_samples switch to sampling, and the two agree."""
     posterior = _posterior(variance_scale=0.5)
-    ranked = posterior.score_prompts(_inputs(1)[0], sigma=3, grid_stride=6, n_samples=8)
-    assert len(ranked) == (SIZE // 6) ** 2
-    scores = [s.score for s in ranked]
-    assert scores == sorted(scores, reverse=True)
-    for s in ranked:
-        assert s.label == ("positive" if s.p_foreground > 0.5 else "negative")
+    inputs = _inputs(1)
+    maps = posterior.uncertainty_maps(inputs)
+    map_logits, variance = posterior.logit_moments(inputs)
+    expected = gaussian_logit_uncertainty(map_logits, variance)
+    for name in UNCERTAINTY_FIELDS:
+        torch.testing.assert_close(maps[name], expected[name], rtol=0, atol=0)
+    torch.testing.assert_close(maps["map_logits"], map_logits, rtol=0, atol=0)
+    torch.testing.assert_close(maps["map_probability"], torch.sigmoid(map_logits))
+    reused = posterior.uncertainty_maps(inputs, moments=(map_logits, variance))
+    torch.testing.assert_close(reused["bald"], maps["bald"], rtol=0, atol=0)
+    generator = torch.Generator().manual_seed(0)
+    sampled = posterior.uncertainty_maps(inputs, n_samples=2000, generator=generator)
+    assert not torch.equal(sampled["bald"], maps["bald"])
+    assert float((sampled["bald"] - maps["bald"]).abs().mean()) < 0.01
+    prob_error = (sampled["predictive_probability"] - maps["predictive_probability"]).abs()
+    assert float(prob_error.max()) < 0.05
+    weights = posterior.sample_weights(8, torch.Generator().manual_seed(1))
+    again = posterior.uncertainty_maps(inputs, weight_samples=weights)
+    torch.testing.assert_close(
+        again["bald"], posterior.uncertainty_maps(inputs, weight_samples=weights)["bald"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,14 +150,8 @@ def test_bad_inputs_raise_clear_errors(bad, match):
         _posterior().predictive_probability(bad)
 
 
-def test_bad_prompt_arguments():
+def test_bad_prompt_maps():
     posterior = _posterior()
-    with pytest.raises(UncertaintyInputError, match="outside"):
-        posterior.score_prompts(_inputs(1), [[SIZE + 3, 2]])
-    with pytest.raises(UncertaintyInputError, match="one prompt set"):
-        posterior.score_prompts(_inputs(2))
-    with pytest.raises(UncertaintyInputError, match=r"\(M, 2\)"):
-        posterior.score_prompts(_inputs(1), [1, 2, 3])
     nan_maps = _inputs(1).astype(np.float32)
     nan_maps[0, 1, 0, 0] = np.nan
     with pytest.raises(UncertaintyInputError, match="NaN"):

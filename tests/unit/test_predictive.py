@@ -117,24 +117,24 @@ def test_uncertainty_from_samples_matches_numpy() -> None:
     def entropy(q: np.ndarray) -> np.ndarray:
         return -(q * np.log(q) + (1 - q) * np.log(1 - q))
 
-    np.testing.assert_allclose(maps["mean_probability"].numpy(), p_mean, rtol=1e-6)
-    np.testing.assert_allclose(maps["predictive_entropy"].numpy(), entropy(p_mean), rtol=1e-5)
+    np.testing.assert_allclose(maps["predictive_probability"].numpy(), p_mean, rtol=1e-6)
+    np.testing.assert_allclose(maps["entropy"].numpy(), entropy(p_mean), rtol=1e-5)
     np.testing.assert_allclose(maps["expected_entropy"].numpy(), entropy(p).mean(0), rtol=1e-5)
     np.testing.assert_allclose(
-        maps["mutual_information"].numpy(),
+        maps["bald"].numpy(),
         entropy(p_mean) - entropy(p).mean(0),
         rtol=1e-4,
         atol=1e-7,
     )
     for name in maps:
         assert maps[name].shape == (2, 5) and maps[name].dtype == torch.float32
-    assert float(maps["mutual_information"].min()) >= 0.0
+    assert float(maps["bald"].min()) >= 0.0
 
 
 def test_identical_samples_carry_no_mutual_information() -> None:
     maps = uncertainty_from_samples(torch.full((8, 3), 1.2))
-    torch.testing.assert_close(maps["mutual_information"], torch.zeros(3))
-    torch.testing.assert_close(maps["predictive_entropy"], maps["expected_entropy"])
+    torch.testing.assert_close(maps["bald"], torch.zeros(3))
+    torch.testing.assert_close(maps["entropy"], maps["expected_entropy"])
 
 
 def test_posterior_re_exports_the_shared_functions() -> None:

@@ -62,21 +62,21 @@ def test_quadrature_matches_monte_carlo_across_variance_regimes(monte_carlo, n_n
     out = gaussian_logit_uncertainty(
         torch.from_numpy(mc["m"]), torch.from_numpy(mc["v"]), n_nodes=n_nodes
     )
-    bald = out["mutual_information"].numpy()
+    bald = out["bald"].numpy()
     big = mc["bald"] > 1e-6
     assert big.sum() >= 20  # most of the grid is checked relatively
     relative = np.abs(bald[big] - mc["bald"][big]) / mc["bald"][big]
     assert relative.max() <= 0.02, dict(zip(zip(mc["m"][big], mc["v"][big]), relative))
     np.testing.assert_allclose(bald[~big], mc["bald"][~big], rtol=0.02, atol=1e-9)
     # Probabilities and entropies within 5 Monte Carlo standard errors (plus round-off).
-    assert np.all(np.abs(out["mean_probability"].numpy() - mc["p"]) <= 5 * mc["p_se"] + 1e-12)
+    assert np.all(np.abs(out["predictive_probability"].numpy() - mc["p"]) <= 5 * mc["p_se"] + 1e-12)
     expected = out["expected_entropy"].numpy()
     assert np.all(np.abs(expected - mc["expected"]) <= 5 * mc["expected_se"] + 1e-12)
-    np.testing.assert_allclose(out["predictive_entropy"].numpy(), mc["total"], rtol=2e-3, atol=1e-9)
+    np.testing.assert_allclose(out["entropy"].numpy(), mc["total"], rtol=2e-3, atol=1e-9)
     # BALD is the difference of the two entropies.
     np.testing.assert_allclose(
         bald,
-        np.maximum(out["predictive_entropy"].numpy() - expected, 0.0),
+        np.maximum(out["entropy"].numpy() - expected, 0.0),
         rtol=0,
         atol=1e-15,
     )
@@ -88,15 +88,15 @@ def test_bald_vanishes_with_the_variance_without_a_floor(mean) -> None:
     p = expit(mean)
     variances = torch.tensor([1e-4, 1e-6, 1e-8], dtype=torch.float64)
     out = gaussian_logit_uncertainty(torch.full_like(variances, mean), variances)
-    bald = out["mutual_information"].numpy()
+    bald = out["bald"].numpy()
     np.testing.assert_allclose(bald, variances.numpy() * p * (1 - p) / 2, rtol=0.01)
     assert np.all(np.diff(bald) < 0)  # strictly decreasing towards 0: no 2e-3 floor
     tiny = gaussian_logit_uncertainty(torch.tensor([mean]).double(), torch.tensor([1e-10]).double())
     # At v = 1e-10 the value sits near the float64 round-off of the two entropies (~1e-16).
-    assert tiny["mutual_information"].item() == pytest.approx(1e-10 * p * (1 - p) / 2, abs=1e-15)
+    assert tiny["bald"].item() == pytest.approx(1e-10 * p * (1 - p) / 2, abs=1e-15)
     zero = gaussian_logit_uncertainty(torch.tensor([mean]), torch.tensor([0.0]))
-    assert zero["mutual_information"].item() <= 1e-7
-    assert zero["mean_probability"].item() == pytest.approx(p, rel=1e-6)
+    assert zero["bald"].item() <= 1e-7
+    assert zero["predictive_probability"].item() == pytest.approx(p, rel=1e-6)
 
 
 def test_the_two_rules_agree_at_the_switch() -> None:
@@ -117,28 +117,26 @@ def test_shapes_dtypes_broadcasting_and_extremes() -> None:
     variance = torch.rand(2, 3, 5) * 200
     out = gaussian_logit_uncertainty(mean, variance)
     assert set(out) == {
-        "mean_probability",
-        "predictive_entropy",
+        "predictive_probability",
+        "entropy",
         "expected_entropy",
-        "mutual_information",
+        "bald",
     }
     for value in out.values():
         assert value.shape == (2, 3, 5) and value.dtype == torch.float32
         assert torch.isfinite(value).all()
     flat = gaussian_logit_uncertainty(mean.reshape(-1).double(), variance.reshape(-1).double())
-    np.testing.assert_allclose(
-        out["mutual_information"].numpy().ravel(), flat["mutual_information"].numpy(), rtol=1e-6
-    )
+    np.testing.assert_allclose(out["bald"].numpy().ravel(), flat["bald"].numpy(), rtol=1e-6)
     # A scalar variance broadcasts; negative round-off is treated as 0.
     scalar = gaussian_logit_uncertainty(mean, torch.tensor(-1e-9))
-    assert scalar["mutual_information"].shape == (2, 3, 5)
-    assert float(scalar["mutual_information"].max()) <= 1e-7
+    assert scalar["bald"].shape == (2, 3, 5)
+    assert float(scalar["bald"].max()) <= 1e-7
     # Extreme logits and variances stay finite and in range.
     extreme = gaussian_logit_uncertainty(
         torch.tensor([-1e4, 1e4, 0.0, 50.0]), torch.tensor([1e6, 1e-30, 1e8, 1e4])
     )
-    p = extreme["mean_probability"]
+    p = extreme["predictive_probability"]
     assert torch.all((p >= 0) & (p <= 1))
     for value in extreme.values():
         assert torch.isfinite(value).all() and torch.all(value >= 0)
-    assert float(extreme["predictive_entropy"].max()) <= np.log(2) + 1e-6
+    assert float(extreme["entropy"].max()) <= np.log(2) + 1e-6

@@ -34,6 +34,18 @@ def _prompt(rng: np.random.Generator, k: int, hw=(50, 70)):
     return points, np.array([1] * k + [0] * k)
 
 
+def _on_grid(logits: np.ndarray) -> np.ndarray:
+    """SamPredictor's image-size logits resized to the 256 grid as SamSegmenter resizes them."""
+    resized = F.interpolate(
+        torch.as_tensor(logits)[None, None],
+        (256, 256),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    return resized[0, 0].numpy()
+
+
 def test_registry_lists_backends_and_rejects_unknown():
     assert set(SEGMENTER_REGISTRY) == {"sam", "random_walker"}
     with pytest.raises(ValueError, match="random_walker, sam"):
@@ -69,14 +81,36 @@ def test_sam_matches_sam_predictor_reference(tiny_sam, image):
     assert logits.shape == (256, 256) and logits.dtype == np.float32
     assert len(scores) == 3 and branch == int(np.argmax(iou))
     np.testing.assert_allclose(scores, iou, rtol=1e-5, atol=1e-6)
-    reference = F.interpolate(
-        torch.as_tensor(masks[branch])[None, None],
-        (256, 256),
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )[0, 0].numpy()
-    np.testing.assert_allclose(logits, reference, atol=1e-5)
+    np.testing.assert_allclose(logits, _on_grid(masks[branch]), atol=1e-5)
+
+
+def test_sam_mask_input_matches_sam_predictor_reference(tiny_sam, image):
+    """predict_with_mask = SamPredictor.predict(mask_input=...)'s best branch: the previous
+    low-res logits go into the prompt encoder, and the kept low-res logits come back."""
+    rng = np.random.default_rng(3)
+    points, labels = _prompt(rng, 2)
+    tiny_sam.set_image(image)
+    (first, _, _), low_res = tiny_sam.predict_with_mask(points[:1], labels[:1])
+    assert low_res.shape == (1, *tiny_sam.mask_input_hw) == (1, 32, 32)
+    (logits, branch, scores), next_low_res = tiny_sam.predict_with_mask(points, labels, low_res)
+    masks, iou, low = tiny_sam.predictor.predict(
+        points, labels, mask_input=low_res, return_logits=True
+    )
+    assert branch == int(np.argmax(iou))
+    np.testing.assert_allclose(scores, iou, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(next_low_res[0], low[branch], atol=1e-5)
+    np.testing.assert_allclose(logits, _on_grid(masks[branch]), atol=1e-5)
+    assert np.abs(logits - tiny_sam.predict(points, labels)[0]).max() > 1e-3  # the mask counts
+    with pytest.raises(ValueError, match=r"mask_input must be finite \(1, 32, 32\)"):
+        tiny_sam.predict_with_mask(points, labels, np.zeros((1, 256, 256)))
+
+
+def test_random_walker_refuses_a_mask_input(image):
+    segmenter = RandomWalkerSegmenter(max_side=16)
+    segmenter.set_image(image)
+    assert not segmenter.supports_mask_input
+    with pytest.raises(ValueError, match="random_walker base segmenter takes no mask input"):
+        segmenter.predict_with_mask(np.array([[3.0, 4.0]]), np.array([1]))
 
 
 def test_sam_batch_equals_one_by_one_and_padding_would_not(tiny_sam, image):
