@@ -37,6 +37,7 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 HEAD_VARIANT = "no_image"
 SHARD_FORMAT = "{:04d}"
+SHARD_PATTERN = r"\d{4}"  # what SHARD_FORMAT writes (a Snakemake wildcard constraint)
 
 # File names other modules need to find inside a folder of the layout.
 BEST_CHECKPOINT = "best.pt"
@@ -105,15 +106,6 @@ class ProjectLayout:
         """The same run with the stage 6-8 paths of ablation variant ``name``."""
         return ProjectLayout(self.root, self.run_id, self.head_variant, name)
 
-    @classmethod
-    def of_run_dir(cls, run_dir: str | os.PathLike) -> ProjectLayout | None:
-        """The layout whose :attr:`run_dir` is ``run_dir`` (``checkpoints/<head>/run_<id>``)."""
-        run_dir = Path(run_dir)
-        if not run_dir.name.startswith("run_") or len(run_dir.parents) < 3:
-            return None
-        layout = cls(run_dir.parents[2], run_dir.name[len("run_") :], run_dir.parent.name)
-        return layout if layout.run_dir == run_dir else None
-
     def with_run(self, run_id: str) -> ProjectLayout:
         """The same project, another run."""
         return ProjectLayout(self.root, run_id, self.head_variant, self.posterior)
@@ -122,6 +114,10 @@ class ProjectLayout:
         if not self.run_id:
             raise ValueError("this path belongs to a training run: give ProjectLayout a run_id")
         return f"run_{self.run_id}"
+
+    def project(self) -> ProjectLayout:
+        """The same project without a run: the layout of stages 1-4 and their logs."""
+        return ProjectLayout(self.root, None, self.head_variant)
 
     # --- stage 1 ---------------------------------------------------------------------------
     @property
@@ -154,7 +150,7 @@ class ProjectLayout:
         folders = {"prompt_sets": self.prompt_sets_dir, "sam_precompute": self.precompute_dir}
         if stage not in folders:
             raise ValueError(f"stage must be one of {', '.join(folders)}; got {stage!r}")
-        return folders[stage](split) / "_shards" / f"shard_{_shard_name(shard)}.json"
+        return folders[stage](split) / "_shards" / f"{_shard_stem(shard)}.json"
 
     # --- stages 4 and 4.5 --------------------------------------------------------------------
     @property
@@ -219,6 +215,10 @@ class ProjectLayout:
         """One of :data:`EVAL_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
         return self.eval_dir / EVAL_FILES[name]
 
+    def eval_files(self) -> dict[str, Path]:
+        """Every file of :data:`EVAL_FILES`, by name."""
+        return {name: self.eval_file(name) for name in EVAL_FILES}
+
     # --- stage 8 ---------------------------------------------------------------------------
     @property
     def active_prompting_dir(self) -> Path:
@@ -228,13 +228,21 @@ class ProjectLayout:
 
     def active_prompting_shard(self, split: str, shard: str | int) -> Path:
         """One JSONL of click records per shard of the split."""
-        return self.active_prompting_dir / "shards" / split / f"shard_{_shard_name(shard)}.jsonl"
+        return self.active_prompting_dir / "shards" / split / f"{_shard_stem(shard)}.jsonl"
 
     def active_prompting_file(self, name: str, split: str | None = None) -> Path:
         """One of :data:`ACTIVE_PROMPTING_FILES` (``metrics``, ``table``, ``markdown``, ...);
         with ``split`` the report of that split (the ablation clicks on several)."""
         folder = self.active_prompting_dir / split if split else self.active_prompting_dir
         return folder / ACTIVE_PROMPTING_FILES[name]
+
+    def active_prompting_report(self, split: str) -> dict[str, Path]:
+        """Every report file of the clicks on ``split``, by name: the run's report covers its
+        one configured split; a posterior variant reports each split in its own folder."""
+        folder_split = split if self.posterior else None
+        return {
+            name: self.active_prompting_file(name, folder_split) for name in ACTIVE_PROMPTING_FILES
+        }
 
     # --- ablation ----------------------------------------------------------------------------
     @property
@@ -244,6 +252,10 @@ class ProjectLayout:
     def ablation_file(self, name: str) -> Path:
         """One of :data:`ABLATION_FILES`: the summary over every variant of the run."""
         return self.ablation_dir / ABLATION_FILES[name]
+
+    def ablation_files(self) -> dict[str, Path]:
+        """Every file of :data:`ABLATION_FILES`, by name."""
+        return {name: self.ablation_file(name) for name in ABLATION_FILES}
 
     # --- sanity panels -----------------------------------------------------------------------
     @property
@@ -257,21 +269,37 @@ class ProjectLayout:
         return self.debug_panels_dir / f"{split}_overview.png"
 
     # --- Snakemake's logs and benchmarks -------------------------------------------------------
-    def log(self, rule: str, *parts: str) -> Path:
-        """``logs/<rule>/<parts...>`` (the last part without ``.log``)."""
-        return self._under("logs", rule, parts, ".log")
+    def log(self, rule: str, split: str | None = None, shard: str | int | None = None) -> Path:
+        """The log of one job of ``rule``: ``logs/<rule>/[run_<id>/][variant_<name>/]
+        [<split>/][shard_NNNN].log``, the parts this layout and the job have (a layout without
+        run, variant, split and shard: ``logs/<rule>/<rule>.log``)."""
+        return self._job_file("logs", rule, split, shard, ".log")
 
-    def benchmark(self, rule: str, *parts: str) -> Path:
-        """``benchmarks/<rule>/<parts...>`` (the last part without ``.tsv``)."""
-        return self._under("benchmarks", rule, parts, ".tsv")
+    def benchmark(
+        self, rule: str, split: str | None = None, shard: str | int | None = None
+    ) -> Path:
+        """The benchmark TSV of one job, named as :meth:`log` names its log."""
+        return self._job_file("benchmarks", rule, split, shard, ".tsv")
 
-    def _under(self, top: str, rule: str, parts: tuple[str, ...], suffix: str) -> Path:
-        *folders, last = parts or (rule,)
+    def _job_file(
+        self, top: str, rule: str, split: str | None, shard: str | int | None, suffix: str
+    ) -> Path:
+        parts = [
+            *([self._run_name()] if self.run_id else []),
+            *([f"variant_{self.posterior}"] if self.posterior else []),
+            *([split] if split else []),
+            *([_shard_stem(shard)] if shard is not None else []),
+        ] or [rule]
+        *folders, last = parts
         return self.root.joinpath(top, rule, *folders, last + suffix)
 
 
-def _shard_name(shard: int | str) -> str:
+def shard_name(shard: int | str) -> str:
     """``0007`` for 7 or "7"; a wildcard such as ``{shard}`` passes through."""
     if isinstance(shard, str) and not shard.isdigit():
         return shard
     return SHARD_FORMAT.format(int(shard))
+
+
+def _shard_stem(shard: int | str) -> str:
+    return f"shard_{shard_name(shard)}"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +103,16 @@ def evaluate(
     laplace_dir: str | os.PathLike,
     test_h5: str | os.PathLike,
     val_h5: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out_files: Mapping[str, str | os.PathLike],
     settings: EvaluationSettings | None = None,
     run_id: str | None = None,
     tracker: Any = None,
 ) -> dict:
     """Evaluate base / MAP / MAP + temperature scaling / Laplace on the test split.
 
-    Writes ``metrics.json``, ``metrics.csv``, ``metrics.md``, ``reliability.png`` and
-    ``uncertainty_examples.png`` into ``out_dir`` and returns the metrics dict. ``settings``
-    defaults to :class:`~laplace_head.settings.EvaluationSettings` ().
+    Writes ``out_files`` (every name of :data:`laplace_head.layout.EVAL_FILES`: the layout's
+    ``eval_files()``) and returns the metrics dict. ``settings`` defaults to
+    :class:`~laplace_head.settings.EvaluationSettings` ().
     """
     settings = settings or EvaluationSettings()
     n_posterior_samples, ece_bins = settings.n_posterior_samples, settings.ece_bins
@@ -126,7 +126,6 @@ def evaluate(
             f"need ece_bins >= 2 and n_posterior_samples >= 2; got {ece_bins}, "
             f"{n_posterior_samples}"
         )
-    out_dir = Path(out_dir)
     posterior = load_posterior(laplace_dir)
     scaling = fit_temperature_scaling(posterior, val_h5, batch_rows, max_pixels_calibration, seed)
     tau = scaling["temperature"]
@@ -199,16 +198,16 @@ def evaluate(
             if (OVERALL_SCOPE, m) in accumulators
         },
     }
-    _write_outputs(out_dir, metrics, examples)
-    plot_reliability(metrics["reliability"], out_dir / "reliability.png")
-    plot_uncertainty_examples(examples, out_dir / "uncertainty_examples.png")
+    _write_outputs(out_files, metrics)
+    plot_reliability(metrics["reliability"], out_files["reliability"])
+    plot_uncertainty_examples(examples, out_files["examples"])
     if tracker is not None:
         tracker.log_table("eval/metrics", metrics_frame(metrics))
         tracker.summary(
             {f"eval/{m}/{k}": v for m, r in metrics["overall"].items() if r for k, v in r.items()}
         )
-        for name in ("reliability", "uncertainty_examples"):
-            tracker.log_image(f"eval/{name}", out_dir / f"{name}.png")
+        for name, file in (("reliability", "reliability"), ("uncertainty_examples", "examples")):
+            tracker.log_image(f"eval/{name}", out_files[file])
     return metrics
 
 
@@ -307,9 +306,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_outputs(out_dir: Path, metrics: dict, examples: list) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_outputs(out_files: Mapping[str, str | os.PathLike], metrics: dict) -> None:
+    for path in out_files.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame = metrics_frame(metrics)
-    atomic_write_csv(out_dir / "metrics.csv", frame)
-    atomic_write_text(out_dir / "metrics.md", markdown_table(frame))
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_csv(out_files["table"], frame)
+    atomic_write_text(out_files["markdown"], markdown_table(frame))
+    atomic_write_json(out_files["metrics"], metrics)

@@ -39,6 +39,7 @@ from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
 from laplace_head.model.losses import bce_dice_loss
 from laplace_head.model.metrics import SegmentationMeter
+from laplace_head.settings import Runtime
 from laplace_head.training import checkpoint as ckpt
 from laplace_head.training.dataset import H5SegmentationDataset, make_loader
 from laplace_head.util.atomic import atomic_write_json, atomic_write_yaml
@@ -71,11 +72,17 @@ class TrainingSettings:
     in_memory: str = "auto"
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainingSettings:
-        """Pick the fields out of a resolved config (``validate_config`` output)."""
-        training = config["training"]
-        fields = {k: training[k] for k in cls.__dataclass_fields__ if k in training}
-        return cls(**fields, **{k: config["head"][k] for k in ("channels_in", "hidden_channels")})
+    def from_params(cls, params: Mapping[str, Any], runtime: Runtime | None = None):
+        """From ``stage_params(config)["train_head"]`` and the runtime's worker count, device
+        and in-RAM loading (defaults without a runtime)."""
+        runtime = runtime or Runtime()
+        return cls(
+            **params["head"],
+            **params["training"],
+            num_workers=runtime.num_workers,
+            device=runtime.training_device,
+            in_memory=runtime.in_memory,
+        )
 
     def as_config(self) -> dict:
         """A ``{"head": ..., "training": ...}`` mapping for callers without a config file."""

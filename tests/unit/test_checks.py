@@ -13,6 +13,7 @@ from laplace_head.dataset import checks
 from laplace_head.dataset.checks import check_sample
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.scan import ScanEntry
+from laplace_head.layout import ProjectLayout
 
 HEIGHT, WIDTH = 20, 30
 
@@ -183,7 +184,7 @@ def test_a_memory_error_on_one_sample_does_not_stop_stage_1(tmp_path, data_tools
         return real_load_mask(path)
 
     monkeypatch.setattr(checks, "load_mask", load_mask)
-    report = build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    report = build_manifests(images_root, masks_root, ProjectLayout(tmp_path), split_seed=0)
     assert report["n_valid"] == 3 and report["n_invalid"] == 1
     (invalid,) = report["invalid_samples"]
     assert invalid["sample_id"] == "a/a_001"

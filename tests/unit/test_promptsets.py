@@ -15,7 +15,8 @@ import pytest
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.sharding import num_shards, shard_names, shard_rows
-from laplace_head.prompts.promptsets import generate_promptsets_shard, promptset_json_path
+from laplace_head.layout import ProjectLayout
+from laplace_head.prompts.promptsets import generate_promptsets_shard
 
 SETTINGS = {"num_promptsets": 3, "min_pairs": 1, "max_pairs": 4, "prompt_seed": 77}
 RECORD_KEYS = {
@@ -43,7 +44,7 @@ def manifest(tmp_path: Path, dataset_factory, data_tools) -> pd.DataFrame:
     image = data_tools.synthetic_image(40, 60, 9)
     data_tools.save_image(images_root / "b" / "half.png", image)
     data_tools.save_mask(masks_root / "b" / "half.npy", data_tools.synthetic_mask(20, 30, 3))
-    build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    build_manifests(images_root, masks_root, ProjectLayout(tmp_path), split_seed=0)
     frame = pd.read_csv(tmp_path / "manifests" / "all_samples.csv", keep_default_na=False)
     assert frame["valid"].all()
     return frame.sort_values("sample_id").reset_index(drop=True)
@@ -51,7 +52,7 @@ def manifest(tmp_path: Path, dataset_factory, data_tools) -> pd.DataFrame:
 
 def _generate(frame: pd.DataFrame, out: Path, **overrides) -> dict:
     settings = {**SETTINGS, **overrides}
-    return generate_promptsets_shard(frame, "train", out, **settings)
+    return generate_promptsets_shard(frame, "train", ProjectLayout(out), **settings)
 
 
 def _jsons(out: Path) -> dict[str, bytes]:
@@ -70,7 +71,7 @@ def test_one_json_per_sample_with_the_documented_fields(tmp_path: Path, manifest
     }
     assert set(_jsons(out)) == {f"{s}.json" for s in manifest["safe_id"]}
     for _, row in manifest.iterrows():
-        path = promptset_json_path(out, "train", row["safe_id"])
+        path = ProjectLayout(out).promptset_json("train", row["safe_id"])
         record = json.loads(path.read_text(encoding="utf-8"))
         assert set(record) == RECORD_KEYS
         assert record["sample_id"] == row["sample_id"] and record["class"] == row["class"]
@@ -116,7 +117,7 @@ def test_existing_jsons_are_skipped_and_force_rewrites_identically(tmp_path, man
     _generate(manifest, out)
     before = _jsons(out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.json")}
-    victim = promptset_json_path(out, "train", manifest["safe_id"][2])
+    victim = ProjectLayout(out).promptset_json("train", manifest["safe_id"][2])
     victim.unlink()
     summary = _generate(manifest, out)
     assert (summary["generated"], summary["skipped"]) == (1, len(manifest) - 1)
@@ -146,9 +147,9 @@ def test_damaged_json_is_regenerated(tmp_path: Path, manifest) -> None:
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
     before = _jsons(out)
-    path = promptset_json_path(out, "train", manifest["safe_id"][0])
+    path = ProjectLayout(out).promptset_json("train", manifest["safe_id"][0])
     path.write_bytes(path.read_bytes()[:40])
-    other = promptset_json_path(out, "train", manifest["safe_id"][1])
+    other = ProjectLayout(out).promptset_json("train", manifest["safe_id"][1])
     other.write_text("[]")
     summary = _generate(manifest, out)
     assert summary["generated"] == 2
@@ -165,7 +166,7 @@ def test_a_broken_sample_is_reported_and_the_others_still_run(tmp_path, manifest
     failures = {f["sample_id"]: f["reason"] for f in summary["failures"]}
     assert failures[manifest.loc[0, "sample_id"]].startswith("mask unreadable")
     assert failures[manifest.loc[1, "sample_id"]] == "mask has no foreground pixel"
-    assert not promptset_json_path(out, "train", manifest.loc[0, "safe_id"]).exists()
+    assert not ProjectLayout(out).promptset_json("train", manifest.loc[0, "safe_id"]).exists()
     assert _jsons(out)  # the rest are written
     assert not [p for p in (out / "train").iterdir() if p.name.startswith(".tmp-")]
 

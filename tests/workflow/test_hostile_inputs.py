@@ -33,6 +33,7 @@ from laplace_head.dataset.images import load_image_rgb, load_mask
 from laplace_head.dataset.manifests import build_manifests, read_split_manifest
 from laplace_head.dataset.scan import MAX_SAFE_ID_BYTES, ScanEntry
 from laplace_head.dataset.splits import SPLITS
+from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.promptsets import generate_promptsets_shard
 
 H, W = 20, 30
@@ -317,7 +318,7 @@ def hostile(tmp_path_factory) -> dict:
     written.append(bad_name)
 
     manifests = root / "project" / "manifests"
-    report = build_manifests(images, masks, manifests, split_seed=3)
+    report = build_manifests(images, masks, ProjectLayout(root / "project"), split_seed=3)
     frame = pd.read_csv(manifests / "all_samples.csv", dtype=str, keep_default_na=False)
     assert len(frame) == report["n_candidates"]  # no row split by a stray line break
     return {
@@ -413,7 +414,9 @@ def test_every_valid_sample_gets_prompt_sets(hostile: dict, tmp_path: Path) -> N
         dtype={"sample_id": str, "safe_id": str, "class": str, "stem": str},
     )
     valid = frame[frame["valid"]]
-    summary = generate_promptsets_shard(valid, "train", tmp_path, 3, 1, 4, prompt_seed=1)
+    summary = generate_promptsets_shard(
+        valid, "train", ProjectLayout(tmp_path), 3, 1, 4, prompt_seed=1
+    )
     assert summary["failed"] == 0, summary["failures"]
     assert summary["generated"] == len(valid)
     record = json.loads((tmp_path / "train" / "h__one_foreground_pixel.json").read_text())
@@ -453,11 +456,12 @@ def test_empty_images_root_gives_empty_manifests(tmp_path: Path, caplog) -> None
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with caplog.at_level("WARNING", logger="laplace_head"):
-        report = build_manifests(tmp_path / "images", tmp_path / "masks", tmp_path / "m", 1)
+        project = ProjectLayout(tmp_path)
+        report = build_manifests(tmp_path / "images", tmp_path / "masks", project, 1)
     assert report["n_candidates"] == report["n_valid"] == 0
     assert "no valid samples" in caplog.text
     for name in ("all_samples", "train", "val", "test"):
-        frame = pd.read_csv(tmp_path / "m" / f"{name}.csv")
+        frame = pd.read_csv(project.manifest(name))
         assert len(frame) == 0 and "sample_id" in frame.columns
 
 
