@@ -124,8 +124,11 @@ def make_fake_split(
 def make_fake_index(root: Path, n_samples: int, promptsets: int, seed: int = 0) -> Path:
     """A fake split plus its stage-4 index; returns the index CSV path."""
     split_csv, precompute = make_fake_split(root, n_samples, promptsets, seed)
-    index_csv = ProjectLayout(root).training_index("train")
-    write_training_index("train", split_csv, precompute, [], index_csv)
+    layout = ProjectLayout(root)
+    index_csv = layout.training_index("train")
+    write_training_index(
+        "train", split_csv, precompute, [], index_csv, layout.training_failures("train")
+    )
     return index_csv
 
 

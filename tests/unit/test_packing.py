@@ -23,6 +23,7 @@ from laplace_head.cache.packing import (
 from laplace_head.cache.split_h5 import read_h5_index
 from laplace_head.cli import main as cli_main
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import file_md5
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +74,11 @@ def make_indexed_split(
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     columns = ["sample_id", "safe_id", "class", "image_path", "mask_path", "image_h", "image_w"]
     pd.DataFrame(records, columns=[*columns, "split"]).to_csv(split_csv, index=False)
-    index_csv = root / "training_data" / "no_image" / f"{split}_index.csv"
-    write_training_index(split, split_csv, precompute, [], index_csv)
+    layout = ProjectLayout(root)
+    index_csv = layout.training_index(split)
+    write_training_index(
+        split, split_csv, precompute, [], index_csv, layout.training_failures(split)
+    )
     return index_csv
 
 
@@ -147,7 +151,9 @@ def test_gt_is_nearest_resize_of_the_mask_from_its_own_size(tmp_path):
 def test_empty_split(tmp_path):
     index_csv = make_indexed_split(tmp_path, n_samples=0, split="test")
     out = tmp_path / "test.h5"
-    report = pack_split(index_csv, out)
+    with pytest.raises(PackingError, match="pass the split"):  # no row names it
+        pack_split(index_csv, out)
+    report = pack_split(index_csv, out, split="test")
     assert report["n_rows"] == 0 and report["split"] == "test"
     with h5py.File(out, "r") as handle:
         assert handle["logits_256"].shape == (0, 256, 256)

@@ -56,7 +56,10 @@ def _generate(frame: pd.DataFrame, out: Path, **overrides) -> dict:
 
 
 def _jsons(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "train").glob("*.json"))}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(ProjectLayout(out).prompt_sets_dir("train").glob("*.json"))
+    }
 
 
 def test_one_json_per_sample_with_the_documented_fields(tmp_path: Path, manifest) -> None:
@@ -116,13 +119,16 @@ def test_existing_jsons_are_skipped_and_force_rewrites_identically(tmp_path, man
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
     before = _jsons(out)
-    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.json")}
+    mtimes = {
+        p.name: p.stat().st_mtime_ns
+        for p in ProjectLayout(out).prompt_sets_dir("train").glob("*.json")
+    }
     victim = ProjectLayout(out).promptset_json("train", manifest["safe_id"][2])
     victim.unlink()
     summary = _generate(manifest, out)
     assert (summary["generated"], summary["skipped"]) == (1, len(manifest) - 1)
     assert _jsons(out) == before
-    for path in (out / "train").glob("*.json"):
+    for path in ProjectLayout(out).prompt_sets_dir("train").glob("*.json"):
         if path != victim:
             assert path.stat().st_mtime_ns == mtimes[path.name]
     summary = _generate(manifest, out, force=True)
@@ -168,7 +174,11 @@ def test_a_broken_sample_is_reported_and_the_others_still_run(tmp_path, manifest
     assert failures[manifest.loc[1, "sample_id"]] == "mask has no foreground pixel"
     assert not ProjectLayout(out).promptset_json("train", manifest.loc[0, "safe_id"]).exists()
     assert _jsons(out)  # the rest are written
-    assert not [p for p in (out / "train").iterdir() if p.name.startswith(".tmp-")]
+    assert not [
+        p
+        for p in ProjectLayout(out).prompt_sets_dir("train").iterdir()
+        if p.name.startswith(".tmp-")
+    ]
 
 
 # Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (issue 11 item 1:
@@ -200,8 +210,11 @@ def test_a_bad_row_fails_alone_and_never_takes_down_the_shard(tmp_path, manifest
     (failure,) = summary["failures"]
     assert failure["reason"] and "\n" not in failure["reason"]
     assert isinstance(failure["sample_id"], str)
-    written = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
-    expected = {Path("train") / f"{s}.json" for i, s in enumerate(manifest["safe_id"]) if i != 2}
+    written = {p for p in out.rglob("*") if p.is_file()}
+    layout = ProjectLayout(out)
+    expected = {
+        layout.promptset_json("train", s) for i, s in enumerate(manifest["safe_id"]) if i != 2
+    }
     assert written == expected  # nothing outside prompt_sets/train, no temp file left
     assert not (tmp_path / "escape").exists()
 
