@@ -253,6 +253,19 @@ class ProjectLayout:
         """One of :data:`ABLATION_FILES`: the summary over every variant of the run."""
         return self.ablation_dir / ABLATION_FILES[name]
 
+    def ablation_inputs(self, variants: list[str], splits: list[str]) -> dict[str, dict]:
+        """What the ablation summary reads, per variant: ``{"meta": path, "eval": path,
+        "clicks": {split: path}}`` (posterior meta, stage-7 metrics, stage-8 metrics per split)."""
+        inputs = {}
+        for name in variants:
+            variant = self.for_posterior(name)
+            inputs[name] = {
+                "meta": variant.laplace_file("meta"),
+                "eval": variant.eval_file("metrics"),
+                "clicks": {s: variant.active_prompting_report(s)["metrics"] for s in splits},
+            }
+        return inputs
+
     def ablation_files(self) -> dict[str, Path]:
         """Every file of :data:`ABLATION_FILES`, by name."""
         return {name: self.ablation_file(name) for name in ABLATION_FILES}

@@ -304,17 +304,7 @@ def ablation_report(layout: ProjectLayout, settings: Mapping[str, Any]) -> dict:
     """`snakemake ablation`: the summary over every posterior variant (choose on val)."""
     from laplace_head.evaluation.ablation import write_ablation
 
-    variants = {}
-    for name in settings["variants"]:
-        variant = layout.for_posterior(name)
-        variants[name] = {
-            "meta": variant.laplace_file("meta"),
-            "eval": variant.eval_file("metrics"),
-            "clicks": {
-                split: variant.active_prompting_report(split)["metrics"]
-                for split in settings["splits"]
-            },
-        }
+    variants = layout.ablation_inputs(settings["variants"], settings["splits"])
     return write_ablation(variants, layout.ablation_files(), settings)
 
 

@@ -2,6 +2,7 @@
 # trained head (stage 6), evaluated by stage 7 and clicked on by stage 8 on every split of
 # ablation.splits; one summary (choose on val, report on test) with a table and a figure.
 
+
 use rule fit_laplace as fit_laplace_variant with:
     output:
         state=VARIANT.laplace_file("state"),
@@ -70,7 +71,7 @@ use rule active_prompting_report as active_prompting_report_variant with:
 
 rule ablation_report:
     input:
-        unpack(get_ablation_inputs),
+        get_ablation_inputs,
     output:
         metrics=LAYOUT.ablation_file("metrics"),
         table=LAYOUT.ablation_file("table"),

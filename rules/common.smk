@@ -8,7 +8,12 @@ from laplace_head.dataset.manifests import read_split_manifest
 from laplace_head.config import ConfigError, validate_config
 from laplace_head.dataset.sharding import shard_names
 from laplace_head.layout import SHARD_PATTERN, SPLITS, ProjectLayout
-from laplace_head.settings import Runtime, ablation_variants, split_settings, stage_params
+from laplace_head.settings import (
+    Runtime,
+    ablation_variants,
+    split_settings,
+    stage_params,
+)
 
 
 def _config_files():
@@ -103,7 +108,9 @@ def get_all_precompute_shard_summaries(wildcards):
 def get_active_prompting_shards(wildcards):
     """The stage-8 shard JSONLs of the configured split, for one run."""
     run = LAYOUT.with_run(wildcards.run_id)
-    return [run.active_prompting_shard(AP_SPLIT, shard) for shard in get_shards(AP_SPLIT)]
+    return [
+        run.active_prompting_shard(AP_SPLIT, shard) for shard in get_shards(AP_SPLIT)
+    ]
 
 
 def variant_params(stage):
@@ -120,17 +127,14 @@ def get_variant_active_prompting_shards(wildcards):
 
 def get_ablation_inputs(wildcards):
     """Every variant's posterior meta, stage-7 metrics and stage-8 report per split."""
-    run = LAYOUT.with_run(wildcards.run_id)
-    inputs = {}
-    for name in ablation_variants(config):
-        variant = run.for_posterior(name)
-        inputs[f"{name}.meta"] = variant.laplace_file("meta")
-        inputs[f"{name}.eval"] = variant.eval_file("metrics")
-        for split in config["ablation"]["splits"]:
-            inputs[f"{name}.clicks.{split}"] = variant.active_prompting_report(split)[
-                "metrics"
-            ]
-    return inputs
+    inputs = LAYOUT.with_run(wildcards.run_id).ablation_inputs(
+        ablation_variants(config), config["ablation"]["splits"]
+    )
+    return [
+        path
+        for files in inputs.values()
+        for path in (files["meta"], files["eval"], *files["clicks"].values())
+    ]
 
 
 def get_final_targets():
