@@ -94,7 +94,7 @@ FAILURES = {
     "no foreground": (None, np.zeros((HEIGHT, WIDTH), np.uint8), "mask has no foreground"),
     "all foreground": (None, np.ones((HEIGHT, WIDTH), np.uint8), "mask is all foreground"),
     "object array": (None, "object", "mask unreadable (pickled objects are refused)"),
-    # issue 11 item 6: only the format the extension claims is decoded
+    # only the format the extension claims is decoded
     "tiff named .png": (_image_bytes("TIFF"), None, "image fails to decode: file named"),
     "webp named .png": (_image_bytes("WEBP"), None, "image fails to decode: file named"),
 }
@@ -162,7 +162,7 @@ ERRORS = {
 def test_any_exception_while_checking_is_the_samples_reason(
     tmp_path, image_path, monkeypatch, where: str, error: str
 ) -> None:
-    """Issue 11 item 2: every conversion is inside the per-sample ``try``; a MemoryError (or
+    """Every conversion is inside the per-sample ``try``; a MemoryError (or
     anything else) on one sample becomes its reason instead of escaping ``check_sample``."""
     mask_path = _mask_file(tmp_path, _good_mask(10, 15))  # mismatched: resize is reached
     monkeypatch.setattr(checks, where, _raise(ERRORS[error]))

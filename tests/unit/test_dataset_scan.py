@@ -215,7 +215,7 @@ def test_entries_are_sorted_and_deterministic(roots: tuple[Path, Path]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 11 item 1: control characters and line separators in class or stem names
+# Control characters and line separators in class or stem names
 # ---------------------------------------------------------------------------------------------
 
 # Every character that splits a line somewhere: C0/C1 controls (Unicode category Cc, incl. DEL
@@ -323,7 +323,7 @@ def test_manifest_csvs_round_trip_hostile_names(tmp_path: Path, data_tools) -> N
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 11 item 4: over-long names
+# Over-long names
 # ---------------------------------------------------------------------------------------------
 
 

@@ -181,8 +181,8 @@ def test_a_broken_sample_is_reported_and_the_others_still_run(tmp_path, manifest
     ]
 
 
-# Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (issue 11 item 1:
-# a stray carriage return used to split a row, leaving "image_h" with text in it).
+# Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (a stray carriage
+# return can split a row, leaving "image_h" with text in it).
 BAD_ROWS = {
     "image_h not a number": {"image_h": "name.png"},
     "image_w missing": {"image_w": ""},
@@ -225,7 +225,7 @@ def test_empty_shard_writes_nothing(tmp_path: Path, manifest) -> None:
 
 
 def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config_writer) -> None:
-    """The seed's per-stage commands: build_manifests.py then generate_promptsets.py.
+    """The stand-alone per-stage commands: build-manifests, then generate-promptsets.
 
     Class and stem names that look like numbers stay strings in the JSON ("007", not 7).
     """
@@ -266,8 +266,8 @@ def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config
 def test_first_click_switch_adds_sets_and_regenerates_only_when_it_changes(tmp_path, manifest):
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
-    seed_bytes = _jsons(out)
-    assert all(b"first_click_promptsets" not in v for v in seed_bytes.values())  # seed layout
+    regular_bytes = _jsons(out)
+    assert all(b"first_click_promptsets" not in v for v in regular_bytes.values())  # regular layout
     summary = _generate(manifest, out, first_click_promptsets=2)
     assert summary["generated"] == len(manifest)
     for text in _jsons(out).values():
@@ -275,5 +275,5 @@ def test_first_click_switch_adds_sets_and_regenerates_only_when_it_changes(tmp_p
         assert record["first_click_promptsets"] == 2
         assert [len(p["neg_points"]) for p in record["promptsets"][-2:]] == [0, 0]
     assert _generate(manifest, out, first_click_promptsets=2)["skipped"] == len(manifest)
-    _generate(manifest, out)  # back to 0: the seed's records again, byte for byte
-    assert _jsons(out) == seed_bytes
+    _generate(manifest, out)  # back to 0: the regular records again, byte for byte
+    assert _jsons(out) == regular_bytes
