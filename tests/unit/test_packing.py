@@ -240,3 +240,28 @@ def test_standalone_script(tmp_path, monkeypatch):
     with h5py.File(project / "training_data" / "no_image" / "val.h5", "r") as handle:
         assert handle.attrs["compression"] == "lzf" and handle.attrs["n_rows"] == 2
         assert tuple(handle.attrs["chunks"]) == (1, 256, 256)
+
+
+def test_storage_settings_come_from_the_config_and_flags_override_them(tmp_path):
+    project = tmp_path / "project"
+    make_indexed_split(project, n_samples=2, promptsets=1, split="val")
+    config = tmp_path / "config.yaml"
+    data = {"project_root": str(project), "h5_chunk_rows": 2, "h5_compression": "gzip-4"}
+    config.write_text(yaml.safe_dump({"data": data}))
+    h5 = ProjectLayout(project).split_h5("val")
+    cli_main(["pack-hdf5", "--config", str(config), "--split", "val"])
+    with h5py.File(h5, "r") as handle:
+        assert handle.attrs["compression"] == "gzip-4"
+        assert tuple(handle.attrs["chunks"]) == (2, 256, 256)
+    cli_main(["pack-hdf5", "--config", str(config), "--split", "val", "--compression", "lzf"])
+    with h5py.File(h5, "r") as handle:
+        assert handle.attrs["compression"] == "lzf"
+        assert tuple(handle.attrs["chunks"]) == (2, 256, 256)
+
+
+def test_a_bad_compression_flag_is_a_config_error_naming_the_key(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"project_root": str(tmp_path)}}))
+    with pytest.raises(SystemExit):
+        cli_main(["pack-hdf5", "--config", str(config), "--compression", "zstd"])
+    assert "data.h5_compression" in capsys.readouterr().err

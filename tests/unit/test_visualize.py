@@ -153,3 +153,16 @@ def test_standalone_script(tmp_path, monkeypatch):
     cli_main(["visualize-sanity", "--config", str(config), "--n", "2", "--split", "train"])
     panels = sorted((project / "reports" / "debug_panels").glob("train__*.png"))
     assert len(panels) == 2
+    layout = ProjectLayout(project)
+    assert layout.panels_listing("train").is_file() and layout.panels_overview("train").is_file()
+
+
+def test_panel_count_comes_from_the_config(tmp_path):
+    project = tmp_path / "project"
+    make_packed_split(project, n_samples=3, promptsets=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"data": {"project_root": str(project)}, "sanity_panels": {"n": 3}})
+    )
+    cli_main(["visualize-sanity", "--config", str(config), "--split", "train"])
+    assert len(read_json(ProjectLayout(project).panels_listing("train"))["panels"]) == 3
