@@ -290,14 +290,7 @@ def precompute_shard(
     started = time.perf_counter()
     out_split_dir = Path(out_split_dir)
     run = _ShardRun(tracker, log_every, write_workers)
-    records: list[dict[str, Any]] = []
-    for index, path in enumerate(prompt_json_paths):
-        try:
-            records.append(_read_prompt_record(Path(path)))
-        except LaplaceHeadError as exc:
-            sample_id = sample_ids[index] if sample_ids is not None else None
-            run.fail(sample_id, Path(path).stem, None, "prompt_json", str(exc))
-            run.samples_failed += 1
+    records = _read_prompt_records(prompt_json_paths, sample_ids, run)
     n_promptsets = sum(len(r["promptsets"]) for r in records)
     label = " ".join(str(part) for part in (split, shard) if part is not None)
     bar = tqdm(total=n_promptsets, unit="promptset", desc=f"precompute {label}".strip())
@@ -316,13 +309,7 @@ def precompute_shard(
         bar.close()
         run.close()
     run.maybe_log(force=True)
-    if run.segmenter_failures >= 2 and run.segmenter_failures == run.samples_reaching_segmenter:
-        first = next(f for f in run.failures if f["stage"] == "segmenter")
-        raise LaplaceHeadError(
-            f"the base segmenter failed on all {run.segmenter_failures} images it was given in "
-            f"this shard; first error ({first['sample_id']}): {first['reason']}. Fix the cause "
-            "(device, memory, checkpoint) and re-run; finished prompt sets are kept."
-        )
+    _raise_if_the_segmenter_always_failed(run)
     summary = {
         "split": split,
         "shard": shard,
@@ -351,6 +338,34 @@ def precompute_shard(
         run.samples_failed,
     )
     return summary
+
+
+def _read_prompt_records(
+    prompt_json_paths: Sequence[str | os.PathLike],
+    sample_ids: Sequence[str] | None,
+    run: _ShardRun,
+) -> list[dict[str, Any]]:
+    """The readable stage-2 records; each unreadable JSON becomes a failed sample of ``run``."""
+    records: list[dict[str, Any]] = []
+    for index, path in enumerate(prompt_json_paths):
+        try:
+            records.append(_read_prompt_record(Path(path)))
+        except LaplaceHeadError as exc:
+            sample_id = sample_ids[index] if sample_ids is not None else None
+            run.fail(sample_id, Path(path).stem, None, "prompt_json", str(exc))
+            run.samples_failed += 1
+    return records
+
+
+def _raise_if_the_segmenter_always_failed(run: _ShardRun) -> None:
+    """A systemic failure (every one of >= 2 images failed in the segmenter) stops the job."""
+    if run.segmenter_failures >= 2 and run.segmenter_failures == run.samples_reaching_segmenter:
+        first = next(f for f in run.failures if f["stage"] == "segmenter")
+        raise LaplaceHeadError(
+            f"the base segmenter failed on all {run.segmenter_failures} images it was given in "
+            f"this shard; first error ({first['sample_id']}): {first['reason']}. Fix the cause "
+            "(device, memory, checkpoint) and re-run; finished prompt sets are kept."
+        )
 
 
 def run_precompute(

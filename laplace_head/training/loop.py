@@ -429,36 +429,13 @@ def train_head(
     run_config = dict(run_config or settings.as_config())
     state = ckpt.prepare_run_dir(run_dir, resume, force, run_config)
     device = resolve_device(settings.device, "training.device")
-    amp = settings.amp and device.type == "cuda"
-    if settings.amp and not amp:
-        LOGGER.info("training.amp is ignored on CPU: AMP is CUDA-only (see the README)")
-    train_set = H5SegmentationDataset(train_h5, settings.logit_clip, settings.in_memory)
-    val_set = H5SegmentationDataset(val_h5, settings.logit_clip, settings.in_memory)
-    _check_rows(train_set, "train")
-    _check_rows(val_set, "val")
-    data_fingerprint = {"train": train_set.fingerprint, "val": val_set.fingerprint}
-
-    torch.manual_seed(derive_seed(settings.seed, "init"))
-    model = NoImageHead(settings.channels_in, settings.hidden_channels).to(device)
-    run = _Run(
-        run_dir=run_dir,
-        run_id=run_id,
-        run_config=run_config,
-        settings=settings,
-        device=device,
-        amp=amp,
-        model=model,
-        optimizer=torch.optim.AdamW(
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        ),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp),
-        epoch_state=ckpt.new_epoch_state(run_id, data_fingerprint),
-    )
+    train_set, val_set = _open_splits(train_h5, val_h5, settings)
+    run = _start_run(run_dir, run_id, run_config, settings, device, train_set, val_set)
     if state is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, run_config)
     else:
-        run.restore(state, data_fingerprint, force)
+        run.restore(state, run.epoch_state["data"], force)
         if state["config_differences"]:
             LOGGER.warning("forced resume with a changed config: %s", state["config_differences"])
             atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, run_config)
@@ -473,7 +450,7 @@ def train_head(
         run_id=run.epoch_state.get("wandb_run_id"),
     )
     run.epoch_state["wandb_run_id"] = run.tracker.run_id or run.epoch_state["wandb_run_id"]
-    run.tracker.watch(model)
+    run.tracker.watch(run.model)
     try:
         _fit(run, train_set, val_set)
     finally:
@@ -484,6 +461,50 @@ def train_head(
     run.tracker.summary({f"best/{key}": value for key, value in summary["best"].items()})
     run.tracker.finish()
     return summary
+
+
+def _open_splits(
+    train_h5: str | os.PathLike, val_h5: str | os.PathLike, settings: TrainingSettings
+) -> tuple[H5SegmentationDataset, H5SegmentationDataset]:
+    """The train and val datasets, each refused when it has no rows."""
+    train_set = H5SegmentationDataset(train_h5, settings.logit_clip, settings.in_memory)
+    val_set = H5SegmentationDataset(val_h5, settings.logit_clip, settings.in_memory)
+    _check_rows(train_set, "train")
+    _check_rows(val_set, "val")
+    return train_set, val_set
+
+
+def _start_run(
+    run_dir: Path,
+    run_id: str,
+    run_config: dict,
+    settings: TrainingSettings,
+    device: torch.device,
+    train_set: H5SegmentationDataset,
+    val_set: H5SegmentationDataset,
+) -> _Run:
+    """A fresh run: the seeded initial head on ``device``, its optimizer and scaler, the epoch
+    state of epoch 0 with the fingerprint of both splits."""
+    amp = settings.amp and device.type == "cuda"
+    if settings.amp and not amp:
+        LOGGER.info("training.amp is ignored on CPU: AMP is CUDA-only (see the README)")
+    data_fingerprint = {"train": train_set.fingerprint, "val": val_set.fingerprint}
+    torch.manual_seed(derive_seed(settings.seed, "init"))
+    model = NoImageHead(settings.channels_in, settings.hidden_channels).to(device)
+    return _Run(
+        run_dir=run_dir,
+        run_id=run_id,
+        run_config=run_config,
+        settings=settings,
+        device=device,
+        amp=amp,
+        model=model,
+        optimizer=torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        ),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp),
+        epoch_state=ckpt.new_epoch_state(run_id, data_fingerprint),
+    )
 
 
 def _fit(run: _Run, train_set: H5SegmentationDataset, val_set: H5SegmentationDataset) -> None:
