@@ -106,6 +106,15 @@ class ProjectLayout:
         """The same run with the stage 6-8 paths of ablation variant ``name``."""
         return ProjectLayout(self.root, self.run_id, self.head_variant, name)
 
+    @classmethod
+    def of_run_dir(cls, run_dir: str | os.PathLike) -> ProjectLayout | None:
+        """The layout whose :attr:`run_dir` is ``run_dir`` (``checkpoints/<head>/run_<id>``)."""
+        run_dir = Path(run_dir)
+        if not run_dir.name.startswith("run_") or len(run_dir.parents) < 3:
+            return None
+        layout = cls(run_dir.parents[2], run_dir.name[len("run_") :], run_dir.parent.name)
+        return layout if layout.run_dir == run_dir else None
+
     def with_run(self, run_id: str) -> ProjectLayout:
         """The same project, another run."""
         return ProjectLayout(self.root, run_id, self.head_variant, self.posterior)
