@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from laplace_head.layout import ProjectLayout
+from laplace_head.layout import SPLITS, ProjectLayout
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -30,8 +30,8 @@ COLUMNS = ["sample_id", "safe_id", "class", "stem", "image_path", "mask_path", "
 
 
 def write_manifests(project: Path, n_samples: int) -> None:
-    manifests = ProjectLayout(project).manifests_dir
-    manifests.mkdir(parents=True)
+    layout = ProjectLayout(project)
+    layout.manifests_dir.mkdir(parents=True)
     rows = []
     for i in range(n_samples):
         split = "train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test")
@@ -40,10 +40,10 @@ def write_manifests(project: Path, n_samples: int) -> None:
                      f"/nonexistent/{stem}.jpg", f"/nonexistent/{stem}.npy", 256, 256, 256, 256,
                      False, True, "", split])  # fmt: skip
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    frame.to_csv(manifests / "all_samples.csv", index=False)
-    for split in ("train", "val", "test"):
-        frame[frame["split"] == split].to_csv(manifests / f"{split}.csv", index=False)
-    (manifests / "manifest_report.json").write_text("{}\n")
+    frame.to_csv(layout.manifest("all_samples"), index=False)
+    for split in SPLITS:
+        frame[frame["split"] == split].to_csv(layout.manifest(split), index=False)
+    layout.manifest_report.write_text("{}\n")
 
 
 def dry_run(n_samples: int) -> dict:

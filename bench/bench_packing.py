@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from laplace_head.cache.index import write_training_index
 from laplace_head.cache.packing import pack_split
+from laplace_head.cache.promptset_format import ARRAY_FILES, META_FILE, promptset_dir
 from laplace_head.cache.split_h5 import INPUT_ARRAYS, MASK_ARRAY
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
 from laplace_head.layout import ProjectLayout
@@ -102,11 +103,11 @@ def make_fake_split(
         for promptset_id in range(promptsets):
             k = int(rng.integers(1, 11))
             pos, neg = _points(rng, gt, k), _points(rng, ~gt, k)
-            folder = precompute / safe_id / f"promptset_{promptset_id:04d}"
+            folder = promptset_dir(precompute, safe_id, promptset_id)
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_save_npy(folder / "logits_256.npy", _smooth_logits(rng, gt))
-            atomic_save_npy(folder / "pos_map.npy", gaussian_prompt_map(pos, 8.0))
-            atomic_save_npy(folder / "neg_map.npy", gaussian_prompt_map(neg, 8.0))
+            atomic_save_npy(folder / ARRAY_FILES["logits_256"], _smooth_logits(rng, gt))
+            atomic_save_npy(folder / ARRAY_FILES["pos_map"], gaussian_prompt_map(pos, 8.0))
+            atomic_save_npy(folder / ARRAY_FILES["neg_map"], gaussian_prompt_map(neg, 8.0))
             meta = {
                 "k": k,
                 "branch_index": (branch := int(rng.integers(0, 3))),
@@ -115,7 +116,7 @@ def make_fake_split(
                 "pos_points_256": pos.tolist(),
                 "neg_points_256": neg.tolist(),
             }
-            atomic_write_json(folder / "meta.json", meta)
+            atomic_write_json(folder / META_FILE, meta)
     split_csv = ProjectLayout(root).manifest(split)
     atomic_write_csv(split_csv, pd.DataFrame(records).sort_values("sample_id"))
     return split_csv, precompute
@@ -124,8 +125,11 @@ def make_fake_split(
 def make_fake_index(root: Path, n_samples: int, promptsets: int, seed: int = 0) -> Path:
     """A fake split plus its stage-4 index; returns the index CSV path."""
     split_csv, precompute = make_fake_split(root, n_samples, promptsets, seed)
-    index_csv = ProjectLayout(root).training_index("train")
-    write_training_index("train", split_csv, precompute, [], index_csv)
+    layout = ProjectLayout(root)
+    index_csv = layout.training_index("train")
+    write_training_index(
+        "train", split_csv, precompute, [], index_csv, layout.training_failures("train")
+    )
     return index_csv
 
 

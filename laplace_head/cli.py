@@ -22,33 +22,42 @@ from pathlib import Path
 from typing import Any
 
 from laplace_head import stages
-from laplace_head.layout import ACTIVE_PROMPTING_FILES, SPLITS, ProjectLayout
-from laplace_head.settings import Runtime, stage_params
+from laplace_head.layout import SPLITS, ProjectLayout
+from laplace_head.settings import Runtime, split_settings, stage_params
 from laplace_head.util.console import run_user_facing, setup_logging
 
 DEFAULT_CONFIG = "config/config.yaml"
 
 
 class _Context:
-    """What every command needs: the config, its per-stage settings, the layout."""
+    """What every command needs: the config, its per-stage settings, the layouts.
 
-    def __init__(self, args: argparse.Namespace, check_paths: bool = False) -> None:
+    ``project`` is the layout of stages 1-4 (no run); ``layout`` is bound to the run and, with
+    ``--variant``, to that posterior variant. ``overrides`` (``{section: {key: value}}``) are
+    command-line flags that set config keys; they pass through the config's validation.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        check_paths: bool = False,
+        overrides: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         from laplace_head.config import load_configs
 
-        self.config = run_user_facing(lambda: load_configs(args.config, check_paths))
+        overrides = {
+            section: {key: value for key, value in keys.items() if value is not None}
+            for section, keys in (overrides or {}).items()
+        }
+        self.config = run_user_facing(lambda: load_configs(args.config, check_paths, overrides))
         run_id = getattr(args, "run_id", None) or self.config["training"]["run_id"]
-        self.run_id = run_id
         self.variant = getattr(args, "variant", None)
-        self.layout = ProjectLayout(self.config["data"]["project_root"], run_id=run_id)
+        self.project = ProjectLayout(self.config["data"]["project_root"])
+        self.layout = self.project.with_run(run_id)
         if self.variant:  # an ablation variant: its own stage 6-8 folders and settings
             self.layout = self.layout.for_posterior(self.variant)
         self.params = run_user_facing(lambda: stage_params(self.config, self.variant))
         self.runtime = Runtime.from_config(self.config)
-
-    def log_parts(self, *parts: str) -> tuple[str, ...]:
-        """``run_<id>[, variant_<name>], *parts`` as the rules name their logs."""
-        variant = (f"variant_{self.variant}",) if self.variant else ()
-        return (f"run_{self.run_id}", *variant, *parts)
 
     def run(self, log_file: Path, func: Callable[[], Any]) -> Any:
         setup_logging(log_file)
@@ -59,27 +68,23 @@ class _Context:
 
     def shards(self, split: str, shard_size: int) -> list[str]:
         """The shard names of a split, from its manifest (as ``rules/common.smk`` derives them)."""
-        from laplace_head.dataset.manifests import read_split_manifest
-        from laplace_head.dataset.sharding import shard_names
-
-        frame = run_user_facing(lambda: read_split_manifest(self.layout.manifest(split)))
-        return shard_names(len(frame), shard_size)
+        return run_user_facing(lambda: stages.split_shards(self.project, split, shard_size))
 
 
 def _build_manifests(args: argparse.Namespace) -> None:
     ctx = _Context(args, check_paths=True)
-    layout = ctx.layout
-    done = all(layout.manifest(name).is_file() for name in ("all_samples", *SPLITS))
+    project = ctx.project
+    done = all(project.manifest(name).is_file() for name in ("all_samples", *SPLITS))
     if done and not args.force:
         print(
-            f"manifests exist in {layout.manifests_dir}; pass --force to rescan (splits stay "
+            f"manifests exist in {project.manifests_dir}; pass --force to rescan (splits stay "
             "frozen)"
         )
         return
     ctx.run(
-        layout.log("build_manifests"),
+        project.log("build_manifests"),
         lambda: stages.build_manifests(
-            layout.manifests_dir, ctx.params["build_manifests"], ctx.runtime, args.workers
+            project, ctx.params["build_manifests"], ctx.runtime, args.workers
         ),
     )
 
@@ -90,15 +95,9 @@ def _generate_promptsets(args: argparse.Namespace) -> None:
     for split in ctx.splits(args):
         for shard in ctx.shards(split, settings["shard_size"]):
             ctx.run(
-                ctx.layout.log("generate_promptsets", split, f"shard_{shard}"),
+                ctx.project.log("generate_promptsets", split, shard),
                 lambda split=split, shard=shard: stages.generate_promptsets(
-                    ctx.layout.manifest(split),
-                    split,
-                    shard,
-                    ctx.layout.prompt_sets_dir(split).parent,
-                    ctx.layout.shard_summary("prompt_sets", split, shard),
-                    {**settings, "num_promptsets": settings["num_promptsets"][split]},
-                    force=args.force,
+                    ctx.project, split, shard, split_settings(settings, split), force=args.force
                 ),
             )
 
@@ -106,44 +105,31 @@ def _generate_promptsets(args: argparse.Namespace) -> None:
 def _precompute_sam(args: argparse.Namespace) -> None:
     ctx = _Context(args)
     ctx.run(
-        ctx.layout.log("precompute_sam", "standalone"),
+        ctx.project.log("precompute_sam", args.split, args.shard),
         lambda: stages.precompute_sam(
-            ctx.layout.root, ctx.splits(args), args.shard, ctx.params["precompute_sam"], ctx.runtime
+            ctx.project, ctx.splits(args), args.shard, ctx.params["precompute_sam"], ctx.runtime
         ),
     )
 
 
 def _build_training_index(args: argparse.Namespace) -> None:
     ctx = _Context(args)
-    layout = ctx.layout
     for split in ctx.splits(args):
-        summaries = sorted(layout.shard_summary("sam_precompute", split, 0).parent.glob("*.json"))
         ctx.run(
-            layout.log("build_training_index", split),
-            lambda split=split, summaries=summaries: stages.build_training_index(
-                split,
-                layout.manifest(split),
-                summaries,
-                layout.precompute_dir(split),
-                layout.prompt_sets_dir(split),
-                layout.training_index(split),
-                layout.training_failures(split),
+            ctx.project.log("build_training_index", split),
+            lambda split=split: stages.build_training_index(
+                ctx.project, split, ctx.params["build_training_index"]
             ),
         )
 
 
 def _pack_hdf5(args: argparse.Namespace) -> None:
-    ctx = _Context(args)
+    storage = {"h5_chunk_rows": args.chunk_rows, "h5_compression": args.compression}
+    ctx = _Context(args, overrides={"data": storage})
     for split in ctx.splits(args):
         ctx.run(
-            ctx.layout.log("pack_hdf5", split),
-            lambda split=split: stages.pack_hdf5(
-                split,
-                ctx.layout.training_index(split),
-                ctx.layout.split_h5(split),
-                args.chunk_rows,
-                args.compression,
-            ),
+            ctx.project.log("pack_hdf5", split),
+            lambda split=split: stages.pack_hdf5(ctx.project, split, ctx.runtime),
         )
 
 
@@ -152,19 +138,14 @@ def _train_head(args: argparse.Namespace) -> None:
     layout, settings = ctx.layout, ctx.params["train_head"]
     if args.sanity_check:
         ctx.run(
-            layout.log("sanity_check_head", f"run_{ctx.run_id}"),
-            lambda: stages.sanity_check_head(
-                layout.split_h5("train"), layout.sanity_check, settings, ctx.runtime
-            ),
+            layout.log("sanity_check_head"),
+            lambda: stages.sanity_check_head(layout, settings, ctx.runtime),
         )
         return
     ctx.run(
-        layout.log("train_head", f"run_{ctx.run_id}"),
+        layout.log("train_head"),
         lambda: stages.train_head(
-            layout.split_h5("train"),
-            layout.split_h5("val"),
-            layout.run_dir,
-            ctx.run_id,
+            layout,
             settings,
             ctx.runtime,
             resume="require" if args.resume else "never",
@@ -176,45 +157,26 @@ def _train_head(args: argparse.Namespace) -> None:
 def _plot_training_curves(args: argparse.Namespace) -> None:
     ctx = _Context(args)
     ctx.run(
-        ctx.layout.log("plot_training_curves", f"run_{ctx.run_id}"),
-        lambda: stages.plot_training_curves(
-            ctx.layout.training_summary, ctx.layout.training_curves
-        ),
+        ctx.layout.log("plot_training_curves"),
+        lambda: stages.plot_training_curves(ctx.layout),
     )
 
 
 def _fit_laplace(args: argparse.Namespace) -> None:
     ctx = _Context(args)
-    layout = ctx.layout
     ctx.run(
-        layout.log("fit_laplace", *ctx.log_parts()),
+        ctx.layout.log("fit_laplace"),
         lambda: stages.fit_laplace(
-            layout.best_checkpoint,
-            layout.split_h5("train"),
-            layout.split_h5("val"),
-            layout.laplace_dir,
-            ctx.run_id,
-            ctx.params["fit_laplace"],
-            ctx.runtime,
-            force=args.force,
+            ctx.layout, ctx.params["fit_laplace"], ctx.runtime, force=args.force
         ),
     )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     ctx = _Context(args)
-    layout = ctx.layout
     ctx.run(
-        layout.log("evaluate", *ctx.log_parts()),
-        lambda: stages.evaluate(
-            layout.laplace_dir,
-            layout.split_h5("test"),
-            layout.split_h5("val"),
-            layout.eval_dir,
-            ctx.run_id,
-            ctx.params["evaluate"],
-            ctx.runtime,
-        ),
+        ctx.layout.log("evaluate"),
+        lambda: stages.evaluate(ctx.layout, ctx.params["evaluate"], ctx.runtime),
     )
 
 
@@ -225,41 +187,25 @@ def _active_prompting(args: argparse.Namespace) -> None:
     shards = [args.shard] if args.shard else ctx.shards(split, settings["shard_size"])
     for shard in shards:
         ctx.run(
-            layout.log("active_prompting", *ctx.log_parts(split, f"shard_{shard}")),
+            layout.log("active_prompting", split, shard),
             lambda shard=shard: stages.active_prompting(
-                layout.manifest(split),
-                shard,
-                layout.laplace_dir,
-                layout.active_prompting_shard(split, shard),
-                settings,
-                ctx.runtime,
+                layout, split, shard, settings, ctx.runtime
             ),
         )
     if not args.shard:
-        report_split = split if ctx.variant else None  # a variant reports every split apart
+        # the run reports its one split; a variant reports each split in its own folder
+        report_split = split if ctx.variant else None
         ctx.run(
-            layout.log("active_prompting_report", *ctx.log_parts(*filter(None, [report_split]))),
-            lambda: stages.active_prompting_report(
-                [layout.active_prompting_shard(split, shard) for shard in shards],
-                {
-                    name: layout.active_prompting_file(name, report_split)
-                    for name in ACTIVE_PROMPTING_FILES
-                },
-                settings,
-            ),
+            layout.log("active_prompting_report", report_split),
+            lambda: stages.active_prompting_report(layout, settings, split),
         )
 
 
 def _visualize_sanity(args: argparse.Namespace) -> None:
-    ctx = _Context(args)
-    source = ctx.layout.split_h5(args.split)
-    if not source.is_file():  # not packed yet: the stage-4 index CSV works too
-        source = ctx.layout.training_index(args.split)
+    ctx = _Context(args, overrides={"sanity_panels": {"n": args.n, "seed": args.seed}})
     ctx.run(
-        ctx.layout.log("visualize_sanity", args.split),
-        lambda: stages.visualize_sanity(
-            source, args.split, ctx.layout.debug_panels_dir, {"n": args.n, "seed": args.seed}
-        ),
+        ctx.project.log("visualize_sanity", args.split),
+        lambda: stages.visualize_sanity(ctx.project, args.split, ctx.params["visualize_sanity"]),
     )
 
 
@@ -317,8 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--shard", help="only this shard, e.g. 0000 (default: all)")
     command("build-training-index", _build_training_index, "stage 4", split=True)
     sub = command("pack-hdf5", _pack_hdf5, "stage 4.5", split=True)
-    sub.add_argument("--chunk-rows", type=int, default=None, help="default: contiguous")
-    sub.add_argument("--compression", default="none", help="none | lzf | gzip-N")
+    sub.add_argument("--chunk-rows", type=int, help="sets data.h5_chunk_rows")
+    sub.add_argument("--compression", help="sets data.h5_compression: none | lzf | gzip-N")
     sub = command("train-head", _train_head, "stage 5 (or --sanity_check)", run=True)
     sub.add_argument("--resume", action="store_true", help="continue the run's last epoch")
     sub.add_argument("--force", action="store_true", help="start over / accept a new config")
@@ -339,8 +285,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("visualize-sanity", _visualize_sanity, "six-panel PNGs of packed rows")
     sub.set_defaults(split="train")
     sub.add_argument("--split", choices=SPLITS, default="train", help="split to show")
-    sub.add_argument("--n", type=int, default=8, help="number of panels")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the row choice")
+    sub.add_argument("--n", type=int, help="sets sanity_panels.n, the number of panels")
+    sub.add_argument("--seed", type=int, help="sets sanity_panels.seed, the row choice")
     sub = commands.add_parser("demo-data", help="write the synthetic demo dataset")
     sub.add_argument("--out", default="demo_data", help="output folder")
     sub.add_argument("--per-class", type=int, default=20, help="samples per class")

@@ -37,6 +37,7 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 HEAD_VARIANT = "no_image"
 SHARD_FORMAT = "{:04d}"
+SHARD_PATTERN = r"\d{4}"  # what SHARD_FORMAT writes (a Snakemake wildcard constraint)
 
 # File names other modules need to find inside a folder of the layout.
 BEST_CHECKPOINT = "best.pt"
@@ -123,6 +124,10 @@ class ProjectLayout:
             raise ValueError("this path belongs to a training run: give ProjectLayout a run_id")
         return f"run_{self.run_id}"
 
+    def project(self) -> ProjectLayout:
+        """The same project without a run: the layout of stages 1-4 and their logs."""
+        return ProjectLayout(self.root, None, self.head_variant)
+
     # --- stage 1 ---------------------------------------------------------------------------
     @property
     def manifests_dir(self) -> Path:
@@ -154,7 +159,7 @@ class ProjectLayout:
         folders = {"prompt_sets": self.prompt_sets_dir, "sam_precompute": self.precompute_dir}
         if stage not in folders:
             raise ValueError(f"stage must be one of {', '.join(folders)}; got {stage!r}")
-        return folders[stage](split) / "_shards" / f"shard_{_shard_name(shard)}.json"
+        return folders[stage](split) / "_shards" / f"{_shard_stem(shard)}.json"
 
     # --- stages 4 and 4.5 --------------------------------------------------------------------
     @property
@@ -219,6 +224,10 @@ class ProjectLayout:
         """One of :data:`EVAL_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
         return self.eval_dir / EVAL_FILES[name]
 
+    def eval_files(self) -> dict[str, Path]:
+        """Every file of :data:`EVAL_FILES`, by name."""
+        return {name: self.eval_file(name) for name in EVAL_FILES}
+
     # --- stage 8 ---------------------------------------------------------------------------
     @property
     def active_prompting_dir(self) -> Path:
@@ -228,13 +237,21 @@ class ProjectLayout:
 
     def active_prompting_shard(self, split: str, shard: str | int) -> Path:
         """One JSONL of click records per shard of the split."""
-        return self.active_prompting_dir / "shards" / split / f"shard_{_shard_name(shard)}.jsonl"
+        return self.active_prompting_dir / "shards" / split / f"{_shard_stem(shard)}.jsonl"
 
     def active_prompting_file(self, name: str, split: str | None = None) -> Path:
         """One of :data:`ACTIVE_PROMPTING_FILES` (``metrics``, ``table``, ``markdown``, ...);
         with ``split`` the report of that split (the ablation clicks on several)."""
         folder = self.active_prompting_dir / split if split else self.active_prompting_dir
         return folder / ACTIVE_PROMPTING_FILES[name]
+
+    def active_prompting_report(self, split: str) -> dict[str, Path]:
+        """Every report file of the clicks on ``split``, by name: the run's report covers its
+        one configured split; a posterior variant reports each split in its own folder."""
+        folder_split = split if self.posterior else None
+        return {
+            name: self.active_prompting_file(name, folder_split) for name in ACTIVE_PROMPTING_FILES
+        }
 
     # --- ablation ----------------------------------------------------------------------------
     @property
@@ -244,6 +261,23 @@ class ProjectLayout:
     def ablation_file(self, name: str) -> Path:
         """One of :data:`ABLATION_FILES`: the summary over every variant of the run."""
         return self.ablation_dir / ABLATION_FILES[name]
+
+    def ablation_inputs(self, variants: list[str], splits: list[str]) -> dict[str, dict]:
+        """What the ablation summary reads, per variant: ``{"meta": path, "eval": path,
+        "clicks": {split: path}}`` (posterior meta, stage-7 metrics, stage-8 metrics per split)."""
+        inputs = {}
+        for name in variants:
+            variant = self.for_posterior(name)
+            inputs[name] = {
+                "meta": variant.laplace_file("meta"),
+                "eval": variant.eval_file("metrics"),
+                "clicks": {s: variant.active_prompting_report(s)["metrics"] for s in splits},
+            }
+        return inputs
+
+    def ablation_files(self) -> dict[str, Path]:
+        """Every file of :data:`ABLATION_FILES`, by name."""
+        return {name: self.ablation_file(name) for name in ABLATION_FILES}
 
     # --- sanity panels -----------------------------------------------------------------------
     @property
@@ -257,21 +291,37 @@ class ProjectLayout:
         return self.debug_panels_dir / f"{split}_overview.png"
 
     # --- Snakemake's logs and benchmarks -------------------------------------------------------
-    def log(self, rule: str, *parts: str) -> Path:
-        """``logs/<rule>/<parts...>`` (the last part without ``.log``)."""
-        return self._under("logs", rule, parts, ".log")
+    def log(self, rule: str, split: str | None = None, shard: str | int | None = None) -> Path:
+        """The log of one job of ``rule``: ``logs/<rule>/[run_<id>/][variant_<name>/]
+        [<split>/][shard_NNNN].log``, the parts this layout and the job have (a layout without
+        run, variant, split and shard: ``logs/<rule>/<rule>.log``)."""
+        return self._job_file("logs", rule, split, shard, ".log")
 
-    def benchmark(self, rule: str, *parts: str) -> Path:
-        """``benchmarks/<rule>/<parts...>`` (the last part without ``.tsv``)."""
-        return self._under("benchmarks", rule, parts, ".tsv")
+    def benchmark(
+        self, rule: str, split: str | None = None, shard: str | int | None = None
+    ) -> Path:
+        """The benchmark TSV of one job, named as :meth:`log` names its log."""
+        return self._job_file("benchmarks", rule, split, shard, ".tsv")
 
-    def _under(self, top: str, rule: str, parts: tuple[str, ...], suffix: str) -> Path:
-        *folders, last = parts or (rule,)
+    def _job_file(
+        self, top: str, rule: str, split: str | None, shard: str | int | None, suffix: str
+    ) -> Path:
+        parts = [
+            *([self._run_name()] if self.run_id else []),
+            *([f"variant_{self.posterior}"] if self.posterior else []),
+            *([split] if split else []),
+            *([_shard_stem(shard)] if shard is not None else []),
+        ] or [rule]
+        *folders, last = parts
         return self.root.joinpath(top, rule, *folders, last + suffix)
 
 
-def _shard_name(shard: int | str) -> str:
+def shard_name(shard: int | str) -> str:
     """``0007`` for 7 or "7"; a wildcard such as ``{shard}`` passes through."""
     if isinstance(shard, str) and not shard.isdigit():
         return shard
     return SHARD_FORMAT.format(int(shard))
+
+
+def _shard_stem(shard: int | str) -> str:
+    return f"shard_{shard_name(shard)}"

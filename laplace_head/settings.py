@@ -8,10 +8,11 @@ Two kinds of settings:
 
 * **Result settings** change what a stage computes. They travel as plain dicts, which
   Snakemake records and compares: changing one re-runs the stage (and its downstream jobs).
-* **Runtime settings** (:class:`Runtime`: devices, worker counts, in-RAM loading, wandb, the
-  run id) do not change a result on a given device. They travel as a :class:`Runtime` object;
-  Snakemake records only params it can represent (plain values and containers), so these are
-  not rerun triggers. :data:`RUNTIME_KEYS` is the one list of them.
+* **Runtime settings** (:class:`Runtime`: devices, worker counts, in-RAM loading, the split
+  HDF5's chunking and compression, wandb, the run id) do not change a result on a given
+  device. They travel as a :class:`Runtime` object; Snakemake records only params it can
+  represent (plain values and containers), so these are not rerun triggers.
+  :data:`RUNTIME_KEYS` is the one list of them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ GRID_SIZE = 256
 
 # Config keys that never change a stage's result (section -> keys; "*" = the whole section).
 RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("h5_chunk_rows", "h5_compression"),
     "sam": ("device",),
     "training": ("run_id", "num_workers", "device", "in_memory"),
     "wandb": ("*",),
@@ -71,17 +73,21 @@ class Runtime:
     training_device: str = "auto"
     num_workers: int = 0
     in_memory: str = "auto"
+    h5_chunk_rows: int | None = None
+    h5_compression: str = "none"
     wandb: dict = field(default_factory=lambda: {"enabled": False})
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Runtime:
-        training = config["training"]
+        training, data = config["training"], config["data"]
         return cls(
-            project_root=str(config["data"]["project_root"]),
+            project_root=str(data["project_root"]),
             sam_device=config["sam"]["device"],
             training_device=training["device"],
             num_workers=training["num_workers"],
             in_memory=training["in_memory"],
+            h5_chunk_rows=data["h5_chunk_rows"],
+            h5_compression=data["h5_compression"],
             wandb=dict(config["wandb"]),
         )
 
@@ -163,6 +169,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "sigma": prompts["gaussian_sigma"],
             "segmenter": segmenter_params(config),
         },
+        "build_training_index": {"shard_size": data["shard_size"]},
         "train_head": {
             "head": dict(config["head"]),
             "training": result_keys(config, "training"),
@@ -179,7 +186,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "max_pixels_calibration": laplace["max_pixels_calibration"],
             "seed": laplace["seed"],
         },
-        "visualize_sanity": {"n": 8, "seed": 0},
+        "visualize_sanity": dict(config["sanity_panels"]),
         "ablation": {
             "variants": ablation_variants(config),
             "splits": list(config["ablation"]["splits"]),
@@ -198,6 +205,12 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "sam_mask_input": active["sam_mask_input"],
         },
     }
+
+
+def split_settings(settings: Mapping[str, Any], split: str) -> dict:
+    """``stage_params(config)["generate_promptsets"]`` for one split: ``num_promptsets`` is
+    that split's count, so a change to another split's count re-runs none of its jobs."""
+    return {**settings, "num_promptsets": settings["num_promptsets"][split]}
 
 
 @dataclass(frozen=True)
@@ -265,3 +278,8 @@ class EvaluationSettings:
     seed: int = 0
     n_examples: int = 4
     batch_rows: int = 4
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> EvaluationSettings:
+        """From ``stage_params(config)["evaluate"]``."""
+        return cls(**params)

@@ -2,8 +2,6 @@
 # trained head (stage 6), evaluated by stage 7 and clicked on by stage 8 on every split of
 # ablation.splits; one summary (choose on val, report on test) with a table and a figure.
 
-VARIANT = LAYOUT.for_posterior("{variant}")
-
 
 use rule fit_laplace as fit_laplace_variant with:
     output:
@@ -12,11 +10,11 @@ use rule fit_laplace as fit_laplace_variant with:
         meta=VARIANT.laplace_file("meta"),
         grid_figure=VARIANT.laplace_file("grid_figure"),
     log:
-        LAYOUT.log("fit_laplace", "run_{run_id}", "variant_{variant}"),
+        VARIANT.log("fit_laplace"),
     benchmark:
-        LAYOUT.benchmark("fit_laplace", "run_{run_id}", "variant_{variant}")
+        VARIANT.benchmark("fit_laplace")
     params:
-        run_id="{run_id}",
+        layout=job_layout,
         settings=variant_params("fit_laplace"),
         runtime=RUNTIME,
 
@@ -25,8 +23,8 @@ use rule evaluate as evaluate_variant with:
     input:
         state=VARIANT.laplace_file("state"),
         meta=VARIANT.laplace_file("meta"),
-        test_h5=LAYOUT.split_h5("test"),
-        val_h5=LAYOUT.split_h5("val"),
+        test_h5=PROJECT.split_h5("test"),
+        val_h5=PROJECT.split_h5("val"),
     output:
         metrics=VARIANT.eval_file("metrics"),
         table=VARIANT.eval_file("table"),
@@ -34,35 +32,24 @@ use rule evaluate as evaluate_variant with:
         reliability=VARIANT.eval_file("reliability"),
         examples=VARIANT.eval_file("examples"),
     log:
-        LAYOUT.log("evaluate", "run_{run_id}", "variant_{variant}"),
+        VARIANT.log("evaluate"),
     benchmark:
-        LAYOUT.benchmark("evaluate", "run_{run_id}", "variant_{variant}")
+        VARIANT.benchmark("evaluate")
 
 
 use rule active_prompting as active_prompting_variant with:
     input:
-        split_csv=LAYOUT.manifest("{split}"),
+        split_csv=PROJECT.manifest("{split}"),
         state=VARIANT.laplace_file("state"),
         meta=VARIANT.laplace_file("meta"),
     output:
         jsonl=VARIANT.active_prompting_shard("{split}", "{shard}"),
     log:
-        LAYOUT.log(
-            "active_prompting",
-            "run_{run_id}",
-            "variant_{variant}",
-            "{split}",
-            "shard_{shard}",
-        ),
+        VARIANT.log("active_prompting", "{split}", "{shard}"),
     benchmark:
-        LAYOUT.benchmark(
-            "active_prompting",
-            "run_{run_id}",
-            "variant_{variant}",
-            "{split}",
-            "shard_{shard}",
-        )
+        VARIANT.benchmark("active_prompting", "{split}", "{shard}")
     params:
+        layout=job_layout,
         settings=variant_params("active_prompting"),
         runtime=RUNTIME,
 
@@ -71,21 +58,20 @@ use rule active_prompting_report as active_prompting_report_variant with:
     input:
         shards=get_variant_active_prompting_shards,
     output:
-        metrics=VARIANT.active_prompting_file("metrics", "{split}"),
-        table=VARIANT.active_prompting_file("table", "{split}"),
-        markdown=VARIANT.active_prompting_file("markdown", "{split}"),
-        curves=VARIANT.active_prompting_file("curves", "{split}"),
+        metrics=VARIANT.active_prompting_report("{split}")["metrics"],
+        table=VARIANT.active_prompting_report("{split}")["table"],
+        markdown=VARIANT.active_prompting_report("{split}")["markdown"],
+        curves=VARIANT.active_prompting_report("{split}")["curves"],
     log:
-        LAYOUT.log(
-            "active_prompting_report", "run_{run_id}", "variant_{variant}", "{split}"
-        ),
+        VARIANT.log("active_prompting_report", "{split}"),
     params:
+        layout=job_layout,
         settings=variant_params("active_prompting"),
 
 
 rule ablation_report:
     input:
-        unpack(get_ablation_inputs),
+        get_ablation_inputs,
     output:
         metrics=LAYOUT.ablation_file("metrics"),
         table=LAYOUT.ablation_file("table"),
@@ -99,10 +85,11 @@ rule ablation_report:
             },
         ),
     log:
-        LAYOUT.log("ablation_report", "run_{run_id}"),
+        LAYOUT.log("ablation_report"),
     conda:
         "../envs/laplace_head.yaml"
     params:
+        layout=job_layout,
         settings=PARAMS["ablation"],
     script:
         "../workflow_scripts/ablation_report.py"

@@ -4,20 +4,21 @@
 
 rule active_prompting:
     input:
-        split_csv=LAYOUT.manifest("{split}"),
+        split_csv=PROJECT.manifest("{split}"),
         state=LAYOUT.laplace_file("state"),
         meta=LAYOUT.laplace_file("meta"),
     output:
         jsonl=LAYOUT.active_prompting_shard("{split}", "{shard}"),
     log:
-        LAYOUT.log("active_prompting", "run_{run_id}", "{split}", "shard_{shard}"),
+        LAYOUT.log("active_prompting", "{split}", "{shard}"),
     benchmark:
-        LAYOUT.benchmark("active_prompting", "run_{run_id}", "{split}", "shard_{shard}")
+        LAYOUT.benchmark("active_prompting", "{split}", "{shard}")
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
+        layout=job_layout,
         settings=PARAMS["active_prompting"],
         runtime=RUNTIME,
     script:
@@ -28,20 +29,21 @@ rule active_prompting_report:
     input:
         shards=get_active_prompting_shards,
     output:
-        metrics=LAYOUT.active_prompting_file("metrics"),
-        table=LAYOUT.active_prompting_file("table"),
-        markdown=LAYOUT.active_prompting_file("markdown"),
+        metrics=LAYOUT.active_prompting_report(AP_SPLIT)["metrics"],
+        table=LAYOUT.active_prompting_report(AP_SPLIT)["table"],
+        markdown=LAYOUT.active_prompting_report(AP_SPLIT)["markdown"],
         curves=report(
-            LAYOUT.active_prompting_file("curves"),
+            LAYOUT.active_prompting_report(AP_SPLIT)["curves"],
             category="Active prompting",
             subcategory="run {run_id}",
             labels={"figure": "mIoU vs clicks per policy (head solid, base dashed)"},
         ),
     log:
-        LAYOUT.log("active_prompting_report", "run_{run_id}"),
+        LAYOUT.log("active_prompting_report"),
     conda:
         "../envs/laplace_head.yaml"
     params:
+        layout=job_layout,
         settings=PARAMS["active_prompting"],
     script:
         "../workflow_scripts/active_prompting_report.py"

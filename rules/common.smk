@@ -7,8 +7,13 @@ from laplace_head.dataset.manifests import read_split_manifest
 
 from laplace_head.config import ConfigError, validate_config
 from laplace_head.dataset.sharding import shard_names
-from laplace_head.layout import SPLITS, ProjectLayout
-from laplace_head.settings import Runtime, ablation_variants, stage_params
+from laplace_head.layout import SHARD_PATTERN, SPLITS, ProjectLayout
+from laplace_head.settings import (
+    Runtime,
+    ablation_variants,
+    split_settings,
+    stage_params,
+)
 
 
 def _config_files():
@@ -32,24 +37,42 @@ config.update(_resolved)
 
 RUN_ID = config["training"]["run_id"]
 SHARD_SIZE = config["data"]["shard_size"]
-# Every output path comes from the layout; "{...}" arguments stay Snakemake wildcards.
-LAYOUT = ProjectLayout(config["data"]["project_root"], run_id="{run_id}")
+# Every output and log path comes from the layout; "{...}" arguments stay Snakemake wildcards.
+# PROJECT: stages 1-4 and the sanity panels; LAYOUT: a training run; VARIANT: its posterior
+# variant (`snakemake ablation`); RUN: the configured run.
+PROJECT = ProjectLayout(config["data"]["project_root"])
+LAYOUT = PROJECT.with_run("{run_id}")
+VARIANT = LAYOUT.for_posterior("{variant}")
 RUN = LAYOUT.with_run(RUN_ID)
 # Result settings per rule (rerun triggers) and the runtime settings (not triggers).
 PARAMS = stage_params(config)
 RUNTIME = Runtime.from_config(config)
 AP_ENABLED = config["active_prompting"]["enabled"]  # stage 8 in `rule all`
+AP_SPLIT = PARAMS["active_prompting"]["split"]  # the split stage 8 clicks on
 
 
 wildcard_constraints:
-    split="train|val|test",
-    shard=r"\d{4}",
+    split="|".join(SPLITS),
+    shard=SHARD_PATTERN,
     run_id=r"[A-Za-z0-9_.-]+",
     variant=r"[A-Za-z0-9_]+",
 
 
-def get_num_promptsets(wildcards):
-    return PARAMS["generate_promptsets"]["num_promptsets"][wildcards.split]
+def job_layout(wildcards):
+    """The layout of one job, bound to its run and posterior variant: the script derives every
+    path from it. A ProjectLayout is not a plain value, so Snakemake records no rerun trigger
+    for it (the paths are the job's inputs and outputs already)."""
+    layout = PROJECT
+    if "run_id" in wildcards.keys():
+        layout = layout.with_run(wildcards.run_id)
+    if "variant" in wildcards.keys():
+        layout = layout.for_posterior(wildcards.variant)
+    return layout
+
+
+def get_promptset_settings(wildcards):
+    """Stage 2's settings for the job's split (its own num_promptsets)."""
+    return split_settings(PARAMS["generate_promptsets"], wildcards.split)
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +88,7 @@ def get_shards(split):
 
 def shard_summaries(stage, split):
     """The per-shard summary files of a stage (prompt_sets or sam_precompute) for a split."""
-    return [LAYOUT.shard_summary(stage, split, shard) for shard in get_shards(split)]
+    return [PROJECT.shard_summary(stage, split, shard) for shard in get_shards(split)]
 
 
 def get_precompute_shard_summaries(wildcards):
@@ -84,9 +107,10 @@ def get_all_precompute_shard_summaries(wildcards):
 
 def get_active_prompting_shards(wildcards):
     """The stage-8 shard JSONLs of the configured split, for one run."""
-    split = PARAMS["active_prompting"]["split"]
     run = LAYOUT.with_run(wildcards.run_id)
-    return [run.active_prompting_shard(split, shard) for shard in get_shards(split)]
+    return [
+        run.active_prompting_shard(AP_SPLIT, shard) for shard in get_shards(AP_SPLIT)
+    ]
 
 
 def variant_params(stage):
@@ -103,28 +127,25 @@ def get_variant_active_prompting_shards(wildcards):
 
 def get_ablation_inputs(wildcards):
     """Every variant's posterior meta, stage-7 metrics and stage-8 report per split."""
-    run = LAYOUT.with_run(wildcards.run_id)
-    inputs = {}
-    for name in ablation_variants(config):
-        variant = run.for_posterior(name)
-        inputs[f"{name}.meta"] = variant.laplace_file("meta")
-        inputs[f"{name}.eval"] = variant.eval_file("metrics")
-        for split in config["ablation"]["splits"]:
-            inputs[f"{name}.clicks.{split}"] = variant.active_prompting_file(
-                "metrics", split
-            )
-    return inputs
+    inputs = LAYOUT.with_run(wildcards.run_id).ablation_inputs(
+        ablation_variants(config), config["ablation"]["splits"]
+    )
+    return [
+        path
+        for files in inputs.values()
+        for path in (files["meta"], files["eval"], *files["clicks"].values())
+    ]
 
 
 def get_final_targets():
     """What `snakemake` with no target builds: every stage, every split, the configured run."""
     return [
-        LAYOUT.manifest("all_samples"),
-        *[LAYOUT.split_h5(split) for split in SPLITS],
-        LAYOUT.panels_listing("train"),
+        PROJECT.manifest("all_samples"),
+        *[PROJECT.split_h5(split) for split in SPLITS],
+        PROJECT.panels_listing("train"),
         RUN.training_summary,
         RUN.training_curves,
         RUN.laplace_file("meta"),
         RUN.eval_file("metrics"),
-        *([RUN.active_prompting_file("metrics")] if AP_ENABLED else []),
+        *([RUN.active_prompting_report(AP_SPLIT)["metrics"]] if AP_ENABLED else []),
     ]

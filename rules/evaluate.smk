@@ -6,8 +6,8 @@ rule evaluate:
     input:
         state=LAYOUT.laplace_file("state"),
         meta=LAYOUT.laplace_file("meta"),
-        test_h5=LAYOUT.split_h5("test"),
-        val_h5=LAYOUT.split_h5("val"),
+        test_h5=PROJECT.split_h5("test"),
+        val_h5=PROJECT.split_h5("val"),
     output:
         metrics=LAYOUT.eval_file("metrics"),
         table=report(
@@ -30,13 +30,13 @@ rule evaluate:
             labels={"figure": "uncertainty maps and suggested clicks"},
         ),
     log:
-        LAYOUT.log("evaluate", "run_{run_id}"),
+        LAYOUT.log("evaluate"),
     benchmark:
-        LAYOUT.benchmark("evaluate", "run_{run_id}")
+        LAYOUT.benchmark("evaluate")
     conda:
         "../envs/laplace_head.yaml"
     params:
-        run_id="{run_id}",
+        layout=job_layout,
         settings=PARAMS["evaluate"],
         runtime=RUNTIME,
     script:

@@ -1,12 +1,13 @@
-# Stage 6: last-layer diagonal Laplace posterior of the trained head (laplace-torch, AsdlGGN).
-# best.pt is read from the folder of training_summary.json, the output train_head writes last.
+# Stage 6: the Laplace posterior of the trained head (laplace.target_layer x laplace.approx;
+# laplace-torch). best.pt is the run's; training_summary.json, written last by train_head,
+# stands for it as the input.
 
 
 rule fit_laplace:
     input:
         summary=LAYOUT.training_summary,
-        train_h5=LAYOUT.split_h5("train"),
-        val_h5=LAYOUT.split_h5("val"),
+        train_h5=PROJECT.split_h5("train"),
+        val_h5=PROJECT.split_h5("val"),
     output:
         state=LAYOUT.laplace_file("state"),
         config=LAYOUT.laplace_file("config"),
@@ -18,13 +19,13 @@ rule fit_laplace:
             labels={"figure": "validation NLL over prior precision x temperature"},
         ),
     log:
-        LAYOUT.log("fit_laplace", "run_{run_id}"),
+        LAYOUT.log("fit_laplace"),
     benchmark:
-        LAYOUT.benchmark("fit_laplace", "run_{run_id}")
+        LAYOUT.benchmark("fit_laplace")
     conda:
         "../envs/laplace_head.yaml"
     params:
-        run_id="{run_id}",
+        layout=job_layout,
         settings=PARAMS["fit_laplace"],
         runtime=RUNTIME,
     script:

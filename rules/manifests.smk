@@ -3,19 +3,20 @@
 
 checkpoint build_manifests:
     output:
-        all_samples=LAYOUT.manifest("all_samples"),
-        train=LAYOUT.manifest("train"),
-        val=LAYOUT.manifest("val"),
-        test=LAYOUT.manifest("test"),
-        report=LAYOUT.manifest_report,
+        all_samples=PROJECT.manifest("all_samples"),
+        train=PROJECT.manifest("train"),
+        val=PROJECT.manifest("val"),
+        test=PROJECT.manifest("test"),
+        report=PROJECT.manifest_report,
     log:
-        LAYOUT.log("build_manifests"),
+        PROJECT.log("build_manifests"),
     benchmark:
-        LAYOUT.benchmark("build_manifests")
+        PROJECT.benchmark("build_manifests")
     conda:
         "../envs/laplace_head.yaml"
     threads: 2
     params:
+        layout=job_layout,
         settings=PARAMS["build_manifests"],
         runtime=RUNTIME,
     script:

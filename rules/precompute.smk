@@ -6,19 +6,20 @@
 
 rule precompute_sam:
     input:
-        split_csv=LAYOUT.manifest("{split}"),
-        prompt_marker=LAYOUT.shard_summary("prompt_sets", "{split}", "{shard}"),
+        split_csv=PROJECT.manifest("{split}"),
+        prompt_marker=PROJECT.shard_summary("prompt_sets", "{split}", "{shard}"),
     output:
-        summary=LAYOUT.shard_summary("sam_precompute", "{split}", "{shard}"),
+        summary=PROJECT.shard_summary("sam_precompute", "{split}", "{shard}"),
     log:
-        LAYOUT.log("precompute_sam", "{split}", "shard_{shard}"),
+        PROJECT.log("precompute_sam", "{split}", "{shard}"),
     benchmark:
-        LAYOUT.benchmark("precompute_sam", "{split}", "shard_{shard}")
+        PROJECT.benchmark("precompute_sam", "{split}", "{shard}")
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
+        layout=job_layout,
         settings=PARAMS["precompute_sam"],
         runtime=RUNTIME,
     script:

@@ -3,19 +3,15 @@
 
 rule generate_promptsets:
     input:
-        split_csv=LAYOUT.manifest("{split}"),
+        split_csv=PROJECT.manifest("{split}"),
     output:
-        summary=LAYOUT.shard_summary("prompt_sets", "{split}", "{shard}"),
+        summary=PROJECT.shard_summary("prompt_sets", "{split}", "{shard}"),
     log:
-        LAYOUT.log("generate_promptsets", "{split}", "shard_{shard}"),
+        PROJECT.log("generate_promptsets", "{split}", "{shard}"),
     conda:
         "../envs/laplace_head.yaml"
     params:
-        shard_size=PARAMS["generate_promptsets"]["shard_size"],
-        num_promptsets=get_num_promptsets,
-        min_pairs=PARAMS["generate_promptsets"]["min_pairs"],
-        max_pairs=PARAMS["generate_promptsets"]["max_pairs"],
-        prompt_seed=PARAMS["generate_promptsets"]["prompt_seed"],
-        first_click_promptsets=PARAMS["generate_promptsets"]["first_click_promptsets"],
+        layout=job_layout,
+        settings=get_promptset_settings,
     script:
         "../workflow_scripts/generate_promptsets.py"

@@ -23,7 +23,7 @@ rule sanity_check:
 
 rule sanity_panels:
     input:
-        LAYOUT.panels_listing("train"),
+        PROJECT.panels_listing("train"),
 
 
 for _split in SPLITS:
@@ -32,4 +32,4 @@ for _split in SPLITS:
         name:
             f"split_{_split}"
         input:
-            LAYOUT.split_h5(_split),
+            PROJECT.split_h5(_split),

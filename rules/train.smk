@@ -9,20 +9,20 @@
 
 rule train_head:
     input:
-        train_h5=LAYOUT.split_h5("train"),
-        val_h5=LAYOUT.split_h5("val"),
+        train_h5=PROJECT.split_h5("train"),
+        val_h5=PROJECT.split_h5("val"),
     output:
         summary=LAYOUT.training_summary,
     log:
-        LAYOUT.log("train_head", "run_{run_id}"),
+        LAYOUT.log("train_head"),
     benchmark:
-        LAYOUT.benchmark("train_head", "run_{run_id}")
+        LAYOUT.benchmark("train_head")
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
-        run_id="{run_id}",
+        layout=job_layout,
         settings=PARAMS["train_head"],
         runtime=RUNTIME,
     script:
@@ -31,16 +31,17 @@ rule train_head:
 
 rule sanity_check_head:
     input:
-        train_h5=LAYOUT.split_h5("train"),
+        train_h5=PROJECT.split_h5("train"),
     output:
         sanity=LAYOUT.sanity_check,
     log:
-        LAYOUT.log("sanity_check_head", "run_{run_id}"),
+        LAYOUT.log("sanity_check_head"),
     conda:
         "../envs/laplace_head.yaml"
     resources:
         gpu=1,
     params:
+        layout=job_layout,
         settings=PARAMS["train_head"],
         runtime=RUNTIME,
     script:
@@ -58,8 +59,10 @@ rule plot_training_curves:
             labels={"figure": "loss and validation IoU per epoch"},
         ),
     log:
-        LAYOUT.log("plot_training_curves", "run_{run_id}"),
+        LAYOUT.log("plot_training_curves"),
     conda:
         "../envs/laplace_head.yaml"
+    params:
+        layout=job_layout,
     script:
         "../workflow_scripts/plot_training_curves.py"

@@ -3,32 +3,35 @@
 
 rule build_training_index:
     input:
-        split_csv=LAYOUT.manifest("{split}"),
+        split_csv=PROJECT.manifest("{split}"),
         summaries=get_precompute_shard_summaries,
     output:
-        index=LAYOUT.training_index("{split}"),
-        failures=LAYOUT.training_failures("{split}"),
+        index=PROJECT.training_index("{split}"),
+        failures=PROJECT.training_failures("{split}"),
     log:
-        LAYOUT.log("build_training_index", "{split}"),
+        PROJECT.log("build_training_index", "{split}"),
     conda:
         "../envs/laplace_head.yaml"
     params:
-        precompute_dir=str(LAYOUT.precompute_dir("{split}")),
-        prompt_sets_dir=str(LAYOUT.prompt_sets_dir("{split}")),
+        layout=job_layout,
+        settings=PARAMS["build_training_index"],
     script:
         "../workflow_scripts/build_training_index.py"
 
 
 rule pack_hdf5:
     input:
-        index=LAYOUT.training_index("{split}"),
+        index=PROJECT.training_index("{split}"),
     output:
-        h5=LAYOUT.split_h5("{split}"),
+        h5=PROJECT.split_h5("{split}"),
     log:
-        LAYOUT.log("pack_hdf5", "{split}"),
+        PROJECT.log("pack_hdf5", "{split}"),
     benchmark:
-        LAYOUT.benchmark("pack_hdf5", "{split}")
+        PROJECT.benchmark("pack_hdf5", "{split}")
     conda:
         "../envs/laplace_head.yaml"
+    params:
+        layout=job_layout,
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/pack_hdf5.py"

@@ -3,11 +3,11 @@
 
 rule visualize_sanity:
     input:
-        h5=LAYOUT.split_h5("{split}"),
+        h5=PROJECT.split_h5("{split}"),
     output:
-        listing=LAYOUT.panels_listing("{split}"),
+        listing=PROJECT.panels_listing("{split}"),
         overview=report(
-            LAYOUT.panels_overview("{split}"),
+            PROJECT.panels_overview("{split}"),
             category="Sanity panels",
             subcategory="{split}",
             labels={
@@ -15,10 +15,11 @@ rule visualize_sanity:
             },
         ),
     log:
-        LAYOUT.log("visualize_sanity", "{split}"),
+        PROJECT.log("visualize_sanity", "{split}"),
     conda:
         "../envs/laplace_head.yaml"
     params:
+        layout=job_layout,
         settings=PARAMS["visualize_sanity"],
     script:
         "../workflow_scripts/visualize_sanity.py"

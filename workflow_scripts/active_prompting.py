@@ -1,20 +1,13 @@
 """Rule active_prompting (stage 8, one shard); stand-alone: ``python -m laplace_head
 active-prompting``."""
 
-from pathlib import Path
-
 from laplace_head import stages
 from laplace_head.util.console import run_rule
 
-params = snakemake.params
+params, wildcards = snakemake.params, snakemake.wildcards
 run_rule(
     snakemake,
     lambda: stages.active_prompting(
-        snakemake.input.split_csv,
-        snakemake.wildcards.shard,
-        Path(snakemake.input.state).parent,
-        snakemake.output.jsonl,
-        params.settings,
-        params.runtime,
+        params.layout, wildcards.split, wildcards.shard, params.settings, params.runtime
     ),
 )

@@ -1,15 +1,8 @@
-"""Rule active_prompting_report (stage 8 aggregate)."""
+"""Rule active_prompting_report (stage 8 aggregate; a posterior variant: one per split)."""
 
 from laplace_head import stages
-from laplace_head.layout import ACTIVE_PROMPTING_FILES
 from laplace_head.util.console import run_rule
 
-output = snakemake.output
-run_rule(
-    snakemake,
-    lambda: stages.active_prompting_report(
-        list(snakemake.input.shards),
-        {name: output[name] for name in ACTIVE_PROMPTING_FILES},
-        snakemake.params.settings,
-    ),
-)
+params = snakemake.params
+split = snakemake.wildcards.get("split")  # None: the run's configured split
+run_rule(snakemake, lambda: stages.active_prompting_report(params.layout, params.settings, split))

@@ -1,7 +1,5 @@
 """Rule build_manifests (stage 1); stand-alone: ``python -m laplace_head build-manifests``."""
 
-from pathlib import Path
-
 from laplace_head import stages
 from laplace_head.util.console import run_rule
 
@@ -9,9 +7,6 @@ params = snakemake.params
 run_rule(
     snakemake,
     lambda: stages.build_manifests(
-        Path(snakemake.output.all_samples).parent,
-        params.settings,
-        params.runtime,
-        snakemake.threads,
+        params.layout, params.settings, params.runtime, snakemake.threads
     ),
 )

@@ -3,7 +3,8 @@
 from laplace_head import stages
 from laplace_head.util.console import run_rule
 
+params = snakemake.params
 run_rule(
     snakemake,
-    lambda: stages.pack_hdf5(snakemake.wildcards.split, snakemake.input.index, snakemake.output.h5),
+    lambda: stages.pack_hdf5(params.layout, snakemake.wildcards.split, params.runtime),
 )

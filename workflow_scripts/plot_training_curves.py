@@ -3,7 +3,4 @@
 from laplace_head import stages
 from laplace_head.util.console import run_rule
 
-run_rule(
-    snakemake,
-    lambda: stages.plot_training_curves(snakemake.input.summary, snakemake.output.png),
-)
+run_rule(snakemake, lambda: stages.plot_training_curves(snakemake.params.layout))

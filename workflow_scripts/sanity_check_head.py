@@ -6,7 +6,5 @@ from laplace_head.util.console import run_rule
 params = snakemake.params
 run_rule(
     snakemake,
-    lambda: stages.sanity_check_head(
-        snakemake.input.train_h5, snakemake.output.sanity, params.settings, params.runtime
-    ),
+    lambda: stages.sanity_check_head(params.layout, params.settings, params.runtime),
 )

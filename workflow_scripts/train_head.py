@@ -1,21 +1,11 @@
 """Rule train_head (stage 5); resumes by itself after a kill. Stand-alone: ``python -m
 laplace_head train-head --run_id v1 [--resume|--force]``."""
 
-from pathlib import Path
-
 from laplace_head import stages
 from laplace_head.util.console import run_rule
 
 params = snakemake.params
 run_rule(
     snakemake,
-    lambda: stages.train_head(
-        snakemake.input.train_h5,
-        snakemake.input.val_h5,
-        Path(snakemake.output.summary).parent,
-        params.run_id,
-        params.settings,
-        params.runtime,
-        resume="auto",
-    ),
+    lambda: stages.train_head(params.layout, params.settings, params.runtime, resume="auto"),
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,6 @@ class TrainingIndexError(LaplaceHeadError):
     """An input of stage 4 (split CSV, shard summary) is missing or malformed."""
 
 
-def failures_path_for(index_csv: str | os.PathLike) -> Path:
-    """``<dir>/<split>_failures.csv`` beside ``<dir>/<split>_index.csv``."""
-    index_csv = Path(index_csv)
-    stem = index_csv.name.removesuffix(".csv").removesuffix("_index")
-    return index_csv.with_name(f"{stem}_failures.csv")
-
-
 def read_shard_failures(shard_summaries: Iterable[str | os.PathLike]) -> list[dict]:
     """The ``failures`` entries of stage-3 shard summaries, as ``{sample_id, promptset_id,
     reason}`` dicts (``promptset_id`` None for a whole-sample failure)."""
@@ -124,10 +117,12 @@ def _read_split_csv(split_csv: Path) -> pd.DataFrame:
     return frame.sort_values("sample_id", kind="mergesort").reset_index(drop=True)
 
 
-def _expected_promptset_ids(prompt_sets_dir: Path | None, safe_id: str) -> set[int] | None:
-    if prompt_sets_dir is None:
+def _expected_promptset_ids(
+    promptset_json: Callable[[str], Path] | None, safe_id: str
+) -> set[int] | None:
+    if promptset_json is None:
         return None
-    path = prompt_sets_dir / f"{safe_id}.json"
+    path = promptset_json(safe_id)
     try:
         return {int(p["promptset_id"]) for p in read_json(path)["promptsets"]}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -161,7 +156,7 @@ def build_index(
     split_csv: str | os.PathLike,
     precompute_split_dir: str | os.PathLike,
     shard_summaries: Sequence[str | os.PathLike] = (),
-    prompt_sets_dir: str | os.PathLike | None = None,
+    promptset_json: Callable[[str], Path] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Index every complete prompt set of one split.
 
@@ -175,9 +170,9 @@ def build_index(
         ``sam_precompute/<split>/``. Paths in the index are built from it as given.
     shard_summaries
         Stage-3 shard summaries (``_shards/shard_NNNN.json``); their ``failures`` are reported.
-    prompt_sets_dir
-        Optional ``prompt_sets/<split>/``: when given, prompt sets listed there but never
-        written are reported too.
+    promptset_json
+        Optional ``safe_id -> `` the sample's stage-2 JSON (the layout's ``promptset_json`` of
+        the split): when given, prompt sets listed there but never written are reported too.
 
     Returns
     -------
@@ -190,12 +185,11 @@ def build_index(
     """
     split_frame = _read_split_csv(Path(split_csv))
     precompute_split_dir = Path(precompute_split_dir)
-    prompt_dir = Path(prompt_sets_dir) if prompt_sets_dir is not None else None
     rows: list[dict] = []
     failures = read_shard_failures(shard_summaries)
     without = []
     for sample in split_frame.to_dict("records"):
-        expected = _expected_promptset_ids(prompt_dir, sample["safe_id"])
+        expected = _expected_promptset_ids(promptset_json, sample["safe_id"])
         sample_rows, sample_failures = _index_sample(
             sample, split, precompute_split_dir / sample["safe_id"], expected
         )
@@ -255,18 +249,16 @@ def write_training_index(
     precompute_split_dir: str | os.PathLike,
     shard_summaries: Sequence[str | os.PathLike],
     index_csv: str | os.PathLike,
-    failures_csv: str | os.PathLike | None = None,
-    prompt_sets_dir: str | os.PathLike | None = None,
+    failures_csv: str | os.PathLike,
+    promptset_json: Callable[[str], Path] | None = None,
 ) -> dict:
     """Stage 4: build the index of one split and write it (and its failures) atomically.
 
-    ``failures_csv`` defaults to ``<split>_failures.csv`` beside ``index_csv``. Returns the
-    report of :func:`build_index`.
+    Returns the report of :func:`build_index`.
     """
     index, report = build_index(
-        split, split_csv, precompute_split_dir, shard_summaries, prompt_sets_dir
+        split, split_csv, precompute_split_dir, shard_summaries, promptset_json
     )
-    failures_csv = failures_path_for(index_csv) if failures_csv is None else failures_csv
     for path in (Path(failures_csv), Path(index_csv)):
         remove_stale_temp_files(path.parent, [path.name])
     atomic_write_csv(failures_csv, report["failures"])

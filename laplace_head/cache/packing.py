@@ -105,11 +105,13 @@ def _load_gt_256(mask_path: str) -> np.ndarray:
 def _split_name(index: pd.DataFrame, index_csv: Path, split: str | None) -> str:
     if split is not None:
         return split
-    if len(index):
-        values = sorted(set(index["split"]))
-        if len(values) == 1:
-            return str(values[0])
-    return index_csv.name.removesuffix(".csv").removesuffix("_index")
+    values = sorted(set(index["split"]))
+    if len(values) != 1:
+        raise PackingError(
+            f"index {str(index_csv)!r} holds the splits {values}; pass the split to pack "
+            "(exactly one split per file)"
+        )
+    return str(values[0])
 
 
 def pack_split(

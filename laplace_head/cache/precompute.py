@@ -37,8 +37,9 @@ from laplace_head.cache.promptset_format import (
 )
 from laplace_head.dataset.images import ImageReadError, load_image_rgb
 from laplace_head.dataset.scan import safe_id_problem
+from laplace_head.dataset.sharding import shard_names, shard_rows
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.layout import ProjectLayout
+from laplace_head.layout import ProjectLayout, shard_name
 from laplace_head.prompts.sampling import PromptSet
 from laplace_head.segmenters import BaseSegmenter
 from laplace_head.util.atomic import atomic_write_json, read_json, remove_stale_temp_files
@@ -289,14 +290,7 @@ def precompute_shard(
     started = time.perf_counter()
     out_split_dir = Path(out_split_dir)
     run = _ShardRun(tracker, log_every, write_workers)
-    records: list[dict[str, Any]] = []
-    for index, path in enumerate(prompt_json_paths):
-        try:
-            records.append(_read_prompt_record(Path(path)))
-        except LaplaceHeadError as exc:
-            sample_id = sample_ids[index] if sample_ids is not None else None
-            run.fail(sample_id, Path(path).stem, None, "prompt_json", str(exc))
-            run.samples_failed += 1
+    records = _read_prompt_records(prompt_json_paths, sample_ids, run)
     n_promptsets = sum(len(r["promptsets"]) for r in records)
     label = " ".join(str(part) for part in (split, shard) if part is not None)
     bar = tqdm(total=n_promptsets, unit="promptset", desc=f"precompute {label}".strip())
@@ -315,13 +309,7 @@ def precompute_shard(
         bar.close()
         run.close()
     run.maybe_log(force=True)
-    if run.segmenter_failures >= 2 and run.segmenter_failures == run.samples_reaching_segmenter:
-        first = next(f for f in run.failures if f["stage"] == "segmenter")
-        raise LaplaceHeadError(
-            f"the base segmenter failed on all {run.segmenter_failures} images it was given in "
-            f"this shard; first error ({first['sample_id']}): {first['reason']}. Fix the cause "
-            "(device, memory, checkpoint) and re-run; finished prompt sets are kept."
-        )
+    _raise_if_the_segmenter_always_failed(run)
     summary = {
         "split": split,
         "shard": shard,
@@ -352,44 +340,64 @@ def precompute_shard(
     return summary
 
 
+def _read_prompt_records(
+    prompt_json_paths: Sequence[str | os.PathLike],
+    sample_ids: Sequence[str] | None,
+    run: _ShardRun,
+) -> list[dict[str, Any]]:
+    """The readable stage-2 records; each unreadable JSON becomes a failed sample of ``run``."""
+    records: list[dict[str, Any]] = []
+    for index, path in enumerate(prompt_json_paths):
+        try:
+            records.append(_read_prompt_record(Path(path)))
+        except LaplaceHeadError as exc:
+            sample_id = sample_ids[index] if sample_ids is not None else None
+            run.fail(sample_id, Path(path).stem, None, "prompt_json", str(exc))
+            run.samples_failed += 1
+    return records
+
+
+def _raise_if_the_segmenter_always_failed(run: _ShardRun) -> None:
+    """A systemic failure (every one of >= 2 images failed in the segmenter) stops the job."""
+    if run.segmenter_failures >= 2 and run.segmenter_failures == run.samples_reaching_segmenter:
+        first = next(f for f in run.failures if f["stage"] == "segmenter")
+        raise LaplaceHeadError(
+            f"the base segmenter failed on all {run.segmenter_failures} images it was given in "
+            f"this shard; first error ({first['sample_id']}): {first['reason']}. Fix the cause "
+            "(device, memory, checkpoint) and re-run; finished prompt sets are kept."
+        )
+
+
 def run_precompute(
-    project_root: str | os.PathLike,
+    layout: ProjectLayout,
     splits: Sequence[str],
     shard: str | None,
     shard_size: int,
     sigma: float,
     segmenter_settings: Mapping[str, Any],
     wandb_config: Mapping[str, Any] | None = None,
-    split_csv: str | os.PathLike | None = None,
-    summary_path: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Stage 3 for one shard (Snakemake job) or for all shards of some splits (stand-alone).
 
     The segmenter is built once, before the first shard, and reused. ``shard=None`` runs every
-    shard of each split (``manifests/<split>.csv`` sorted by sample_id, ``shard_size`` samples
+    shard of each split (the layout's split manifest sorted by sample_id, ``shard_size`` samples
     per shard). ``segmenter_settings`` are the keyword arguments of
     :func:`laplace_head.segmenters.build_segmenter_from_settings` (``backend`` and the keys that
-    backend reads, plus ``device``). ``split_csv`` and ``summary_path`` override the layout's
-    paths and need exactly one split and one shard.
+    backend reads, plus ``device``).
 
     Returns
     -------
     list of dict
         One :func:`precompute_shard` summary per shard processed.
     """
-    from laplace_head.dataset.manifests import read_split_manifest
-    from laplace_head.dataset.sharding import shard_names, shard_rows
     from laplace_head.segmenters import build_segmenter_from_settings
     from laplace_head.util.tracking import init_tracker
 
-    if (split_csv is not None or summary_path is not None) and (len(splits) != 1 or shard is None):
-        raise ValueError("split_csv / summary_path overrides need exactly one split and one shard")
-    layout = ProjectLayout(project_root)
     segmenter = build_segmenter_from_settings(**segmenter_settings)
     name = "precompute_" + "_".join([*splits, *([shard] if shard is not None else [])])
     tracker = init_tracker(
         wandb_config or {"enabled": False},
-        project_root,
+        layout.root,
         job_type="precompute_sam",
         name=name,
         run_config={"splits": list(splits), "shard": shard, "sigma": sigma, **segmenter.info},
@@ -397,29 +405,11 @@ def run_precompute(
     summaries = []
     try:
         for split in splits:
-            csv_path = Path(split_csv or layout.manifest(split))
-            if not csv_path.is_file():
-                raise LaplaceHeadError(
-                    f"split manifest {str(csv_path)!r} does not exist; run stage 1 "
-                    "(build_manifests) first."
-                )
-            frame = read_split_manifest(csv_path)
-            for shard_name in [shard] if shard is not None else shard_names(len(frame), shard_size):
-                try:
-                    rows = shard_rows(frame, shard_name, shard_size)
-                except ValueError as exc:
-                    raise LaplaceHeadError(f"{split}: {exc}") from exc
+            frame = _read_split(layout, split)
+            for shard_id in [shard] if shard is not None else shard_names(len(frame), shard_size):
                 summaries.append(
-                    precompute_shard(
-                        [layout.promptset_json(split, s) for s in rows.safe_id],
-                        layout.precompute_dir(split),
-                        segmenter,
-                        sigma,
-                        summary_path or layout.shard_summary("sam_precompute", split, shard_name),
-                        tracker=tracker,
-                        sample_ids=list(rows.sample_id),
-                        split=split,
-                        shard=f"{int(shard_name):04d}",
+                    _precompute_layout_shard(
+                        layout, split, frame, shard_id, shard_size, segmenter, sigma, tracker
                     )
                 )
         tracker.summary(
@@ -431,3 +421,42 @@ def run_precompute(
     finally:
         tracker.finish()
     return summaries
+
+
+def _read_split(layout: ProjectLayout, split: str):
+    from laplace_head.dataset.manifests import read_split_manifest
+
+    csv_path = layout.manifest(split)
+    if not csv_path.is_file():
+        raise LaplaceHeadError(
+            f"split manifest {str(csv_path)!r} does not exist; run stage 1 (build_manifests) first."
+        )
+    return read_split_manifest(csv_path)
+
+
+def _precompute_layout_shard(
+    layout: ProjectLayout,
+    split: str,
+    frame,
+    shard: str,
+    shard_size: int,
+    segmenter: BaseSegmenter,
+    sigma: float,
+    tracker: Any,
+) -> dict[str, Any]:
+    """:func:`precompute_shard` of one shard of ``split``, every path from the layout."""
+    try:
+        rows = shard_rows(frame, shard, shard_size)
+    except ValueError as exc:
+        raise LaplaceHeadError(f"{split}: {exc}") from exc
+    return precompute_shard(
+        [layout.promptset_json(split, s) for s in rows.safe_id],
+        layout.precompute_dir(split),
+        segmenter,
+        sigma,
+        layout.shard_summary("sam_precompute", split, shard),
+        tracker=tracker,
+        sample_ids=list(rows.sample_id),
+        split=split,
+        shard=shard_name(shard),
+    )

@@ -349,13 +349,19 @@ def _read_config_file(path: Path) -> Mapping[str, Any]:
     return raw
 
 
-def load_configs(paths: Sequence[str | os.PathLike], check_paths: bool = True) -> dict:
+def load_configs(
+    paths: Sequence[str | os.PathLike],
+    check_paths: bool = True,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict:
     """Read YAML config files, merge them key by key (later ones win, as Snakemake merges
-    ``--configfile``s) and return the result validated with defaults filled in."""
+    ``--configfile``s), then ``overrides`` (``{section: {key: value}}``, e.g. from command-line
+    flags), and return the result validated with defaults filled in."""
     paths = [Path(path) for path in paths]
     merged: dict = {}
     for path in paths:
         merged = _deep_merge(merged, _read_config_file(path))
+    merged = _deep_merge(merged, dict(overrides or {}))
     sources = [str(path) for path in paths]
     return validate_config(
         merged, config_name=sources[-1], check_paths=check_paths, sources=sources
@@ -365,11 +371,6 @@ def load_configs(paths: Sequence[str | os.PathLike], check_paths: bool = True) -
 def load_config(path: str | os.PathLike, check_paths: bool = True) -> dict:
     """Read one YAML config file and return it validated with defaults filled in."""
     return load_configs([path], check_paths)
-
-
-def project_path(config: Mapping[str, Any], *parts: str) -> Path:
-    """A path under ``data.project_root``."""
-    return Path(config["data"]["project_root"]).joinpath(*parts)
 
 
 def schema_markdown(schema_path: str | os.PathLike = SCHEMA_PATH) -> str:

@@ -1,6 +1,6 @@
 """Stage 1: scan, validate and split the dataset into manifest CSVs.
 
-Writes under ``manifests_dir``: ``all_samples.csv`` (every candidate sample with ``valid`` and
+Writes the layout's ``manifests/``: ``all_samples.csv`` (every candidate sample with ``valid`` and
 ``reason``), ``train.csv``/``val.csv``/``test.csv`` (valid samples, sorted by id),
 ``split_registry.csv`` (the frozen ``sample_id -> split`` assignment, kept across re-runs;
 delete it with the manifests to draw a fresh split) and ``manifest_report.json``.
@@ -23,11 +23,12 @@ from laplace_head.dataset.checks import SampleCheck, check_sample
 from laplace_head.dataset.scan import ScanEntry, escape_line_breaks, scan_dataset
 from laplace_head.dataset.splits import SPLITS, assign_splits
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
 LOGGER = logging.getLogger(__name__)
-REGISTRY_NAME = "split_registry.csv"
+REGISTRY = "split_registry"  # the manifest that freezes every sample's split
 MANIFEST_COLUMNS = [
     "sample_id",
     "safe_id",
@@ -94,16 +95,15 @@ def _collect(results: Iterator[SampleCheck], total: int) -> list[SampleCheck]:
     return collected
 
 
-def read_frozen_assignment(manifests_dir: str | os.PathLike) -> dict[str, str]:
+def read_frozen_assignment(layout: ProjectLayout) -> dict[str, str]:
     """The existing ``sample_id -> split`` assignment (registry, else split CSVs), or ``{}``."""
-    manifests_dir = Path(manifests_dir)
-    registry = manifests_dir / REGISTRY_NAME
+    registry = layout.manifest(REGISTRY)
     if registry.is_file():
         frame = pd.read_csv(registry, dtype=str, keep_default_na=False)
         return dict(zip(frame["sample_id"], frame["split"]))
     assignment: dict[str, str] = {}
     for split in SPLITS:
-        path = manifests_dir / f"{split}.csv"
+        path = layout.manifest(split)
         if path.is_file():
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
             assignment.update(dict.fromkeys(frame["sample_id"], split))
@@ -113,14 +113,15 @@ def read_frozen_assignment(manifests_dir: str | os.PathLike) -> dict[str, str]:
 def build_manifests(
     images_root: str | os.PathLike,
     masks_root: str | os.PathLike,
-    manifests_dir: str | os.PathLike,
+    layout: ProjectLayout,
     split_seed: int,
     workers: int = 1,
 ) -> dict:
-    """Run stage 1 and return a report (counts, per-class table, invalid and dropped samples)."""
-    manifests_dir = Path(manifests_dir)
-    outputs = [f"{name}.csv" for name in ("all_samples", *SPLITS, "split_registry")]
-    remove_stale_temp_files(manifests_dir, [*outputs, "manifest_report.json"])
+    """Run stage 1 into the layout's manifests and return a report (counts, per-class table,
+    invalid and dropped samples)."""
+    outputs = [layout.manifest(name) for name in ("all_samples", *SPLITS, REGISTRY)]
+    outputs.append(layout.manifest_report)
+    remove_stale_temp_files(layout.manifests_dir, [path.name for path in outputs])
     entries = scan_dataset(Path(images_root).resolve(), Path(masks_root).resolve())
     LOGGER.info("scanned %d candidate samples under %s", len(entries), images_root)
     results = _check_all(entries, workers)
@@ -144,21 +145,21 @@ def build_manifests(
     # An empty scan gives object columns; boolean masks must stay boolean (empty images_root).
     frame = frame.astype({"valid": bool, "size_mismatch": bool})
     valid = frame[frame["valid"]]
-    frozen = read_frozen_assignment(manifests_dir)
+    frozen = read_frozen_assignment(layout)
     assignment, dropped = assign_splits(
         valid.groupby("class")["sample_id"].apply(list).to_dict(), split_seed, frozen
     )
     # Only valid rows carry a split (an invalid row may share the id of a valid one).
     frame["split"] = frame["sample_id"].map(assignment).where(frame["valid"]).fillna("")
     frame = frame.sort_values(["sample_id", "image_path"], kind="mergesort")
-    write_manifest_csv(manifests_dir / "all_samples.csv", frame[MANIFEST_COLUMNS])
+    write_manifest_csv(layout.manifest("all_samples"), frame[MANIFEST_COLUMNS])
     for split in SPLITS:
         rows = frame[frame["valid"] & (frame["split"] == split)]
-        write_manifest_csv(manifests_dir / f"{split}.csv", rows[MANIFEST_COLUMNS])
+        write_manifest_csv(layout.manifest(split), rows[MANIFEST_COLUMNS])
     registry = pd.DataFrame(sorted(assignment.items()), columns=["sample_id", "split"])
-    write_manifest_csv(manifests_dir / REGISTRY_NAME, registry)
+    write_manifest_csv(layout.manifest(REGISTRY), registry)
     report = _report(frame, frozen, dropped)
-    atomic_write_json(manifests_dir / "manifest_report.json", report)
+    atomic_write_json(layout.manifest_report, report)
     _log_report(report)
     return report
 

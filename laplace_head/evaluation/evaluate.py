@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +101,56 @@ def evaluate(
     laplace_dir: str | os.PathLike,
     test_h5: str | os.PathLike,
     val_h5: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out_files: Mapping[str, str | os.PathLike],
     settings: EvaluationSettings | None = None,
     run_id: str | None = None,
     tracker: Any = None,
 ) -> dict:
     """Evaluate base / MAP / MAP + temperature scaling / Laplace on the test split.
 
-    Writes ``metrics.json``, ``metrics.csv``, ``metrics.md``, ``reliability.png`` and
-    ``uncertainty_examples.png`` into ``out_dir`` and returns the metrics dict. ``settings``
-    defaults to :class:`~laplace_head.settings.EvaluationSettings` ().
+    Writes ``out_files`` (every name of :data:`laplace_head.layout.EVAL_FILES`: the layout's
+    ``eval_files()``) and returns the metrics dict. ``settings`` defaults to
+    :class:`~laplace_head.settings.EvaluationSettings` ().
     """
     settings = settings or EvaluationSettings()
-    n_posterior_samples, ece_bins = settings.n_posterior_samples, settings.ece_bins
-    prompt_sigma, seed, batch_rows = settings.prompt_sigma, settings.seed, settings.batch_rows
-    max_pixels_calibration, n_examples = settings.max_pixels_calibration, settings.n_examples
-    from laplace_head.cache.split_h5 import read_h5_index
     from laplace_head.evaluation.plots import plot_reliability, plot_uncertainty_examples
 
-    if ece_bins < 2 or n_posterior_samples < 2:
+    if settings.ece_bins < 2 or settings.n_posterior_samples < 2:
         raise EvaluationError(
-            f"need ece_bins >= 2 and n_posterior_samples >= 2; got {ece_bins}, "
-            f"{n_posterior_samples}"
+            f"need ece_bins >= 2 and n_posterior_samples >= 2; got {settings.ece_bins}, "
+            f"{settings.n_posterior_samples}"
         )
-    out_dir = Path(out_dir)
     posterior = load_posterior(laplace_dir)
-    scaling = fit_temperature_scaling(posterior, val_h5, batch_rows, max_pixels_calibration, seed)
-    tau = scaling["temperature"]
-    LOGGER.info("temperature scaling on val: tau = %.4f", tau)
+    scaling = fit_temperature_scaling(
+        posterior, val_h5, settings.batch_rows, settings.max_pixels_calibration, settings.seed
+    )
+    LOGGER.info("temperature scaling on val: tau = %.4f", scaling["temperature"])
+    accumulators, examples, classes, n_rows = _score_test_split(
+        posterior, test_h5, scaling["temperature"], settings
+    )
+    metrics = _metrics(accumulators, classes, n_rows, posterior, scaling, settings, run_id)
+    _write_outputs(out_files, metrics)
+    plot_reliability(metrics["reliability"], out_files["reliability"])
+    plot_uncertainty_examples(examples, out_files["examples"])
+    if tracker is not None:
+        tracker.log_table("eval/metrics", metrics_frame(metrics))
+        tracker.summary(
+            {f"eval/{m}/{k}": v for m, r in metrics["overall"].items() if r for k, v in r.items()}
+        )
+        for name, file in (("reliability", "reliability"), ("uncertainty_examples", "examples")):
+            tracker.log_image(f"eval/{name}", out_files[file])
+    return metrics
+
+
+def _score_test_split(
+    posterior: Any, test_h5: str | os.PathLike, tau: float, settings: EvaluationSettings
+) -> tuple[dict, list[dict[str, Any]], list[str], int]:
+    """Stream the test split once: the calibration accumulators of every (scope, method), the
+    example panels' data, the row classes and the row count."""
+    ece_bins = settings.ece_bins
+    prompt_sigma, batch_rows = settings.prompt_sigma, settings.batch_rows
+    n_examples = settings.n_examples
+    from laplace_head.cache.split_h5 import read_h5_index
 
     index = read_h5_index(test_h5)
     classes = index["class"].astype(str).tolist() if len(index) else []
@@ -160,12 +182,24 @@ def evaluate(
             row = batch.start + offset
             if row in example_rows:
                 examples.append(_example(posterior, batch, offset, index.iloc[row], prompt_sigma))
+    return accumulators, examples, classes, len(index)
 
+
+def _metrics(
+    accumulators: Mapping[tuple[str, ...], CalibrationAccumulator],
+    classes: Sequence[str],
+    n_rows: int,
+    posterior: Any,
+    scaling: dict,
+    settings: EvaluationSettings,
+    run_id: str | None,
+) -> dict:
+    """The metrics.json record: per method overall and per class, reliability, provenance."""
     results = {key: acc.result() for key, acc in accumulators.items()}
-    metrics = {
+    return {
         "run_id": run_id,
         "split": "test",
-        "n_rows": len(index),
+        "n_rows": n_rows,
         "classes": sorted(set(classes)),
         "methods": {
             "base": "base segmenter raw logits_256",
@@ -173,7 +207,7 @@ def evaluate(
             "map_temperature_scaled": "MAP head logits / tau, tau fitted on val NLL",
             "laplace": "Laplace head, probit GLM predictive",
         },
-        "ece_binning": f"{ece_bins} equal-width bins of the foreground probability",
+        "ece_binning": f"{settings.ece_bins} equal-width bins of the foreground probability",
         "auroc_definition": "AUROC of per-pixel uncertainty (entropy; BALD for laplace) for "
         "detecting pixels misclassified at p > 0.5",
         "temperature_scaling": scaling,
@@ -181,7 +215,7 @@ def evaluate(
             "prior_precision": posterior.prior_precision,
             "temperature": posterior.temperature,
             "posterior": posterior.meta.get("posterior"),
-            "n_posterior_samples": n_posterior_samples,
+            "n_posterior_samples": settings.n_posterior_samples,
         },
         "overall": {m: results.get((OVERALL_SCOPE, m)) for m in METHODS},
         "per_class": {
@@ -193,17 +227,6 @@ def evaluate(
             if (OVERALL_SCOPE, m) in accumulators
         },
     }
-    _write_outputs(out_dir, metrics, examples)
-    plot_reliability(metrics["reliability"], out_dir / "reliability.png")
-    plot_uncertainty_examples(examples, out_dir / "uncertainty_examples.png")
-    if tracker is not None:
-        tracker.log_table("eval/metrics", metrics_frame(metrics))
-        tracker.summary(
-            {f"eval/{m}/{k}": v for m, r in metrics["overall"].items() if r for k, v in r.items()}
-        )
-        for name in ("reliability", "uncertainty_examples"):
-            tracker.log_image(f"eval/{name}", out_dir / f"{name}.png")
-    return metrics
 
 
 #: The click rule of the example panels' suggested clicks: the region rule needs no base
@@ -275,9 +298,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_outputs(out_dir: Path, metrics: dict, examples: list) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_outputs(out_files: Mapping[str, str | os.PathLike], metrics: dict) -> None:
+    for path in out_files.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame = metrics_frame(metrics)
-    atomic_write_csv(out_dir / "metrics.csv", frame)
-    atomic_write_text(out_dir / "metrics.md", markdown_table(frame))
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_csv(out_files["table"], frame)
+    atomic_write_text(out_files["markdown"], markdown_table(frame))
+    atomic_write_json(out_files["metrics"], metrics)

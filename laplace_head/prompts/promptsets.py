@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,18 +21,13 @@ from tqdm import tqdm
 
 from laplace_head.dataset.images import ImageReadError, load_mask, resize_mask_nearest
 from laplace_head.dataset.scan import escape_line_breaks, safe_id_problem
+from laplace_head.layout import ProjectLayout
 from laplace_head.prompts.sampling import sample_promptsets
 from laplace_head.util.atomic import atomic_write_json, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
 LOGGER = logging.getLogger(__name__)
 FIRST_CLICK_KEY = "first_click_promptsets"
-
-
-def promptset_json_path(prompt_dir: str | os.PathLike, split: str, safe_id: str) -> Path:
-    """``<prompt_dir>/<split>/<safe_id>.json`` (the layout's ``promptset_json`` for the project's
-    ``prompt_sets`` folder)."""
-    return Path(prompt_dir) / split / f"{safe_id}.json"
 
 
 def _is_complete(path: Path, num_promptsets: int, expected: dict) -> bool:
@@ -100,7 +94,7 @@ def _size(row: pd.Series, column: str) -> int:
     return size
 
 
-def _json_path(prompt_dir: str | os.PathLike, split: str, row: pd.Series) -> Path:
+def _json_path(layout: ProjectLayout, split: str, row: pd.Series) -> Path:
     safe_id = row["safe_id"]
     problem = safe_id_problem(safe_id)
     if problem:
@@ -108,7 +102,7 @@ def _json_path(prompt_dir: str | os.PathLike, split: str, row: pd.Series) -> Pat
             f"safe_id {safe_id!r} {problem}; it cannot name the prompt-set file: rebuild the "
             "manifests (stage 1)"
         )
-    return promptset_json_path(prompt_dir, split, safe_id)
+    return layout.promptset_json(split, safe_id)
 
 
 def build_promptset_record(
@@ -154,7 +148,7 @@ def build_promptset_record(
 def generate_promptsets_shard(
     shard_frame: pd.DataFrame,
     split: str,
-    prompt_dir: str | os.PathLike,
+    layout: ProjectLayout,
     num_promptsets: int,
     min_pairs: int,
     max_pairs: int,
@@ -169,15 +163,15 @@ def generate_promptsets_shard(
     """
     summary = {"split": split, "generated": 0, "skipped": 0, "failed": 0, "failures": []}
     json_names = [
-        promptset_json_path(prompt_dir, split, s).name
+        layout.promptset_json(split, s).name
         for s in shard_frame["safe_id"]
         if not safe_id_problem(s)
     ]
-    remove_stale_temp_files(Path(prompt_dir) / split, json_names)
+    remove_stale_temp_files(layout.prompt_sets_dir(split), json_names)
     settings = (num_promptsets, min_pairs, max_pairs, prompt_seed, first_click_promptsets)
     for _, row in tqdm(shard_frame.iterrows(), total=len(shard_frame), desc=f"prompts {split}"):
         try:
-            generated = _generate_one(row, split, prompt_dir, settings, force)
+            generated = _generate_one(row, split, layout, settings, force)
         except Exception as exc:  # noqa: BLE001 - one bad sample never stops the shard
             sample_id = escape_line_breaks(str(row.get("sample_id", "")))
             known = isinstance(exc, (ImageReadError, ValueError))
@@ -203,11 +197,11 @@ def generate_promptsets_shard(
 
 
 def _generate_one(
-    row: pd.Series, split: str, prompt_dir: str | os.PathLike, settings: tuple, force: bool
+    row: pd.Series, split: str, layout: ProjectLayout, settings: tuple, force: bool
 ) -> bool:
     """Write the prompt-set JSON of one row unless an identical one exists; True if written."""
     num_promptsets, min_pairs, max_pairs, prompt_seed, first_click = settings
-    path = _json_path(prompt_dir, split, row)
+    path = _json_path(layout, split, row)
     expected = _identity(row, split, min_pairs, max_pairs, prompt_seed, first_click)
     if not force and _is_complete(path, num_promptsets + first_click, expected):
         return False

@@ -39,6 +39,7 @@ from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
 from laplace_head.model.losses import bce_dice_loss
 from laplace_head.model.metrics import SegmentationMeter
+from laplace_head.settings import Runtime
 from laplace_head.training import checkpoint as ckpt
 from laplace_head.training.dataset import H5SegmentationDataset, make_loader
 from laplace_head.util.atomic import atomic_write_json, atomic_write_yaml
@@ -71,11 +72,17 @@ class TrainingSettings:
     in_memory: str = "auto"
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainingSettings:
-        """Pick the fields out of a resolved config (``validate_config`` output)."""
-        training = config["training"]
-        fields = {k: training[k] for k in cls.__dataclass_fields__ if k in training}
-        return cls(**fields, **{k: config["head"][k] for k in ("channels_in", "hidden_channels")})
+    def from_params(cls, params: Mapping[str, Any], runtime: Runtime | None = None):
+        """From ``stage_params(config)["train_head"]`` and the runtime's worker count, device
+        and in-RAM loading (defaults without a runtime)."""
+        runtime = runtime or Runtime()
+        return cls(
+            **params["head"],
+            **params["training"],
+            num_workers=runtime.num_workers,
+            device=runtime.training_device,
+            in_memory=runtime.in_memory,
+        )
 
     def as_config(self) -> dict:
         """A ``{"head": ..., "training": ...}`` mapping for callers without a config file."""
@@ -422,36 +429,13 @@ def train_head(
     run_config = dict(run_config or settings.as_config())
     state = ckpt.prepare_run_dir(run_dir, resume, force, run_config)
     device = resolve_device(settings.device, "training.device")
-    amp = settings.amp and device.type == "cuda"
-    if settings.amp and not amp:
-        LOGGER.info("training.amp is ignored on CPU: AMP is CUDA-only (see the README)")
-    train_set = H5SegmentationDataset(train_h5, settings.logit_clip, settings.in_memory)
-    val_set = H5SegmentationDataset(val_h5, settings.logit_clip, settings.in_memory)
-    _check_rows(train_set, "train")
-    _check_rows(val_set, "val")
-    data_fingerprint = {"train": train_set.fingerprint, "val": val_set.fingerprint}
-
-    torch.manual_seed(derive_seed(settings.seed, "init"))
-    model = NoImageHead(settings.channels_in, settings.hidden_channels).to(device)
-    run = _Run(
-        run_dir=run_dir,
-        run_id=run_id,
-        run_config=run_config,
-        settings=settings,
-        device=device,
-        amp=amp,
-        model=model,
-        optimizer=torch.optim.AdamW(
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        ),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp),
-        epoch_state=ckpt.new_epoch_state(run_id, data_fingerprint),
-    )
+    train_set, val_set = _open_splits(train_h5, val_h5, settings)
+    run = _start_run(run_dir, run_id, run_config, settings, device, train_set, val_set)
     if state is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, run_config)
     else:
-        run.restore(state, data_fingerprint, force)
+        run.restore(state, run.epoch_state["data"], force)
         if state["config_differences"]:
             LOGGER.warning("forced resume with a changed config: %s", state["config_differences"])
             atomic_write_yaml(run_dir / ckpt.CONFIG_FILE, run_config)
@@ -466,7 +450,7 @@ def train_head(
         run_id=run.epoch_state.get("wandb_run_id"),
     )
     run.epoch_state["wandb_run_id"] = run.tracker.run_id or run.epoch_state["wandb_run_id"]
-    run.tracker.watch(model)
+    run.tracker.watch(run.model)
     try:
         _fit(run, train_set, val_set)
     finally:
@@ -477,6 +461,50 @@ def train_head(
     run.tracker.summary({f"best/{key}": value for key, value in summary["best"].items()})
     run.tracker.finish()
     return summary
+
+
+def _open_splits(
+    train_h5: str | os.PathLike, val_h5: str | os.PathLike, settings: TrainingSettings
+) -> tuple[H5SegmentationDataset, H5SegmentationDataset]:
+    """The train and val datasets, each refused when it has no rows."""
+    train_set = H5SegmentationDataset(train_h5, settings.logit_clip, settings.in_memory)
+    val_set = H5SegmentationDataset(val_h5, settings.logit_clip, settings.in_memory)
+    _check_rows(train_set, "train")
+    _check_rows(val_set, "val")
+    return train_set, val_set
+
+
+def _start_run(
+    run_dir: Path,
+    run_id: str,
+    run_config: dict,
+    settings: TrainingSettings,
+    device: torch.device,
+    train_set: H5SegmentationDataset,
+    val_set: H5SegmentationDataset,
+) -> _Run:
+    """A fresh run: the seeded initial head on ``device``, its optimizer and scaler, the epoch
+    state of epoch 0 with the fingerprint of both splits."""
+    amp = settings.amp and device.type == "cuda"
+    if settings.amp and not amp:
+        LOGGER.info("training.amp is ignored on CPU: AMP is CUDA-only (see the README)")
+    data_fingerprint = {"train": train_set.fingerprint, "val": val_set.fingerprint}
+    torch.manual_seed(derive_seed(settings.seed, "init"))
+    model = NoImageHead(settings.channels_in, settings.hidden_channels).to(device)
+    return _Run(
+        run_dir=run_dir,
+        run_id=run_id,
+        run_config=run_config,
+        settings=settings,
+        device=device,
+        amp=amp,
+        model=model,
+        optimizer=torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        ),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp),
+        epoch_state=ckpt.new_epoch_state(run_id, data_fingerprint),
+    )
 
 
 def _fit(run: _Run, train_set: H5SegmentationDataset, val_set: H5SegmentationDataset) -> None:

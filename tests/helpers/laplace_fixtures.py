@@ -15,6 +15,7 @@ from laplace_head.bayes.fit import fit_laplace
 from laplace_head.bayes.jacobian import parameter_vector
 from laplace_head.bayes.posterior import Posterior
 from laplace_head.bayes.variant import PosteriorVariant
+from laplace_head.layout import ProjectLayout
 from laplace_head.model.head import NoImageHead
 from laplace_head.settings import LaplaceSettings
 from laplace_head.training.dataset import H5SegmentationDataset
@@ -85,14 +86,15 @@ def make_fitted_run(
     ``laplace`` overrides further :class:`LaplaceSettings` fields (e.g. ``target_layer``,
     ``approx``, ``tuning``); the others are the schema's defaults (a last-layer diagonal).
     """
-    data = root / "training_data" / "no_image"
-    data.mkdir(parents=True, exist_ok=True)
-    train_h5 = make_synthetic_h5(data / "train.h5", 4, seed=0, size=MAP_SIZE, split="train")
-    val_h5 = make_synthetic_h5(data / "val.h5", 2, seed=1, size=MAP_SIZE, split="val")
-    test_h5 = make_synthetic_h5(data / "test.h5", 4, seed=2, size=MAP_SIZE, split="test")
+    layout = ProjectLayout(root, "t1")
+    layout.training_data_dir.mkdir(parents=True, exist_ok=True)
+    h5 = {split: layout.split_h5(split) for split in ("train", "val", "test")}
+    train_h5 = make_synthetic_h5(h5["train"], 4, seed=0, size=MAP_SIZE, split="train")
+    val_h5 = make_synthetic_h5(h5["val"], 2, seed=1, size=MAP_SIZE, split="val")
+    test_h5 = make_synthetic_h5(h5["test"], 4, seed=2, size=MAP_SIZE, split="test")
     head = train_tiny_head(train_h5)
-    best = save_best(head, root / "checkpoints" / "no_image" / "run_t1" / "best.pt")
-    laplace_dir = root / "laplace" / "no_image" / "run_t1"
+    best = save_best(head, layout.best_checkpoint)
+    laplace_dir = layout.laplace_dir
     settings = laplace_settings(
         PRIOR_GRID, TEMPERATURE_GRID, max_pixels_fit=max_pixels_fit, **laplace
     )

@@ -13,6 +13,7 @@ from laplace_head.dataset import checks
 from laplace_head.dataset.checks import check_sample
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.scan import ScanEntry
+from laplace_head.layout import ProjectLayout
 
 HEIGHT, WIDTH = 20, 30
 
@@ -93,7 +94,7 @@ FAILURES = {
     "no foreground": (None, np.zeros((HEIGHT, WIDTH), np.uint8), "mask has no foreground"),
     "all foreground": (None, np.ones((HEIGHT, WIDTH), np.uint8), "mask is all foreground"),
     "object array": (None, "object", "mask unreadable (pickled objects are refused)"),
-    # issue 11 item 6: only the format the extension claims is decoded
+    # only the format the extension claims is decoded
     "tiff named .png": (_image_bytes("TIFF"), None, "image fails to decode: file named"),
     "webp named .png": (_image_bytes("WEBP"), None, "image fails to decode: file named"),
 }
@@ -161,7 +162,7 @@ ERRORS = {
 def test_any_exception_while_checking_is_the_samples_reason(
     tmp_path, image_path, monkeypatch, where: str, error: str
 ) -> None:
-    """Issue 11 item 2: every conversion is inside the per-sample ``try``; a MemoryError (or
+    """Every conversion is inside the per-sample ``try``; a MemoryError (or
     anything else) on one sample becomes its reason instead of escaping ``check_sample``."""
     mask_path = _mask_file(tmp_path, _good_mask(10, 15))  # mismatched: resize is reached
     monkeypatch.setattr(checks, where, _raise(ERRORS[error]))
@@ -183,7 +184,7 @@ def test_a_memory_error_on_one_sample_does_not_stop_stage_1(tmp_path, data_tools
         return real_load_mask(path)
 
     monkeypatch.setattr(checks, "load_mask", load_mask)
-    report = build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    report = build_manifests(images_root, masks_root, ProjectLayout(tmp_path), split_seed=0)
     assert report["n_valid"] == 3 and report["n_invalid"] == 1
     (invalid,) = report["invalid_samples"]
     assert invalid["sample_id"] == "a/a_001"

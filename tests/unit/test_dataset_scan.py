@@ -25,7 +25,7 @@ from laplace_head.dataset.scan import (
 )
 from laplace_head.dataset.splits import SPLITS
 from laplace_head.evaluation.sanity_panels import panel_name
-from laplace_head.prompts.promptsets import promptset_json_path
+from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import TMP_PREFIX, atomic_path, atomic_write_json
 
 
@@ -215,7 +215,7 @@ def test_entries_are_sorted_and_deterministic(roots: tuple[Path, Path]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 11 item 1: control characters and line separators in class or stem names
+# Control characters and line separators in class or stem names
 # ---------------------------------------------------------------------------------------------
 
 # Every character that splits a line somewhere: C0/C1 controls (Unicode category Cc, incl. DEL
@@ -283,7 +283,7 @@ def test_manifest_csvs_round_trip_hostile_names(tmp_path: Path, data_tools) -> N
         data_tools.write_pair(images_root, masks_root, "cls", stem, seed=50 + index)
     data_tools.write_pair(images_root, masks_root, "bad\rclass", "s", seed=60)
     manifests = tmp_path / "manifests"
-    build_manifests(images_root, masks_root, manifests, split_seed=0)
+    build_manifests(images_root, masks_root, ProjectLayout(tmp_path), split_seed=0)
 
     frame = read_split_manifest(manifests / "all_samples.csv")
     expected_ids = {f'cls, "x"/{stem}' for stem in HOSTILE_BUT_VALID}
@@ -323,7 +323,7 @@ def test_manifest_csvs_round_trip_hostile_names(tmp_path: Path, data_tools) -> N
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 11 item 4: over-long names
+# Over-long names
 # ---------------------------------------------------------------------------------------------
 
 
@@ -354,7 +354,7 @@ def test_over_long_safe_ids_are_rejected_with_a_reason(roots, char: str, width: 
 def test_a_safe_id_at_the_limit_can_be_written_by_every_later_stage(tmp_path: Path) -> None:
     """Real writes: the stage-2 JSON and a sanity panel, through their atomic temp names."""
     safe_id = "c__" + "s" * (MAX_SAFE_ID_BYTES - 3)
-    json_path = promptset_json_path(tmp_path, "train", safe_id)
+    json_path = ProjectLayout(tmp_path).promptset_json("train", safe_id)
     atomic_write_json(json_path, {"ok": True})
     assert json_path.is_file()
     panel = tmp_path / "panels" / panel_name("train", safe_id, 9999)

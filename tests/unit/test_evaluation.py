@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,6 +14,7 @@ from helpers.laplace_fixtures import make_fitted_run
 from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.evaluation.evaluate import METHODS, evaluate, markdown_table
+from laplace_head.layout import EVAL_FILES
 from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import read_json
 
@@ -55,6 +57,11 @@ def _with_classes(source, target, classes):
     return target
 
 
+def _files(folder: Path) -> dict[str, Path]:
+    """Stage 7's files in ``folder``, by name (as ``ProjectLayout.eval_files`` gives them)."""
+    return {name: folder / file for name, file in EVAL_FILES.items()}
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     run = make_fitted_run(tmp_path_factory.mktemp("evaluation"))
@@ -63,7 +70,7 @@ def evaluated(tmp_path_factory):
         run.test_h5, run.root / "test_two_classes.h5", ["alpha", "alpha", "beta", "beta"]
     )
     out = run.root / "reports" / "eval" / "run_t1"
-    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, out, SETTINGS, run_id="t1")
+    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, _files(out), SETTINGS, run_id="t1")
     return run, test_h5, out, metrics
 
 
@@ -149,7 +156,7 @@ def test_empty_test_split(evaluated, tmp_path):
     run = evaluated[0]
     empty = make_synthetic_h5(tmp_path / "test.h5", 0, size=32, split="test")
     settings = EvaluationSettings(n_posterior_samples=4)
-    metrics = evaluate(run.laplace_dir, empty, run.val_h5, tmp_path / "out", settings)
+    metrics = evaluate(run.laplace_dir, empty, run.val_h5, _files(tmp_path / "out"), settings)
     assert metrics["n_rows"] == 0
     assert all(v is None for v in metrics["overall"].values())
     assert (tmp_path / "out" / "reliability.png").is_file()
@@ -179,7 +186,7 @@ def test_example_panels_suggest_the_region_rule_away_from_the_given_clicks(
     suggest = predictor.suggest
     monkeypatch.setattr(predictor, "suggest", spy)
     assert stage7.suggest_for_inputs is predictor.suggest_for_inputs
-    evaluate(run.laplace_dir, test_h5, run.val_h5, tmp_path / "out", SETTINGS)
+    evaluate(run.laplace_dir, test_h5, run.val_h5, _files(tmp_path / "out"), SETTINGS)
     assert captured and len(calls) == len(captured)
     sigma = SETTINGS.prompt_sigma
     for example, (policy, excluded, probability, bald) in zip(captured, calls):
@@ -216,7 +223,7 @@ def test_class_names_never_collide_with_the_overall_scope(evaluated, tmp_path, n
     overall metrics, the overall rows of metrics.csv/md and the other class are unchanged."""
     run, _, out, reference = evaluated
     test_h5 = _with_classes(run.test_h5, tmp_path / "test.h5", ["alpha", "alpha", name, name])
-    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, tmp_path / "out", SETTINGS)
+    metrics = evaluate(run.laplace_dir, test_h5, run.val_h5, _files(tmp_path / "out"), SETTINGS)
     assert metrics["classes"] == sorted(["alpha", name])
     assert set(metrics["per_class"]) == {"alpha", name}
     for method in METHODS:

@@ -1,8 +1,8 @@
 """laplace_head.dataset.images: size guards, format checks and binarisation of images and masks.
 
-Issue 11: masks had no size limit (a forged ``.npy`` header made numpy allocate the claimed
-shape; PNG masks only got Pillow's warning), Pillow's process-wide limit was mutated at import,
-and any format Pillow decodes was accepted under a ``.png``/``.jpg`` name.
+Guarded against: a forged ``.npy`` header that claims a huge shape, a PNG mask past the pixel
+limit, a change to Pillow's process-wide limit, and a format other than the one the
+``.png``/``.jpg`` name claims.
 """
 
 from __future__ import annotations

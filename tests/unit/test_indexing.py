@@ -16,12 +16,12 @@ from laplace_head.cache.index import (
     INDEX_COLUMNS,
     TrainingIndexError,
     build_index,
-    failures_path_for,
     read_index,
     write_training_index,
 )
 from laplace_head.cache.promptset_format import meta_fields
 from laplace_head.cli import main as cli_main
+from laplace_head.layout import ProjectLayout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,11 +149,14 @@ def test_samples_without_complete_promptsets_and_shard_failures_are_reported(tmp
 
 def test_promptsets_listed_in_prompt_json_but_never_written_are_reported(tmp_path):
     split_csv, precompute = make_split(tmp_path, {"a": 2})
-    prompt_dir = tmp_path / "prompt_sets" / "train"
+    prompt_dir = ProjectLayout(tmp_path).prompt_sets_dir("train")
     prompt_dir.mkdir(parents=True)
     listed = [{"promptset_id": i, "k": 1, "pos_points": [], "neg_points": []} for i in range(3)]
     (prompt_dir / "cat__a.json").write_text(json.dumps({"promptsets": listed}))
-    index, report = build_index("train", split_csv, precompute, prompt_sets_dir=prompt_dir)
+    layout = ProjectLayout(tmp_path)
+    index, report = build_index(
+        "train", split_csv, precompute, promptset_json=lambda s: layout.promptset_json("train", s)
+    )
     assert len(index) == 2
     assert report["failures"].values.tolist() == [["cat/a", 2, "not written"]]
 
@@ -184,17 +187,16 @@ def test_meta_fields_reads_exactly_what_the_writer_writes():
 
 def test_write_training_index_round_trip_and_log(tmp_path, caplog):
     split_csv, precompute = make_split(tmp_path, {"a": 2, "b": 1}, cls="7")
-    index_csv = tmp_path / "training_data" / "no_image" / "train_index.csv"
+    layout = ProjectLayout(tmp_path)
+    index_csv, failures = layout.training_index("train"), layout.training_failures("train")
     with caplog.at_level(logging.INFO, logger="laplace_head.cache.index"):
-        report = write_training_index("train", split_csv, precompute, [], index_csv)
+        report = write_training_index("train", split_csv, precompute, [], index_csv, failures)
     assert "3 rows, 2 unique samples" in caplog.text and "mean k_pairs 1.33" in caplog.text
     assert report["n_rows"] == 3
     frame = read_index(index_csv)
     expected, _ = build_index("train", split_csv, precompute)
     pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
     assert frame["class"].tolist() == ["7", "7", "7"]  # numeric-looking text stays text
-    failures = failures_path_for(index_csv)
-    assert failures.name == "train_failures.csv"
     assert pd.read_csv(failures).columns.tolist() == FAILURE_COLUMNS
     assert sorted(p.name for p in index_csv.parent.iterdir()) == [
         "train_failures.csv",
@@ -205,7 +207,9 @@ def test_write_training_index_round_trip_and_log(tmp_path, caplog):
 def test_empty_split_gives_header_only_csv(tmp_path):
     split_csv, precompute = make_split(tmp_path, {}, split="test")
     index_csv = tmp_path / "out" / "test_index.csv"
-    report = write_training_index("test", split_csv, precompute, [], index_csv)
+    report = write_training_index(
+        "test", split_csv, precompute, [], index_csv, index_csv.with_name("failures.csv")
+    )
     assert report["n_rows"] == 0 and report["n_samples"] == 0
     assert index_csv.read_text().strip() == ",".join(INDEX_COLUMNS)
     assert read_index(index_csv).empty
@@ -224,6 +228,9 @@ def test_missing_split_csv_and_broken_summary_are_user_errors(tmp_path):
 def test_standalone_script(tmp_path, monkeypatch):
     project = tmp_path / "project"
     make_split(project, {"a": 2}, split="val")
+    summary = ProjectLayout(project).shard_summary("sam_precompute", "val", 0)
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"failures": []}))  # the split's one shard (shard_size 64)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}}))
     cli_main(["build-training-index", "--config", str(config), "--split", "val"])

@@ -23,6 +23,7 @@ from laplace_head.cache.packing import (
 from laplace_head.cache.split_h5 import read_h5_index
 from laplace_head.cli import main as cli_main
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import file_md5
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +74,11 @@ def make_indexed_split(
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     columns = ["sample_id", "safe_id", "class", "image_path", "mask_path", "image_h", "image_w"]
     pd.DataFrame(records, columns=[*columns, "split"]).to_csv(split_csv, index=False)
-    index_csv = root / "training_data" / "no_image" / f"{split}_index.csv"
-    write_training_index(split, split_csv, precompute, [], index_csv)
+    layout = ProjectLayout(root)
+    index_csv = layout.training_index(split)
+    write_training_index(
+        split, split_csv, precompute, [], index_csv, layout.training_failures(split)
+    )
     return index_csv
 
 
@@ -147,7 +151,9 @@ def test_gt_is_nearest_resize_of_the_mask_from_its_own_size(tmp_path):
 def test_empty_split(tmp_path):
     index_csv = make_indexed_split(tmp_path, n_samples=0, split="test")
     out = tmp_path / "test.h5"
-    report = pack_split(index_csv, out)
+    with pytest.raises(PackingError, match="pass the split"):  # no row names it
+        pack_split(index_csv, out)
+    report = pack_split(index_csv, out, split="test")
     assert report["n_rows"] == 0 and report["split"] == "test"
     with h5py.File(out, "r") as handle:
         assert handle["logits_256"].shape == (0, 256, 256)
@@ -234,3 +240,28 @@ def test_standalone_script(tmp_path, monkeypatch):
     with h5py.File(project / "training_data" / "no_image" / "val.h5", "r") as handle:
         assert handle.attrs["compression"] == "lzf" and handle.attrs["n_rows"] == 2
         assert tuple(handle.attrs["chunks"]) == (1, 256, 256)
+
+
+def test_storage_settings_come_from_the_config_and_flags_override_them(tmp_path):
+    project = tmp_path / "project"
+    make_indexed_split(project, n_samples=2, promptsets=1, split="val")
+    config = tmp_path / "config.yaml"
+    data = {"project_root": str(project), "h5_chunk_rows": 2, "h5_compression": "gzip-4"}
+    config.write_text(yaml.safe_dump({"data": data}))
+    h5 = ProjectLayout(project).split_h5("val")
+    cli_main(["pack-hdf5", "--config", str(config), "--split", "val"])
+    with h5py.File(h5, "r") as handle:
+        assert handle.attrs["compression"] == "gzip-4"
+        assert tuple(handle.attrs["chunks"]) == (2, 256, 256)
+    cli_main(["pack-hdf5", "--config", str(config), "--split", "val", "--compression", "lzf"])
+    with h5py.File(h5, "r") as handle:
+        assert handle.attrs["compression"] == "lzf"
+        assert tuple(handle.attrs["chunks"]) == (2, 256, 256)
+
+
+def test_a_bad_compression_flag_is_a_config_error_naming_the_key(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"project_root": str(tmp_path)}}))
+    with pytest.raises(SystemExit):
+        cli_main(["pack-hdf5", "--config", str(config), "--compression", "zstd"])
+    assert "data.h5_compression" in capsys.readouterr().err

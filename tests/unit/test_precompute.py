@@ -243,7 +243,7 @@ def test_run_precompute_all_shards_and_script(tmp_path):
     make_project(tmp_path, "train")
     make_project(tmp_path, "val", {"v/one": (20, 30)})
     summaries = run_precompute(
-        tmp_path,
+        ProjectLayout(tmp_path),
         ["train", "val"],
         None,
         shard_size=2,
@@ -261,9 +261,13 @@ def test_run_precompute_all_shards_and_script(tmp_path):
             > 0
         )
     with pytest.raises(LaplaceHeadError, match="shard '0005' does not exist"):
-        run_precompute(tmp_path, ["val"], "0005", 2, 6.0, {"backend": "random_walker"})
+        run_precompute(
+            ProjectLayout(tmp_path), ["val"], "0005", 2, 6.0, {"backend": "random_walker"}
+        )
     with pytest.raises(LaplaceHeadError, match="build_manifests"):
-        run_precompute(tmp_path, ["test"], "0000", 2, 6.0, {"backend": "random_walker"})
+        run_precompute(
+            ProjectLayout(tmp_path), ["test"], "0000", 2, 6.0, {"backend": "random_walker"}
+        )
     # The stand-alone command: one shard of one split; everything is already there -> skipped.
     config = {
         "data": {"project_root": str(tmp_path), "shard_size": 2},

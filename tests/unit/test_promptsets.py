@@ -15,7 +15,8 @@ import pytest
 from laplace_head.dataset.images import load_mask, resize_mask_nearest
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.dataset.sharding import num_shards, shard_names, shard_rows
-from laplace_head.prompts.promptsets import generate_promptsets_shard, promptset_json_path
+from laplace_head.layout import ProjectLayout
+from laplace_head.prompts.promptsets import generate_promptsets_shard
 
 SETTINGS = {"num_promptsets": 3, "min_pairs": 1, "max_pairs": 4, "prompt_seed": 77}
 RECORD_KEYS = {
@@ -43,7 +44,7 @@ def manifest(tmp_path: Path, dataset_factory, data_tools) -> pd.DataFrame:
     image = data_tools.synthetic_image(40, 60, 9)
     data_tools.save_image(images_root / "b" / "half.png", image)
     data_tools.save_mask(masks_root / "b" / "half.npy", data_tools.synthetic_mask(20, 30, 3))
-    build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    build_manifests(images_root, masks_root, ProjectLayout(tmp_path), split_seed=0)
     frame = pd.read_csv(tmp_path / "manifests" / "all_samples.csv", keep_default_na=False)
     assert frame["valid"].all()
     return frame.sort_values("sample_id").reset_index(drop=True)
@@ -51,11 +52,14 @@ def manifest(tmp_path: Path, dataset_factory, data_tools) -> pd.DataFrame:
 
 def _generate(frame: pd.DataFrame, out: Path, **overrides) -> dict:
     settings = {**SETTINGS, **overrides}
-    return generate_promptsets_shard(frame, "train", out, **settings)
+    return generate_promptsets_shard(frame, "train", ProjectLayout(out), **settings)
 
 
 def _jsons(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "train").glob("*.json"))}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(ProjectLayout(out).prompt_sets_dir("train").glob("*.json"))
+    }
 
 
 def test_one_json_per_sample_with_the_documented_fields(tmp_path: Path, manifest) -> None:
@@ -70,7 +74,7 @@ def test_one_json_per_sample_with_the_documented_fields(tmp_path: Path, manifest
     }
     assert set(_jsons(out)) == {f"{s}.json" for s in manifest["safe_id"]}
     for _, row in manifest.iterrows():
-        path = promptset_json_path(out, "train", row["safe_id"])
+        path = ProjectLayout(out).promptset_json("train", row["safe_id"])
         record = json.loads(path.read_text(encoding="utf-8"))
         assert set(record) == RECORD_KEYS
         assert record["sample_id"] == row["sample_id"] and record["class"] == row["class"]
@@ -115,13 +119,16 @@ def test_existing_jsons_are_skipped_and_force_rewrites_identically(tmp_path, man
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
     before = _jsons(out)
-    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.json")}
-    victim = promptset_json_path(out, "train", manifest["safe_id"][2])
+    mtimes = {
+        p.name: p.stat().st_mtime_ns
+        for p in ProjectLayout(out).prompt_sets_dir("train").glob("*.json")
+    }
+    victim = ProjectLayout(out).promptset_json("train", manifest["safe_id"][2])
     victim.unlink()
     summary = _generate(manifest, out)
     assert (summary["generated"], summary["skipped"]) == (1, len(manifest) - 1)
     assert _jsons(out) == before
-    for path in (out / "train").glob("*.json"):
+    for path in ProjectLayout(out).prompt_sets_dir("train").glob("*.json"):
         if path != victim:
             assert path.stat().st_mtime_ns == mtimes[path.name]
     summary = _generate(manifest, out, force=True)
@@ -146,9 +153,9 @@ def test_damaged_json_is_regenerated(tmp_path: Path, manifest) -> None:
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
     before = _jsons(out)
-    path = promptset_json_path(out, "train", manifest["safe_id"][0])
+    path = ProjectLayout(out).promptset_json("train", manifest["safe_id"][0])
     path.write_bytes(path.read_bytes()[:40])
-    other = promptset_json_path(out, "train", manifest["safe_id"][1])
+    other = ProjectLayout(out).promptset_json("train", manifest["safe_id"][1])
     other.write_text("[]")
     summary = _generate(manifest, out)
     assert summary["generated"] == 2
@@ -165,13 +172,17 @@ def test_a_broken_sample_is_reported_and_the_others_still_run(tmp_path, manifest
     failures = {f["sample_id"]: f["reason"] for f in summary["failures"]}
     assert failures[manifest.loc[0, "sample_id"]].startswith("mask unreadable")
     assert failures[manifest.loc[1, "sample_id"]] == "mask has no foreground pixel"
-    assert not promptset_json_path(out, "train", manifest.loc[0, "safe_id"]).exists()
+    assert not ProjectLayout(out).promptset_json("train", manifest.loc[0, "safe_id"]).exists()
     assert _jsons(out)  # the rest are written
-    assert not [p for p in (out / "train").iterdir() if p.name.startswith(".tmp-")]
+    assert not [
+        p
+        for p in ProjectLayout(out).prompt_sets_dir("train").iterdir()
+        if p.name.startswith(".tmp-")
+    ]
 
 
-# Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (issue 11 item 1:
-# a stray carriage return used to split a row, leaving "image_h" with text in it).
+# Rows that stage 1 never writes but a damaged/hand-edited manifest may hold (a stray carriage
+# return can split a row, leaving "image_h" with text in it).
 BAD_ROWS = {
     "image_h not a number": {"image_h": "name.png"},
     "image_w missing": {"image_w": ""},
@@ -199,8 +210,11 @@ def test_a_bad_row_fails_alone_and_never_takes_down_the_shard(tmp_path, manifest
     (failure,) = summary["failures"]
     assert failure["reason"] and "\n" not in failure["reason"]
     assert isinstance(failure["sample_id"], str)
-    written = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
-    expected = {Path("train") / f"{s}.json" for i, s in enumerate(manifest["safe_id"]) if i != 2}
+    written = {p for p in out.rglob("*") if p.is_file()}
+    layout = ProjectLayout(out)
+    expected = {
+        layout.promptset_json("train", s) for i, s in enumerate(manifest["safe_id"]) if i != 2
+    }
     assert written == expected  # nothing outside prompt_sets/train, no temp file left
     assert not (tmp_path / "escape").exists()
 
@@ -211,7 +225,7 @@ def test_empty_shard_writes_nothing(tmp_path: Path, manifest) -> None:
 
 
 def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config_writer) -> None:
-    """The seed's per-stage commands: build_manifests.py then generate_promptsets.py.
+    """The stand-alone per-stage commands: build-manifests, then generate-promptsets.
 
     Class and stem names that look like numbers stay strings in the JSON ("007", not 7).
     """
@@ -252,8 +266,8 @@ def test_stand_alone_scripts(tmp_path: Path, repo_root: Path, data_tools, config
 def test_first_click_switch_adds_sets_and_regenerates_only_when_it_changes(tmp_path, manifest):
     out = tmp_path / "prompt_sets"
     _generate(manifest, out)
-    seed_bytes = _jsons(out)
-    assert all(b"first_click_promptsets" not in v for v in seed_bytes.values())  # seed layout
+    regular_bytes = _jsons(out)
+    assert all(b"first_click_promptsets" not in v for v in regular_bytes.values())  # regular layout
     summary = _generate(manifest, out, first_click_promptsets=2)
     assert summary["generated"] == len(manifest)
     for text in _jsons(out).values():
@@ -261,5 +275,5 @@ def test_first_click_switch_adds_sets_and_regenerates_only_when_it_changes(tmp_p
         assert record["first_click_promptsets"] == 2
         assert [len(p["neg_points"]) for p in record["promptsets"][-2:]] == [0, 0]
     assert _generate(manifest, out, first_click_promptsets=2)["skipped"] == len(manifest)
-    _generate(manifest, out)  # back to 0: the seed's records again, byte for byte
-    assert _jsons(out) == seed_bytes
+    _generate(manifest, out)  # back to 0: the regular records again, byte for byte
+    assert _jsons(out) == regular_bytes

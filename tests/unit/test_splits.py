@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head.dataset.manifests import REGISTRY_NAME, build_manifests, read_frozen_assignment
+from laplace_head.dataset.manifests import REGISTRY, build_manifests, read_frozen_assignment
 from laplace_head.dataset.splits import SPLITS, assign_splits, target_sizes
+from laplace_head.layout import ProjectLayout
 
 TINY = {1: (1, 0, 0), 2: (1, 1, 0)} | {n: (n - 2, 1, 1) for n in range(3, 10)}
 
@@ -140,7 +141,9 @@ def _split_of(manifests: Path) -> dict[str, str]:
 def test_build_manifests_freezes_splits_across_reruns(tmp_path: Path, dataset_factory, caplog):
     images_root, masks_root = dataset_factory({"a": 10, "b": 4})
     manifests = tmp_path / "project" / "manifests"
-    report = build_manifests(images_root, masks_root, manifests, split_seed=11)
+    report = build_manifests(
+        images_root, masks_root, ProjectLayout(manifests.parent), split_seed=11
+    )
     assert report["split_sizes"] == {"train": 10, "val": 2, "test": 2}
     first = _split_of(manifests)
 
@@ -154,7 +157,9 @@ def test_build_manifests_freezes_splits_across_reruns(tmp_path: Path, dataset_fa
     (masks_root / "b" / "b_000.npy").unlink()
 
     with caplog.at_level(logging.INFO, logger="laplace_head"):
-        report = build_manifests(images_root, masks_root, manifests, split_seed=999)
+        report = build_manifests(
+            images_root, masks_root, ProjectLayout(manifests.parent), split_seed=999
+        )
     second = _split_of(manifests)
     kept = [sid for sid in first if sid not in ("a/a_001", "b/b_000")]
     assert {sid: second[sid] for sid in kept} == {sid: first[sid] for sid in kept}
@@ -175,18 +180,20 @@ def test_build_manifests_freezes_splits_across_reruns(tmp_path: Path, dataset_fa
         frame = pd.read_csv(manifests / f"{split}.csv", dtype=str, keep_default_na=False)
         assert list(frame["sample_id"]) == sorted(frame["sample_id"])
         assert set(frame["sample_id"]) == {s for s, sp in second.items() if sp == split}
-    assert read_frozen_assignment(manifests) == {s: sp for s, sp in second.items() if sp}
+    assert read_frozen_assignment(ProjectLayout(manifests.parent)) == {
+        s: sp for s, sp in second.items() if sp
+    }
 
 
 def test_only_deleting_the_manifests_gives_a_fresh_split(tmp_path: Path, dataset_factory):
     images_root, masks_root = dataset_factory({"a": 30})
     manifests = tmp_path / "manifests"
-    build_manifests(images_root, masks_root, manifests, split_seed=1)
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=1)
     first = _split_of(manifests)
-    build_manifests(images_root, masks_root, manifests, split_seed=2)
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=2)
     assert _split_of(manifests) == first  # another seed does not re-split
     shutil.rmtree(manifests)
-    build_manifests(images_root, masks_root, manifests, split_seed=2)
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=2)
     fresh = _split_of(manifests)
     assert fresh != first
     assert Counter(fresh.values()) == Counter(first.values()) == {"train": 24, "val": 3, "test": 3}
@@ -195,10 +202,10 @@ def test_only_deleting_the_manifests_gives_a_fresh_split(tmp_path: Path, dataset
 def test_freeze_falls_back_to_split_csvs_without_registry(tmp_path: Path, dataset_factory):
     images_root, masks_root = dataset_factory({"a": 30})
     manifests = tmp_path / "manifests"
-    build_manifests(images_root, masks_root, manifests, split_seed=1)
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=1)
     first = _split_of(manifests)
-    (manifests / REGISTRY_NAME).unlink()
-    build_manifests(images_root, masks_root, manifests, split_seed=2)
+    ProjectLayout(manifests.parent).manifest(REGISTRY).unlink()
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=2)
     assert _split_of(manifests) == first
 
 
@@ -206,10 +213,12 @@ def test_manifest_outputs_are_byte_identical_on_rerun(tmp_path: Path, dataset_fa
     """Also across sequential and process-pool validation (>= 64 samples use the pool)."""
     images_root, masks_root = dataset_factory({"a": 60, "b": 6})
     manifests = tmp_path / "manifests"
-    build_manifests(images_root, masks_root, manifests, split_seed=1)
-    names = ["all_samples.csv", "train.csv", "val.csv", "test.csv", REGISTRY_NAME]
+    build_manifests(images_root, masks_root, ProjectLayout(manifests.parent), split_seed=1)
+    names = ["all_samples.csv", "train.csv", "val.csv", "test.csv", f"{REGISTRY}.csv"]
     before = {name: (manifests / name).read_bytes() for name in names}
-    report = build_manifests(images_root, masks_root, manifests, split_seed=1, workers=2)
+    report = build_manifests(
+        images_root, masks_root, ProjectLayout(manifests.parent), split_seed=1, workers=2
+    )
     assert {name: (manifests / name).read_bytes() for name in names} == before
     saved = json.loads((manifests / "manifest_report.json").read_text())
     assert saved["frozen_from_previous_run"] == report["frozen_from_previous_run"] == 66

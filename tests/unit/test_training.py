@@ -14,6 +14,7 @@ import yaml
 from helpers.synthetic_h5 import make_synthetic_h5
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.settings import Runtime, stage_params
 from laplace_head.training import checkpoint as ckpt
 from laplace_head.training.loop import KILL_AFTER_STEPS_ENV, TrainingSettings, train_head
 from laplace_head.training.sanity import SanityCheckFailed, sanity_check_to_file
@@ -74,7 +75,9 @@ def _train(config_path: Path, **kwargs) -> dict:
         data_dir / "train.h5",
         data_dir / "val.h5",
         _run_dir(config_path),
-        TrainingSettings.from_config(config),
+        TrainingSettings.from_params(
+            stage_params(config)["train_head"], Runtime.from_config(config)
+        ),
         "t",
         run_config=config,
         **kwargs,

@@ -20,6 +20,7 @@ from laplace_head.evaluation.sanity_panels import (
     prompt_points,
     write_sanity_panels,
 )
+from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,10 +70,17 @@ def make_packed_split(root: Path, n_samples: int, promptsets: int, split: str = 
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     columns = ["sample_id", "safe_id", "class", "image_path", "mask_path", "image_h", "image_w"]
     pd.DataFrame(records, columns=columns).to_csv(split_csv, index=False)
-    index_csv = root / "training_data" / "no_image" / f"{split}_index.csv"
-    write_training_index(split, split_csv, root / "sam_precompute" / split, [], index_csv)
-    out = index_csv.with_name(f"{split}.h5")
-    pack_split(index_csv, out, progress=False)
+    layout = ProjectLayout(root)
+    index_csv, out = layout.training_index(split), layout.split_h5(split)
+    write_training_index(
+        split,
+        split_csv,
+        layout.precompute_dir(split),
+        [],
+        index_csv,
+        layout.training_failures(split),
+    )
+    pack_split(index_csv, out, split=split, progress=False)
     return out
 
 
@@ -145,3 +153,16 @@ def test_standalone_script(tmp_path, monkeypatch):
     cli_main(["visualize-sanity", "--config", str(config), "--n", "2", "--split", "train"])
     panels = sorted((project / "reports" / "debug_panels").glob("train__*.png"))
     assert len(panels) == 2
+    layout = ProjectLayout(project)
+    assert layout.panels_listing("train").is_file() and layout.panels_overview("train").is_file()
+
+
+def test_panel_count_comes_from_the_config(tmp_path):
+    project = tmp_path / "project"
+    make_packed_split(project, n_samples=3, promptsets=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"data": {"project_root": str(project)}, "sanity_panels": {"n": 3}})
+    )
+    cli_main(["visualize-sanity", "--config", str(config), "--split", "train"])
+    assert len(read_json(ProjectLayout(project).panels_listing("train"))["panels"]) == 3

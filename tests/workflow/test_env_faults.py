@@ -134,8 +134,12 @@ def test_training_device_cuda_without_gpu(tmp_path: Path) -> None:
     make_synthetic_h5(tmp_path / "val.h5", 2, seed=2, split="val")
     config = {"training": {"device": "cuda", "num_workers": 0}, "head": {}}
     from laplace_head.config import validate_config
+    from laplace_head.settings import Runtime, stage_params
 
-    settings = TrainingSettings.from_config(validate_config(config, check_paths=False))
+    config = validate_config(config, check_paths=False)
+    settings = TrainingSettings.from_params(
+        stage_params(config)["train_head"], Runtime.from_config(config)
+    )
     run_dir = tmp_path / "run_t"
     with pytest.raises(LaplaceHeadError, match="training.device = 'cuda' but no CUDA GPU"):
         train_head(tmp_path / "train.h5", tmp_path / "val.h5", run_dir, settings, "t")

@@ -25,7 +25,7 @@ Kills inside a job use :mod:`laplace_head.util.faults` (``LAPLACE_HEAD_KILL_AT``
 ``LAPLACE_HEAD_KILL_AFTER_STEPS``; stage 6 is killed from outside (SIGKILL to the whole Snakemake
 process group, Snakemake included). That the SAM backend encodes each image at most once and not
 at all when its prompt sets are complete is shown with a counting tiny SAM in
-``tests/test_precompute.py::test_resume_recomputes_only_what_is_missing``.
+``tests/unit/test_precompute.py::test_resume_recomputes_only_what_is_missing``.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def ctx(tmp_path_factory) -> SimpleNamespace:
         },
         # CPU even where a GPU is visible: only there is a resumed run equal bit for bit.
         "training": {"num_epochs": 2, "batch_size": 4, "num_workers": 0, "device": "cpu"},
-        "laplace": {  # the seed's posterior and its 3x3 search: the kill tests need its length
+        "laplace": {  # last-layer diagonal, 3x3 search: the kill tests need its length
             "approx": "diagonal",
             "tuning": "val_nll",
             "prior_precision_grid": [0.01, 1.0, 100.0],
