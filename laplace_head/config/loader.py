@@ -389,6 +389,12 @@ def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str
                 f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
                 f"folder (relative paths are resolved from {os.getcwd()})."
             )
+    from laplace_head.dataset.scan import same_roots_problem
+
+    problem = same_roots_problem(data["images_root"], data["masks_root"])
+    if problem:
+        config_name = _file_defining(["data", "masks_root"], sources, default_name)
+        raise ConfigError(f"edit {config_name}: {problem}.")
     _check_writable_folder(
         str(data["project_root"]),
         _file_defining(["data", "project_root"], sources, default_name),

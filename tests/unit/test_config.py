@@ -718,3 +718,10 @@ def test_an_empty_variants_map_on_its_own_declares_none(tmp_path: Path) -> None:
     path = tmp_path / "alone.yaml"
     path.write_text("ablation:\n  variants: {}\n", encoding="utf-8")
     assert ablation_variants(load_config(path, check_paths=False)) == []
+
+
+def test_one_folder_as_images_root_and_masks_root_is_refused(tmp_path: Path) -> None:
+    roots = _roots(tmp_path)
+    roots["masks_root"] = roots["images_root"]
+    with pytest.raises(ConfigError, match=r"data\.images_root .* data\.masks_root .* own mask"):
+        validate_config({"data": roots, "sam": {"backend": "random_walker"}})
