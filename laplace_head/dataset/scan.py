@@ -256,6 +256,7 @@ def scan_dataset(images_root: str | os.PathLike, masks_root: str | os.PathLike) 
     _flag_unusable_names(entries)
     _flag_safe_id_collisions(entries)
     _flag_undecodable_names(entries)
+    entries = _one_entry_per_id(entries)
     return sorted(entries, key=lambda e: (e.sample_id, e.image_path, e.mask_path))
 
 
@@ -366,3 +367,30 @@ def _flag_undecodable_names(entries: list[ScanEntry]) -> None:
                 raw = value.encode("utf-8", "surrogateescape")
                 setattr(entry, name, raw.decode("utf-8", "backslashreplace"))
             entry.reason = "file or folder name is not valid UTF-8; rename it"
+
+
+def _one_entry_per_id(entries: list[ScanEntry]) -> list[ScanEntry]:
+    """Merge entries that show the same sample id into one invalid entry.
+
+    Only escaping can make two ids equal: a name that is not UTF-8 (``a\\xff`` as a byte) is
+    shown as the text a real name may have (``a\\xff`` with a backslash). One id keeps one row
+    in the manifests; its reason names every file involved.
+    """
+    groups: dict[str, list[ScanEntry]] = defaultdict(list)
+    for entry in entries:
+        groups[entry.sample_id].append(entry)
+    merged = []
+    for sample_id, group in groups.items():
+        first = group[0]
+        if len(group) > 1:
+            reasons = list(dict.fromkeys(e.reason for e in group if e.reason))
+            first.reason = "; ".join(
+                [
+                    *reasons,
+                    f"{len(group)} different image/mask pairs are shown as {sample_id!r} (a "
+                    "name that is not UTF-8, escaped, reads as another real name); rename them "
+                    "apart",
+                ]
+            )
+        merged.append(first)
+    return merged

@@ -483,3 +483,14 @@ def test_one_folder_as_both_roots_is_refused(tmp_path: Path, data_tools, how: st
         scan_dataset(root, masks_root)
     message = str(caught.value)
     assert str(root) in message and "own mask" in message and "masks_root" in message
+
+
+def test_an_escaped_undecodable_name_equal_to_a_real_name_gives_one_row(roots) -> None:
+    images_root, masks_root = roots
+    for stem in (b"a\xff", b"a\\xff"):  # the second is the first's escaped spelling
+        for root, ext in ((images_root, b".png"), (masks_root, b".npy")):
+            (root / "c").mkdir(exist_ok=True)
+            (Path(os.fsdecode(bytes(root / "c"))) / os.fsdecode(stem + ext)).write_bytes(b"x")
+    entries = scan_dataset(images_root, masks_root)
+    assert [e.sample_id for e in entries] == ["c/a\\xff"]
+    assert "not valid UTF-8" in entries[0].reason and entries[0].reason.isprintable()
