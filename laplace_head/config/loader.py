@@ -37,6 +37,7 @@ class ConfigError(LaplaceHeadError, ValueError):
 # aliases of nine aliases ... reach 9**9 values from 600 bytes).
 MAX_CONFIG_DEPTH = 32
 MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_FILE_BYTES = 1 << 20  # the shipped configs are a few KB
 
 
 def _full_match_pattern(validator, pattern, instance, schema):
@@ -152,7 +153,7 @@ def validate_config(
     schema = load_schema(schema_path)
     for source in sources or []:
         if Path(source).is_file():  # what the merged dict no longer shows: duplicates, tags
-            _read_config_file(Path(source))
+            _check_bounded(_read_config_file(Path(source)), source)
     _check_empty_maps(list(sources or []), schema)
     _check_bounded(config, config_name)
     resolved = fill_defaults(config, schema)
@@ -197,9 +198,10 @@ def _check_bounded(config: Any, config_name: str) -> None:
         count += 1
         if count > MAX_CONFIG_VALUES:
             raise ConfigError(
-                f"{config_name}: the config holds more than {MAX_CONFIG_VALUES:,} values once "
-                "its YAML aliases (*name) are expanded (a handful of aliases that repeat a list "
-                "or mapping multiply it); write the values out instead of aliasing them."
+                f"{config_name}: the config holds more than {MAX_CONFIG_VALUES:,} values, "
+                "counting what its YAML aliases (*name) repeat (a handful of aliases that "
+                "repeat a list or mapping multiply it); write the values out instead of "
+                "aliasing them."
             )
         if isinstance(node, Mapping):
             children = list(node.items())
@@ -517,6 +519,12 @@ def _read_config_file(path: Path) -> Mapping[str, Any]:
     """One config file, read with :class:`_ConfigLoader`; every refusal is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH.")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes is no config file (limit {MAX_CONFIG_FILE_BYTES:,} bytes); "
+            "pass the YAML config, not a data file."
+        )
     with open(path, encoding="utf-8") as handle:
         try:
             raw = yaml.load(handle, Loader=_ConfigLoader) or {}  # noqa: S506 - a safe loader

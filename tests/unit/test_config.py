@@ -669,7 +669,9 @@ def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path, levels: 
         lambda: load_config(path, check_paths=False),
         lambda: validate_config(yaml.safe_load(path.read_text()), str(path), check_paths=False),
     ):
-        with pytest.raises(ConfigError, match="more than 100,000 values.*alias"):
+        with pytest.raises(
+            ConfigError, match="more than 100,000 values, counting what its YAML aliases"
+        ):
             call()
 
 
@@ -725,3 +727,10 @@ def test_one_folder_as_images_root_and_masks_root_is_refused(tmp_path: Path) -> 
     roots["masks_root"] = roots["images_root"]
     with pytest.raises(ConfigError, match=r"data\.images_root .* data\.masks_root .* own mask"):
         validate_config({"data": roots, "sam": {"backend": "random_walker"}})
+
+
+def test_a_config_file_over_a_megabyte_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("data:\n  shard_size: 4\n" + "# filler\n" * 200_000, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"huge\.yaml: 1,800,0\d\d bytes is no config file"):
+        load_config(path, check_paths=False)
