@@ -151,10 +151,12 @@ def validate_config(
         One message that names the offending key and the fix.
     """
     schema = load_schema(schema_path)
-    for source in sources or []:
-        if Path(source).is_file():  # what the merged dict no longer shows: duplicates, tags
-            _check_bounded(_read_config_file(Path(source)), source)
-    _check_empty_maps(list(sources or []), schema)
+    # Each source file as written: what the merged dict no longer shows (duplicate keys, tags,
+    # an overlay's empty mapping), checked with the file's name.
+    files = [(str(s), _read_config_file(Path(s))) for s in sources or [] if Path(s).is_file()]
+    for source, raw in files:
+        _check_bounded(raw, source)
+    _check_empty_maps(files, schema)
     _check_bounded(config, config_name)
     resolved = fill_defaults(config, schema)
     _check_finite(resolved, config_name, list(sources or []))
@@ -237,31 +239,33 @@ _EMPTY_MAP_FIX = {
 }
 
 
-def _check_empty_maps(sources: list[str], schema: Mapping[str, Any]) -> None:
+def _check_empty_maps(files: list[tuple[str, Mapping]], schema: Mapping[str, Any]) -> None:
     """Refuse ``key: {}`` in a later config file where an earlier one declares entries.
 
-    Config files merge mapping by mapping (Snakemake's ``--configfile`` and
-    :func:`load_configs` alike), so an empty mapping adds nothing and the earlier entries
-    stay: ``ablation.variants: {}`` in an overlay would still run every declared variant. In
-    the first file, an empty mapping declares none, as written.
+    ``files`` are (name, parsed content) in merge order. Config files merge mapping by mapping
+    (Snakemake's ``--configfile`` and :func:`load_configs` alike), so an empty mapping adds
+    nothing and the earlier entries stay: ``ablation.variants: {}`` in an overlay would still
+    run every declared variant. In the first file, an empty mapping declares none, as written.
     """
     merged: dict = {}
-    for source in sources:
-        if not Path(source).is_file():
-            continue
-        raw = _read_config_file(Path(source))
+    for source, raw in files:
         for key_path in _named_entry_maps(schema):
             given, earlier = raw, merged
             for part in key_path:
                 given = given.get(part) if isinstance(given, Mapping) else None
                 earlier = earlier.get(part) if isinstance(earlier, Mapping) else None
-            if isinstance(given, Mapping) and not given and earlier:
+            if (
+                isinstance(given, Mapping)
+                and not given
+                and isinstance(earlier, Mapping)
+                and earlier
+            ):
                 key = ".".join(key_path)
                 fix = _EMPTY_MAP_FIX.get(key_path, f"Name the entries of {key} in one file.")
                 raise ConfigError(
                     f"{source}: {key}: {{}} cannot empty {key}: config files merge key by key, "
-                    f"so the {len(earlier)} entries declared before ({', '.join(earlier)}) would "
-                    f"all stay. {fix}"
+                    f"so the {len(earlier)} entries declared before "
+                    f"({', '.join(map(str, earlier))}) would all stay. {fix}"
                 )
         merged = _deep_merge(merged, raw)
 
