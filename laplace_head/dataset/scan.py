@@ -293,6 +293,11 @@ def _pair(
             reasons.append("mask without image")
         elif not masks:
             reasons.append("mask missing")
+        elif _same_file(images[0], masks[0]):
+            reasons.append(
+                f"the image is its own mask ({images[0]} and {masks[0]} are one file, through "
+                "a link); put the real mask under data.masks_root"
+            )
     return ScanEntry(
         sample_id=make_sample_id(class_name, stem),
         safe_id=make_safe_id(class_name, stem),
@@ -302,6 +307,13 @@ def _pair(
         mask_path=str(all_masks[0]) if all_masks else "",
         reason="; ".join(reasons),
     )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _flag_unusable_names(entries: list[ScanEntry]) -> None:

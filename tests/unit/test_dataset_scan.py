@@ -494,3 +494,19 @@ def test_an_escaped_undecodable_name_equal_to_a_real_name_gives_one_row(roots) -
     entries = scan_dataset(images_root, masks_root)
     assert [e.sample_id for e in entries] == ["c/a\\xff"]
     assert "not valid UTF-8" in entries[0].reason and entries[0].reason.isprintable()
+
+
+@pytest.mark.parametrize("how", ["class folder link", "file link", "hard link"])
+def test_an_image_that_is_its_own_mask_is_refused(tmp_path: Path, roots, data_tools, how) -> None:
+    images_root, masks_root = roots
+    image, _ = data_tools.write_pair(images_root, tmp_path / "unused", "c", "a", seed=1)
+    data_tools.write_pair(images_root, masks_root, "d", "ok", seed=2)
+    if how == "class folder link":
+        os.symlink(images_root / "c", masks_root / "c")
+    else:
+        (masks_root / "c").mkdir()
+        link = os.symlink if how == "file link" else os.link
+        link(image, masks_root / "c" / "a.png")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    assert "is its own mask" in entries["c/a"].reason, entries["c/a"].reason
+    assert entries["d/ok"].reason == ""
