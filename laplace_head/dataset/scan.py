@@ -95,9 +95,12 @@ def escape_line_breaks(text: str) -> str:
 def name_problem(name: str) -> str:
     """Why a class or stem ``name`` cannot be used, or ``""`` when it can.
 
-    The only problem detected here is a control character or line separator (see
-    :data:`LINE_BREAKING_CATEGORIES`); the text names the first one readably.
+    The problems detected here are an empty name (a file named only ``.png``) and a control
+    character or line separator (see :data:`LINE_BREAKING_CATEGORIES`); the text names the
+    first one readably.
     """
+    if not name:
+        return "is empty (the file name is only an extension)"
     for position, char in enumerate(name):
         if is_line_breaking(char):
             return (
@@ -181,7 +184,11 @@ def _list_files(
         return by_stem, unusable
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         path = Path(entry.path)
-        if path.suffix.lower() not in extensions:
+        if entry.name.lower() in extensions:  # ".png": Path's suffix is "", the stem is empty
+            stem = ""
+        elif path.suffix.lower() in extensions:
+            stem = path.stem
+        else:
             continue
         try:
             is_file = entry.is_file(follow_symlinks=True)
@@ -190,9 +197,9 @@ def _list_files(
         except OSError:
             is_file = False
         if is_file:
-            by_stem[path.stem].append(path)
+            by_stem[stem].append(path)
         else:
-            unusable[path.stem].append(path)
+            unusable[stem].append(path)
     return by_stem, unusable
 
 

@@ -510,3 +510,17 @@ def test_an_image_that_is_its_own_mask_is_refused(tmp_path: Path, roots, data_to
     entries = _by_id(scan_dataset(images_root, masks_root))
     assert "is its own mask" in entries["c/a"].reason, entries["c/a"].reason
     assert entries["d/ok"].reason == ""
+
+
+def test_a_file_named_only_by_its_extension_is_listed_with_a_reason(roots) -> None:
+    images_root, masks_root = roots
+    _touch(images_root / "c" / ".png")
+    _touch(masks_root / "c" / ".npy")
+    _touch(images_root / "c" / ".PNG.jpg")  # stem ".PNG": an ordinary hidden-file name
+    _touch(masks_root / "c" / ".PNG.npy")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    assert set(entries) == {"c/", "c/.PNG"}
+    assert (
+        entries["c/"].reason.startswith("stem name is empty") and "rename" in entries["c/"].reason
+    )
+    assert entries["c/.PNG"].reason == ""
