@@ -11,6 +11,7 @@ any job runs) and the stand-alone scripts. Every problem is reported as one
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -519,6 +520,19 @@ class _ConfigLoader(yaml.SafeLoader):
 _ConfigLoader.add_constructor(None, _ConfigLoader.construct_undefined)
 
 
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refusing a key given twice (``json`` keeps the last one silently)."""
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RefusedYaml(
+                f"key {key!r} is given a second time in one object; JSON would keep only the "
+                "last one. Merge the two into one."
+            )
+        found[key] = value
+    return found
+
+
 def _read_config_file(path: Path) -> Mapping[str, Any]:
     """One config file, read with :class:`_ConfigLoader`; every refusal is a ConfigError."""
     if not path.is_file():
@@ -529,13 +543,26 @@ def _read_config_file(path: Path) -> Mapping[str, Any]:
             f"{path}: {size:,} bytes is no config file (limit {MAX_CONFIG_FILE_BYTES:,} bytes); "
             "pass the YAML config, not a data file."
         )
-    with open(path, encoding="utf-8") as handle:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save the config as UTF-8.") from None
+    try:  # JSON first, as Snakemake reads a --configfile (JSON with tabs is no YAML)
+        raw = json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError:
         try:
-            raw = yaml.load(handle, Loader=_ConfigLoader) or {}  # noqa: S506 - a safe loader
+            raw = yaml.load(text, Loader=_ConfigLoader) or {}  # noqa: S506 - a safe loader
         except _RefusedYaml as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    except _RefusedYaml as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: the JSON is nested more than {MAX_CONFIG_DEPTH} levels deep; no key of "
+            "this workflow nests more than 5."
+        ) from None
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{path}: the top level must be a mapping of sections (data:, sam:, ...)."

@@ -734,3 +734,20 @@ def test_a_config_file_over_a_megabyte_is_refused_unread(tmp_path: Path) -> None
     path.write_text("data:\n  shard_size: 4\n" + "# filler\n" * 200_000, encoding="utf-8")
     with pytest.raises(ConfigError, match=r"huge\.yaml: 1,800,0\d\d bytes is no config file"):
         load_config(path, check_paths=False)
+
+
+def test_a_json_config_reads_as_snakemake_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n\t"training": {"run_id": "j1"}\n}\n', encoding="utf-8")  # a tab: no YAML
+    assert load_config(path, check_paths=False)["training"]["run_id"] == "j1"
+    assert validate_config({}, str(path), check_paths=False, sources=[str(path)])
+    path.write_text('{"training": {"run_id": "a", "run_id": "b"}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config\.json: key 'run_id' is given a second time"):
+        load_config(path, check_paths=False)
+
+
+def test_a_config_that_is_not_utf8_gets_a_message(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"training:\n  run_id: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(path, check_paths=False)
