@@ -82,11 +82,17 @@ def _check_safe_id(safe_id: Any, path: Path) -> None:
     (stage 2 writes ``<safe_id>.json``) and one plain path component, so that no content of a
     prompt JSON can make stage 3 write outside ``sam_precompute/<split>/``."""
     text = str(safe_id)
-    problem = safe_id_problem(safe_id) or ("contains a backslash" if "\\" in text else "")
-    if text != path.stem or problem:
+    if text != path.stem:
         raise ValueError(
-            f"safe_id {text!r} is not the file's own name {path.stem!r} (or not a plain name"
-            f"{': ' + problem if problem else ''}); delete the JSON and re-run generate_promptsets"
+            f"safe_id {text!r} is not the file's own name {path.stem!r}; delete the JSON and "
+            "re-run generate_promptsets"
+        )
+    problem = safe_id_problem(safe_id)  # the name rule of stage 1 (scan) and stage 2
+    if problem:
+        raise ValueError(
+            f"safe_id {text!r} {problem}; stage 1 refuses such names, so this JSON was not "
+            "written from the current manifests: rebuild them (build_manifests) and re-run "
+            "generate_promptsets"
         )
 
 

@@ -167,7 +167,7 @@ def list_promptset_dirs(sample_dir: Path) -> dict[int, Path]:
         return {}
     found = {}
     for child in sample_dir.iterdir():
-        match = PROMPTSET_DIR_PATTERN.match(child.name)
+        match = PROMPTSET_DIR_PATTERN.fullmatch(child.name)
         if match and child.is_dir():
             found[int(match.group(1))] = child
     return found

@@ -11,8 +11,10 @@ any job runs) and the stand-alone scripts. Every problem is reported as one
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,28 @@ PLACEHOLDER_PREFIX = "/path/to/"
 
 class ConfigError(LaplaceHeadError, ValueError):
     """A configuration value is missing, mistyped, unknown or points nowhere."""
+
+
+# Bounds on what a config may hold, checked before anything walks it. The schema's deepest value
+# (ablation.variants.<name>.prior_precision_grid[i]) is 5 levels down; a config has a few
+# hundred values, and YAML aliases that repeat a list or mapping multiply the count (nine
+# aliases of nine aliases ... reach 9**9 values from 600 bytes).
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_FILE_BYTES = 1 << 20  # the shipped configs are a few KB
+
+
+def _full_match_pattern(validator, pattern, instance, schema):
+    """JSON Schema's ``pattern`` as a full match: ``re.search`` with ``$`` accepts a value
+    that ends in a newline (``run_id: "v1\\n"``); no key of this workflow may hold one."""
+    if validator.is_type(instance, "string") and not re.fullmatch(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r} as a whole")
+
+
+# The validator of every config: Draft 2020-12 with full-match patterns (propertyNames too).
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _full_match_pattern}
+)
 
 
 def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict:
@@ -128,9 +152,16 @@ def validate_config(
         One message that names the offending key and the fix.
     """
     schema = load_schema(schema_path)
+    # Each source file as written: what the merged dict no longer shows (duplicate keys, tags,
+    # an overlay's empty mapping), checked with the file's name.
+    files = [(str(s), _read_config_file(Path(s))) for s in sources or [] if Path(s).is_file()]
+    for source, raw in files:
+        _check_bounded(raw, source)
+    _check_empty_maps(files, schema)
+    _check_bounded(config, config_name)
     resolved = fill_defaults(config, schema)
     _check_finite(resolved, config_name, list(sources or []))
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
@@ -154,6 +185,90 @@ def _dotted(key_path: list) -> str:
     for part in key_path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def _check_bounded(config: Any, config_name: str) -> None:
+    """Refuse a config nested deeper than :data:`MAX_CONFIG_DEPTH` or holding more than
+    :data:`MAX_CONFIG_VALUES` values once YAML aliases are expanded.
+
+    The walk is iterative and stops at the first bound, so neither a deep nesting
+    (RecursionError) nor an alias bomb (exponential time) reaches the recursive checks below.
+    """
+    stack: list[tuple[Any, list]] = [(config, [])]
+    count = 0
+    while stack:
+        node, key_path = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{config_name}: the config holds more than {MAX_CONFIG_VALUES:,} values, "
+                "counting what its YAML aliases (*name) repeat (a handful of aliases that "
+                "repeat a list or mapping multiply it); write the values out instead of "
+                "aliasing them."
+            )
+        if isinstance(node, Mapping):
+            children = list(node.items())
+        elif isinstance(node, (list, tuple)):
+            children = list(enumerate(node))
+        else:
+            continue
+        if children and len(key_path) >= MAX_CONFIG_DEPTH:
+            key = _dotted(key_path[:3]) + "..."
+            raise ConfigError(
+                f"{config_name}: {key} is nested more than {MAX_CONFIG_DEPTH} levels deep; no "
+                "key of this workflow nests more than 5. Fix the value of that key."
+            )
+        stack.extend((value, [*key_path, key]) for key, value in reversed(children))
+
+
+def _named_entry_maps(schema: Mapping[str, Any], key_path: tuple = ()) -> list[tuple]:
+    """Key paths of the mappings whose entries the user names (``ablation.variants``)."""
+    found = []
+    for key, subschema in schema.get("properties", {}).items():
+        if isinstance(subschema.get("additionalProperties"), Mapping):
+            found.append((*key_path, key))
+        found += _named_entry_maps(subschema, (*key_path, key))
+    return found
+
+
+# What to do instead of emptying a named-entry map in an overlay, by key.
+_EMPTY_MAP_FIX = {
+    ("ablation", "variants"): (
+        "To choose the variants that run, list them in ablation.run (a list replaces the "
+        "earlier one)."
+    ),
+}
+
+
+def _check_empty_maps(files: list[tuple[str, Mapping]], schema: Mapping[str, Any]) -> None:
+    """Refuse ``key: {}`` in a later config file where an earlier one declares entries.
+
+    ``files`` are (name, parsed content) in merge order. Config files merge mapping by mapping
+    (Snakemake's ``--configfile`` and :func:`load_configs` alike), so an empty mapping adds
+    nothing and the earlier entries stay: ``ablation.variants: {}`` in an overlay would still
+    run every declared variant. In the first file, an empty mapping declares none, as written.
+    """
+    merged: dict = {}
+    for source, raw in files:
+        for key_path in _named_entry_maps(schema):
+            given, earlier = raw, merged
+            for part in key_path:
+                given = given.get(part) if isinstance(given, Mapping) else None
+                earlier = earlier.get(part) if isinstance(earlier, Mapping) else None
+            if (
+                isinstance(given, Mapping)
+                and not given
+                and isinstance(earlier, Mapping)
+                and earlier
+            ):
+                key = ".".join(key_path)
+                fix = _EMPTY_MAP_FIX.get(key_path, f"Name the entries of {key} in one file.")
+                raise ConfigError(
+                    f"{source}: {key}: {{}} cannot empty {key}: config files merge key by key, "
+                    f"so the {len(earlier)} entries declared before "
+                    f"({', '.join(map(str, earlier))}) would all stay. {fix}"
+                )
+        merged = _deep_merge(merged, raw)
 
 
 def _non_finite(node: Any, key_path: list) -> tuple[list, float] | None:
@@ -281,6 +396,12 @@ def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str
                 f"edit {config_name}: data.{key} = {data[key]!r} does not exist or is not a "
                 f"folder (relative paths are resolved from {os.getcwd()})."
             )
+    from laplace_head.dataset.scan import same_roots_problem
+
+    problem = same_roots_problem(data["images_root"], data["masks_root"])
+    if problem:
+        config_name = _file_defining(["data", "masks_root"], sources, default_name)
+        raise ConfigError(f"edit {config_name}: {problem}.")
     _check_writable_folder(
         str(data["project_root"]),
         _file_defining(["data", "project_root"], sources, default_name),
@@ -334,14 +455,114 @@ def _deep_merge(base: dict, override: Mapping[str, Any]) -> dict:
     return merged
 
 
+class _RefusedYaml(yaml.YAMLError):
+    """A config file holds something :class:`_ConfigLoader` refuses; the message says what."""
+
+
+def _line(node_or_mark: Any) -> str:
+    mark = getattr(node_or_mark, "start_mark", node_or_mark)
+    return f"line {mark.line + 1}"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what a config has no use for and ``safe_load`` lets by:
+
+    - a key given twice in one mapping (``safe_load`` keeps the last one silently);
+    - a tag no plain YAML value has (``!!python/...``, ``!custom``): named, with its line;
+    - nesting deeper than :data:`MAX_CONFIG_DEPTH` (composing it recurses: RecursionError).
+
+    Aliases are composed as shared nodes (no expansion here); :func:`_check_bounded` counts
+    what they expand to.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _RefusedYaml(
+                    f"{_line(self.peek_event())}: the value is nested more than "
+                    f"{MAX_CONFIG_DEPTH} levels deep; no key of this workflow nests more than 5. "
+                    "Fix the brackets or indentation there."
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" keys may be overridden, as YAML defines
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if first is not key_node:
+                    raise _RefusedYaml(
+                        f"{_line(key_node)}: key {key!r} is given a second time (first at "
+                        f"{_line(first)}); YAML would keep only the last one. Merge the two "
+                        "into one."
+                    )
+        return super().construct_mapping(node, deep)
+
+    def construct_undefined(self, node):
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise _RefusedYaml(
+            f"{_line(node)}: tag {tag!r} is refused: config values are plain YAML (numbers, "
+            "text, true/false, null, lists, mappings). Remove the tag."
+        )
+
+
+_ConfigLoader.add_constructor(None, _ConfigLoader.construct_undefined)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refusing a key given twice (``json`` keeps the last one silently)."""
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RefusedYaml(
+                f"key {key!r} is given a second time in one object; JSON would keep only the "
+                "last one. Merge the two into one."
+            )
+        found[key] = value
+    return found
+
+
 def _read_config_file(path: Path) -> Mapping[str, Any]:
+    """One config file, read with :class:`_ConfigLoader`; every refusal is a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH.")
-    with open(path, encoding="utf-8") as handle:
+    size = path.stat().st_size
+    if size > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes is no config file (limit {MAX_CONFIG_FILE_BYTES:,} bytes); "
+            "pass the YAML config, not a data file."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save the config as UTF-8.") from None
+    try:  # JSON first, as Snakemake reads a --configfile (JSON with tabs is no YAML)
+        raw = json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError:
         try:
-            raw = yaml.safe_load(handle) or {}
+            raw = yaml.load(text, Loader=_ConfigLoader) or {}  # noqa: S506 - a safe loader
+        except _RefusedYaml as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    except _RefusedYaml as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: the JSON is nested more than {MAX_CONFIG_DEPTH} levels deep; no key of "
+            "this workflow nests more than 5."
+        ) from None
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{path}: the top level must be a mapping of sections (data:, sam:, ...)."
@@ -361,6 +582,7 @@ def load_configs(
     merged: dict = {}
     for path in paths:
         merged = _deep_merge(merged, _read_config_file(path))
+        _check_bounded(merged, str(path))  # before the next merge copies it
     merged = _deep_merge(merged, dict(overrides or {}))
     sources = [str(path) for path in paths]
     return validate_config(

@@ -16,9 +16,11 @@ Two guards run before any pixel is decoded or allocated:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,18 +286,49 @@ def _read_npy_mask(path: Path, file_size: int) -> np.ndarray:
 
 
 def _read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from the header of an open ``.npy`` file; the handle ends at the data."""
+    """(shape, dtype) from the header of an open ``.npy`` file; the handle ends at the data.
+
+    Public numpy only: its readers for format 1.0 and 2.0, and for 3.0 (2.0 with a UTF-8
+    header, which numpy has no public reader for) :func:`_read_npy_3_0_header`.
+    """
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
         elif version == (2, 0):
             shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:  # 3.0 (UTF-8 field names): numpy has no public reader for its header
-            shape, _, dtype = np.lib.format._read_array_header(handle, version)
-    except (ValueError, EOFError, SyntaxError, TypeError, AttributeError) as exc:
+        elif version == (3, 0):
+            shape, dtype = _read_npy_3_0_header(handle)
+        else:
+            raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+    except (ValueError, EOFError, SyntaxError, TypeError, struct.error, RecursionError) as exc:
         raise ImageReadError(f"mask unreadable: bad .npy header: {exc}") from exc
     return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+# Longest .npy header read: numpy's own default (``max_header_size`` of its header readers).
+_NPY_MAX_HEADER_BYTES = 10_000
+_NPY_HEADER_KEYS = {"descr", "fortran_order", "shape"}
+
+
+def _read_npy_3_0_header(handle) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of a format-3.0 header: a little-endian uint32 length, then a UTF-8
+    Python dict literal with exactly the keys descr, fortran_order and shape."""
+    (length,) = struct.unpack("<I", handle.read(4))
+    if length > _NPY_MAX_HEADER_BYTES:
+        raise ValueError(f"header of {length:,} bytes (limit {_NPY_MAX_HEADER_BYTES:,})")
+    text = handle.read(length)
+    if len(text) != length:
+        raise EOFError("file ends inside the header")
+    header = ast.literal_eval(text.decode("utf-8"))
+    if not isinstance(header, dict) or set(header) != _NPY_HEADER_KEYS:
+        raise ValueError(f"header is not a dict with the keys {sorted(_NPY_HEADER_KEYS)}")
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"shape is not a tuple of sizes: {shape!r}")
+    if not isinstance(header["fortran_order"], bool):
+        raise ValueError(f"fortran_order is not a bool: {header['fortran_order']!r}")
+    return shape, np.lib.format.descr_to_dtype(header["descr"])
 
 
 def _is_numeric(dtype: np.dtype) -> bool:

@@ -596,3 +596,155 @@ def test_cli_names_an_unknown_variant_and_the_declared_ones(repo_root: Path) -> 
     assert "unknown ablation variant 'nope'" in result.stderr
     assert "all_kron_fixed_t" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- What a config file may hold: full-match patterns, one value per key, bounded size ---
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('training:\n  run_id: "v1\\n"\n', "training.run_id"),
+        ('ablation:\n  variants:\n    "a\\n": {approx: diagonal}\n', "ablation.variants"),
+        ('ablation:\n  run: ["last_diag_valnll\\n"]\n', "ablation.run"),
+    ],
+    ids=["run_id", "variant name", "ablation.run"],
+)
+def test_patterns_must_match_the_whole_value_a_trailing_newline_included(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    path = tmp_path / "newline.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_paths=False)
+    assert key in str(caught.value) and "\\n" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (
+            "laplace:\n  approx: kron\nsam:\n  backend: sam\nlaplace:\n  approx: full\n",
+            5,
+            "laplace",
+        ),
+        ("training:\n  run_id: a\n  seed: 1\n  run_id: b\n", 4, "run_id"),
+    ],
+    ids=["section", "nested key"],
+)
+def test_duplicate_keys_are_refused_naming_the_line(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text, encoding="utf-8")
+    for call in (
+        lambda: load_config(path, check_paths=False),
+        # The Snakefile's path: Snakemake has parsed (and silently merged) the file already.
+        lambda: validate_config(
+            yaml.safe_load(text), str(path), check_paths=False, sources=[str(path)]
+        ),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        message = str(caught.value)
+        assert str(path) in message and f"line {line}" in message and repr(key) in message
+
+
+def _alias_bomb(levels: int) -> str:
+    """``levels`` lists, each holding the previous one nine times (9**levels values)."""
+    lines = ["l0: &l0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [5, 9])
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path, levels: int) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(levels), encoding="utf-8")
+    assert len(path.read_bytes()) < 700
+    for call in (
+        lambda: load_config(path, check_paths=False),
+        lambda: validate_config(yaml.safe_load(path.read_text()), str(path), check_paths=False),
+    ):
+        with pytest.raises(
+            ConfigError, match="more than 100,000 values, counting what its YAML aliases"
+        ):
+            call()
+
+
+def test_deep_nesting_is_refused_with_a_message_not_a_recursion_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("data: " + "[" * 3000 + "]" * 3000 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{path}: line 1: .*nested more than 32 levels"):
+        load_config(path, check_paths=False)
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match=r"data\[0\]\[0\].*nested more than 32 levels"):
+        validate_config({"data": deep}, check_paths=False)
+
+
+@pytest.mark.parametrize(
+    "tag", ["!!python/object/apply:os.system", "!!python/name:os.system", "!custom"]
+)
+def test_python_and_unknown_tags_are_refused_by_name(tmp_path: Path, tag: str) -> None:
+    path = tmp_path / "tagged.yaml"
+    path.write_text(f"data:\n  images_root: {tag} ['true']\n", encoding="utf-8")
+    for call in (
+        lambda: load_config(path, check_paths=False),
+        lambda: validate_config({}, str(path), check_paths=False, sources=[str(path)]),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"{path}: line 2: " in message and tag in message and "tab" not in message
+
+
+def test_an_empty_variants_map_in_an_overlay_is_refused(repo_root: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "no_variants.yaml"
+    overlay.write_text("ablation:\n  variants: {}\n", encoding="utf-8")
+    base = repo_root / "config" / "config.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_configs([base, overlay], check_paths=False)
+    message = str(caught.value)
+    assert str(overlay) in message and "ablation.variants" in message
+    assert "ablation.run" in message  # the fix: a list replaces the earlier one
+
+
+def test_an_empty_variants_map_on_its_own_declares_none(tmp_path: Path) -> None:
+    from laplace_head.settings import ablation_variants
+
+    path = tmp_path / "alone.yaml"
+    path.write_text("ablation:\n  variants: {}\n", encoding="utf-8")
+    assert ablation_variants(load_config(path, check_paths=False)) == []
+
+
+def test_one_folder_as_images_root_and_masks_root_is_refused(tmp_path: Path) -> None:
+    roots = _roots(tmp_path)
+    roots["masks_root"] = roots["images_root"]
+    with pytest.raises(ConfigError, match=r"data\.images_root .* data\.masks_root .* own mask"):
+        validate_config({"data": roots, "sam": {"backend": "random_walker"}})
+
+
+def test_a_config_file_over_a_megabyte_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("data:\n  shard_size: 4\n" + "# filler\n" * 200_000, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"huge\.yaml: 1,800,0\d\d bytes is no config file"):
+        load_config(path, check_paths=False)
+
+
+def test_a_json_config_reads_as_snakemake_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n\t"training": {"run_id": "j1"}\n}\n', encoding="utf-8")  # a tab: no YAML
+    assert load_config(path, check_paths=False)["training"]["run_id"] == "j1"
+    assert validate_config({}, str(path), check_paths=False, sources=[str(path)])
+    path.write_text('{"training": {"run_id": "a", "run_id": "b"}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config\.json: key 'run_id' is given a second time"):
+        load_config(path, check_paths=False)
+
+
+def test_a_config_that_is_not_utf8_gets_a_message(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"training:\n  run_id: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(path, check_paths=False)

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,6 +19,7 @@ from laplace_head.dataset.manifests import (
 from laplace_head.dataset.scan import (
     MAX_SAFE_ID_BYTES,
     NAME_MAX_BYTES,
+    ScanError,
     make_safe_id,
     make_sample_id,
     name_problem,
@@ -361,3 +363,164 @@ def test_a_safe_id_at_the_limit_can_be_written_by_every_later_stage(tmp_path: Pa
     with atomic_path(panel) as tmp:
         tmp.write_bytes(b"png")
     assert panel.is_file()
+
+
+# --- One name rule for every stage; one row per id; one file is never its own mask ---
+
+NAMES_EVERY_STAGE_JUDGES = [
+    *HOSTILE_BUT_VALID,
+    "cr\rname",
+    "del\x7fname",
+    "ls\u2028name",
+    "L" * (MAX_SAFE_ID_BYTES - len("c__")),
+    "L" * (MAX_SAFE_ID_BYTES - len("c__") + 1),
+]
+
+
+@pytest.mark.parametrize("stem", NAMES_EVERY_STAGE_JUDGES, ids=range(len(NAMES_EVERY_STAGE_JUDGES)))
+def test_stages_1_2_and_3_apply_one_name_rule(tmp_path: Path, roots, stem: str) -> None:
+    """A name stage 1 accepts is accepted by stage 2 (safe_id_problem) and stage 3 (the prompt
+    JSON's check), and a name stage 1 refuses is refused by them: no sample is lost late."""
+    from laplace_head.cache.precompute import _check_safe_id
+    from laplace_head.dataset.scan import safe_id_problem
+
+    images_root, masks_root = roots
+    _touch(images_root / "c" / f"{stem}.png")
+    _touch(masks_root / "c" / f"{stem}.npy")
+    (entry,) = scan_dataset(images_root, masks_root)
+    stage_2 = safe_id_problem(entry.safe_id)
+    try:
+        _check_safe_id(entry.safe_id, tmp_path / f"{entry.safe_id}.json")
+        stage_3 = ""
+    except ValueError as exc:
+        stage_3 = str(exc)
+    assert (entry.reason == "") == (stage_2 == "") == (stage_3 == ""), (entry.reason, stage_3)
+    if stage_3:  # a refusal names the problem without contradicting itself
+        assert "not the file's own name" not in stage_3 and stage_2 in stage_3
+
+
+def test_a_backslash_stem_is_a_valid_sample(tmp_path: Path, data_tools) -> None:
+    images_root, masks_root = tmp_path / "images_root", tmp_path / "masks_root"
+    data_tools.write_pair(images_root, masks_root, "names", "back\\slash", seed=1)
+    (entry,) = scan_dataset(images_root, masks_root)
+    assert (entry.sample_id, entry.safe_id, entry.reason) == (
+        "names/back\\slash",
+        "names__back\\slash",
+        "",
+    )
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+def _dangling(path: Path) -> None:
+    os.symlink(path.parent / "gone.png", path)
+
+
+def _loop(path: Path) -> None:
+    os.symlink(path.name, path)
+
+
+@pytest.mark.parametrize("make", [_fifo, _folder, _dangling, _loop], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("side", ["image", "mask"])
+def test_an_unusable_file_with_its_counterpart_gives_one_row(roots, make, side: str) -> None:
+    images_root, masks_root = roots
+    (images_root / "c").mkdir()
+    (masks_root / "c").mkdir()
+    bad = images_root / "c" / "a.png" if side == "image" else masks_root / "c" / "a.npy"
+    good = masks_root / "c" / "a.npy" if side == "image" else images_root / "c" / "a.png"
+    make(bad)
+    _touch(good)
+    entries = scan_dataset(images_root, masks_root)
+    assert [e.sample_id for e in entries] == ["c/a"]
+    (entry,) = entries
+    assert entry.reason.startswith("not a regular file"), entry.reason
+    assert "without image" not in entry.reason and "mask missing" not in entry.reason
+    assert (entry.image_path, entry.mask_path) == (
+        str(images_root / "c" / "a.png"),
+        str(masks_root / "c" / "a.npy"),
+    )
+
+
+def test_a_self_looping_link_next_to_a_real_image_gives_one_row(roots) -> None:
+    images_root, masks_root = roots
+    _touch(images_root / "c" / "a.jpg")
+    _loop(images_root / "c" / "a.png")
+    _touch(masks_root / "c" / "a.npy")
+    entries = scan_dataset(images_root, masks_root)
+    assert [e.sample_id for e in entries] == ["c/a"]
+    assert entries[0].reason.startswith("not a regular file") and "a.png" in entries[0].reason
+
+
+def test_a_fifo_as_image_gives_one_manifest_row(tmp_path: Path, data_tools) -> None:
+    images_root, masks_root = tmp_path / "images_root", tmp_path / "masks_root"
+    data_tools.write_pair(images_root, masks_root, "c", "good", seed=1)
+    data_tools.write_pair(images_root, masks_root, "c", "other", seed=2)
+    data_tools.write_pair(images_root, masks_root, "c", "third", seed=3)
+    os.mkfifo(images_root / "c" / "pipe.png")
+    np.save(masks_root / "c" / "pipe.npy", np.eye(4))
+    report = build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
+    frame = read_split_manifest(tmp_path / "manifests" / "all_samples.csv")
+    assert frame["sample_id"].is_unique and report["n_invalid"] == 1
+    (reason,) = frame.loc[frame["sample_id"] == "c/pipe", "reason"]
+    assert reason.startswith("not a regular file") and "FIFO" in reason
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink"])
+def test_one_folder_as_both_roots_is_refused(tmp_path: Path, data_tools, how: str) -> None:
+    root = tmp_path / "data"
+    data_tools.write_pair(root, root, "c", "a", seed=1)  # a.png: image and (as .png) mask
+    masks_root = root
+    if how == "symlink":
+        masks_root = tmp_path / "masks"
+        os.symlink(root, masks_root)
+    with pytest.raises(ScanError) as caught:
+        scan_dataset(root, masks_root)
+    message = str(caught.value)
+    assert str(root) in message and "own mask" in message and "masks_root" in message
+
+
+def test_an_escaped_undecodable_name_equal_to_a_real_name_gives_one_row(roots) -> None:
+    images_root, masks_root = roots
+    for stem in (b"a\xff", b"a\\xff"):  # the second is the first's escaped spelling
+        for root, ext in ((images_root, b".png"), (masks_root, b".npy")):
+            (root / "c").mkdir(exist_ok=True)
+            (Path(os.fsdecode(bytes(root / "c"))) / os.fsdecode(stem + ext)).write_bytes(b"x")
+    entries = scan_dataset(images_root, masks_root)
+    assert [e.sample_id for e in entries] == ["c/a\\xff"]
+    assert "not valid UTF-8" in entries[0].reason and entries[0].reason.isprintable()
+
+
+@pytest.mark.parametrize("how", ["class folder link", "file link", "hard link"])
+def test_an_image_that_is_its_own_mask_is_refused(tmp_path: Path, roots, data_tools, how) -> None:
+    images_root, masks_root = roots
+    image, _ = data_tools.write_pair(images_root, tmp_path / "unused", "c", "a", seed=1)
+    data_tools.write_pair(images_root, masks_root, "d", "ok", seed=2)
+    if how == "class folder link":
+        os.symlink(images_root / "c", masks_root / "c")
+    else:
+        (masks_root / "c").mkdir()
+        link = os.symlink if how == "file link" else os.link
+        link(image, masks_root / "c" / "a.png")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    assert "is its own mask" in entries["c/a"].reason, entries["c/a"].reason
+    assert entries["d/ok"].reason == ""
+
+
+def test_a_file_named_only_by_its_extension_is_listed_with_a_reason(roots) -> None:
+    images_root, masks_root = roots
+    _touch(images_root / "c" / ".png")
+    _touch(masks_root / "c" / ".npy")
+    _touch(images_root / "c" / ".PNG.jpg")  # stem ".PNG": an ordinary hidden-file name
+    _touch(masks_root / "c" / ".PNG.npy")
+    entries = _by_id(scan_dataset(images_root, masks_root))
+    assert set(entries) == {"c/", "c/.PNG"}
+    assert (
+        entries["c/"].reason.startswith("stem name is empty") and "rename" in entries["c/"].reason
+    )
+    assert entries["c/.PNG"].reason == ""

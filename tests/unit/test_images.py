@@ -275,3 +275,46 @@ def test_matching_content_still_loads(tmp_path, suffix) -> None:
     fmt = "PNG" if suffix.lower() == ".png" else "JPEG"
     (tmp_path / f"i{suffix}").write_bytes(_encoded(_rgb(), fmt))
     assert load_image_rgb(tmp_path / f"i{suffix}").shape == (H, W, 3)
+
+
+def _npy(array: np.ndarray, version: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_masks_of_every_format_version_load(tmp_path, version) -> None:
+    path = tmp_path / "m.npy"
+    path.write_bytes(_npy(_good_mask(), version))
+    assert np.array_equal(load_mask(path), _good_mask().astype(bool))
+
+
+def _npy_3_0_header(header: str, body: bytes = b"") -> bytes:
+    encoded = header.encode("utf-8")
+    return b"\x93NUMPY\x03\x00" + struct.pack("<I", len(encoded)) + encoded + body
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        (
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (200000, 200000), }\n",
+            "mask too large",
+        ),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }\n", "truncated or forged"),
+        ("{'descr': '<f8', 'shape': (4, 4), }\n", "bad .npy header"),
+        ("__import__('os').system('true')\n", "bad .npy header"),
+        ("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), 'é': 1}\n", "bad .npy header"),
+        (
+            "{'descr': [('\u00e9\u732b', '<f8')], 'fortran_order': False, 'shape': (4, 4)}\n",
+            "non-numeric",
+        ),
+    ],
+    ids=["huge", "truncated", "missing key", "code", "extra key", "utf-8 field name"],
+)
+def test_a_bad_version_3_npy_header_is_refused_with_its_reason(tmp_path, header, reason) -> None:
+    path = tmp_path / "m.npy"
+    path.write_bytes(_npy_3_0_header(header, body=b"\0" * 64))
+    with pytest.raises(ImageReadError, match=reason):
+        load_mask(path)
