@@ -464,8 +464,9 @@ def test_a_fifo_as_image_gives_one_manifest_row(tmp_path: Path, data_tools) -> N
     data_tools.write_pair(images_root, masks_root, "c", "third", seed=3)
     os.mkfifo(images_root / "c" / "pipe.png")
     np.save(masks_root / "c" / "pipe.npy", np.eye(4))
-    report = build_manifests(images_root, masks_root, tmp_path / "manifests", split_seed=0)
-    frame = read_split_manifest(tmp_path / "manifests" / "all_samples.csv")
+    project = ProjectLayout(tmp_path / "project")
+    report = build_manifests(images_root, masks_root, project, split_seed=0)
+    frame = read_split_manifest(project.manifest("all_samples"))
     assert frame["sample_id"].is_unique and report["n_invalid"] == 1
     (reason,) = frame.loc[frame["sample_id"] == "c/pipe", "reason"]
     assert reason.startswith("not a regular file") and "FIFO" in reason
