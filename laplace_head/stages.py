@@ -264,6 +264,7 @@ def active_prompting(
     """Stage 8 for one shard: every configured click policy on every image, one JSONL."""
     from laplace_head.interactive.predictor import InteractivePredictor
     from laplace_head.interactive.shard import run_shard
+    from laplace_head.util.atomic import file_md5
 
     rows = _shard_frame(layout, split, shard, settings["shard_size"])
     predictor = InteractivePredictor.from_settings(
@@ -278,6 +279,10 @@ def active_prompting(
         settings["policies"],
         settings["max_clicks"],
         settings["seed"],
+        identity={
+            "settings": {k: v for k, v in settings.items() if k != "n_bootstrap"},
+            "posterior_md5": file_md5(layout.laplace_file("state")),
+        },
     )
 
 

@@ -12,12 +12,18 @@ Written by the shard runner (:mod:`laplace_head.interactive.shard`, from the res
 - ``stop_reason``: None when all ``max_clicks`` clicks were made, else why the run stopped.
 
 One JSON object per line, keys sorted. While a shard runs, finished records are appended to
-:func:`partial_path` and fsynced; a truncated last line (a kill) is ignored when it is read back.
+:func:`partial_path` and fsynced. The resume file's first line is ``{RESUME_FINGERPRINT: ...}``
+(:func:`resume_fingerprint` of everything that shaped its records); :func:`read_partial` keeps
+its records only while that fingerprint is the shard's, and skips (with a warning naming the
+file and line) a line that is cut short, not UTF-8, not a record, a duplicate, or not one of the
+shard's (sample_id, policy) pairs. The final JSONL has no fingerprint line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +35,10 @@ SAMPLE_ID = "sample_id"
 CLASS = "class"
 POLICY = "policy"
 PARTIAL_SUFFIX = ".partial"
+#: The key of a resume file's first line.
+RESUME_FINGERPRINT = "resume_fingerprint"
+
+LOGGER = logging.getLogger(__name__)
 
 
 def iou_key(model: str) -> str:
@@ -90,20 +100,86 @@ def partial_path(out_jsonl: str | os.PathLike) -> Path:
     return out_jsonl.with_name(out_jsonl.name + PARTIAL_SUFFIX)
 
 
-def _parse(text: str) -> list[dict]:
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # the line a kill cut short; everything before it is complete
-    return records
+def resume_fingerprint(identity: Mapping[str, Any]) -> str:
+    """A digest of ``identity`` (JSON-able: the settings, posterior and sample ids that shape a
+    shard's records)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_partial(path: str | os.PathLike) -> list[dict]:
-    """The complete records of a resume file (none when it does not exist)."""
+def _parse_line(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8"))
+
+
+def read_partial(
+    path: str | os.PathLike,
+    fingerprint: str,
+    keys: set[tuple[str, str]],
+    fields: Mapping[str, Any],
+) -> list[dict]:
+    """The reusable records of a resume file (none when it does not exist).
+
+    All of them are dropped (with a log line) when the file's first line does not carry
+    ``fingerprint``. A record is kept when it is a JSON object whose :func:`record_key` is in
+    ``keys`` and whose ``fields`` hold the given values; the first record of a key wins. Every
+    other line is skipped with a warning naming the file and the line.
+    """
     path = Path(path)
-    return _parse(path.read_text(encoding="utf-8")) if path.is_file() else []
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().splitlines()
+    try:
+        header = _parse_line(lines[0]) if lines else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    found = header.get(RESUME_FINGERPRINT) if isinstance(header, dict) else None
+    if found != fingerprint:
+        LOGGER.info(
+            "%s: written with other settings, posterior, samples or policies "
+            "(fingerprint %s, now %s); its %d lines are not reused",
+            path,
+            found,
+            fingerprint,
+            max(len(lines) - 1, 0),
+        )
+        return []
+    records: dict[tuple[str, str], dict] = {}
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        reason = None
+        try:
+            record = _parse_line(raw)
+        except UnicodeDecodeError:
+            reason = "not UTF-8"
+        except json.JSONDecodeError:
+            reason = "not JSON (cut short by a kill?)"
+        else:
+            if not isinstance(record, dict):
+                reason = "not a JSON object"
+            elif not isinstance(record.get(SAMPLE_ID), str) or not isinstance(
+                record.get(POLICY), str
+            ):
+                reason = f"no string {SAMPLE_ID} and {POLICY}"
+            elif record_key(record) not in keys:
+                reason = f"{record_key(record)} is not one of this shard's samples and policies"
+            elif any(record.get(k) != v for k, v in fields.items()):
+                reason = f"its {sorted(fields)} are not {dict(fields)}"
+            elif record_key(record) in records:
+                reason = f"a second record of {record_key(record)}"
+        if reason is not None:
+            LOGGER.warning("%s line %d skipped: %s", path, number, reason)
+            continue
+        records[record_key(record)] = record
+    return list(records.values())
+
+
+def start_partial(handle: Any, fingerprint: str, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write a resume file's fingerprint line and ``records`` to an open text file, fsynced."""
+    handle.write(_line({RESUME_FINGERPRINT: fingerprint}))
+    rewrite(handle, records)
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def rewrite(handle: Any, records: Iterable[Mapping[str, Any]]) -> None:

@@ -3,10 +3,14 @@
 
 The records and their file are :mod:`laplace_head.interactive.records`'. Resume: each finished
 (image, policy) record is appended and fsynced to the resume file beside the output
-(:func:`~laplace_head.interactive.records.partial_path`); a rerun skips what is there (a
-truncated last line is ignored) and the final JSONL is written atomically from it, sorted, at
-the end. A sample whose image or mask cannot be read is
-logged and listed in the shard's ``failures`` and the others go on.
+(:func:`~laplace_head.interactive.records.partial_path`), after a first line with the
+fingerprint of everything that shaped them (the caller's ``identity``: the stage-8 settings and
+the posterior; the shard's samples, the policies, ``max_clicks`` and ``seed``). A rerun with the
+same fingerprint skips the records there
+(:func:`~laplace_head.interactive.records.read_partial` drops what is not one of them), one
+with another starts over; the final JSONL is written atomically from it, sorted, at the end.
+A sample whose image or mask cannot be read is logged and listed in the shard's ``failures``
+and the others go on.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ def run_shard(
     policies: Sequence[str],
     max_clicks: int,
     seed: int,
+    *,
+    identity: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Simulate ``max_clicks`` clicks per policy on every sample of ``rows`` (manifest rows).
+
+    ``identity`` (JSON-able) names what else shapes the records - the stage-8 settings and the
+    posterior - so that a resume file written with other ones is not reused.
 
     Returns a summary: records written, skipped (finished before), failures with reasons.
     """
@@ -47,11 +56,24 @@ def run_shard(
 
     out_jsonl = Path(out_jsonl)
     partial = jsonl.partial_path(out_jsonl)
-    records = jsonl.read_partial(partial)
+    policies = list(policies)
+    samples = [[str(row["sample_id"]), str(row["class"])] for row in rows]
+    fingerprint = jsonl.resume_fingerprint(
+        {
+            "identity": identity,
+            "samples": samples,
+            "policies": policies,
+            "max_clicks": int(max_clicks),
+            "seed": int(seed),
+        }
+    )
+    keys = {(sample_id, policy) for sample_id, _ in samples for policy in policies}
+    fields = {"max_clicks": int(max_clicks), "seed": int(seed)}
+    records = jsonl.read_partial(partial, fingerprint, keys, fields)
     done = {jsonl.record_key(r) for r in records}
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "w", encoding="utf-8") as handle:  # rewrite without a cut-off line
-        jsonl.rewrite(handle, records)
+    with open(partial, "w", encoding="utf-8") as handle:  # without skipped lines
+        jsonl.start_partial(handle, fingerprint, records)
     summary: dict[str, Any] = {"written": 0, "skipped": len(records), "failures": []}
     with open(partial, "a", encoding="utf-8") as handle:
         for row in tqdm(rows, desc="active prompting", unit="image"):
@@ -74,7 +96,7 @@ def run_shard(
             except (ImageReadError, LaplaceHeadError, ValueError) as exc:
                 LOGGER.warning("%s: skipped (%s)", sample_id, exc)
                 summary["failures"].append({"sample_id": sample_id, "reason": str(exc)})
-    jsonl.write_final(out_jsonl, jsonl.read_partial(partial))
+    jsonl.write_final(out_jsonl, jsonl.read_partial(partial, fingerprint, keys, fields))
     partial.unlink()
     LOGGER.info(
         "%s: %d records written, %d kept from an earlier attempt, %d samples failed",
