@@ -115,6 +115,19 @@ class ProjectLayout:
         layout = cls(run_dir.parents[2], run_dir.name[len("run_") :], run_dir.parent.name)
         return layout if layout.run_dir == run_dir else None
 
+    @classmethod
+    def of_laplace_dir(cls, laplace_dir: str | os.PathLike) -> ProjectLayout | None:
+        """The layout whose :attr:`laplace_dir` is ``laplace_dir`` (a run's or a variant's)."""
+        laplace_dir = Path(laplace_dir)
+        posterior = None
+        run = laplace_dir
+        if laplace_dir.parent.name == "variants":
+            posterior, run = laplace_dir.name, laplace_dir.parent.parent
+        if not run.name.startswith("run_") or len(run.parents) < 3:
+            return None
+        layout = cls(run.parents[2], run.name[len("run_") :], run.parent.name, posterior)
+        return layout if layout.laplace_dir == laplace_dir else None
+
     def with_run(self, run_id: str) -> ProjectLayout:
         """The same project, another run."""
         return ProjectLayout(self.root, run_id, self.head_variant, self.posterior)

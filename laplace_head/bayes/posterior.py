@@ -42,7 +42,11 @@ import torch
 
 from laplace_head.bayes.curvature import BlockCurvature
 from laplace_head.bayes.jacobian import jacobian_factors
-from laplace_head.bayes.posterior_io import PosteriorLoadError, read_posterior_files
+from laplace_head.bayes.posterior_io import (
+    PosteriorLoadError,
+    check_against_head,
+    read_posterior_files,
+)
 from laplace_head.bayes.predictive import (
     QUADRATURE_NODES,
     UncertaintyInputError,
@@ -57,7 +61,8 @@ from laplace_head.bayes.predictive import (
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.layout import LAPLACE_STATE, ProjectLayout
 from laplace_head.model.head import NoImageHead
-from laplace_head.training.checkpoint import check_model_args
+from laplace_head.training.checkpoint import CheckpointError, check_model_args
+from laplace_head.util.atomic import file_md5
 
 __all__ = ["Posterior", "PosteriorLoadError", "load_posterior", "resolve_laplace_dir"]
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -330,22 +335,53 @@ def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> P
     )
 
 
+def _check_source_checkpoint(folder: Path, saved_md5: str | None, meta: dict) -> None:
+    """Refuse a posterior whose project's best.pt is not the one it was fitted on."""
+    layout = ProjectLayout.of_laplace_dir(folder)
+    recorded = saved_md5 or meta.get("source_checkpoint_md5")
+    if layout is None or not recorded or not layout.best_checkpoint.is_file():
+        return  # a posterior folder on its own: its head is in laplace_state.pt
+    current = file_md5(layout.best_checkpoint)
+    if current != recorded:
+        raise PosteriorLoadError(
+            f"{folder / LAPLACE_STATE} was fitted on a best.pt with MD5 {recorded}, but "
+            f"{layout.best_checkpoint} (MD5 {current}) has been trained since; re-run "
+            "fit_laplace (stage 6) on it, or copy the posterior folder away from this project "
+            "to use the old fit on its own."
+        )
+
+
 def load_posterior(
     path: str | os.PathLike, run_id: str | None = None, device: str | torch.device = "cpu"
 ) -> Posterior:
     """Load a fitted Laplace head (see :func:`resolve_laplace_dir` for accepted paths).
 
+    Every stored value is checked (:func:`~laplace_head.bayes.posterior_io
+    .read_posterior_files`, :func:`~laplace_head.bayes.posterior_io.check_against_head`).
+    Inside a project, the run's best.pt must be the one the posterior was fitted on (its MD5
+    is recorded); a posterior folder outside a project layout loads on its own.
+
     Raises
     ------
     PosteriorLoadError
-        Missing folder or file, or a state file not written by this package's fit_laplace.
+        Missing folder or file; ``device`` not on this machine; a file not written by this
+        package's fit_laplace, altered, or fitted on another best.pt than the project's.
     """
     folder = resolve_laplace_dir(path, run_id)
     saved, meta = read_posterior_files(folder, device)
-    args = check_model_args(saved.head_model_args, folder / LAPLACE_STATE)
-    head = NoImageHead(**args).to(device)
-    head.load_state_dict(saved.head_state)
-    head.eval().requires_grad_(False)
+    state_path = folder / LAPLACE_STATE
+    _check_source_checkpoint(folder, saved.source_checkpoint_md5, meta)
+    try:
+        args = check_model_args(saved.head_model_args, state_path)
+        head = NoImageHead(**args)
+        head.load_state_dict(saved.head_state)
+    except (CheckpointError, RuntimeError, TypeError) as exc:
+        raise PosteriorLoadError(
+            f"{state_path}: its head does not load ({exc}); re-run fit_laplace with --force "
+            "(stage 6) to rewrite it."
+        ) from exc
+    head = head.to(device).eval().requires_grad_(False)
+    check_against_head(saved, head, state_path)
     return Posterior(
         head=head,
         mean=saved.mean.to(device, torch.float32),

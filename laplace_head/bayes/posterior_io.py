@@ -16,6 +16,7 @@ The file names are :mod:`laplace_head.layout`'s. Readers elsewhere go through
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -26,9 +27,11 @@ from typing import Any
 import torch
 
 from laplace_head.bayes.curvature import BlockCurvature
+from laplace_head.bayes.jacobian import block_shapes, parameter_vector
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import LAPLACE_CONFIG, LAPLACE_STATE, POSTERIOR_META, VAL_NLL_GRID
+from laplace_head.model.head import NoImageHead
 from laplace_head.util.atomic import (
     atomic_path,
     atomic_write_json,
@@ -130,41 +133,193 @@ def write_posterior_files(folder: Path, saved: SavedPosterior, meta: Mapping[str
     atomic_write_json(folder / POSTERIOR_META, dict(meta))  # last: marks the fit complete
 
 
-def read_posterior_files(
-    folder: Path, device: str | torch.device = "cpu"
-) -> tuple[SavedPosterior, dict]:
-    """laplace_state.pt and posterior_meta.json (``{}`` when absent) of a fit's folder.
+#: What to do about a posterior file that fails a check.
+REFIT = "re-run fit_laplace with --force (stage 6) to rewrite it"
+#: A stored mean is its head's weights (fit.py checks them to this); a larger gap is an edit.
+MEAN_ATOL = 1e-6
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has.
 
     Raises
     ------
     PosteriorLoadError
-        The state file is unreadable or lacks a key (not written by this package's fit).
+        Not a device name, or a CUDA / MPS device on a machine without one.
     """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise PosteriorLoadError(
+            f"device {device!r} is not a torch device ({exc}); pass 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise PosteriorLoadError(
+                f"device {str(device)!r} is not available on this machine ({count} CUDA "
+                "device(s)); the posterior files are fine: load them with device='cpu' (or a "
+                "CUDA device this machine has)."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PosteriorLoadError(
+            f"device {str(device)!r} is not available on this machine; the posterior files "
+            "are fine: load them with device='cpu'."
+        )
+    return device
+
+
+def _positive_number(state: Mapping[str, Any], key: str, path: Path) -> float:
+    value = state[key]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PosteriorLoadError(
+            f"{path}: {key} is a {type(value).__name__}, not a number; {REFIT}."
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise PosteriorLoadError(
+            f"{path}: {key} is {value!r}; it must be a finite number > 0. {REFIT}."
+        )
+    return float(value)
+
+
+def _finite_tensor(value: Any, what: str, path: Path, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise PosteriorLoadError(
+            f"{path}: {what} is a {type(value).__name__}, not a float tensor; {REFIT}."
+        )
+    if ndim is not None and value.ndim != ndim:
+        raise PosteriorLoadError(
+            f"{path}: {what} has shape {tuple(value.shape)}, not {ndim} dimensions; {REFIT}."
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise PosteriorLoadError(f"{path}: {what} holds NaN or infinite values; {REFIT}.")
+    return value
+
+
+def _curvature(value: Any, path: Path) -> BlockCurvature:
+    try:
+        curvature = BlockCurvature.from_state(value)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise PosteriorLoadError(
+            f"{path}: its curvature is not a fitted curvature ({type(exc).__name__}: {exc}); "
+            f"{REFIT}."
+        ) from exc
+    for block in curvature.blocks:
+        eigenvalues = _finite_tensor(
+            block.eigenvalues, f"the eigenvalues of block {block.name!r}", path, ndim=2
+        )
+        if bool((eigenvalues < 0).any()):
+            raise PosteriorLoadError(
+                f"{path}: block {block.name!r} has negative eigenvalues (min "
+                f"{float(eigenvalues.min()):g}); a curvature is >= 0. {REFIT}."
+            )
+        for side, rotation, size in (
+            ("rot_out", block.rot_out, block.shape[0]),
+            ("rot_in", block.rot_in, block.shape[1]),
+        ):
+            if rotation is None:
+                continue
+            what = f"{side} of block {block.name!r}"
+            _finite_tensor(rotation, what, path, ndim=2)
+            if tuple(rotation.shape) != (size, size):
+                raise PosteriorLoadError(
+                    f"{path}: {what} has shape {tuple(rotation.shape)}, not ({size}, {size}) "
+                    f"as its eigenvalues {block.shape} need; {REFIT}."
+                )
+    return curvature
+
+
+def read_posterior_files(
+    folder: Path, device: str | torch.device = "cpu"
+) -> tuple[SavedPosterior, dict]:
+    """laplace_state.pt and posterior_meta.json (``{}`` when absent) of a fit's folder, every
+    value checked (:func:`check_against_head` checks them against the head they rebuild).
+
+    Raises
+    ------
+    PosteriorLoadError
+        ``device`` is not on this machine (:func:`check_device`); a file is unreadable, lacks
+        a key or holds a value no fit writes (NaN, a non-positive hyperparameter, a negative
+        eigenvalue, a shape that does not match). The message names the file.
+    """
+    device = check_device(device)
     path = folder / LAPLACE_STATE
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise PosteriorLoadError(f"cannot read {path} ({exc}); {REFIT}.") from exc
+    if not isinstance(state, dict):
         raise PosteriorLoadError(
-            f"cannot read {path} ({exc}); re-run fit_laplace with --force."
-        ) from exc
+            f"{path} holds a {type(state).__name__}, not a posterior state; {REFIT}."
+        )
     missing = [key for key in REQUIRED_STATE_KEYS if key not in state]
     if missing:
         raise PosteriorLoadError(
             f"{path} lacks {', '.join(missing)}; it was not written by this version of "
-            "fit_laplace. Re-run fit_laplace with --force."
+            f"fit_laplace. {REFIT}."
         )
+    head_state = state["head_state"]
+    if not isinstance(head_state, dict) or not head_state:
+        raise PosteriorLoadError(f"{path}: head_state is not a head's state dict; {REFIT}.")
+    for name, tensor in head_state.items():
+        _finite_tensor(tensor, f"head_state[{name!r}]", path)
+    md5 = state.get("source_checkpoint_md5")
     saved = SavedPosterior(
-        curvature=BlockCurvature.from_state(state["curvature"]),
-        mean=state["mean"],
+        curvature=_curvature(state["curvature"], path),
+        mean=_finite_tensor(state["mean"], "mean", path, ndim=1),
         head_model_args=state["head_model_args"],
-        head_state=state["head_state"],
-        logit_clip=float(state["logit_clip"]),
-        prior_precision=float(state["prior_precision"]),
-        temperature=float(state["temperature"]),
-        source_checkpoint_md5=state.get("source_checkpoint_md5"),
+        head_state=head_state,
+        logit_clip=_positive_number(state, "logit_clip", path),
+        prior_precision=_positive_number(state, "prior_precision", path),
+        temperature=_positive_number(state, "temperature", path),
+        source_checkpoint_md5=md5 if isinstance(md5, str) else None,
     )
     meta_path = folder / POSTERIOR_META
-    return saved, read_json(meta_path) if meta_path.is_file() else {}
+    if not meta_path.is_file():
+        return saved, {}
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError) as exc:
+        raise PosteriorLoadError(f"cannot read {meta_path} ({exc}); {REFIT}.") from exc
+    if not isinstance(meta, dict):
+        raise PosteriorLoadError(
+            f"{meta_path} holds a {type(meta).__name__}, not the fit's meta; {REFIT}."
+        )
+    return saved, meta
+
+
+def check_against_head(saved: SavedPosterior, head: NoImageHead, path: Path) -> None:
+    """The curvature's blocks are the head's (names and shapes of the variant's layer) and
+    ``mean`` is the head's weights.
+
+    Raises
+    ------
+    PosteriorLoadError
+        Naming ``path`` (the state file), what disagrees and the fix.
+    """
+    layer = saved.variant.layer
+    expected = [(name, (n_out, n_in)) for name, n_out, n_in in block_shapes(head, layer)]
+    found = [(block.name, block.shape) for block in saved.curvature.blocks]
+    if found != expected:
+        raise PosteriorLoadError(
+            f"{path}: the curvature's blocks {found} are not those of its head and layer "
+            f"{layer.value!r} ({expected}); {REFIT}."
+        )
+    weights = parameter_vector(head, layer).double()
+    mean = saved.mean.detach().double().to(weights.device)
+    if mean.shape != weights.shape:
+        raise PosteriorLoadError(
+            f"{path}: mean has {mean.numel()} entries, the head's {layer.value!r} parameters "
+            f"{weights.numel()}; {REFIT}."
+        )
+    gap = float((mean - weights).abs().max())
+    if gap > MEAN_ATOL:
+        raise PosteriorLoadError(
+            f"{path}: the head's weights differ from the posterior mean by up to {gap:g}; "
+            f"the file was altered or mixed from two fits. {REFIT}."
+        )
 
 
 def complete_fit_meta(folder: Path) -> dict | None:

@@ -213,3 +213,101 @@ def test_crafted_head_args_in_the_laplace_state_are_refused(fitted, tmp_path):
     torch.save(state, folder / "laplace_state.pt")
     with pytest.raises((CheckpointError, PosteriorLoadError), match="hidden_channels"):
         load_posterior(folder)
+
+
+def _tampered(fitted, tmp_path, edit):
+    """A copy of the fit's folder (outside a project) with ``edit(state)`` applied."""
+    import shutil
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(fitted.laplace_dir, folder)
+    state = torch.load(folder / "laplace_state.pt", weights_only=True)
+    edit(state)
+    torch.save(state, folder / "laplace_state.pt")
+    return folder
+
+
+def _set(key, value):
+    return lambda state: state.__setitem__(key, value)
+
+
+def _edit_block(field, fill):
+    def edit(state):
+        block = state["curvature"]["blocks"][0]
+        block[field] = torch.full_like(block["eigenvalues"], fill)
+
+    return edit
+
+
+def _nan_rotation(state):
+    block = state["curvature"]["blocks"][0]
+    n_in = block["eigenvalues"].shape[1]
+    block["rot_in"] = torch.full((n_in, n_in), math.nan, dtype=torch.float64)
+
+
+def _shift_head(state):
+    state["head_state"]["final_conv.bias"] = state["head_state"]["final_conv.bias"] + 0.5
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_set("prior_precision", math.nan), "prior_precision is nan"),
+        (_set("prior_precision", -1.0), "prior_precision is -1.0"),
+        (_set("temperature", 0.0), "temperature is 0.0"),
+        (_set("logit_clip", math.nan), "logit_clip is nan"),
+        (_set("logit_clip", "20"), "logit_clip is a str"),
+        (_edit_block("eigenvalues", math.nan), "eigenvalues of block 'final_conv' holds NaN"),
+        (_edit_block("eigenvalues", -1.0), "negative eigenvalues"),
+        (_nan_rotation, "rot_in of block 'final_conv' holds NaN"),
+        (lambda state: state["curvature"].pop("blocks"), "not a fitted curvature"),
+        (lambda state: state["mean"].add_(0.5), "differ from the posterior mean"),
+        (_shift_head, "differ from the posterior mean"),
+        (lambda state: state.__setitem__("mean", state["mean"][:-1]), "mean has 16 entries"),
+        (
+            lambda state: state["head_state"].__setitem__("final_conv.bias", torch.zeros(2)),
+            "its head does not load",
+        ),
+        (_set("head_state", []), "head_state is not"),
+    ],
+)
+def test_a_tampered_posterior_state_is_refused_naming_the_file(fitted, tmp_path, edit, match):
+    folder = _tampered(fitted, tmp_path, edit)
+    with pytest.raises(PosteriorLoadError, match=match) as error:
+        load_posterior(folder)
+    assert str(folder / "laplace_state.pt") in str(error.value)
+    assert "fit_laplace" in str(error.value)
+
+
+def test_an_unreadable_posterior_meta_is_refused_naming_the_file(fitted, tmp_path):
+    folder = _tampered(fitted, tmp_path, lambda state: None)
+    (folder / "posterior_meta.json").write_text("{not json")
+    with pytest.raises(PosteriorLoadError, match="posterior_meta.json"):
+        load_posterior(folder)
+
+
+def test_a_posterior_fitted_on_another_best_pt_is_refused_in_its_project(fitted, tmp_path):
+    import shutil
+
+    from helpers.laplace_fixtures import save_best
+
+    from laplace_head.layout import ProjectLayout
+
+    root = tmp_path / "project"
+    shutil.copytree(fitted.root, root)
+    layout = ProjectLayout(root, "t1")
+    load_posterior(layout.laplace_dir)  # the same best.pt
+    save_best(fitted.head, layout.best_checkpoint, epoch=9)  # retrained since the fit
+    with pytest.raises(PosteriorLoadError, match="fitted on a best.pt with MD5") as error:
+        load_posterior(layout.laplace_dir)
+    assert str(layout.best_checkpoint) in str(error.value)
+    layout.best_checkpoint.unlink()  # only the posterior folder: it loads on its own
+    assert load_posterior(layout.laplace_dir).temperature == fitted.meta["temperature"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_a_cuda_device_on_a_machine_without_it_is_not_a_refit(fitted, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PosteriorLoadError, match="not available on this machine") as error:
+        load_posterior(fitted.laplace_dir, device=device)
+    assert "device='cpu'" in str(error.value) and "fit_laplace" not in str(error.value)
