@@ -12,6 +12,9 @@ function as the rule's script, logging to the rule's log file. Examples::
 
 ``--config`` takes several files, later ones overriding earlier ones key by key, as Snakemake
 merges ``--configfile`` (``--config config/config.yaml config/demo.yaml``).
+
+A stage command holds the project folder's lock (:mod:`laplace_head.util.project_lock`) while it
+runs, as a workflow does; ``unlock`` removes a lock whose run is over.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from laplace_head import stages
 from laplace_head.layout import SPLITS, ProjectLayout
 from laplace_head.settings import Runtime, split_settings, stage_params
 from laplace_head.util.console import run_user_facing, setup_logging
+from laplace_head.util.project_lock import ProjectLock
 
 DEFAULT_CONFIG = "config/config.yaml"
+#: The project locks this process took (:class:`_Context`); :func:`main` gives them back.
+_HELD: list[ProjectLock] = []
 
 
 class _Context:
@@ -34,7 +40,8 @@ class _Context:
 
     ``project`` is the layout of stages 1-4 (no run); ``layout`` is bound to the run and, with
     ``--variant``, to that posterior variant. ``overrides`` (``{section: {key: value}}``) are
-    command-line flags that set config keys; they pass through the config's validation.
+    command-line flags that set config keys; they pass through the config's validation. With
+    ``lock`` the project folder's lock is taken (a second run on the project is refused).
     """
 
     def __init__(
@@ -42,6 +49,7 @@ class _Context:
         args: argparse.Namespace,
         check_paths: bool = False,
         overrides: dict[str, dict[str, Any]] | None = None,
+        lock: bool = True,
     ) -> None:
         from laplace_head.config import load_configs
 
@@ -58,6 +66,10 @@ class _Context:
             self.layout = self.layout.for_posterior(self.variant)
         self.params = run_user_facing(lambda: stage_params(self.config, self.variant))
         self.runtime = Runtime.from_config(self.config)
+        if lock:
+            project_lock = ProjectLock(self.project.lock)
+            run_user_facing(project_lock.acquire)
+            _HELD.append(project_lock)
 
     def run(self, log_file: Path, func: Callable[[], Any]) -> Any:
         setup_logging(log_file)
@@ -209,6 +221,16 @@ def _visualize_sanity(args: argparse.Namespace) -> None:
     )
 
 
+def _unlock(args: argparse.Namespace) -> None:
+    ctx = _Context(args, lock=False)
+    lock = ProjectLock(ctx.project.lock)
+    holder = run_user_facing(lambda: lock.break_lock(force=args.force))
+    if holder is None:
+        print(f"{lock.path} does not exist: the project is not locked")
+    else:
+        print(f"removed {lock.path} (it named {holder or 'nobody readable'})")
+
+
 def _demo_data(args: argparse.Namespace) -> None:
     from laplace_head.dataset.demo import write_demo_dataset
 
@@ -287,6 +309,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--split", choices=SPLITS, default="train", help="split to show")
     sub.add_argument("--n", type=int, help="sets sanity_panels.n, the number of panels")
     sub.add_argument("--seed", type=int, help="sets sanity_panels.seed, the row choice")
+    sub = command("unlock", _unlock, "remove the project's lock left by a run that is over")
+    sub.add_argument(
+        "--force", action="store_true", help="even when its process still runs on this host"
+    )
     sub = commands.add_parser("demo-data", help="write the synthetic demo dataset")
     sub.add_argument("--out", default="demo_data", help="output folder")
     sub.add_argument("--per-class", type=int, default=20, help="samples per class")
@@ -301,4 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m laplace_head``."""
     setup_logging()
     args = _parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    finally:
+        while _HELD:
+            _HELD.pop().release()

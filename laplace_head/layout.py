@@ -25,6 +25,7 @@ path. Methods take plain strings, so Snakemake wildcards pass straight through
                                     <split>/metrics.{json,csv,md}, <split>/curves.png
       reports/debug_panels/         <split>_panels.json, <split>_overview.png, *.png
       logs/<rule>/..., benchmarks/<rule>/...
+      laplace_head.lock             the running workflow or command, while it runs
 
 ``<head>`` is the head variant; the seed's head sees no image, hence ``no_image``.
 """
@@ -40,6 +41,7 @@ SHARD_FORMAT = "{:04d}"
 SHARD_PATTERN = r"\d{4}"  # what SHARD_FORMAT writes (a Snakemake wildcard constraint)
 
 # File names other modules need to find inside a folder of the layout.
+PROJECT_LOCK = "laplace_head.lock"
 BEST_CHECKPOINT = "best.pt"
 TRAINING_SUMMARY = "training_summary.json"
 LAPLACE_STATE = "laplace_state.pt"
@@ -140,6 +142,11 @@ class ProjectLayout:
     def project(self) -> ProjectLayout:
         """The same project without a run: the layout of stages 1-4 and their logs."""
         return ProjectLayout(self.root, None, self.head_variant)
+
+    @property
+    def lock(self) -> Path:
+        """The project's run lock (:mod:`laplace_head.util.project_lock`): one run at a time."""
+        return self.root / PROJECT_LOCK
 
     # --- stage 1 ---------------------------------------------------------------------------
     @property

@@ -149,3 +149,27 @@ def get_final_targets():
         RUN.eval_file("metrics"),
         *([RUN.active_prompting_report(AP_SPLIT)["metrics"]] if AP_ENABLED else []),
     ]
+
+
+# One run at a time on the project folder (laplace_head.util.project_lock): the main snakemake
+# process holds the lock; a dry-run runs no handler and jobs run with --no-hooks.
+onstart:
+    from laplace_head.util.project_lock import ProjectLock, ProjectLockedError
+
+    try:
+        ProjectLock(PROJECT.lock).acquire()
+    except ProjectLockedError as error:
+        sys.stderr.write(f"\nERROR: {error}\n\n")
+        raise SystemExit(1)
+
+
+onsuccess:
+    from laplace_head.util.project_lock import ProjectLock
+
+    ProjectLock(PROJECT.lock).release()
+
+
+onerror:
+    from laplace_head.util.project_lock import ProjectLock
+
+    ProjectLock(PROJECT.lock).release()

@@ -7,8 +7,9 @@ resumed with SIGCONT), so the second run meets a lock that is really held.
 
 Snakemake keeps its locks in the working directory (``.snakemake/locks``) and locks files, not
 folders: a second run from the same working directory that would write any of the same files
-is refused; a run on another ``project_root`` is not; a run from *another* working directory
-(a second checkout) on the same ``project_root`` is not refused either (README caveat). The
+is refused; a run on another ``project_root`` is not. A run from *another* working directory
+(a second checkout) on the same ``project_root`` is refused by the project's own lock
+(:mod:`laplace_head.util.project_lock`), which a dry-run does not take. The
 static side of "shards never share a file" (every sample in exactly one shard, for many shard
 sizes) is ``tests/test_promptsets.py::test_sharding_assignment_is_stable_and_complete``.
 """
@@ -125,6 +126,61 @@ def test_second_run_on_the_same_project_is_refused_by_the_lock(
         assert len(frame) == 6 and frame["valid"].all()
     after = _run(target, config)  # the lock was released when the first run ended
     assert after.returncode == 0 and "Nothing to be done" in after.stdout + after.stderr
+
+
+def test_a_second_checkout_on_the_same_project_is_refused_by_the_project_lock(
+    tmp_path: Path, data_tools, config_writer
+) -> None:
+    images, masks = data_tools.make_dataset(tmp_path / "data", {"a": 3, "b": 3})
+    config = _config(config_writer, tmp_path, "project", images, masks)
+    second_checkout = tmp_path / "second"
+    second_checkout.mkdir()
+    other_config = second_checkout / config.name  # the same settings, another working directory
+    other_config.write_text(config.read_text())
+    target = [str(tmp_path / "project" / "manifests" / "all_samples.csv")]
+    log = tmp_path / "project" / "logs" / "build_manifests" / "build_manifests.log"
+    lock = tmp_path / "project" / "laplace_head.lock"
+    first = subprocess.Popen(
+        _args(target, config),
+        cwd=REPO_ROOT,
+        env=_env(**{PAUSE_AT_ENV: "build_manifests:2"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (
+            match := re.search(r"stopped pid (\d+)", log.read_text() if log.exists() else "")
+        ):
+            assert first.poll() is None, first.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "the first run never reached its pause point"
+            time.sleep(0.1)
+        paused_job = int(match.group(1))
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == first.pid  # the main snakemake process, not its job
+        dry = _run([*target, "-n"], other_config)  # a dry-run takes no lock
+        assert dry.returncode == 0, dry.stderr[-4000:]
+
+        second = _run(target, other_config)
+        output = second.stdout + second.stderr
+        assert second.returncode != 0
+        assert "another run works on this project folder" in output, output[-4000:]
+        assert f"pid {first.pid}" in output and holder["cwd"] in output
+        assert "Traceback" not in output
+        assert json.loads(lock.read_text()) == holder  # the refused run left it alone
+
+        os.kill(paused_job, signal.SIGCONT)
+        stdout, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 0, stdout[-4000:]  # the refused run did not disturb the first
+    assert not lock.exists()  # given back when the run ended
+    frame = pd.read_csv(tmp_path / "project" / "manifests" / "all_samples.csv")
+    assert len(frame) == 6 and frame["valid"].all()
 
 
 def test_parallel_shard_jobs_write_disjoint_files_and_own_logs(
