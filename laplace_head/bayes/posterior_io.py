@@ -277,17 +277,7 @@ def read_posterior_files(
         source_checkpoint_md5=md5 if isinstance(md5, str) else None,
     )
     meta_path = folder / POSTERIOR_META
-    if not meta_path.is_file():
-        return saved, {}
-    try:
-        meta = read_json(meta_path)
-    except (OSError, ValueError) as exc:
-        raise PosteriorLoadError(f"cannot read {meta_path} ({exc}); {REFIT}.") from exc
-    if not isinstance(meta, dict):
-        raise PosteriorLoadError(
-            f"{meta_path} holds a {type(meta).__name__}, not the fit's meta; {REFIT}."
-        )
-    return saved, meta
+    return saved, read_meta(meta_path) if meta_path.is_file() else {}
 
 
 def check_against_head(saved: SavedPosterior, head: NoImageHead, path: Path) -> None:
@@ -351,9 +341,24 @@ def link_artifacts(source: Path, target: Path) -> None:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """posterior_meta.json, given its path or its fit's folder."""
+    """posterior_meta.json, given its path or its fit's folder.
+
+    Raises
+    ------
+    PosteriorLoadError
+        The file is unreadable or not a JSON object; the message names it.
+    """
     path = Path(path)
-    return read_json(path / POSTERIOR_META if path.is_dir() else path)
+    path = path / POSTERIOR_META if path.is_dir() else path
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise PosteriorLoadError(f"cannot read {path} ({exc}); {REFIT}.") from exc
+    if not isinstance(meta, dict):
+        raise PosteriorLoadError(
+            f"{path} holds a {type(meta).__name__}, not the fit's meta; {REFIT}."
+        )
+    return meta
 
 
 def meta_summary(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,7 @@ def test_a_second_checkout_on_the_same_project_is_refused_by_the_project_lock(
         assert f"pid {first.pid}" in output and holder["cwd"] in output
         assert "Traceback" not in output
         assert json.loads(lock.read_text()) == holder  # the refused run left it alone
+        assert not list((second_checkout / "workdir" / ".snakemake" / "locks").glob("*"))
 
         os.kill(paused_job, signal.SIGCONT)
         stdout, _ = first.communicate(timeout=300)
