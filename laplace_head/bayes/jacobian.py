@@ -211,13 +211,10 @@ class ImageJacobian:
         else:  # Q_in^T of every input patch: a conv with the rotated kernels
             patches = F.conv2d(inputs, in1.T.reshape(-1, inputs.shape[1], 3, 3), padding=1)
         self._input_patches = _channels_last(patches, pad=True)
+        # channels-last: a band of it is the conv's input, its permuted view the windows'
+        self._hidden1 = F.pad(hidden1, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
         self._hidden_kernels = None
-        if in2 is None:
-            self._hidden1 = _channels_last(hidden1, pad=True)
-        else:  # convolved a band at a time: (B, H, W, 144) at once would not stay in cache
-            self._hidden1 = F.pad(hidden1, (1, 1, 1, 1)).contiguous(
-                memory_format=torch.channels_last
-            )
+        if in2 is not None:  # convolved a band at a time: (B, H, W, 144) would not stay in cache
             self._hidden_kernels = in2.T.reshape(-1, hidden, 3, 3).contiguous(
                 memory_format=torch.channels_last
             )
@@ -233,16 +230,17 @@ class ImageJacobian:
             self.rotations
         )
         rows = slice(start, stop)
+        pixels = self._g2[:, rows].shape[:3]  # (B, rows, W)
         g2 = self._g2[:, rows].reshape(-1, self._g2.shape[-1])  # (N, hidden)
         n, hidden = g2.shape
         ones = g2.new_ones(1, 1).expand(n, 1)
         # g1(u, d) = relu'(pre1(u + d)) * sum_o g2_o(u) W2[o, :, d], as (N, 9, hidden)
-        back = (g2 @ self._conv2).view(*self._g2[:, rows].shape[:3], 3, 3, hidden)
+        back = (g2 @ self._conv2).view(*pixels, 3, 3, hidden)
         g1 = (back * _windows(self._mask, rows).permute(0, 1, 2, 4, 5, 3)).view(n, 9, hidden)
         # the (rotated) input patch of u + d at the 9 hidden offsets d, as (N, 9, C * 9)
         around = _windows(self._input_patches, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, -1)
         if self._hidden_kernels is None:
-            patches = _windows(self._hidden1, rows).reshape(n, -1)
+            patches = _windows(self._hidden1.permute(0, 2, 3, 1), rows).reshape(n, -1)
         else:
             band = self._hidden1[:, :, start : stop + 2]
             patches = F.conv2d(band, self._hidden_kernels).permute(0, 2, 3, 1).reshape(n, -1)
