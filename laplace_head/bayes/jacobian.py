@@ -21,9 +21,9 @@ Jacobian of pixel ``u`` is a sum of a few outer products::
 
 For predictions on whole images, :class:`ImageJacobian` gives the all-layer factors of every
 pixel already rotated into each block's curvature eigenbasis
-(:mod:`laplace_head.bayes.curvature`), using the conv structure: ``Q_in^T`` applied to every
-pixel's input patch is a convolution with rotated kernels, ``Q_out^T`` one matrix product over
-all pixels, and the factors are formed one band of rows at a time.
+(:mod:`laplace_head.bayes.curvature`), one band of rows at a time, using the conv structure:
+patches are strided views of the image and the first conv's rank-9 factor reuses the rotated
+input patches of the neighbours, so no per-pixel patch tensor of the whole image is formed.
 
 Blocks come in laplace-torch's parameter order (``trunk.0.weight``, ``trunk.0.bias``,
 ``trunk.2.weight``, ``trunk.2.bias``, ``final_conv.weight``, ``final_conv.bias``; the last
@@ -177,15 +177,16 @@ class ImageJacobian:
     """The all-layer Jacobian factors of every pixel of (B, C, H, W) head inputs, already in
     the blocks' eigenbases, one band of rows at a time.
 
-    The constructor runs the forward pass (:attr:`logits`, (B, H, W)) and the full-image
-    convolutions; :meth:`factors` then gives the :class:`JacobianFactors` of a band of rows,
-    small enough to stay in cache. ``rotations`` are the ``(Q_out, Q_in)`` of the six all-layer
-    blocks (None: the identity), in :func:`block_shapes` order. The factors equal those of
-    :func:`jacobian_factors` (``inside`` None) rotated by the blocks' ``Q^T``; only the conv
-    structure is used: ``Q_in^T`` applied to every pixel's 3x3 patch is a convolution with the
-    kernels ``Q_in[:, j]``, which gives the second conv's right factor and, read at the 9
-    hidden positions around each pixel, the first conv's rank-9 one; ``Q_out^T`` is one
-    matrix product.
+    The constructor runs the forward pass (:attr:`logits`, (B, H, W)) and rotates every input
+    patch once (C * 9 numbers per pixel); :meth:`factors` then gives the
+    :class:`JacobianFactors` of a band of rows, small enough to stay in cache. ``rotations``
+    are the ``(Q_out, Q_in)`` of the six all-layer blocks (None: the identity), in
+    :func:`block_shapes` order. The factors equal those of :func:`jacobian_factors`
+    (``inside`` None) rotated by the blocks' ``Q^T``, built from the conv structure: a band's
+    3x3 patches are strided views of the zero-padded image, rotated by one matrix product; the
+    first conv's rank-9 right factor is the rotated input patch read at the 9 hidden positions
+    around each pixel. (Matrix products rather than convolutions with rotated kernels: cuDNN
+    runs float32 convolutions in TF32 by default, too coarse for the 1e-6 the variance keeps.)
     """
 
     def __init__(
@@ -205,19 +206,11 @@ class ImageJacobian:
         self._g2 = _channels_last((pre2 > 0).to(features.dtype) * final.weight.view(1, -1, 1, 1))
         self._features = _channels_last(features)
         self._mask = _channels_last(mask, pad=True)
-        in1, in2 = self.rotations[0][1], self.rotations[2][1]
-        if in1 is None:  # every pixel's input patch, (B, C * 9, H, W) in unfold's (c, k) order
-            patches = F.unfold(inputs, 3, padding=1).reshape(inputs.shape[0], -1, *pre2.shape[2:])
-        else:  # Q_in^T of every input patch: a conv with the rotated kernels
-            patches = F.conv2d(inputs, in1.T.reshape(-1, inputs.shape[1], 3, 3), padding=1)
-        self._input_patches = _channels_last(patches, pad=True)
-        # channels-last: a band of it is the conv's input, its permuted view the windows'
-        self._hidden1 = F.pad(hidden1, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
-        self._hidden_kernels = None
-        if in2 is not None:  # convolved a band at a time: (B, H, W, 144) would not stay in cache
-            self._hidden_kernels = in2.T.reshape(-1, hidden, 3, 3).contiguous(
-                memory_format=torch.channels_last
-            )
+        # every pixel's input patch in unfold's (c, k) order, rotated: (B, H, W, C * 9)
+        patches = F.unfold(inputs, 3, padding=1).reshape(inputs.shape[0], -1, *pre2.shape[2:])
+        patches = _rotate(patches.permute(0, 2, 3, 1), self.rotations[0][1])
+        self._input_patches = F.pad(patches, (0, 0, 1, 1, 1, 1)).contiguous()
+        self._hidden1 = _channels_last(hidden1, pad=True)
 
     @property
     def height(self) -> int:
@@ -226,7 +219,7 @@ class ImageJacobian:
     def factors(self, start: int, stop: int) -> list[JacobianFactors]:
         """The factors of the pixels in rows ``start:stop`` of every image (N = B * rows * W,
         batch-major, then row-major), flagged ``in_eigenbasis``."""
-        (out1, _), (out1b, in1b), (out2, _), (out2b, in2b), (out3, in3), (out3b, in3b) = (
+        (out1, _), (out1b, in1b), (out2, in2), (out2b, in2b), (out3, in3), (out3b, in3b) = (
             self.rotations
         )
         rows = slice(start, stop)
@@ -239,11 +232,8 @@ class ImageJacobian:
         g1 = (back * _windows(self._mask, rows).permute(0, 1, 2, 4, 5, 3)).view(n, 9, hidden)
         # the (rotated) input patch of u + d at the 9 hidden offsets d, as (N, 9, C * 9)
         around = _windows(self._input_patches, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, -1)
-        if self._hidden_kernels is None:
-            patches = _windows(self._hidden1.permute(0, 2, 3, 1), rows).reshape(n, -1)
-        else:
-            band = self._hidden1[:, :, start : stop + 2]
-            patches = F.conv2d(band, self._hidden_kernels).permute(0, 2, 3, 1).reshape(n, -1)
+        # the hidden layer's patch of u, rotated: (N, hidden * 9)
+        patches = _rotate(_windows(self._hidden1, rows).reshape(n, -1), in2)
         phi = self._features[:, rows].reshape(n, -1)
         pairs = [
             (_rotate(g1, out1).transpose(1, 2), around.transpose(1, 2)),
