@@ -211,6 +211,14 @@ class ImageJacobian:
         patches = _rotate(patches.permute(0, 2, 3, 1), self.rotations[0][1])
         self._input_patches = F.pad(patches, (0, 0, 1, 1, 1, 1)).contiguous()
         self._hidden1 = _channels_last(hidden1, pad=True)
+        # Q_in of the second conv with its rows in (d, c) order, the order in which a band's
+        # windows are gathered fastest (runs of ``hidden`` contiguous numbers)
+        in2 = self.rotations[2][1]
+        self._hidden_rotation = None
+        if in2 is not None:
+            self._hidden_rotation = (
+                in2.reshape(hidden, 9, -1).transpose(0, 1).reshape(9 * hidden, -1)
+            )
 
     @property
     def height(self) -> int:
@@ -219,7 +227,7 @@ class ImageJacobian:
     def factors(self, start: int, stop: int) -> list[JacobianFactors]:
         """The factors of the pixels in rows ``start:stop`` of every image (N = B * rows * W,
         batch-major, then row-major), flagged ``in_eigenbasis``."""
-        (out1, _), (out1b, in1b), (out2, in2), (out2b, in2b), (out3, in3), (out3b, in3b) = (
+        (out1, _), (out1b, in1b), (out2, _), (out2b, in2b), (out3, in3), (out3b, in3b) = (
             self.rotations
         )
         rows = slice(start, stop)
@@ -233,7 +241,11 @@ class ImageJacobian:
         # the (rotated) input patch of u + d at the 9 hidden offsets d, as (N, 9, C * 9)
         around = _windows(self._input_patches, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, -1)
         # the hidden layer's patch of u, rotated: (N, hidden * 9)
-        patches = _rotate(_windows(self._hidden1, rows).reshape(n, -1), in2)
+        patches = _windows(self._hidden1, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, hidden)
+        if self._hidden_rotation is None:  # the patch itself, in unfold's (c, d) order
+            patches = patches.transpose(1, 2).reshape(n, -1)
+        else:
+            patches = patches.reshape(n, -1) @ self._hidden_rotation
         phi = self._features[:, rows].reshape(n, -1)
         pairs = [
             (_rotate(g1, out1).transpose(1, 2), around.transpose(1, 2)),
