@@ -19,8 +19,8 @@ block Jacobian is ``J = sum_r l_r (x) r_r`` the GLM (linearised) logit variance 
 - the closed form behind the probit predictive, BALD and entropy of every variant, and the one
 place it is computed. The per-pixel factors of
 :func:`~laplace_head.bayes.jacobian.jacobian_factors` are rotated here; those of
-:class:`~laplace_head.bayes.jacobian.ImageJacobian` (whole images, by convolutions) come
-already rotated. Samples are ``delta_theta = Q (sqrt(W) * eps) Q^T``.
+:class:`~laplace_head.bayes.jacobian.ImageJacobian` (whole images, a band of rows at a time)
+come already rotated. Samples are ``delta_theta = Q (sqrt(W) * eps) Q^T``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class CurvatureBlock:
         return left, right
 
     def variance(self, factors: JacobianFactors, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_ij W_ij M_ij^2`` per pixel for weights (..., out, in): (..., N)."""
+        """``sum_ij W_ij M_ij^2`` per pixel for weights (..., out, in): (..., N) (factors
+        already in the eigenbasis: one weight set (out, in), (N,))."""
         left, right = self.rotated(factors)
         if factors.in_eigenbasis:
             return _eigenbasis_variance(left, right, weights)
@@ -102,6 +103,7 @@ def _eigenbasis_variance(
     """``sum_ij W_ij M_ij^2`` per pixel, (N,), for factors in the eigenbasis (N, out, r),
     (N, in, r) and one weight set (out, in), by matrix products (rank one:
     ``sum_j (Q_out^T l)_j^2 (W (Q_in^T r)^2)_j``)."""
+    assert weights.ndim == 2, "factors in the eigenbasis take one weight set (out, in)"
     if left.shape[-1] == 1:
         return ((right[..., 0] ** 2 @ weights.T) * left[..., 0] ** 2).sum(1)
     m = torch.bmm(left, right.transpose(1, 2)).square_()  # M^2, (N, out, in)
