@@ -17,7 +17,10 @@ block Jacobian is ``J = sum_r l_r (x) r_r`` the GLM (linearised) logit variance 
     var(z) = sum_blocks sum_ij W_ij M_ij^2,     M = sum_r (Q_out^T l_r) (Q_in^T r_r)^T
 
 - the closed form behind the probit predictive, BALD and entropy of every variant, and the one
-place it is computed. Samples are ``delta_theta = Q (sqrt(W) * eps) Q^T``.
+place it is computed. The per-pixel factors of
+:func:`~laplace_head.bayes.jacobian.jacobian_factors` are rotated here; those of
+:class:`~laplace_head.bayes.jacobian.ImageJacobian` (whole images, a band of rows at a time)
+come already rotated. Samples are ``delta_theta = Q (sqrt(W) * eps) Q^T``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-from laplace_head.bayes.jacobian import JacobianFactors
+from laplace_head.bayes.jacobian import JacobianFactors, Rotation
 from laplace_head.bayes.variant import PosteriorVariant
 
 
@@ -56,6 +59,8 @@ class CurvatureBlock:
     def rotated(self, factors: JacobianFactors) -> tuple[torch.Tensor, torch.Tensor]:
         """The factors in the eigenbasis: ``Q_out^T l`` (N, out, r), ``Q_in^T r`` (N, in, r)."""
         left, right = factors.left, factors.right
+        if factors.in_eigenbasis:
+            return left, right
         if self.rot_out is not None:
             left = torch.einsum("po,npr->nor", self.rot_out, left)
         if self.rot_in is not None:
@@ -63,8 +68,11 @@ class CurvatureBlock:
         return left, right
 
     def variance(self, factors: JacobianFactors, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_ij W_ij M_ij^2`` per pixel for weights (..., out, in): (..., N)."""
+        """``sum_ij W_ij M_ij^2`` per pixel for weights (..., out, in): (..., N) (factors
+        already in the eigenbasis: one weight set (out, in), (N,))."""
         left, right = self.rotated(factors)
+        if factors.in_eigenbasis:
+            return _eigenbasis_variance(left, right, weights)
         if left.shape[-1] == 1:  # rank one: M^2 = l^2 (x) r^2
             return torch.einsum("no,...oi,ni->...n", left[..., 0] ** 2, weights, right[..., 0] ** 2)
         m = torch.bmm(left, right.transpose(1, 2))  # (N, out, in)
@@ -87,6 +95,19 @@ class CurvatureBlock:
         if self.rot_in is not None:
             coefficients = torch.einsum("qi,soi->soq", self.rot_in, coefficients)
         return coefficients
+
+
+def _eigenbasis_variance(
+    left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_ij W_ij M_ij^2`` per pixel, (N,), for factors in the eigenbasis (N, out, r),
+    (N, in, r) and one weight set (out, in), by matrix products (rank one:
+    ``sum_j (Q_out^T l)_j^2 (W (Q_in^T r)^2)_j``)."""
+    assert weights.ndim == 2, "factors in the eigenbasis take one weight set (out, in)"
+    if left.shape[-1] == 1:
+        return ((right[..., 0] ** 2 @ weights.T) * left[..., 0] ** 2).sum(1)
+    m = torch.bmm(left, right.transpose(1, 2)).square_()  # M^2, (N, out, in)
+    return m.reshape(m.shape[0], -1) @ weights.reshape(-1)
 
 
 @dataclass
@@ -126,6 +147,11 @@ class BlockCurvature:
             total = part if total is None else total + part
         assert total is not None
         return total
+
+    @property
+    def rotations(self) -> list[Rotation]:
+        """``(Q_out, Q_in)`` of every block (None: the identity)."""
+        return [(b.rot_out, b.rot_in) for b in self.blocks]
 
     def marginal_variance(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         """Marginal posterior variances of every parameter, (n_params,), blocks' order."""

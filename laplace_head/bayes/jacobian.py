@@ -19,6 +19,12 @@ Jacobian of pixel ``u`` is a sum of a few outer products::
   image contribute 0 (the head zero-pads its hidden layer);
 * biases: ``right = 1`` and ``left`` the same sums (conv1: summed over ``d``).
 
+For predictions on whole images, :class:`ImageJacobian` gives the all-layer factors of every
+pixel already rotated into each block's curvature eigenbasis
+(:mod:`laplace_head.bayes.curvature`), one band of rows at a time, using the conv structure:
+patches are strided views of the image and the first conv's rank-9 factor reuses the rotated
+input patches of the neighbours, so no per-pixel patch tensor of the whole image is formed.
+
 Blocks come in laplace-torch's parameter order (``trunk.0.weight``, ``trunk.0.bias``,
 ``trunk.2.weight``, ``trunk.2.bias``, ``final_conv.weight``, ``final_conv.bias``; the last
 layer alone is one block of weights then bias). The patch formulation of
@@ -28,6 +34,7 @@ parameters and Jacobians; tests/unit/test_posterior_variants.py checks both agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +49,17 @@ class JacobianFactors:
     """The per-pixel Jacobian of one parameter block, ``sum_r left[:, :, r] (x) right[:, :, r]``.
 
     ``left`` (N, out, r) and ``right`` (N, in, r), N = pixels (batch-major, then row-major).
+    ``in_eigenbasis``: the factors are already ``Q_out^T left`` and ``Q_in^T right`` in the
+    block's curvature eigenbasis (:class:`ImageJacobian`).
     """
 
     left: torch.Tensor
     right: torch.Tensor
+    in_eigenbasis: bool = False
 
     def rows(self, index: torch.Tensor | slice) -> JacobianFactors:
         """The factors of the pixels ``index`` selects."""
-        return JacobianFactors(self.left[index], self.right[index])
+        return JacobianFactors(self.left[index], self.right[index], self.in_eigenbasis)
 
 
 def block_shapes(head: NoImageHead, layer: TargetLayer | str) -> list[tuple[str, int, int]]:
@@ -81,6 +91,23 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(2).transpose(1, 2).reshape(-1, tensor.shape[1])
 
 
+def _forward(
+    head: NoImageHead | torch.nn.Module, inputs: torch.Tensor, inside: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """The head's forward pass, keeping what the Jacobians need: the first conv's ReLU mask
+    (times ``inside``), its output, the second conv's pre-activation, the features and the
+    logits (B, H, W)."""
+    conv1, conv2, final = head.trunk[0], head.trunk[2], head.final_conv
+    pre1 = F.conv2d(inputs, conv1.weight, conv1.bias, padding=1)
+    mask = (pre1 > 0).to(inputs.dtype)
+    if inside is not None:
+        mask = mask * inside
+    hidden1 = pre1 * mask  # relu, and 0 outside the image
+    pre2 = F.conv2d(hidden1, conv2.weight, conv2.bias, padding=1)
+    features = F.relu(pre2)
+    return mask, hidden1, pre2, features, final(features)[:, 0]
+
+
 @torch.no_grad()
 def jacobian_factors(
     head: NoImageHead | torch.nn.Module,
@@ -96,15 +123,8 @@ def jacobian_factors(
     1 inside the image and 0 outside, multiplies the first conv's output as the patch model
     does (patches of border pixels); None means every position is inside.
     """
-    conv1, conv2, final = head.trunk[0], head.trunk[2], head.final_conv
-    pre1 = F.conv2d(inputs, conv1.weight, conv1.bias, padding=1)
-    mask = (pre1 > 0).to(inputs.dtype)
-    if inside is not None:
-        mask = mask * inside
-    hidden1 = pre1 * mask  # relu, and 0 outside the image
-    pre2 = F.conv2d(hidden1, conv2.weight, conv2.bias, padding=1)
-    features = F.relu(pre2)
-    logits = final(features)[:, 0]
+    conv2, final = head.trunk[2], head.final_conv
+    mask, hidden1, pre2, features, logits = _forward(head, inputs, inside)
     n = features.shape[0] * features.shape[2] * features.shape[3]
     ones = features.new_ones(n, 1, 1)
     phi = _pixels(features)
@@ -128,3 +148,118 @@ def jacobian_factors(
         JacobianFactors(ones, phi.unsqueeze(-1)),
         JacobianFactors(ones, ones),
     ]
+
+
+Rotation = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def _rotate(factor: torch.Tensor, rotation: torch.Tensor | None) -> torch.Tensor:
+    """``Q^T`` applied to every pixel's vector: ``factor @ Q`` over the last axis."""
+    return factor if rotation is None else factor @ rotation
+
+
+def _windows(padded: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The 3x3 windows around the pixels of ``rows`` in a zero-padded channels-last
+    (B, H + 2, W + 2, K) image, as a view (B, rows, W, K, 3, 3) (``F.unfold``'s (c, d) order
+    when flattened)."""
+    band = padded[:, rows.start : rows.stop + 2]
+    return band.unfold(1, 3, 1).unfold(2, 3, 1)
+
+
+def _channels_last(image: torch.Tensor, pad: bool = False) -> torch.Tensor:
+    """(B, K, H, W) -> contiguous (B, H, W, K), zero-padded by one pixel when ``pad``."""
+    if pad:
+        image = F.pad(image, (1, 1, 1, 1))
+    return image.permute(0, 2, 3, 1).contiguous()
+
+
+class ImageJacobian:
+    """The all-layer Jacobian factors of every pixel of (B, C, H, W) head inputs, already in
+    the blocks' eigenbases, one band of rows at a time.
+
+    The constructor runs the forward pass (:attr:`logits`, (B, H, W)) and rotates every input
+    patch once (C * 9 numbers per pixel); :meth:`factors` then gives the
+    :class:`JacobianFactors` of a band of rows, small enough to stay in cache. ``rotations``
+    are the ``(Q_out, Q_in)`` of the six all-layer blocks (None: the identity), in
+    :func:`block_shapes` order. The factors equal those of :func:`jacobian_factors`
+    (``inside`` None) rotated by the blocks' ``Q^T``, built from the conv structure: a band's
+    3x3 patches are strided views of the zero-padded image, rotated by one matrix product; the
+    first conv's rank-9 right factor is the rotated input patch read at the 9 hidden positions
+    around each pixel. (Matrix products rather than convolutions with rotated kernels: cuDNN
+    runs float32 convolutions in TF32 by default, too coarse for the 1e-6 the variance keeps.)
+    """
+
+    def __init__(
+        self, head: NoImageHead, inputs: torch.Tensor, rotations: Sequence[Rotation]
+    ) -> None:
+        if len(rotations) != 6:
+            raise ValueError(
+                f"ImageJacobian needs the rotations of the 6 all-layer blocks; got "
+                f"{len(rotations)} (the last layer's factors come from jacobian_factors)"
+            )
+        self.rotations = list(rotations)
+        mask, hidden1, pre2, features, self.logits = _forward(head, inputs, None)
+        conv2, final = head.trunk[2], head.final_conv
+        hidden = conv2.out_channels
+        # W2 as (o, (d, c)): sum_o g2_o W2[o, c, d] for every pixel is one matrix product
+        self._conv2 = conv2.weight.permute(0, 2, 3, 1).reshape(hidden, -1)
+        self._g2 = _channels_last((pre2 > 0).to(features.dtype) * final.weight.view(1, -1, 1, 1))
+        self._features = _channels_last(features)
+        self._mask = _channels_last(mask, pad=True)
+        # every pixel's input patch in unfold's (c, k) order, rotated: (B, H, W, C * 9)
+        patches = F.unfold(inputs, 3, padding=1).reshape(inputs.shape[0], -1, *pre2.shape[2:])
+        patches = _rotate(patches.permute(0, 2, 3, 1), self.rotations[0][1])
+        self._input_patches = F.pad(patches, (0, 0, 1, 1, 1, 1)).contiguous()
+        self._hidden1 = _channels_last(hidden1, pad=True)
+        # Q_in of the second conv with its rows in (d, c) order, the order in which a band's
+        # windows are gathered fastest (runs of ``hidden`` contiguous numbers)
+        in2 = self.rotations[2][1]
+        self._hidden_rotation = None
+        if in2 is not None:
+            self._hidden_rotation = (
+                in2.reshape(hidden, 9, -1).transpose(0, 1).reshape(9 * hidden, -1)
+            )
+
+    @property
+    def height(self) -> int:
+        return self.logits.shape[1]
+
+    def factors(self, start: int, stop: int) -> list[JacobianFactors]:
+        """The factors of the pixels in rows ``start:stop`` of every image (N = B * rows * W,
+        batch-major, then row-major), flagged ``in_eigenbasis``."""
+        (out1, _), (out1b, in1b), (out2, _), (out2b, in2b), (out3, in3), (out3b, in3b) = (
+            self.rotations
+        )
+        rows = slice(start, stop)
+        pixels = self._g2[:, rows].shape[:3]  # (B, rows, W)
+        g2 = self._g2[:, rows].reshape(-1, self._g2.shape[-1])  # (N, hidden)
+        n, hidden = g2.shape
+        ones = g2.new_ones(1, 1).expand(n, 1)
+        # g1(u, d) = relu'(pre1(u + d)) * sum_o g2_o(u) W2[o, :, d], as (N, 9, hidden)
+        back = (g2 @ self._conv2).view(*pixels, 3, 3, hidden)
+        g1 = (back * _windows(self._mask, rows).permute(0, 1, 2, 4, 5, 3)).view(n, 9, hidden)
+        # the (rotated) input patch of u + d at the 9 hidden offsets d, as (N, 9, C * 9)
+        around = _windows(self._input_patches, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, -1)
+        # the hidden layer's patch of u, rotated: (N, hidden * 9)
+        patches = _windows(self._hidden1, rows).permute(0, 1, 2, 4, 5, 3).reshape(n, 9, hidden)
+        if self._hidden_rotation is None:  # the patch itself, in unfold's (c, d) order
+            patches = patches.transpose(1, 2).reshape(n, -1)
+        else:
+            patches = patches.reshape(n, -1) @ self._hidden_rotation
+        phi = self._features[:, rows].reshape(n, -1)
+        pairs = [
+            (_rotate(g1, out1).transpose(1, 2), around.transpose(1, 2)),
+            (_rotate(g1.sum(1), out1b), _rotate(ones, in1b)),
+            (_rotate(g2, out2), patches),
+            (_rotate(g2, out2b), _rotate(ones, in2b)),
+            (_rotate(ones, out3), _rotate(phi, in3)),
+            (_rotate(ones, out3b), _rotate(ones, in3b)),
+        ]
+        return [
+            JacobianFactors(
+                left if left.ndim == 3 else left.unsqueeze(-1),
+                right if right.ndim == 3 else right.unsqueeze(-1),
+                in_eigenbasis=True,
+            )
+            for left, right in pairs
+        ]

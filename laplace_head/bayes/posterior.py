@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from laplace_head.bayes.curvature import BlockCurvature
-from laplace_head.bayes.jacobian import jacobian_factors
+from laplace_head.bayes.jacobian import ImageJacobian, jacobian_factors
 from laplace_head.bayes.posterior_io import (
     PosteriorLoadError,
     check_against_head,
@@ -83,6 +83,8 @@ def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
 
 #: Pixels per chunk of the closed-form logit variance (bounds the Jacobian factors' memory).
 VARIANCE_CHUNK_PIXELS = 1 << 15
+#: Rows per band of the all-layer logit variance (keeps a band's factors in cache).
+VARIANCE_BAND_ROWS = 8
 
 
 @dataclass
@@ -178,6 +180,8 @@ class Posterior:
     def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """MAP logits and their GLM posterior variance ``J Sigma J^T``, both (B, H, W) float32."""
         tensor = self.as_inputs(inputs)
+        if self.subset == "all_layers":
+            return self._all_layer_moments(tensor)
         means, variances = [], []
         for image in tensor.split(1):
             logits, factors = jacobian_factors(self.head, image, self.variant.layer)
@@ -193,6 +197,23 @@ class Posterior:
             )
             means.append(logits)
             variances.append(variance.reshape(logits.shape))
+        return torch.cat(means), torch.cat(variances).clamp_min(0.0)
+
+    def _all_layer_moments(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`logit_moments` of the all-layer posterior, image by image and band by band
+        from the factors in the eigenbasis (the last layer's per-pixel factors are its
+        features: the per-pixel route costs no more than the forward pass there)."""
+        means, variances = [], []
+        for image in tensor.split(1):
+            jacobian = ImageJacobian(self.head, image, self.curvature.rotations)
+            variance = torch.empty_like(jacobian.logits)
+            for start in range(0, jacobian.height, VARIANCE_BAND_ROWS):
+                stop = min(start + VARIANCE_BAND_ROWS, jacobian.height)
+                factors = jacobian.factors(start, stop)
+                band = self.curvature.logit_variance(factors, self._weights)
+                variance[:, start:stop] = band.reshape(variance.shape[0], stop - start, -1)
+            means.append(jacobian.logits)
+            variances.append(variance)
         return torch.cat(means), torch.cat(variances).clamp_min(0.0)
 
     def map_logits(self, inputs: Any) -> torch.Tensor:

@@ -27,8 +27,14 @@ from helpers.synthetic_h5 import make_synthetic_h5
 from torch.func import functional_call, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
+from laplace_head.bayes.curvature import BlockCurvature
 from laplace_head.bayes.fit import LaplaceFitError, fit_laplace
-from laplace_head.bayes.jacobian import block_shapes, jacobian_factors, parameter_vector
+from laplace_head.bayes.jacobian import (
+    ImageJacobian,
+    block_shapes,
+    jacobian_factors,
+    parameter_vector,
+)
 from laplace_head.bayes.laplace_torch import (
     PatchHead,
     PixelBernoulliLayer,
@@ -38,7 +44,7 @@ from laplace_head.bayes.laplace_torch import (
     make_laplace,
 )
 from laplace_head.bayes.pixels import PixelStream, flat_features, pixel_patches, pixels_per_row
-from laplace_head.bayes.posterior import load_posterior
+from laplace_head.bayes.posterior import VARIANCE_BAND_ROWS, Posterior, load_posterior
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
 from laplace_head.bayes.variant import (
     CURVLINOPS_GGN,
@@ -60,6 +66,7 @@ VARIANTS = [
 ]
 VARIANT_PAIRS = [(layer, approx) for layer, approx, *_ in VARIANTS]
 PRIOR, TEMPERATURE = 0.7, 3.0
+SPREAD = (0.02, 1.0)  # prior precision and temperature at which the data shape every block
 
 
 def _head(seed: int = 0) -> NoImageHead:
@@ -115,13 +122,11 @@ def test_patch_model_reproduces_the_full_image_head_at_the_border():
     assert wrong.max() > 1e-3
 
 
-@pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
-def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
-    variant = PosteriorVariant(target_layer, approx)
-    head = _head()
-    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
-    labels = (torch.rand(2 * 7 * 8, generator=torch.Generator().manual_seed(1)) > 0.5).long()
-    if target_layer == "final_conv":
+def _fitted(head: NoImageHead, variant: PosteriorVariant, x: torch.Tensor):
+    """laplace-torch's fit of ``variant`` on the pixels of ``x`` (random labels) and its
+    :class:`BlockCurvature`."""
+    labels = (torch.rand(x[:, 0].numel(), generator=torch.Generator().manual_seed(1)) > 0.5).long()
+    if variant.layer is TargetLayer.FINAL_CONV:
         inputs = flat_features(head, x).reshape(-1, head.hidden_channels)
         model = PixelBernoulliLayer.from_conv(head.final_conv)
     else:
@@ -129,7 +134,21 @@ def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
         model = PatchHead(head)
     la = make_laplace(model, variant, 1.0, 1.0)
     la.fit(DataLoader(TensorDataset(inputs, labels), batch_size=40))
-    curvature = curvature_from_laplace(la, variant, block_shapes(head, target_layer))
+    return (
+        model,
+        inputs,
+        labels,
+        la,
+        curvature_from_laplace(la, variant, block_shapes(head, variant.layer)),
+    )
+
+
+@pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
+def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
+    variant = PosteriorVariant(target_layer, approx)
+    head = _head()
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    model, inputs, labels, la, curvature = _fitted(head, variant, x)
     torch.testing.assert_close(la.mean.detach(), parameter_vector(head, target_layer))
 
     reference_la = la
@@ -164,6 +183,89 @@ def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
     empirical = torch.cov(flat.T)
     reference_cov = sigma[index][:, index]
     assert (empirical - reference_cov).abs().max() < 0.06 * reference_cov.diagonal().max()
+
+
+def _spread_curvature(head: NoImageHead, variant: PosteriorVariant) -> BlockCurvature:
+    """A fitted curvature of ``variant`` whose weights ``W`` differ strongly along every
+    block's eigen-directions (at PRIOR_SPREAD, T = 1), so that a wrong rotation shows."""
+    curvature = _fitted(head, variant, torch.randn(2, 3, 7, 8, dtype=torch.float64))[-1]
+    for block, weight in zip(curvature.blocks, curvature.weights(*SPREAD), strict=True):
+        if weight.numel() > 1:
+            assert weight.max() > 2 * weight.min(), block.name
+    return curvature
+
+
+def _per_pixel_variance(head: NoImageHead, x: torch.Tensor, curvature: BlockCurvature):
+    """The reference: per-pixel factors rotated by the curvature, float64, (B, H, W)."""
+    curvature = curvature.to("cpu", torch.float64)
+    logits, factors = jacobian_factors(head, x, curvature.variant.layer)
+    return curvature.logit_variance(factors, curvature.weights(*SPREAD)).reshape(logits.shape)
+
+
+@pytest.mark.parametrize("approx", ["diagonal", "kron"])
+def test_whole_image_factors_are_the_rotated_per_pixel_factors(approx):
+    """ImageJacobian's factors of a band of rows equal the per-pixel factors of
+    jacobian_factors rotated into every block's eigenbasis, and give the same variance."""
+    head = _head(2)
+    curvature = _spread_curvature(head, PosteriorVariant("all", approx))
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    logits, factors = jacobian_factors(head, x, "all")
+    jacobian = ImageJacobian(head, x, curvature.rotations)
+    assert torch.equal(jacobian.logits, logits)  # the same forward pass
+    start, stop = 3, 7
+    pixels = torch.arange(x[:, 0].numel()).reshape(2, 11, 9)[:, start:stop].reshape(-1)
+    for block, mine, theirs in zip(
+        curvature.blocks, jacobian.factors(start, stop), factors, strict=True
+    ):
+        assert mine.in_eigenbasis and not theirs.in_eigenbasis
+        expected = block.rotated(theirs.rows(pixels))
+        torch.testing.assert_close(mine.left, expected[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(mine.right, expected[1], rtol=1e-12, atol=1e-14)
+    weights = curvature.weights(*SPREAD)
+    band = curvature.logit_variance(jacobian.factors(start, stop), weights)
+    reference = _per_pixel_variance(head, x, curvature)[:, start:stop].reshape(-1)
+    torch.testing.assert_close(band, reference, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="6 all-layer blocks; got 1"):
+        ImageJacobian(head, x, curvature.rotations[:1])
+
+
+def _todays_route(posterior: Posterior, x: torch.Tensor) -> torch.Tensor:
+    """The reference route of ``Posterior.logit_moments``: every image's per-pixel factors of
+    jacobian_factors, rotated by the curvature, float32 (B, H, W)."""
+    variances = []
+    for image in posterior.as_inputs(x).split(1):
+        logits, factors = jacobian_factors(posterior.head, image, posterior.variant.layer)
+        variance = posterior.curvature.logit_variance(factors, posterior._weights)
+        variances.append(variance.reshape(logits.shape))
+    return torch.cat(variances)
+
+
+@pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
+def test_logit_moments_agree_with_the_per_pixel_route_to_1e_6(target_layer, approx):
+    """Posterior.logit_moments (float32; all-layer variants by whole-image bands) against the
+    per-pixel route in float32 (1e-6 relative; the last layer takes that route itself) and,
+    for the all-layer variants, against the per-pixel route in float64 (1e-6 relative: float32
+    is safe there), on images whose height is no multiple of the band."""
+    variant = PosteriorVariant(target_layer, approx)
+    head = _head(1)
+    curvature = _spread_curvature(head, variant)
+    head32 = NoImageHead().eval().requires_grad_(False)
+    head32.load_state_dict(head.state_dict())
+    posterior = Posterior(
+        head32, parameter_vector(head32, target_layer), curvature, *SPREAD, logit_clip=20.0
+    )
+    rows = 2 * VARIANCE_BAND_ROWS + 3
+    x = torch.randn(2, 3, rows, 23, generator=torch.Generator().manual_seed(4))
+    logits, variance = posterior.logit_moments(x)
+    assert variance.dtype == torch.float32 and variance.shape == (2, rows, 23)
+    torch.testing.assert_close(logits, head32(x)[:, 0], rtol=0, atol=1e-6)
+    reference = _todays_route(posterior, x)
+    torch.testing.assert_close(variance, reference, rtol=1e-6, atol=0)
+    if variant.layer is TargetLayer.FINAL_CONV:
+        assert torch.equal(variance, reference)
+    else:
+        reference = _per_pixel_variance(head, x.double(), curvature)
+        torch.testing.assert_close(variance.double(), reference, rtol=1e-6, atol=0)
 
 
 def _block_starts(head: NoImageHead, layer: str) -> list[int]:
