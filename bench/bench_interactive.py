@@ -78,8 +78,11 @@ def sam_decoder_pass(segmenter: SamSegmenter, points_xy: np.ndarray, labels: np.
     return time.perf_counter() - start
 
 
-def run_loop(label: str, predictor: InteractivePredictor, images, n_clicks: int) -> dict:
-    """The interactive loop on every image; per-click step timings (seconds)."""
+def run_loop(
+    label: str, predictor: InteractivePredictor, images, n_clicks: int, policy: str | None = None
+) -> dict:
+    """The interactive loop on every image; per-click step timings (seconds). Suggestions by
+    ``policy`` (None: the predictor's ``suggest_policy``)."""
     timings: dict[str, list[float]] = {step: [] for step in STEPS}
     decoder: list[float] = []
     encode: list[float] = []
@@ -104,7 +107,7 @@ def run_loop(label: str, predictor: InteractivePredictor, images, n_clicks: int)
                     sam_decoder_pass(predictor.segmenter, prediction.points_xy, prediction.labels)
                 )
             start = time.perf_counter()
-            suggestion = session.suggest(k=1)  # the predictor's suggest_policy
+            suggestion = session.suggest(k=1, policy=policy)
             timings["suggest"].append(time.perf_counter() - start)
             if not suggestion:
                 break
