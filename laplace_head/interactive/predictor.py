@@ -109,7 +109,8 @@ class InteractivePrediction:
         ``mask_input`` for the next prediction.
     timings_s
         Wall-clock seconds of the steps: ``decode`` (base segmenter), ``prompt_maps``,
-        ``head`` (one head pass: MAP logits and variance), ``uncertainty``.
+        ``head`` (one head pass: MAP logits and variance), ``uncertainty``; of the whole batch
+        for the results of :meth:`InteractivePredictor.predict_extended`.
     """
 
     base_logits: np.ndarray
