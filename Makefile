@@ -68,7 +68,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_precompute.py --skip-vit-b --tiny-images 2 --tiny-k 2 --size 120 160
 	$(PY) bench/bench_training.py --rows 16 --epochs 1 --repeats 1 --workers 0 --device cpu
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b
-	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b --target-layer all --approx kron --policy bald_lookahead
+	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b --config $(REAL_DEV_CONFIG)
 	$(PY) bench/gpu_check.py --device cpu --tiny
 
 clean-demo:

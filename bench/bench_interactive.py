@@ -5,21 +5,25 @@ For each base segmenter - random_walker and the ViT-B shape of SAM with random w
 loop of :class:`laplace_head.interactive.predictor.InteractivePredictor` through a
 :class:`~laplace_head.interactive.session.ClickSession` on a few synthetic images:
 ``set_image`` once (SAM: the image encoder), click 1 = the RITM first click, then ``predict``
-and ``suggest(k=1, policy=--policy)`` per click, the suggestion labelled by
+and ``suggest(k=1)`` per click with the configuration's click rule, the suggestion labelled by
 the ground truth and added as the next click. Per click it records the predictor's own step
 timings (``decode``: the base segmenter's predict = SAM prompt encoder + mask decoder +
 post-processing to the 256 grid; ``prompt_maps``; ``head``: one head pass for the MAP logits and
 their variance; ``uncertainty``: predictive probability, entropy and BALD by quadrature) and the
 suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encoder + mask
-decoder on the kept embedding, no post-processing). It prints medians over the clicks and the
-ratio (head + uncertainty + suggestion) / (one SAM decoder pass), measured in this run. The
-head is the tiny fitted head of the test fixtures (same architecture as the workflow's), with
-the posterior variant of ``--target-layer`` / ``--approx`` (default: last-layer
-diagonal; ``all kron`` is what config/real_dev.yaml ships, fitted on the fixture's data with
-T fixed at the pixels per prompt set). No assertion on time.
+decoder on the kept embedding, no post-processing). It prints medians over the clicks, the
+total per click (decode + prompt maps + head + uncertainty + suggestion) and the ratios to one
+SAM decoder pass, measured in this run. No assertion on time.
 
-    .venv/bin/python bench/bench_interactive.py [--images 2] [--clicks 5] [--skip-vit-b]
-        [--target-layer all --approx kron] [--policy bald_lookahead]
+The configuration comes from ``--config`` files, merged as Snakemake merges ``--configfile``s
+(default: config/config.yaml; ``--config config/config.yaml config/real_dev.yaml`` is what
+``make real-dev`` runs): the posterior variant (``laplace.target_layer``, ``approx``,
+``tuning``), the click rule (``active_prompting.suggest_policy``) and the prompt maps' sigma
+(``prompt_generation.gaussian_sigma``). The head is the tiny fitted head of the test fixtures
+(same architecture as the workflow's), fitted with that variant on the fixture's data.
+
+    .venv/bin/python bench/bench_interactive.py [--config FILE [FILE ...]] [--images 2]
+        [--clicks 5] [--skip-vit-b]
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from bench_precompute import make_images  # noqa: E402  (bench/ is the script fo
 from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
-from laplace_head.bayes.variant import PosteriorVariant  # noqa: E402
+from laplace_head.config.loader import load_configs  # noqa: E402
 from laplace_head.dataset.images import resize_mask_nearest  # noqa: E402
 from laplace_head.interactive.clicks import first_click, grid_to_image  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
@@ -75,9 +79,10 @@ def sam_decoder_pass(segmenter: SamSegmenter, points_xy: np.ndarray, labels: np.
 
 
 def run_loop(
-    label: str, predictor: InteractivePredictor, images, n_clicks: int, policy: str = "bald"
+    label: str, predictor: InteractivePredictor, images, n_clicks: int, policy: str | None = None
 ) -> dict:
-    """The interactive loop on every image; per-click step timings (seconds)."""
+    """The interactive loop on every image; per-click step timings (seconds). Suggestions by
+    ``policy`` (None: the predictor's ``suggest_policy``)."""
     timings: dict[str, list[float]] = {step: [] for step in STEPS}
     decoder: list[float] = []
     encode: list[float] = []
@@ -121,41 +126,49 @@ def run_loop(
 def print_table(rows: list[dict], sam_decoder_s: float | None) -> None:
     header = (
         f"{'model':<14} {'clicks':>6} {'set_image ms':>12} {'decode ms':>9} {'maps ms':>8} "
-        f"{'head ms':>8} {'unc. ms':>8} {'suggest ms':>10} {'SAM dec ms':>10} "
-        f"{'ours/decode':>11} {'ours/SAM dec':>12}"
+        f"{'head ms':>8} {'unc. ms':>8} {'suggest ms':>10} {'total ms':>9} {'SAM dec ms':>10} "
+        f"{'ours/decode':>11} {'ours/SAM dec':>12} {'total/SAM dec':>13}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         ours = row["head"] + row["uncertainty"] + row["suggest"]
+        total = row["decode"] + row["prompt_maps"] + ours
         decoder = row["decoder_s"] if row["decoder_s"] is not None else sam_decoder_s
         ratio = f"{ours / decoder:>12.2f}" if decoder else f"{'-':>12}"
+        total_ratio = f"{total / decoder:>13.2f}" if decoder else f"{'-':>13}"
         dec = f"{1000 * decoder:>10.1f}" if decoder else f"{'-':>10}"
         print(
             f"{row['model']:<14} {row['clicks']:>6} {1000 * row['encode_s']:>12.1f} "
             f"{1000 * row['decode']:>9.1f} {1000 * row['prompt_maps']:>8.1f} "
             f"{1000 * row['head']:>8.1f} {1000 * row['uncertainty']:>8.1f} "
-            f"{1000 * row['suggest']:>10.1f} {dec} {ours / row['decode']:>11.2f} {ratio}"
+            f"{1000 * row['suggest']:>10.1f} {1000 * total:>9.1f} {dec} "
+            f"{ours / row['decode']:>11.2f} {ratio} {total_ratio}"
         )
     print(
-        "\nours = head + uncertainty + suggestion (medians per click); decode = the base "
-        "segmenter's predict (SAM: prompt encoder + mask decoder + post-processing to 256); "
-        "SAM dec = one bare prompt-encoder + mask-decoder pass of the ViT-B SAM (random_walker's "
-        "row uses the ViT-B figure)."
+        "\nours = head + uncertainty + suggestion, total = decode + maps + ours (medians per "
+        "click); decode = the base segmenter's predict (SAM: prompt encoder + mask decoder + "
+        "post-processing to 256); SAM dec = one bare prompt-encoder + mask-decoder pass of the "
+        "ViT-B SAM (random_walker's row uses the ViT-B figure)."
     )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[str(REPO / "config" / "config.yaml")],
+        metavar="FILE",
+        help="config files, later ones overriding (default: config/config.yaml); the posterior "
+        "variant, the click rule (active_prompting.suggest_policy) and the prompt sigma come "
+        "from them",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--sigma", type=float, default=8.0, help="prompt-map sigma (grid px)")
     parser.add_argument("--skip-vit-b", action="store_true")
-    parser.add_argument("--target-layer", default="final_conv", choices=["final_conv", "all"])
-    parser.add_argument("--approx", default="diagonal", choices=["diagonal", "full", "kron"])
-    parser.add_argument("--policy", default="bald", help="click rule of the suggestions")
     parser.add_argument(
         "--threads",
         type=int,
@@ -163,25 +176,25 @@ def main(argv=None) -> None:
         help="torch CPU threads (1 keeps timings stable on a shared machine)",
     )
     args = parser.parse_args(argv)
-    try:
-        PosteriorVariant(args.target_layer, args.approx)
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = load_configs(args.config, check_paths=False)
+    laplace = config["laplace"]
+    variant = {key: laplace[key] for key in ("target_layer", "approx", "tuning")}
+    policy = config["active_prompting"]["suggest_policy"]
+    sigma = float(config["prompt_generation"]["gaussian_sigma"])
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    print(f"config {' + '.join(args.config)}")
     images = make_images(args.images, *args.size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_interactive_") as tmp:
-        variant = {}
-        if (args.target_layer, args.approx) != ("final_conv", "diagonal"):
-            variant = dict(
-                target_layer=args.target_layer, approx=args.approx, tuning="fixed_temperature"
-            )
         laplace_dir = make_fitted_run(Path(tmp), **variant).laplace_dir
-        print(f"posterior {args.target_layer} + {args.approx}, suggestions by {args.policy}")
+        described = ", ".join(f"{key} {value}" for key, value in variant.items())
+        print(f"posterior {described}; suggestions by {policy}; prompt sigma {sigma}")
         posterior = load_posterior(laplace_dir)
-        walker = InteractivePredictor(RandomWalkerSegmenter(), posterior, args.sigma)
-        rows.append(run_loop("random_walker", walker, images, args.clicks, args.policy))
+        walker = InteractivePredictor(
+            RandomWalkerSegmenter(), posterior, sigma, suggest_policy=policy
+        )
+        rows.append(run_loop("random_walker", walker, images, args.clicks))
         if not args.skip_vit_b:
             from segment_anything import sam_model_registry
 
@@ -191,8 +204,8 @@ def main(argv=None) -> None:
             segmenter = SamSegmenter(model=model, model_type="vit_b", device=args.device)
             head_device = str(segmenter.device)
             sam_posterior = load_posterior(laplace_dir, device=head_device)
-            sam = InteractivePredictor(segmenter, sam_posterior, args.sigma)
-            rows.append(run_loop("sam_vit_b", sam, images, args.clicks, args.policy))
+            sam = InteractivePredictor(segmenter, sam_posterior, sigma, suggest_policy=policy)
+            rows.append(run_loop("sam_vit_b", sam, images, args.clicks))
     sam_decoder = next((r["decoder_s"] for r in rows if r["decoder_s"] is not None), None)
     print()
     print_table(rows, sam_decoder)

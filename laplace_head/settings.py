@@ -17,7 +17,7 @@ Two kinds of settings:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -138,11 +138,19 @@ def variant_laplace(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
     return {**config["laplace"], **variants[variant]}
 
 
+def stage8_policies(policies: Sequence[str], suggest_policy: str) -> list[str]:
+    """Stage 8's click rules: the configured ``policies`` in their order, then
+    ``suggest_policy`` (the shipped rule) when they do not list it."""
+    policies = list(policies)
+    return policies if suggest_policy in policies else [*policies, suggest_policy]
+
+
 def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[str, dict]:
     """Result settings of every stage, by rule name, from a resolved config.
 
     With ``variant`` (a name of ``ablation.variants``) stage 6 fits that variant's posterior
-    and stage 8 clicks with the ablation's policies and click budget.
+    and stage 8 clicks with the ablation's policies and click budget. Stage 8's policies always
+    include ``active_prompting.suggest_policy`` (:func:`stage8_policies`).
     """
     data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
     active = dict(config["active_prompting"])
@@ -190,13 +198,16 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
         "ablation": {
             "variants": ablation_variants(config),
             "splits": list(config["ablation"]["splits"]),
-            "policies": list(config["ablation"]["policies"]),
+            "policies": stage8_policies(
+                config["ablation"]["policies"], config["active_prompting"]["suggest_policy"]
+            ),
             "max_clicks": config["ablation"]["max_clicks"],
         },
         "active_prompting": {
             "split": active["split"],
             "shard_size": data["shard_size"],
-            "policies": list(active["policies"]),
+            "policies": stage8_policies(active["policies"], active["suggest_policy"]),
+            "suggest_policy": active["suggest_policy"],
             "max_clicks": active["max_clicks"],
             "seed": active["seed"],
             "n_bootstrap": active["n_bootstrap"],

@@ -52,12 +52,13 @@ Three further BALD rules read more than the BALD map:
   positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
   expected remaining predicted error ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q,
   1 - q)``, is smallest, i.e. the largest expected reduction of predicted error. It costs
-  ``2 * LOOKAHEAD_CANDIDATES`` extra predictions per click.
+  ``2 * LOOKAHEAD_CANDIDATES`` extra predictions per click, asked for in one look-ahead call
+  (one batched decode and head pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -68,6 +69,7 @@ from laplace_head.util.seeding import derive_seed
 
 Cell = tuple[int, int]
 Policy = Callable[["ClickState", np.random.Generator], "Cell | None"]
+Lookahead = Callable[[Sequence[tuple[Cell, int]]], list[np.ndarray]]
 
 #: Standard deviation, in pixels of the 256 grid, of the Gaussian that smooths the maps of the
 #: ``entropy``, ``bald`` and ``map_margin`` policies: about 1 % of the image side, well below the
@@ -271,9 +273,11 @@ class ClickState:
         for the suggested label. :meth:`InteractivePredictor.click_state
         <laplace_head.interactive.predictor.InteractivePredictor.click_state>` always sets it.
     lookahead
-        ``lookahead((row, col), label) -> (256, 256)`` predictive probability after adding a
-        click with ``label`` (1 positive, 0 negative) at the cell to the current clicks,
-        without changing them; read by ``bald_lookahead`` only.
+        ``lookahead([((row, col), label), ...]) -> [(256, 256), ...]``: per request, the
+        predictive probability after adding a click with ``label`` (1 positive, 0 negative) at
+        the cell to the current clicks, without changing them. All requests of one call are
+        predicted together (one batched decode and head pass); read by ``bald_lookahead``
+        only.
     """
 
     map_probability: np.ndarray
@@ -283,7 +287,7 @@ class ClickState:
     gt: np.ndarray | None = None
     excluded: np.ndarray | None = None
     predictive_probability: np.ndarray | None = None
-    lookahead: Callable[[Cell, int], np.ndarray] | None = None
+    lookahead: Lookahead | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -453,12 +457,12 @@ def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell |
                 break
             candidates.append(cell)
             blocked[cell] = True
+    after = state.lookahead([(cell, label) for cell in candidates for label in (1, 0)])
     best: tuple[float, Cell] | None = None
-    for cell in candidates:
+    for index, cell in enumerate(candidates):
         p = float(probability[cell])
-        expected = p * _total_error(state.lookahead(cell, 1)) + (1.0 - p) * _total_error(
-            state.lookahead(cell, 0)
-        )
+        positive, negative = after[2 * index], after[2 * index + 1]
+        expected = p * _total_error(positive) + (1.0 - p) * _total_error(negative)
         if best is None or expected < best[0]:
             best = (expected, cell)
     return None if best is None else best[1]

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -56,7 +56,11 @@ from laplace_head.cache.promptset_format import prompt_maps as stage3_prompt_map
 from laplace_head.cache.promptset_format import stored_logits
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
+    GROUND_TRUTH_POLICIES,
+    POLICIES,
+    Cell,
     ClickState,
+    Lookahead,
     Suggestion,
     grid_to_image,
     image_to_grid,
@@ -105,7 +109,8 @@ class InteractivePrediction:
         ``mask_input`` for the next prediction.
     timings_s
         Wall-clock seconds of the steps: ``decode`` (base segmenter), ``prompt_maps``,
-        ``head`` (one head pass: MAP logits and variance), ``uncertainty``.
+        ``head`` (one head pass: MAP logits and variance), ``uncertainty``; of the whole batch
+        for the results of :meth:`InteractivePredictor.predict_extended`.
     """
 
     base_logits: np.ndarray
@@ -186,6 +191,13 @@ def prompt_maps(
     return pos_map, neg_map
 
 
+def _default_suggest_policy() -> str:
+    """The schema's default of ``active_prompting.suggest_policy``."""
+    from laplace_head.config.loader import fill_defaults, load_schema
+
+    return fill_defaults({}, load_schema())["active_prompting"]["suggest_policy"]
+
+
 def _image_digest(image_rgb: np.ndarray) -> str:
     array = np.ascontiguousarray(image_rgb)
     digest = hashlib.blake2b(array.tobytes(), digest_size=16)
@@ -241,6 +253,9 @@ class InteractivePredictor:
         :class:`~laplace_head.interactive.session.ClickSession` and :meth:`lookahead` pass a
         prediction's ``low_res_logits`` with the next click
         (``active_prompting.sam_mask_input``; SAM only, default off as stage 3 decodes without).
+    suggest_policy
+        The click rule :meth:`suggest` uses when given none
+        (``active_prompting.suggest_policy``; None: that key's schema default).
     """
 
     def __init__(
@@ -253,6 +268,7 @@ class InteractivePredictor:
         seed: int = 0,
         n_nodes: int = QUADRATURE_NODES,
         sam_mask_input: bool = False,
+        suggest_policy: str | None = None,
     ) -> None:
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
@@ -273,6 +289,15 @@ class InteractivePredictor:
         self.n_nodes = int(n_nodes)
         self.seed = int(seed)
         self.sam_mask_input = bool(sam_mask_input)
+        if suggest_policy is None:
+            suggest_policy = _default_suggest_policy()
+        if suggest_policy not in POLICIES or suggest_policy in GROUND_TRUTH_POLICIES:
+            raise ValueError(
+                f"suggest_policy (active_prompting.suggest_policy) = {suggest_policy!r} is not "
+                "a click rule that suggests; pick one of "
+                f"{', '.join(sorted(set(POLICIES) - GROUND_TRUTH_POLICIES))}"
+            )
+        self.suggest_policy = suggest_policy
         self._weight_samples: torch.Tensor | None = None
         if uncertainty == "samples":
             generator = torch.Generator(device=posterior.device).manual_seed(
@@ -297,7 +322,8 @@ class InteractivePredictor:
             Stage 8's settings, ``laplace_head.settings.stage_params(config)
             ["active_prompting"]``: ``segmenter`` (keyword arguments of
             :func:`~laplace_head.segmenters.build_segmenter_from_settings`; a SAM backend
-            without ``device`` gets ``device``), ``prompt_sigma`` and ``sam_mask_input``.
+            without ``device`` gets ``device``), ``prompt_sigma``, ``sam_mask_input`` and
+            ``suggest_policy``.
         laplace_dir
             The fitted Laplace run (anything :func:`load_posterior` accepts).
         device
@@ -311,6 +337,7 @@ class InteractivePredictor:
         segmenter = build_segmenter_from_settings(**segmenter_settings)
         posterior = load_posterior(laplace_dir, device=resolve_device(device, "device"))
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
+        kwargs.setdefault("suggest_policy", settings["suggest_policy"])
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
 
     @classmethod
@@ -393,42 +420,75 @@ class InteractivePredictor:
         start = time.perf_counter()
         low_res = None
         if self.segmenter.supports_mask_input or mask_input is not None:
-            prediction, low_res = self.segmenter.predict_with_mask(points, labels, mask_input)
+            decoded, low_res = self.segmenter.predict_with_mask(points, labels, mask_input)
         else:
-            prediction = self.segmenter.predict(points, labels)
-        logits, branch_index, scores = prediction
-        logits = np.asarray(logits, dtype=np.float32)
+            decoded = self.segmenter.predict(points, labels)
         timings["decode"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        pos_map, neg_map = prompt_maps(points, labels, image_hw, self.prompt_sigma)
-        inputs = assemble_inputs(
-            stored_logits(logits)[None], pos_map[None], neg_map[None], self.posterior.logit_clip
-        )
+        maps = prompt_maps(points, labels, image_hw, self.prompt_sigma)
         timings["prompt_maps"] = time.perf_counter() - start
+        [prediction] = self._refine([(points, labels)], [decoded], [maps], timings)
+        prediction.low_res_logits = low_res
+        return prediction
+
+    def _refine(
+        self,
+        click_sets: list[tuple[np.ndarray, np.ndarray]],
+        decoded: list[tuple[np.ndarray, int, list[float]]],
+        maps: list[tuple[np.ndarray, np.ndarray]],
+        timings: dict[str, float],
+    ) -> list[InteractivePrediction]:
+        """Steps 3-4 of the protocol for B click sets of the current image in one batch: their
+        base segmenter outputs and prompt maps -> one head pass and one uncertainty pass.
+        ``timings`` (with the batch's ``decode`` and ``prompt_maps``) gets the batch's other
+        steps and is copied into every prediction."""
+        start = time.perf_counter()
+        logits = [np.asarray(d[0], dtype=np.float32) for d in decoded]
+        inputs = assemble_inputs(
+            np.stack([stored_logits(plane) for plane in logits]),
+            np.stack([pos_map for pos_map, _ in maps]),
+            np.stack([neg_map for _, neg_map in maps]),
+            self.posterior.logit_clip,
+        )
+        timings["prompt_maps"] += time.perf_counter() - start
 
         start = time.perf_counter()
         moments = self.posterior.logit_moments(inputs)
         timings["head"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        maps = self.posterior.uncertainty_maps(
-            inputs, weight_samples=self._weight_samples, n_nodes=self.n_nodes, moments=moments
-        )
+        # Image by image from the batch's moments: the quadrature of a whole batch at once has
+        # temporaries that outgrow the CPU caches (about 2x slower for 6 look-ahead candidates).
+        per_image = [
+            self.posterior.uncertainty_maps(
+                inputs[i : i + 1],
+                weight_samples=self._weight_samples,
+                n_nodes=self.n_nodes,
+                moments=(moments[0][i : i + 1], moments[1][i : i + 1]),
+            )
+            for i in range(len(inputs))
+        ]
         timings["uncertainty"] = time.perf_counter() - start
-        grid = {name: maps[name][0].detach().float().cpu().numpy() for name in maps}
-        return InteractivePrediction(
-            base_logits=logits,
-            **{name: grid[name] for name in InteractivePrediction.GRID_FIELDS[1:]},
-            points_xy=points,
-            labels=labels,
-            image_hw=image_hw,
-            branch_index=int(branch_index),
-            scores=[float(s) for s in scores],
-            uncertainty=self.uncertainty,
-            low_res_logits=low_res,
-            timings_s=timings,
-        )
+        grid = {
+            name: np.concatenate([maps[name].detach().float().cpu().numpy() for maps in per_image])
+            for name in per_image[0]
+        }
+        image_hw = self.image_hw
+        return [
+            InteractivePrediction(
+                base_logits=logits[i],
+                **{name: grid[name][i] for name in InteractivePrediction.GRID_FIELDS[1:]},
+                points_xy=points,
+                labels=labels,
+                image_hw=image_hw,
+                branch_index=int(decoded[i][1]),
+                scores=[float(s) for s in decoded[i][2]],
+                uncertainty=self.uncertainty,
+                timings_s=dict(timings),
+            )
+            for i, (points, labels) in enumerate(click_sets)
+        ]
 
     def next_mask_input(self, prediction: InteractivePrediction) -> np.ndarray | None:
         """The ``mask_input`` of the prediction after ``prediction``: its low-resolution logits
@@ -437,35 +497,82 @@ class InteractivePredictor:
 
     # --- suggestions --------------------------------------------------------------------------
 
-    def lookahead(
-        self, prediction: InteractivePrediction
-    ) -> Callable[[tuple[int, int], int], np.ndarray]:
+    def lookahead(self, prediction: InteractivePrediction) -> Lookahead:
         """The look-ahead of ``prediction`` for :attr:`ClickState.lookahead
         <laplace_head.interactive.clicks.ClickState.lookahead>`.
 
-        ``lookahead((row, col), label)`` is the (256, 256) predictive probability of
-        :meth:`predict` on ``prediction``'s clicks plus one click with ``label`` at the cell's
-        centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
-        :meth:`next_mask_input`. Results are cached per (cell, label). ``prediction`` must be
-        of the current image.
+        ``lookahead([((row, col), label), ...])`` gives, per request, the (256, 256) predictive
+        probability of :meth:`predict` on ``prediction``'s clicks plus one click with ``label``
+        at the cell's centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
+        :meth:`next_mask_input`. The requests not asked before are predicted together
+        (:meth:`predict_extended`); results are cached per (cell, label). ``prediction`` must
+        be of the current image.
         """
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
-        image_hw = prediction.image_hw
         mask_input = self.next_mask_input(prediction)
-        cache: dict[tuple[tuple[int, int], int], np.ndarray] = {}
+        cache: dict[tuple[Cell, int], np.ndarray] = {}
 
-        def predict_with(cell: tuple[int, int], label: int) -> np.ndarray:
-            key = ((int(cell[0]), int(cell[1])), int(label))
-            if key not in cache:
-                x, y = grid_to_image(key[0][0], key[0][1], image_hw)
-                extended = self.predict(
-                    np.vstack([points, [[x, y]]]), np.append(labels, key[1]), mask_input=mask_input
-                )
-                cache[key] = extended.predictive_probability
-            return cache[key]
+        def predict_with(requests: Sequence[tuple[Cell, int]]) -> list[np.ndarray]:
+            keys = [((int(cell[0]), int(cell[1])), int(label)) for cell, label in requests]
+            todo = list(dict.fromkeys(key for key in keys if key not in cache))
+            if todo:
+                extended = self.predict_extended(points, labels, todo, mask_input)
+                for key, result in zip(todo, extended):
+                    cache[key] = result.predictive_probability
+            return [cache[key] for key in keys]
 
         return predict_with
+
+    def predict_extended(
+        self,
+        point_coords: Any,
+        point_labels: Any,
+        extra: Sequence[tuple[Cell, int]],
+        mask_input: np.ndarray | None = None,
+    ) -> list[InteractivePrediction]:
+        """:meth:`predict` of the clicks plus one click per item of ``extra``, in one batch.
+
+        Item ``((row, col), label)`` adds a click with ``label`` at the centre of grid cell
+        ``(row, col)`` (:func:`~laplace_head.interactive.clicks.grid_to_image`) after the
+        given clicks. The base segmenter decodes the extended click sets with one
+        ``predict_batch`` (SAM: one prompt-encoder + mask-decoder call, as all sets have the
+        same number of points; random_walker: one decode per set), every set fed
+        ``mask_input``; the prompt maps of the given clicks are drawn once and only the map
+        of each extra click's label is redrawn (the same float16 maps as :func:`prompt_maps`
+        of the extended set); the head runs once on the whole batch, the quadrature image by
+        image. Each
+        result equals :meth:`predict` of its extended set to float rounding (exactly where
+        the segmenter and the head compute one set at a time); ``low_res_logits`` is None.
+        """
+        image_hw = self.image_hw
+        points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(point_labels).reshape(-1).astype(np.int64)
+        if not extra:
+            return []
+        timings: dict[str, float] = {}
+        click_sets = []
+        for (row, col), label in extra:
+            x, y = grid_to_image(int(row), int(col), image_hw)
+            click_sets.append((np.vstack([points, [[x, y]]]), np.append(labels, int(label))))
+        start = time.perf_counter()
+        decoded = self.segmenter.predict_batch(click_sets, mask_input=mask_input)
+        timings["decode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        given = prompt_maps(points, labels, image_hw, self.prompt_sigma)
+        maps = []
+        for extended_points, extended_labels in click_sets:
+            label = int(extended_labels[-1])
+            redrawn = stage3_prompt_maps(
+                extended_points[extended_labels == label],
+                np.empty((0, 2)),
+                image_hw,
+                self.prompt_sigma,
+            )[0]
+            maps.append((redrawn, given[1]) if label == 1 else (given[0], redrawn))
+        timings["prompt_maps"] = time.perf_counter() - start
+        return self._refine(click_sets, decoded, maps, timings)
 
     def click_state(self, prediction: InteractivePrediction) -> ClickState:
         """What a click policy sees after ``prediction``: its maps, its clicked cells and its
@@ -483,7 +590,7 @@ class InteractivePredictor:
         self,
         prediction: InteractivePrediction,
         k: int = 1,
-        policy: str = "bald",
+        policy: str | None = None,
         seed: int = 0,
         min_distance: float | None = None,
     ) -> list[Suggestion]:
@@ -499,8 +606,9 @@ class InteractivePredictor:
         policy
             A name in :data:`~laplace_head.interactive.clicks.POLICIES` other than the
             ground-truth ``oracle``: ``bald``, ``bald_raw``, ``bald_region``,
-            ``bald_lookahead``, ``entropy``, ``map_margin``, ``random``. ``bald_lookahead``
-            re-predicts (:meth:`lookahead`, 2 predictions per candidate).
+            ``bald_lookahead``, ``entropy``, ``map_margin``, ``random``; None (default): the
+            predictor's ``suggest_policy``. ``bald_lookahead`` re-predicts (:meth:`lookahead`,
+            2 predictions per candidate, in one batch).
         seed
             Seeds the ``random`` policy (with the number of clicks and the suggestion index).
         min_distance
@@ -514,6 +622,7 @@ class InteractivePredictor:
             In image pixels, each with the label it most likely gets
             (:func:`~laplace_head.interactive.clicks.suggest`).
         """
+        policy = self.suggest_policy if policy is None else policy
         distance = 2.0 * self.prompt_sigma if min_distance is None else float(min_distance)
         state = self.click_state(prediction)
         stream = (len(prediction.labels),)

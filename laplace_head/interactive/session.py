@@ -122,9 +122,14 @@ class ClickSession:
         )
 
     def suggest(
-        self, k: int = 1, policy: str = "bald", seed: int = 0, min_distance: float | None = None
+        self,
+        k: int = 1,
+        policy: str | None = None,
+        seed: int = 0,
+        min_distance: float | None = None,
     ) -> list[Suggestion]:
         """The next ``k`` clicks ``policy`` proposes after :meth:`predict`'s prediction
         (:meth:`InteractivePredictor.suggest
-        <laplace_head.interactive.predictor.InteractivePredictor.suggest>`)."""
+        <laplace_head.interactive.predictor.InteractivePredictor.suggest>`; None: the
+        predictor's ``suggest_policy``, ``active_prompting.suggest_policy``)."""
         return self.predictor.suggest(self.predict(), k, policy, seed, min_distance)

@@ -80,13 +80,26 @@ class BaseSegmenter:
         return self.predict_batch([(points_xy, labels)])[0]
 
     def predict_batch(
-        self, prompt_sets: Sequence[tuple[np.ndarray, np.ndarray]]
+        self,
+        prompt_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+        mask_input: np.ndarray | None = None,
     ) -> list[Prediction]:
-        """:meth:`predict` for several prompt sets of the current image, in order."""
+        """:meth:`predict` for several prompt sets of the current image, in order.
+
+        Each result equals :meth:`predict` of its set (SAM: to float rounding, as its sets are
+        decoded together; here a backend decodes one set at a time). With ``mask_input`` (the
+        (1, h, w) low-resolution logits of :meth:`predict_with_mask`) every set is decoded with
+        that one mask input, as :meth:`predict_with_mask` would; the low-resolution logits of
+        the results are not returned.
+        """
+        if mask_input is not None:
+            self._require_mask_input()
         if self._image_hw is None:
             raise RuntimeError("An image must be set with .set_image(...) before prediction.")
         checked = [self._check_prompts(points, labels) for points, labels in prompt_sets]
-        return self._predict_batch(checked)
+        if mask_input is None:
+            return self._predict_batch(checked)
+        return self._predict_batch_with_mask(checked, mask_input)
 
     def predict_with_mask(
         self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
@@ -113,16 +126,19 @@ class BaseSegmenter:
             For a backend without a mask input (random_walker) or a ``mask_input`` of the
             wrong shape.
         """
+        self._require_mask_input()
+        if self._image_hw is None:
+            raise RuntimeError("An image must be set with .set_image(...) before prediction.")
+        points, labels = self._check_prompts(points_xy, labels)
+        return self._predict_with_mask(points, labels, mask_input)
+
+    def _require_mask_input(self) -> None:
         if not self.supports_mask_input:
             raise ValueError(
                 f"the {self.name} base segmenter takes no mask input: feeding the previous "
                 "low-resolution logits back (mask_input, active_prompting.sam_mask_input) needs "
                 "sam.backend: sam; set active_prompting.sam_mask_input: false"
             )
-        if self._image_hw is None:
-            raise RuntimeError("An image must be set with .set_image(...) before prediction.")
-        points, labels = self._check_prompts(points_xy, labels)
-        return self._predict_with_mask(points, labels, mask_input)
 
     def _predict_with_mask(
         self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
@@ -145,6 +161,11 @@ class BaseSegmenter:
 
     def _predict_batch(self, prompt_sets: list[tuple[np.ndarray, np.ndarray]]) -> list[Prediction]:
         return [self._predict(points, labels) for points, labels in prompt_sets]
+
+    def _predict_batch_with_mask(
+        self, prompt_sets: list[tuple[np.ndarray, np.ndarray]], mask_input: np.ndarray
+    ) -> list[Prediction]:
+        return [self._predict_with_mask(p, labels, mask_input)[0] for p, labels in prompt_sets]
 
     def _predict(self, points_xy: np.ndarray, labels: np.ndarray) -> Prediction:
         raise NotImplementedError

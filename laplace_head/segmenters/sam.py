@@ -9,7 +9,10 @@ How logits are produced, per image and prompt set
    prompt-encoder + mask-decoder calls as ``SamPredictor.predict_torch``). Padding shorter sets
    with ``label = -1`` points is **not** used: SAM's two-way transformer attends to every token,
    so extra "not a point" tokens change the logits (by ~30 % of their range on a random tiny SAM,
-   see ``tests/unit/test_segmenters.py``), whereas batching equal-length sets is exact.
+   see ``tests/unit/test_segmenters.py``), whereas batching equal-length sets is exact. Stage 3
+   decodes an image's prompt sets so; the interactive look-ahead decodes its candidates so (the
+   same earlier clicks plus one point each: one group, with ``predict_batch``'s ``mask_input``
+   fed to every set when the predictor feeds SAM its previous logits).
 3. ``multimask_output=True``; the branch with the highest predicted IoU is kept and its index and
    all three predicted IoUs are returned.
 4. The kept branch's 256 x 256 low-resolution logits are post-processed to the original image
@@ -215,6 +218,18 @@ class SamSegmenter(BaseSegmenter):
             self.predictor.set_image(image_rgb, image_format="RGB")
 
     def _predict_batch(self, prompt_sets: list[tuple[np.ndarray, np.ndarray]]) -> list[Prediction]:
+        return self._decode_groups(prompt_sets, None)
+
+    def _predict_batch_with_mask(
+        self, prompt_sets: list[tuple[np.ndarray, np.ndarray]], mask_input: np.ndarray
+    ) -> list[Prediction]:
+        return self._decode_groups(prompt_sets, self._mask_tensor(mask_input))
+
+    def _decode_groups(
+        self, prompt_sets: list[tuple[np.ndarray, np.ndarray]], mask: torch.Tensor | None
+    ) -> list[Prediction]:
+        """Decode the sets in groups of equal point count (one call per group), in order;
+        ``mask`` ((1, 1, h, w) or None) is fed with every set."""
         results: list[Prediction | None] = [None] * len(prompt_sets)
         groups: dict[int, list[int]] = {}
         for index, (points, _) in enumerate(prompt_sets):
@@ -222,7 +237,8 @@ class SamSegmenter(BaseSegmenter):
         for indices in groups.values():
             points = np.stack([prompt_sets[i][0] for i in indices])
             labels = np.stack([prompt_sets[i][1] for i in indices])
-            for index, prediction in zip(indices, self._decode(points, labels)[0]):
+            masks = None if mask is None else mask.expand(len(indices), -1, -1, -1)
+            for index, prediction in zip(indices, self._decode(points, labels, masks)[0]):
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
@@ -235,18 +251,20 @@ class SamSegmenter(BaseSegmenter):
     def _predict_with_mask(
         self, points_xy: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
     ) -> tuple[Prediction, np.ndarray]:
-        masks = None
-        if mask_input is not None:
-            array = np.asarray(mask_input, dtype=np.float32)
-            if array.shape != (1, *self.mask_input_hw) or not np.isfinite(array).all():
-                raise ValueError(
-                    f"mask_input must be finite (1, {self.mask_input_hw[0]}, "
-                    f"{self.mask_input_hw[1]}) low-resolution logits (a previous prediction's "
-                    f"low_res_logits); got shape {array.shape}"
-                )
-            masks = torch.as_tensor(array, device=self.device)[None]
+        masks = None if mask_input is None else self._mask_tensor(mask_input)
         predictions, low_res = self._decode(points_xy[None], labels[None], masks)
         return predictions[0], low_res[0].float().cpu().numpy()
+
+    def _mask_tensor(self, mask_input: np.ndarray) -> torch.Tensor:
+        """A checked (1, h, w) ``mask_input`` as a (1, 1, h, w) tensor on the model's device."""
+        array = np.asarray(mask_input, dtype=np.float32)
+        if array.shape != (1, *self.mask_input_hw) or not np.isfinite(array).all():
+            raise ValueError(
+                f"mask_input must be finite (1, {self.mask_input_hw[0]}, "
+                f"{self.mask_input_hw[1]}) low-resolution logits (a previous prediction's "
+                f"low_res_logits); got shape {array.shape}"
+            )
+        return torch.as_tensor(array, device=self.device)[None]
 
     def _decode(
         self, points_xy: np.ndarray, labels: np.ndarray, masks: torch.Tensor | None = None

@@ -37,6 +37,7 @@ def setting(tmp_path_factory):
         "segmenter": {"backend": "random_walker", "random_walker_max_side": 48},
         "prompt_sigma": 8.0,
         "sam_mask_input": False,
+        "suggest_policy": "bald_region",
     }
     predictor = InteractivePredictor.from_settings(settings, run.laplace_dir)
     return root, rows, predictor

@@ -175,6 +175,11 @@ def _state(seed: int = 0, shape=(256, 256), with_gt: bool = False) -> ClickState
     )
 
 
+def _batched(one):
+    """A :attr:`ClickState.lookahead` from ``one(cell, label) -> map``."""
+    return lambda requests: [one(cell, label) for cell, label in requests]
+
+
 def _fake_lookahead(probability: np.ndarray):
     """A look-ahead that sharpens p around the clicked cell (a deterministic toy head)."""
     rows, cols = np.mgrid[: probability.shape[0], : probability.shape[1]]
@@ -183,7 +188,7 @@ def _fake_lookahead(probability: np.ndarray):
         near = (rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < 15**2
         return np.where(near, float(label), probability)
 
-    return lookahead
+    return _batched(lookahead)
 
 
 def _run_policy(name: str, sample_id: str, seed: int = 7, n_clicks: int = 5) -> list:
@@ -479,7 +484,7 @@ def test_bald_lookahead_minimises_the_expected_remaining_error() -> None:
         calls.append((cell, label))
         return _error_map(errors[cell][1 - label])
 
-    state.lookahead = lookahead
+    state.lookahead = _batched(lookahead)
     assert LOOKAHEAD_CANDIDATES == 3
     assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (22, 22)
     assert sorted(calls) == sorted((cell, label) for cell in errors for label in (0, 1))
@@ -508,7 +513,7 @@ def test_bald_lookahead_tops_up_candidates_from_smoothed_bald() -> None:
         calls.append(cell)
         return _error_map(0.0 if cell == (110, 160) else 50.0)
 
-    state.lookahead = lookahead
+    state.lookahead = _batched(lookahead)
     assert POLICIES["bald_lookahead"](state, np.random.default_rng(0)) == (110, 160)
     candidates = list(dict.fromkeys(calls))
     assert len(candidates) == LOOKAHEAD_CANDIDATES

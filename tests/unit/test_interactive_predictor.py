@@ -250,7 +250,7 @@ def test_sam_mask_input_feeds_the_previous_low_res_logits(posterior) -> None:
     expected = fed.predict(
         [*points, (x, y)], [*labels, 1], mask_input=final_fed.low_res_logits
     ).predictive_probability
-    np.testing.assert_array_equal(fed.lookahead(final_fed)(cell, 1), expected)
+    np.testing.assert_array_equal(fed.lookahead(final_fed)([(cell, 1)])[0], expected)
     # The segmenter checks the mask's shape; random_walker refuses the switch.
     with pytest.raises(ValueError, match="mask_input must be"):
         fed.predict(points, labels, mask_input=np.zeros((1, 5, 5)))
@@ -318,8 +318,9 @@ def test_lookahead_predicts_one_click_ahead_without_touching_the_history(walker_
     for cell, label in (((10, 200), 0), ((128, 128), 1)):
         x, y = grid_to_image(cell[0], cell[1], (HEIGHT, WIDTH))
         expected = walker_predictor.predict([[32, 24], [2, 2], [x, y]], [1, 0, label])
-        np.testing.assert_array_equal(lookahead(cell, label), expected.predictive_probability)
-    assert not np.array_equal(lookahead((10, 200), 0), lookahead((10, 200), 1))
+        [result] = lookahead([(cell, label)])
+        np.testing.assert_array_equal(result, expected.predictive_probability)
+    assert not np.array_equal(*lookahead([((10, 200), 0), ((10, 200), 1)]))
     assert session.clicks == history
     assert session.predict() is prediction
 
@@ -347,7 +348,7 @@ def test_suggest_bald_lookahead_leaves_the_history_unchanged(walker_predictor) -
         prediction.bald,
         clicked=prediction.clicked_cells(),
         predictive_probability=prediction.predictive_probability,
-        lookahead=lookahead,
+        lookahead=lambda requests: [lookahead(cell, label) for cell, label in requests],
     )
     cell = POLICIES["bald_lookahead"](state, np.random.default_rng(0))
     assert len(calls) == 6  # three candidates, both labels
@@ -391,11 +392,13 @@ def test_from_settings_builds_the_configured_segmenter(fitted) -> None:
         },
         "prompt_sigma": 6.0,
         "sam_mask_input": False,
+        "suggest_policy": "map_margin",
     }
     predictor = InteractivePredictor.from_settings(settings, fitted.laplace_dir)
     assert isinstance(predictor.segmenter, RandomWalkerSegmenter)
     assert predictor.segmenter.max_side == 32 and predictor.posterior.device == torch.device("cpu")
     assert predictor.prompt_sigma == 6.0 and not predictor.sam_mask_input
+    assert predictor.suggest_policy == "map_margin"
     predictor.set_image(_image_and_mask()[0])
     _check_maps(predictor.predict([[32, 24]], [1]))
     with pytest.raises(ValueError, match="sam_mask_input"):

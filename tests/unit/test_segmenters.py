@@ -132,6 +132,29 @@ def test_sam_batch_equals_one_by_one_and_padding_would_not(tiny_sam, image):
     assert np.abs(low_padded - low_unpadded).max() > 1e-3
 
 
+def test_sam_batch_with_a_mask_input_equals_predict_with_mask(tiny_sam, image):
+    rng = np.random.default_rng(3)
+    tiny_sam.set_image(image)
+    _, mask_input = tiny_sam.predict_with_mask(*_prompt(rng, 1))
+    prompt_sets = [_prompt(rng, 2) for _ in range(4)]  # one group, as look-ahead candidates
+    batched = tiny_sam.predict_batch(prompt_sets, mask_input=mask_input)
+    for prompt_set, (logits, branch, scores) in zip(prompt_sets, batched):
+        (single_logits, single_branch, single_scores), _ = tiny_sam.predict_with_mask(
+            *prompt_set, mask_input
+        )
+        np.testing.assert_allclose(logits, single_logits, atol=1e-5)
+        assert branch == single_branch
+        np.testing.assert_allclose(scores, single_scores, atol=1e-6)
+    # The mask input is used: without it the logits differ.
+    assert np.abs(batched[0][0] - tiny_sam.predict(*prompt_sets[0])[0]).max() > 1e-3
+    with pytest.raises(ValueError, match=r"mask_input must be finite"):
+        tiny_sam.predict_batch(prompt_sets, mask_input=np.zeros((1, 4, 4)))
+    walker = RandomWalkerSegmenter(max_side=16)
+    walker.set_image(image)
+    with pytest.raises(ValueError, match="random_walker base segmenter takes no mask input"):
+        walker.predict_batch(prompt_sets, mask_input=mask_input)
+
+
 def test_sam_handles_large_and_portrait_images(tiny_sam):
     rng = np.random.default_rng(3)
     for shape in [(300, 40, 3), (17, 23, 3)]:

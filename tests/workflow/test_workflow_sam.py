@@ -55,7 +55,7 @@ def test_stages_1_to_8_with_the_sam_backend(tmp_path: Path, config_writer) -> No
         laplace={"prior_precision_grid": [0.01, 1.0], "temperature_grid": [1.0, 100.0],
                  "max_pixels_fit": 20000, "n_posterior_samples": 4},
         active_prompting={"policies": ["oracle", "random", "bald"], "max_clicks": 3,
-                          "n_bootstrap": 100},
+                          "n_bootstrap": 100, "suggest_policy": "bald_lookahead"},
     )  # fmt: skip
     command = [
         str(Path(sys.executable).parent / "snakemake"),
@@ -92,7 +92,8 @@ def test_stages_1_to_8_with_the_sam_backend(tmp_path: Path, config_writer) -> No
         (project / "laplace" / "no_image" / "run_v1" / "posterior_meta.json").read_text()
     )
     assert posterior["n_params"] == 17
-    # Stage 8: every test image x every policy, clicks decoded by the tiny SAM.
+    # Stage 8: every test image x every policy and the shipped rule (suggest_policy, added to
+    # the configured ones), clicks decoded by the tiny SAM.
     report_dir = project / "reports" / "active_prompting" / "run_v1"
     records = [
         json.loads(line)
@@ -101,7 +102,7 @@ def test_stages_1_to_8_with_the_sam_backend(tmp_path: Path, config_writer) -> No
     ]
     test_ids = set(pd.read_csv(project / "manifests" / "test.csv", dtype=str)["sample_id"])
     assert {(r["sample_id"], r["policy"]) for r in records} == {
-        (s, p) for s in test_ids for p in ("oracle", "random", "bald")
+        (s, p) for s in test_ids for p in ("oracle", "random", "bald", "bald_lookahead")
     }
     assert all(1 <= len(r["iou_head"]) <= 3 and r["clicks"][0]["label"] == 1 for r in records)
     active = json.loads((report_dir / "metrics.json").read_text())
