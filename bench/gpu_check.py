@@ -152,27 +152,7 @@ def decode_padded(
     for index, (set_points, set_labels) in enumerate(prompt_sets):
         points[index, : len(set_points)] = set_points
         labels[index, : len(set_labels)] = set_labels
-    predictor, model = segmenter.predictor, segmenter.model
-    coords = predictor.transform.apply_coords(points, segmenter.image_hw)
-    with torch.inference_mode():
-        coords_t = torch.as_tensor(coords, dtype=torch.float32, device=segmenter.device)
-        labels_t = torch.as_tensor(labels, dtype=torch.int, device=segmenter.device)
-        sparse, dense = model.prompt_encoder(points=(coords_t, labels_t), boxes=None, masks=None)
-        low_res, iou = model.mask_decoder(
-            image_embeddings=predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-        best = iou.argmax(dim=1)
-        kept = low_res[torch.arange(len(best), device=low_res.device), best][:, None]
-        logits_256 = segmenter._postprocess(kept)
-    scores = iou.float().cpu().numpy()
-    return [
-        (logits_256[i], int(best[i]), [float(s) for s in scores[i]])
-        for i in range(len(prompt_sets))
-    ]
+    return segmenter._decode(points, labels)[0]  # the segmenter's own decode, on padded sets
 
 
 def _prompt_sets(prompt_json: Path) -> list[tuple[np.ndarray, np.ndarray]]:
