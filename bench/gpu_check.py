@@ -69,7 +69,6 @@ from helpers.laplace_fixtures import make_fitted_run  # noqa: E402
 from helpers.synthetic_h5 import make_synthetic_h5  # noqa: E402
 from helpers.tiny_sam import build_tiny_sam  # noqa: E402
 
-import laplace_head.interactive.predictor as predictor_module  # noqa: E402
 from laplace_head.bayes.posterior import load_posterior  # noqa: E402
 from laplace_head.cache.precompute import precompute_shard  # noqa: E402
 from laplace_head.interactive.predictor import InteractivePredictor  # noqa: E402
@@ -318,26 +317,22 @@ def synced_steps(predictor: InteractivePredictor, device: torch.device) -> Itera
         yield
         return
     posterior = predictor.posterior
-    original_moments = posterior.logit_moments
-    original_uncertainty = predictor_module.gaussian_logit_uncertainty
+    wrapped = {}
+    for name in ("logit_moments", "uncertainty_maps"):
+        original = getattr(posterior, name)
 
-    def moments(*args, **kwargs):
-        result = original_moments(*args, **kwargs)
-        sync(device)
-        return result
+        def synced(*args, _original=original, **kwargs):
+            result = _original(*args, **kwargs)
+            sync(device)
+            return result
 
-    def uncertainty(*args, **kwargs):
-        result = original_uncertainty(*args, **kwargs)
-        sync(device)
-        return result
-
-    posterior.logit_moments = moments
-    predictor_module.gaussian_logit_uncertainty = uncertainty
+        wrapped[name] = synced
+        setattr(posterior, name, synced)
     try:
         yield
     finally:
-        del posterior.logit_moments
-        predictor_module.gaussian_logit_uncertainty = original_uncertainty
+        for name in wrapped:
+            delattr(posterior, name)
 
 
 def bench_clicks(
