@@ -178,10 +178,19 @@ class Posterior:
 
     @torch.no_grad()
     def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """MAP logits and their GLM posterior variance ``J Sigma J^T``, both (B, H, W) float32."""
+        """MAP logits and their GLM posterior variance ``J Sigma J^T``, both (B, H, W) float32.
+
+        All-layer posteriors on the CPU go band by band through the eigenbasis
+        (:meth:`_all_layer_moments`, ~4x faster there); on a GPU the per-pixel route below is
+        the faster one (its few large kernels beat the bands' many small ones: 8 ms against
+        53 ms per 256 x 256 image on an H200, README "GPU"). Both agree to 1e-6 relative."""
         tensor = self.as_inputs(inputs)
-        if self.subset == "all_layers":
+        if self.subset == "all_layers" and tensor.device.type == "cpu":
             return self._all_layer_moments(tensor)
+        return self._per_pixel_moments(tensor)
+
+    def _per_pixel_moments(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`logit_moments` from every pixel's Jacobian factors, in chunks of pixels."""
         means, variances = [], []
         for image in tensor.split(1):
             logits, factors = jacobian_factors(self.head, image, self.variant.layer)

@@ -266,6 +266,10 @@ def test_logit_moments_agree_with_the_per_pixel_route_to_1e_6(target_layer, appr
     else:
         reference = _per_pixel_variance(head, x.double(), curvature)
         torch.testing.assert_close(variance.double(), reference, rtol=1e-6, atol=0)
+        # the route a GPU takes (per pixel) gives the same moments as the CPU's bands
+        gpu_logits, gpu_variance = posterior._per_pixel_moments(x)
+        torch.testing.assert_close(gpu_logits, logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(gpu_variance, variance, rtol=1e-6, atol=0)
 
 
 def _block_starts(head: NoImageHead, layer: str) -> list[int]:
