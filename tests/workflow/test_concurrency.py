@@ -76,6 +76,16 @@ def _config(config_writer, root: Path, name: str, images: Path, masks: Path, **d
     )
 
 
+def _paused_job(first: subprocess.Popen, log: Path) -> int:
+    """The pid of the first run's job, once it has stopped at its pause point."""
+    deadline = time.monotonic() + 300
+    while not (match := re.search(r"stopped pid (\d+)", log.read_text() if log.exists() else "")):
+        assert first.poll() is None, first.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "the first run never reached its pause point"
+        time.sleep(0.1)
+    return int(match.group(1))
+
+
 def test_second_run_on_the_same_project_is_refused_by_the_lock(
     tmp_path: Path, data_tools, config_writer
 ) -> None:
@@ -94,14 +104,7 @@ def test_second_run_on_the_same_project_is_refused_by_the_lock(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not (
-            match := re.search(r"stopped pid (\d+)", log.read_text() if log.exists() else "")
-        ):
-            assert first.poll() is None, first.stdout.read()[-4000:]
-            assert time.monotonic() < deadline, "the first run never reached its pause point"
-            time.sleep(0.1)
-        paused_job = int(match.group(1))
+        paused_job = _paused_job(first, log)
 
         second = _run(target, config)  # the same command, while the first one holds the lock
         output = second.stdout + second.stderr
@@ -150,14 +153,7 @@ def test_a_second_checkout_on_the_same_project_is_refused_by_the_project_lock(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not (
-            match := re.search(r"stopped pid (\d+)", log.read_text() if log.exists() else "")
-        ):
-            assert first.poll() is None, first.stdout.read()[-4000:]
-            assert time.monotonic() < deadline, "the first run never reached its pause point"
-            time.sleep(0.1)
-        paused_job = int(match.group(1))
+        paused_job = _paused_job(first, log)
         holder = json.loads(lock.read_text())
         assert holder["pid"] == first.pid  # the main snakemake process, not its job
         dry = _run([*target, "-n"], other_config)  # a dry-run takes no lock
