@@ -76,6 +76,19 @@ def _config(config_writer, root: Path, name: str, images: Path, masks: Path, **d
     )
 
 
+def _start_paused(targets: list[str], config: Path) -> subprocess.Popen:
+    """A run whose build_manifests job stops itself (SIGSTOP) at its second fault point."""
+    return subprocess.Popen(
+        _args(targets, config),
+        cwd=REPO_ROOT,
+        env=_env(**{PAUSE_AT_ENV: "build_manifests:2"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _paused_job(first: subprocess.Popen, log: Path) -> int:
     """The pid of the first run's job, once it has stopped at its pause point."""
     deadline = time.monotonic() + 300
@@ -94,15 +107,7 @@ def test_second_run_on_the_same_project_is_refused_by_the_lock(
     other = _config(config_writer, tmp_path, "other_project", images, masks)
     target = [str(tmp_path / "project" / "manifests" / "all_samples.csv")]
     log = tmp_path / "project" / "logs" / "build_manifests" / "build_manifests.log"
-    first = subprocess.Popen(
-        _args(target, config),
-        cwd=REPO_ROOT,
-        env=_env(**{PAUSE_AT_ENV: "build_manifests:2"}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    first = _start_paused(target, config)
     try:
         paused_job = _paused_job(first, log)
 
@@ -143,15 +148,7 @@ def test_a_second_checkout_on_the_same_project_is_refused_by_the_project_lock(
     target = [str(tmp_path / "project" / "manifests" / "all_samples.csv")]
     log = tmp_path / "project" / "logs" / "build_manifests" / "build_manifests.log"
     lock = tmp_path / "project" / "laplace_head.lock"
-    first = subprocess.Popen(
-        _args(target, config),
-        cwd=REPO_ROOT,
-        env=_env(**{PAUSE_AT_ENV: "build_manifests:2"}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    first = _start_paused(target, config)
     try:
         paused_job = _paused_job(first, log)
         holder = json.loads(lock.read_text())
