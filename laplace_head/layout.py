@@ -38,6 +38,7 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 HEAD_VARIANT = "no_image"
 SHARD_FORMAT = "{:04d}"
+RUN_PREFIX = "run_"  # a training run's folder: run_<id>
 SHARD_PATTERN = r"\d{4}"  # what SHARD_FORMAT writes (a Snakemake wildcard constraint)
 
 # File names other modules need to find inside a folder of the layout.
@@ -112,23 +113,25 @@ class ProjectLayout:
     def of_run_dir(cls, run_dir: str | os.PathLike) -> ProjectLayout | None:
         """The layout whose :attr:`run_dir` is ``run_dir`` (``checkpoints/<head>/run_<id>``)."""
         run_dir = Path(run_dir)
-        if not run_dir.name.startswith("run_") or len(run_dir.parents) < 3:
-            return None
-        layout = cls(run_dir.parents[2], run_dir.name[len("run_") :], run_dir.parent.name)
-        return layout if layout.run_dir == run_dir else None
+        layout = cls._of_run_folder(run_dir)
+        return layout if layout is not None and layout.run_dir == run_dir else None
 
     @classmethod
     def of_laplace_dir(cls, laplace_dir: str | os.PathLike) -> ProjectLayout | None:
         """The layout whose :attr:`laplace_dir` is ``laplace_dir`` (a run's or a variant's)."""
         laplace_dir = Path(laplace_dir)
-        posterior = None
-        run = laplace_dir
+        posterior, run = None, laplace_dir
         if laplace_dir.parent.name == "variants":
             posterior, run = laplace_dir.name, laplace_dir.parent.parent
-        if not run.name.startswith("run_") or len(run.parents) < 3:
+        layout = cls._of_run_folder(run, posterior)
+        return layout if layout is not None and layout.laplace_dir == laplace_dir else None
+
+    @classmethod
+    def _of_run_folder(cls, run: Path, posterior: str | None = None) -> ProjectLayout | None:
+        """The layout read off a ``<top>/<head>/run_<id>`` folder (checked by the caller)."""
+        if not run.name.startswith(RUN_PREFIX) or len(run.parents) < 3:
             return None
-        layout = cls(run.parents[2], run.name[len("run_") :], run.parent.name, posterior)
-        return layout if layout.laplace_dir == laplace_dir else None
+        return cls(run.parents[2], run.name[len(RUN_PREFIX) :], run.parent.name, posterior)
 
     def with_run(self, run_id: str) -> ProjectLayout:
         """The same project, another run."""
@@ -137,7 +140,7 @@ class ProjectLayout:
     def _run_name(self) -> str:
         if not self.run_id:
             raise ValueError("this path belongs to a training run: give ProjectLayout a run_id")
-        return f"run_{self.run_id}"
+        return f"{RUN_PREFIX}{self.run_id}"
 
     def project(self) -> ProjectLayout:
         """The same project without a run: the layout of stages 1-4 and their logs."""
