@@ -15,8 +15,11 @@ rule active_prompting:
         LAYOUT.benchmark("active_prompting", "{split}", "{shard}")
     conda:
         "../envs/laplace_head.yaml"
+    # torch's CPU threads per job: on the CPU, stage-8 jobs (shards, splits, ablation variants)
+    # run side by side, one per core, which beats one job on every core
+    threads: 1
     resources:
-        gpu=1,
+        gpu=SAM_DEVICE_GPU_SLOTS,
     params:
         layout=job_layout,
         settings=PARAMS["active_prompting"],

@@ -47,6 +47,9 @@ RUN = LAYOUT.with_run(RUN_ID)
 # Result settings per rule (rerun triggers) and the runtime settings (not triggers).
 PARAMS = stage_params(config)
 RUNTIME = Runtime.from_config(config)
+# The rules that run on sam.device (stages 3 and 8) take a slot of the `gpu` resource pool only
+# when that device may be a GPU: with `sam.device: cpu` their jobs run side by side under --cores.
+SAM_DEVICE_GPU_SLOTS = 0 if RUNTIME.sam_device == "cpu" else 1
 AP_ENABLED = config["active_prompting"]["enabled"]  # stage 8 in `rule all`
 AP_SPLIT = PARAMS["active_prompting"]["split"]  # the split stage 8 clicks on
 

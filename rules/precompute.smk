@@ -17,7 +17,7 @@ rule precompute_sam:
     conda:
         "../envs/laplace_head.yaml"
     resources:
-        gpu=1,
+        gpu=SAM_DEVICE_GPU_SLOTS,
     params:
         layout=job_layout,
         settings=PARAMS["precompute_sam"],

@@ -109,6 +109,13 @@ def _forward(
 
 
 @torch.no_grad()
+def head_logits(head: NoImageHead | torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The head's MAP logits (B, H, W): the forward pass of :func:`jacobian_factors` and
+    :class:`ImageJacobian` alone, so the three agree bit for bit."""
+    return _forward(head, inputs, None)[-1]
+
+
+@torch.no_grad()
 def jacobian_factors(
     head: NoImageHead | torch.nn.Module,
     inputs: torch.Tensor,

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from laplace_head.bayes.curvature import BlockCurvature
-from laplace_head.bayes.jacobian import ImageJacobian, jacobian_factors
+from laplace_head.bayes.jacobian import ImageJacobian, head_logits, jacobian_factors
 from laplace_head.bayes.posterior_io import (
     PosteriorLoadError,
     check_against_head,
@@ -225,9 +225,11 @@ class Posterior:
             variances.append(variance)
         return torch.cat(means), torch.cat(variances).clamp_min(0.0)
 
+    @torch.no_grad()
     def map_logits(self, inputs: Any) -> torch.Tensor:
-        """Refined MAP logits (B, H, W) float32 (= the trained head's output)."""
-        return self.logit_moments(inputs)[0]
+        """Refined MAP logits (B, H, W) float32 (= the trained head's output): the forward pass
+        alone, equal bit for bit to :meth:`logit_moments`' first output."""
+        return head_logits(self.head, self.as_inputs(inputs))
 
     def map_probability(self, inputs: Any) -> torch.Tensor:
         """MAP foreground probability sigmoid(z_map), (B, H, W) float32."""

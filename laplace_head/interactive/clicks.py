@@ -257,7 +257,9 @@ class ClickState:
     map_probability
         The head's MAP foreground probability, in [0, 1].
     entropy
-        Predictive entropy of the head's posterior (nats).
+        Predictive entropy of the head's posterior (nats); None where only
+        :data:`POSTERIOR_FREE_POLICIES` read the state (as ``bald``, ``predictive_probability``
+        and ``lookahead``).
     bald
         BALD / mutual information (nats).
     clicked
@@ -281,8 +283,8 @@ class ClickState:
     """
 
     map_probability: np.ndarray
-    entropy: np.ndarray
-    bald: np.ndarray
+    entropy: np.ndarray | None
+    bald: np.ndarray | None
     clicked: set[Cell] = field(default_factory=set)
     gt: np.ndarray | None = None
     excluded: np.ndarray | None = None
@@ -305,17 +307,26 @@ class ClickState:
 POLICIES: dict[str, Policy] = {}
 #: Names of the registered policies that read the ground truth (only these get ``state.gt``).
 GROUND_TRUTH_POLICIES: set[str] = set()
+#: Names of the registered policies that read no posterior field of the state (``entropy``,
+#: ``bald``, ``predictive_probability``, ``lookahead``): a simulation may leave those None.
+POSTERIOR_FREE_POLICIES: set[str] = set()
 
 
-def register_policy(name: str, uses_ground_truth: bool = False) -> Callable[[Policy], Policy]:
+def register_policy(
+    name: str, uses_ground_truth: bool = False, uses_posterior: bool = True
+) -> Callable[[Policy], Policy]:
     """Decorator adding ``policy(state, rng) -> (row, col) | None`` to :data:`POLICIES`."""
 
     def decorate(policy: Policy) -> Policy:
         POLICIES[name] = policy
-        if uses_ground_truth:
-            GROUND_TRUTH_POLICIES.add(name)
-        else:
-            GROUND_TRUTH_POLICIES.discard(name)
+        for names, member in (
+            (GROUND_TRUTH_POLICIES, uses_ground_truth),
+            (POSTERIOR_FREE_POLICIES, not uses_posterior),
+        ):
+            if member:
+                names.add(name)
+            else:
+                names.discard(name)
         return policy
 
     return decorate
@@ -341,7 +352,7 @@ def _best_cell(score: np.ndarray, blocked: np.ndarray) -> Cell | None:
     return int(row), int(col)
 
 
-@register_policy("oracle", uses_ground_truth=True)
+@register_policy("oracle", uses_ground_truth=True, uses_posterior=False)
 def oracle_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """:func:`oracle_click` on the head's MAP mask (``map_probability > 0.5``)."""
     if state.gt is None:
@@ -350,7 +361,7 @@ def oracle_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     return None if click is None else click[0]
 
 
-@register_policy("random")
+@register_policy("random", uses_posterior=False)
 def random_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """A cell drawn uniformly from the cells not clicked (nor excluded)."""
     free = np.flatnonzero(~state.blocked())
@@ -468,7 +479,7 @@ def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell |
     return None if best is None else best[1]
 
 
-@register_policy("map_margin")
+@register_policy("map_margin", uses_posterior=False)
 def map_margin_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Argmin of the smoothed margin ``|p_map - 0.5|`` over the clickable cells."""
     margin = smooth_map(np.abs(np.asarray(state.map_probability, dtype=np.float64) - 0.5))

@@ -38,10 +38,12 @@ back exactly the earlier prediction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -73,6 +75,10 @@ from laplace_head.util.seeding import derive_seed
 UNCERTAINTY_MODES = ("quadrature", "samples")
 #: The mask threshold on the predictive probability (:attr:`InteractivePrediction.masks`).
 MASK_THRESHOLD = 0.5
+#: Predictions kept per image, by click set, for a click set decoded again without a mask
+#: input: the first click every stage-8 rule starts with, the look-ahead candidate that is
+#: then clicked, an undo and redo. About 3 MB each once their posterior maps are read.
+PREDICTION_MEMO_SIZE = 16
 
 
 @dataclass
@@ -80,7 +86,10 @@ class InteractivePrediction:
     """The outputs of one prediction: the mask at image size and the (256, 256) grid maps.
 
     Every grid map is (256, 256) float32 NumPy. One name per quantity: ``map_`` is the MAP
-    estimate (the trained head), ``predictive_`` the posterior predictive.
+    estimate (the trained head), ``predictive_`` the posterior predictive. The posterior maps
+    (:attr:`POSTERIOR_FIELDS`: the logit variance and what follows from it) are computed on
+    first use, so a caller that reads only the MAP maps (e.g. a ground-truth or random click
+    rule) does not pay for the GLM variance; their values do not depend on when.
 
     Attributes
     ----------
@@ -109,24 +118,25 @@ class InteractivePrediction:
         ``mask_input`` for the next prediction.
     timings_s
         Wall-clock seconds of the steps: ``decode`` (base segmenter), ``prompt_maps``,
-        ``head`` (one head pass: MAP logits and variance), ``uncertainty``; of the whole batch
-        for the results of :meth:`InteractivePredictor.predict_extended`.
+        ``head`` (the head's MAP pass, plus its GLM variance once the posterior maps are
+        read), ``uncertainty`` (once they are read); of the whole batch for the results of
+        :meth:`InteractivePredictor.predict_extended`.
+    posterior_maps
+        Computes the :attr:`POSTERIOR_FIELDS` (called once, on first use; then released).
     """
 
     base_logits: np.ndarray
     map_logits: np.ndarray
     map_probability: np.ndarray
-    logit_variance: np.ndarray
-    predictive_probability: np.ndarray
-    entropy: np.ndarray
-    expected_entropy: np.ndarray
-    bald: np.ndarray
     points_xy: np.ndarray
     labels: np.ndarray
     image_hw: tuple[int, int]
     branch_index: int
     scores: list[float]
     uncertainty: str
+    posterior_maps: Callable[[], Mapping[str, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
     low_res_logits: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -141,8 +151,42 @@ class InteractivePrediction:
         "expected_entropy",
         "bald",
     )
+    #: The grid fields that need the posterior (computed on first use).
+    POSTERIOR_FIELDS = GRID_FIELDS[3:]
     PROBABILITY_FIELDS = ("map_probability", "predictive_probability")
     NONNEGATIVE_FIELDS = ("logit_variance", "entropy", "expected_entropy", "bald")
+
+    @cached_property
+    def _posterior(self) -> Mapping[str, np.ndarray]:
+        if self.posterior_maps is None:
+            raise RuntimeError("this prediction was made without its posterior maps")
+        maps, self.posterior_maps = self.posterior_maps(), None
+        return maps
+
+    @property
+    def logit_variance(self) -> np.ndarray:
+        """Posterior variance of the head's logit (squared log-odds)."""
+        return self._posterior["logit_variance"]
+
+    @property
+    def predictive_probability(self) -> np.ndarray:
+        """``E[sigmoid(z)]`` under the posterior: the calibrated probability."""
+        return self._posterior["predictive_probability"]
+
+    @property
+    def entropy(self) -> np.ndarray:
+        """Predictive entropy ``H(E[p])`` (nats)."""
+        return self._posterior["entropy"]
+
+    @property
+    def expected_entropy(self) -> np.ndarray:
+        """Expected entropy ``E[H(p)]`` (nats)."""
+        return self._posterior["expected_entropy"]
+
+    @property
+    def bald(self) -> np.ndarray:
+        """BALD, the mutual information ``H(E[p]) - E[H(p)]`` (nats)."""
+        return self._posterior["bald"]
 
     @cached_property
     def masks(self) -> np.ndarray:
@@ -203,6 +247,14 @@ def _image_digest(image_rgb: np.ndarray) -> str:
     digest = hashlib.blake2b(array.tobytes(), digest_size=16)
     digest.update(repr((array.shape, array.dtype.str)).encode())
     return digest.hexdigest()
+
+
+def _memo_key(points: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    """A click set's key in the predictor's prediction memo: its exact coordinates and labels."""
+    return (
+        np.ascontiguousarray(points, dtype=np.float64).tobytes(),
+        np.ascontiguousarray(labels, dtype=np.int64).tobytes(),
+    )
 
 
 def _has_image(segmenter: BaseSegmenter) -> bool:
@@ -305,6 +357,7 @@ class InteractivePredictor:
             )
             self._weight_samples = posterior.sample_weights(n_samples, generator)
         self._image_digest: str | None = None
+        self._memo: OrderedDict[tuple[bytes, bytes], InteractivePrediction] = OrderedDict()
 
     @classmethod
     def from_settings(
@@ -368,6 +421,7 @@ class InteractivePredictor:
         digest = _image_digest(np.asarray(image_rgb))
         if digest != self._image_digest or not _has_image(self.segmenter):
             self._image_digest = None
+            self._memo.clear()
             self.segmenter.set_image(image_rgb)
             self._image_digest = digest
 
@@ -416,6 +470,10 @@ class InteractivePredictor:
         image_hw = self.image_hw
         points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(point_labels).reshape(-1).astype(np.int64)
+        key = _memo_key(points, labels)
+        if mask_input is None and key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
         timings: dict[str, float] = {}
         start = time.perf_counter()
         low_res = None
@@ -430,7 +488,17 @@ class InteractivePredictor:
         timings["prompt_maps"] = time.perf_counter() - start
         [prediction] = self._refine([(points, labels)], [decoded], [maps], timings)
         prediction.low_res_logits = low_res
+        if mask_input is None:
+            self._remember(key, prediction)
         return prediction
+
+    def _remember(self, key: tuple[bytes, bytes], prediction: InteractivePrediction) -> None:
+        """Keep ``prediction`` of the click set ``key`` (made without a mask input) for a
+        :meth:`predict` of the same set on this image (:data:`PREDICTION_MEMO_SIZE`)."""
+        self._memo[key] = prediction
+        self._memo.move_to_end(key)
+        while len(self._memo) > PREDICTION_MEMO_SIZE:
+            self._memo.popitem(last=False)
 
     def _refine(
         self,
@@ -439,10 +507,11 @@ class InteractivePredictor:
         maps: list[tuple[np.ndarray, np.ndarray]],
         timings: dict[str, float],
     ) -> list[InteractivePrediction]:
-        """Steps 3-4 of the protocol for B click sets of the current image in one batch: their
-        base segmenter outputs and prompt maps -> one head pass and one uncertainty pass.
-        ``timings`` (with the batch's ``decode`` and ``prompt_maps``) gets the batch's other
-        steps and is copied into every prediction."""
+        """Steps 3-4 of the protocol for B click sets of the current image: their base
+        segmenter outputs and prompt maps -> the head's MAP maps now, the posterior maps on
+        first use (:meth:`_posterior_maps`), image by image. ``timings`` (with the batch's
+        ``decode`` and ``prompt_maps``) gets the MAP pass and is copied into every
+        prediction."""
         start = time.perf_counter()
         logits = [np.asarray(d[0], dtype=np.float32) for d in decoded]
         inputs = assemble_inputs(
@@ -454,31 +523,17 @@ class InteractivePredictor:
         timings["prompt_maps"] += time.perf_counter() - start
 
         start = time.perf_counter()
-        moments = self.posterior.logit_moments(inputs)
+        # image by image, as logit_moments computes them: a batch's convolutions may round
+        # differently, and the MAP maps of predict_extended equal predict's
+        map_logits = [self.posterior.map_logits(inputs[i : i + 1])[0] for i in range(len(inputs))]
         timings["head"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        # Image by image from the batch's moments: the quadrature of a whole batch at once has
-        # temporaries that outgrow the CPU caches (about 2x slower for 6 look-ahead candidates).
-        per_image = [
-            self.posterior.uncertainty_maps(
-                inputs[i : i + 1],
-                weight_samples=self._weight_samples,
-                n_nodes=self.n_nodes,
-                moments=(moments[0][i : i + 1], moments[1][i : i + 1]),
-            )
-            for i in range(len(inputs))
-        ]
-        timings["uncertainty"] = time.perf_counter() - start
-        grid = {
-            name: np.concatenate([maps[name].detach().float().cpu().numpy() for maps in per_image])
-            for name in per_image[0]
-        }
         image_hw = self.image_hw
-        return [
-            InteractivePrediction(
+        predictions = []
+        for i, (points, labels) in enumerate(click_sets):
+            prediction = InteractivePrediction(
                 base_logits=logits[i],
-                **{name: grid[name][i] for name in InteractivePrediction.GRID_FIELDS[1:]},
+                map_logits=map_logits[i].detach().float().cpu().numpy(),
+                map_probability=torch.sigmoid(map_logits[i]).detach().float().cpu().numpy(),
                 points_xy=points,
                 labels=labels,
                 image_hw=image_hw,
@@ -487,8 +542,28 @@ class InteractivePredictor:
                 uncertainty=self.uncertainty,
                 timings_s=dict(timings),
             )
-            for i, (points, labels) in enumerate(click_sets)
-        ]
+            prediction.posterior_maps = functools.partial(
+                self._posterior_maps, inputs[i : i + 1], prediction.timings_s
+            )
+            predictions.append(prediction)
+        return predictions
+
+    def _posterior_maps(self, inputs: Any, timings: dict[str, float]) -> dict[str, np.ndarray]:
+        """The :attr:`InteractivePrediction.POSTERIOR_FIELDS` of one image's head inputs: one
+        GLM variance pass, then the quadrature (or the weight samples); adds their seconds to
+        ``timings``."""
+        start = time.perf_counter()
+        moments = self.posterior.logit_moments(inputs)
+        timings["head"] = timings.get("head", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        maps = self.posterior.uncertainty_maps(
+            inputs, weight_samples=self._weight_samples, n_nodes=self.n_nodes, moments=moments
+        )
+        timings["uncertainty"] = time.perf_counter() - start
+        return {
+            name: maps[name][0].detach().float().cpu().numpy()
+            for name in InteractivePrediction.POSTERIOR_FIELDS
+        }
 
     def next_mask_input(self, prediction: InteractivePrediction) -> np.ndarray | None:
         """The ``mask_input`` of the prediction after ``prediction``: its low-resolution logits
@@ -540,10 +615,9 @@ class InteractivePredictor:
         same number of points; random_walker: one decode per set), every set fed
         ``mask_input``; the prompt maps of the given clicks are drawn once and only the map
         of each extra click's label is redrawn (the same float16 maps as :func:`prompt_maps`
-        of the extended set); the head runs once on the whole batch, the quadrature image by
-        image. Each
-        result equals :meth:`predict` of its extended set to float rounding (exactly where
-        the segmenter and the head compute one set at a time); ``low_res_logits`` is None.
+        of the extended set); the head runs image by image (:meth:`_refine`). Each result
+        equals :meth:`predict` of its extended set exactly where the segmenter decodes one set
+        at a time (random_walker), else to float rounding; ``low_res_logits`` is None.
         """
         image_hw = self.image_hw
         points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
@@ -551,10 +625,34 @@ class InteractivePredictor:
         if not extra:
             return []
         timings: dict[str, float] = {}
-        click_sets = []
+        all_sets = []
         for (row, col), label in extra:
             x, y = grid_to_image(int(row), int(col), image_hw)
-            click_sets.append((np.vstack([points, [[x, y]]]), np.append(labels, int(label))))
+            all_sets.append((np.vstack([points, [[x, y]]]), np.append(labels, int(label))))
+        keys = [_memo_key(*click_set) for click_set in all_sets]
+        memo = self._memo if mask_input is None else {}
+        known = {key: memo[key] for key in keys if key in memo}
+        click_sets = [s for s, k in zip(all_sets, keys) if k not in known]
+        new = self._decode_extended(points, labels, click_sets, mask_input, timings)
+        if mask_input is None and self.segmenter.batch_equals_single:
+            for click_set, prediction in zip(click_sets, new):
+                self._remember(_memo_key(*click_set), prediction)
+        made = iter(new)
+        return [known[k] if k in known else next(made) for k in keys]
+
+    def _decode_extended(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        click_sets: list[tuple[np.ndarray, np.ndarray]],
+        mask_input: np.ndarray | None,
+        timings: dict[str, float],
+    ) -> list[InteractivePrediction]:
+        """:meth:`predict_extended`'s batch: the extended ``click_sets`` of the clicks
+        ``points``, ``labels``, one batched decode, prompt maps redrawn for the extra click."""
+        if not click_sets:
+            return []
+        image_hw = self.image_hw
         start = time.perf_counter()
         decoded = self.segmenter.predict_batch(click_sets, mask_input=mask_input)
         timings["decode"] = time.perf_counter() - start
@@ -574,9 +672,18 @@ class InteractivePredictor:
         timings["prompt_maps"] = time.perf_counter() - start
         return self._refine(click_sets, decoded, maps, timings)
 
-    def click_state(self, prediction: InteractivePrediction) -> ClickState:
+    def click_state(self, prediction: InteractivePrediction, posterior: bool = True) -> ClickState:
         """What a click policy sees after ``prediction``: its maps, its clicked cells and its
-        :meth:`lookahead` (no ground truth)."""
+        :meth:`lookahead` (no ground truth). ``posterior=False`` leaves the posterior fields
+        None, for :data:`~laplace_head.interactive.clicks.POSTERIOR_FREE_POLICIES` (their
+        maps are then not computed)."""
+        if not posterior:
+            return ClickState(
+                map_probability=prediction.map_probability,
+                entropy=None,
+                bald=None,
+                clicked=prediction.clicked_cells(),
+            )
         return ClickState(
             map_probability=prediction.map_probability,
             entropy=prediction.entropy,

@@ -40,8 +40,8 @@ import numpy as np
 from laplace_head.dataset.images import resize_mask_nearest
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
+    POSTERIOR_FREE_POLICIES,
     Cell,
-    Policy,
     click_rng,
     first_click,
     get_policy,
@@ -91,16 +91,17 @@ def _grid_ground_truth(image_rgb: np.ndarray, gt_mask: np.ndarray) -> np.ndarray
 def _policy_cell(
     predictor: InteractivePredictor,
     prediction: InteractivePrediction,
-    choose: Policy,
+    policy: str,
     clicked: set[Cell],
     gt_256: np.ndarray | None,
     rng: np.random.Generator,
 ) -> Cell | None:
-    """The policy's next cell after ``prediction`` (``gt_256`` only for ground-truth policies)."""
-    state = predictor.click_state(prediction)
+    """The policy's next cell after ``prediction`` (``gt_256`` only for ground-truth policies;
+    the posterior maps only for the policies that read them)."""
+    state = predictor.click_state(prediction, posterior=policy not in POSTERIOR_FREE_POLICIES)
     state.clicked = set(clicked)
     state.gt = gt_256
-    return choose(state, rng)
+    return get_policy(policy)(state, rng)
 
 
 def simulate_clicks(
@@ -142,7 +143,7 @@ def simulate_clicks(
         For an unknown policy, ``max_clicks < 1``, a mask not of the image's size or a ground
         truth without foreground on the grid.
     """
-    choose = get_policy(policy)
+    get_policy(policy)  # ValueError for an unknown policy, before any decoding
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1; got {max_clicks}")
     image_rgb = np.asarray(image_rgb)
@@ -157,7 +158,7 @@ def simulate_clicks(
         if index:
             rng = click_rng(seed, sample_id, policy, index)
             next_cell = _policy_cell(
-                predictor, session.predict(), choose, trace.clicked, policy_gt, rng
+                predictor, session.predict(), policy, trace.clicked, policy_gt, rng
             )
             if next_cell is None:
                 stop_reason = "no_error" if trace.no_error[-1] else "no_clickable_cell"

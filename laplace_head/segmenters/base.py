@@ -27,6 +27,9 @@ class BaseSegmenter:
     name: str = "base"
     #: Whether :meth:`predict_with_mask` takes a low-resolution mask input (SAM only).
     supports_mask_input: bool = False
+    #: Whether :meth:`predict_batch` decodes one set at a time, so that its results equal
+    #: :meth:`predict`'s bit for bit (False where a batch is decoded in one call).
+    batch_equals_single: bool = True
 
     def __init__(self) -> None:
         self._image_hw: tuple[int, int] | None = None

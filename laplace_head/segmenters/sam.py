@@ -156,6 +156,7 @@ class SamSegmenter(BaseSegmenter):
 
     name = "sam"
     supports_mask_input = True
+    batch_equals_single = False  # one prompt-encoder + mask-decoder call per batch
 
     def __init__(
         self,

@@ -87,6 +87,7 @@ def _reference_lookahead(predictor: InteractivePredictor, prediction: Interactiv
         for (row, col), label in requests:
             if ((row, col), label) not in cache:
                 x, y = grid_to_image(row, col, prediction.image_hw)
+                predictor._memo.clear()  # decode it: not the look-ahead's own prediction
                 extended = predictor.predict(
                     np.vstack([prediction.points_xy, [[x, y]]]),
                     np.append(prediction.labels, label),
@@ -108,13 +109,13 @@ def _candidates(predictor, prediction) -> list[tuple[tuple[int, int], int]]:
 def test_predict_extended_equals_one_predict_per_candidate(kind, posterior, monkeypatch) -> None:
     predictor = _predictor(kind, posterior)
     head_inputs = []
-    logit_moments = posterior.logit_moments
+    map_logits = posterior.map_logits
 
     def spy(inputs):
         head_inputs.append(np.asarray(inputs).copy())
-        return logit_moments(inputs)
+        return map_logits(inputs)
 
-    monkeypatch.setattr(posterior, "logit_moments", spy)
+    monkeypatch.setattr(posterior, "map_logits", spy)
     exact = kind == "random_walker"  # decoded one set at a time; the head runs image by image
     for _, prediction in _click_states(predictor):
         requests = _candidates(predictor, prediction)
@@ -123,11 +124,13 @@ def test_predict_extended_equals_one_predict_per_candidate(kind, posterior, monk
         batch = predictor.predict_extended(
             prediction.points_xy, prediction.labels, requests, mask_input
         )
-        assert len(head_inputs) == 1 and head_inputs[0].shape == (len(requests), 3, 256, 256)
-        batched_maps = head_inputs[0][:, 1:]
+        # the head's MAP pass runs image by image (the posterior maps follow on first use)
+        assert [inputs.shape for inputs in head_inputs] == [(1, 3, 256, 256)] * len(requests)
+        batched_maps = np.concatenate(head_inputs)[:, 1:]
         for index, ((row, col), label) in enumerate(requests):
             x, y = grid_to_image(row, col, prediction.image_hw)
             head_inputs.clear()
+            predictor._memo.clear()  # decode it: not the batch's prediction from the memo
             single = predictor.predict(
                 np.vstack([prediction.points_xy, [[x, y]]]),
                 np.append(prediction.labels, label),

@@ -94,6 +94,70 @@ def test_predict_shapes_finiteness_and_to_image(walker_predictor) -> None:
     assert prediction.low_res_logits is None  # random_walker has no low-resolution logits
 
 
+def test_posterior_maps_are_computed_on_first_use(walker_predictor, posterior, monkeypatch):
+    """A caller that reads only the MAP maps pays for no GLM variance; the first posterior
+    field read computes all of them once, from moments whose MAP logits are the MAP maps'."""
+    moments = []
+    logit_moments = posterior.logit_moments
+
+    def spy(inputs):
+        moments.append(logit_moments(inputs))
+        return moments[-1]
+
+    monkeypatch.setattr(posterior, "logit_moments", spy)
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    prediction = walker_predictor.predict([[32, 24], [2, 2]], [1, 0])
+    assert prediction.map_probability.shape == (256, 256) and moments == []
+    assert prediction.masks.shape == (1, HEIGHT, WIDTH)  # the predictive probability's
+    assert len(moments) == 1
+    walker_predictor.set_image(_image_and_mask(seed=1)[0])  # a new image: a new memo
+    walker_predictor.set_image(image)
+    fresh = walker_predictor.predict([[32, 24], [2, 2]], [1, 0])
+    assert fresh is not prediction
+    moments.clear()
+    np.testing.assert_array_equal(fresh.map_probability, prediction.map_probability)
+    assert moments == [] and set(fresh.timings_s) == {"decode", "prompt_maps", "head"}
+    bald = fresh.bald
+    assert len(moments) == 1 and "uncertainty" in fresh.timings_s
+    for name in InteractivePrediction.POSTERIOR_FIELDS:
+        getattr(fresh, name)
+    assert len(moments) == 1
+    np.testing.assert_array_equal(fresh.map_logits, moments[0][0][0].numpy())
+    np.testing.assert_array_equal(fresh.logit_variance, moments[0][1][0].numpy())
+    np.testing.assert_array_equal(bald, prediction.bald)
+
+
+def test_a_click_set_predicted_again_comes_from_the_memo(walker_predictor, monkeypatch):
+    """Without a mask input a prediction is a function of the click set: predict and
+    predict_extended (random_walker decodes one set at a time) share it on one image."""
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    first = walker_predictor.predict([[32, 24]], [1])
+    decodes = []
+    decode = walker_predictor.segmenter.predict_batch
+    monkeypatch.setattr(
+        walker_predictor.segmenter,
+        "predict_batch",
+        lambda sets, mask_input=None: decodes.append(len(sets)) or decode(sets, mask_input),
+    )
+    assert walker_predictor.predict(np.array([[32.0, 24.0]]), np.array([1])) is first
+    extended = walker_predictor.predict_extended(
+        first.points_xy, first.labels, [((10, 20), 1), ((200, 40), 0)]
+    )
+    again = walker_predictor.predict_extended(
+        first.points_xy, first.labels, [((200, 40), 0), ((60, 60), 1)]
+    )
+    assert decodes == [2, 1] and again[0] is extended[1]
+    x, y = grid_to_image(10, 20, (HEIGHT, WIDTH))
+    assert walker_predictor.predict([[32, 24], [x, y]], [1, 1]) is extended[0]
+    assert decodes == [2, 1]
+    other = walker_predictor.predict([[32, 24], [x, y]], [1, 0])  # another label: decoded
+    assert other is not extended[0] and decodes == [2, 1, 1]
+    walker_predictor.set_image(_image_and_mask(seed=1)[0])
+    assert walker_predictor.predict([[32, 24]], [1]) is not first
+
+
 def test_predict_takes_sam_predictor_arguments(walker_predictor) -> None:
     image, _ = _image_and_mask()
     walker_predictor.set_image(image)
