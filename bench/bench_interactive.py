@@ -13,7 +13,8 @@ their variance; ``uncertainty``: predictive probability, entropy and BALD by qua
 suggestion's time, and, for SAM, the time of one bare decoder pass (prompt encoder + mask
 decoder on the kept embedding, no post-processing). It prints medians over the clicks, the
 total per click (decode + prompt maps + head + uncertainty + suggestion) and the ratios to one
-SAM decoder pass, measured in this run. No assertion on time.
+SAM decoder pass, measured in this run, and the peak resident memory of one random_walker
+prediction with its posterior maps, in a fresh process (Linux). No assertion on time.
 
 The configuration comes from ``--config`` files, merged as Snakemake merges ``--configfile``s
 (default: config/config.yaml; ``--config config/config.yaml config/real_dev.yaml`` is what
@@ -134,6 +135,45 @@ def run_loop(
     }
 
 
+def _status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _prediction_peak(laplace_dir: str, sigma: float, policy: str, image, queue) -> None:
+    """In a fresh process: the resident memory (MiB) with the predictor loaded and its image
+    set, and its peak during one prediction with its posterior maps read (Linux: the peak is
+    reset first through ``/proc/self/clear_refs``)."""
+    torch.set_num_threads(1)
+    predictor = InteractivePredictor(
+        RandomWalkerSegmenter(), load_posterior(laplace_dir), sigma, suggest_policy=policy
+    )
+    predictor.set_image(image)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) := the current RSS
+    before = _status_mib("VmRSS")
+    height, width = image.shape[:2]
+    _ = predictor.predict([[width / 2, height / 2]], [1]).predictive_probability
+    queue.put((before, _status_mib("VmHWM")))
+
+
+def prediction_peak_mib(laplace_dir: Path, sigma: float, policy: str, image) -> tuple:
+    """:func:`_prediction_peak` in a spawned process (its own peak, not this one's)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(
+        target=_prediction_peak, args=(str(laplace_dir), sigma, policy, image, queue)
+    )
+    process.start()
+    result = queue.get(timeout=600)
+    process.join()
+    return result
+
+
 def print_table(rows: list[dict], sam_decoder_s: float | None) -> None:
     header = (
         f"{'model':<14} {'clicks':>6} {'set_image ms':>12} {'decode ms':>9} {'maps ms':>8} "
@@ -206,6 +246,12 @@ def main(argv=None) -> None:
             RandomWalkerSegmenter(), posterior, sigma, suggest_policy=policy
         )
         rows.append(run_loop("random_walker", walker, images, args.clicks))
+        before, after = prediction_peak_mib(laplace_dir, sigma, policy, images[0][0])
+        peak = (
+            f"peak RSS during one prediction with its posterior maps (random_walker, fresh "
+            f"process): {after:.0f} MiB, {after - before:.0f} MiB above the loaded predictor's "
+            f"{before:.0f} MiB"
+        )
         if not args.skip_vit_b:
             from segment_anything import sam_model_registry
 
@@ -220,6 +266,7 @@ def main(argv=None) -> None:
     sam_decoder = next((r["decoder_s"] for r in rows if r["decoder_s"] is not None), None)
     print()
     print_table(rows, sam_decoder)
+    print(peak)
 
 
 if __name__ == "__main__":
