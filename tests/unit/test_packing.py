@@ -265,3 +265,9 @@ def test_a_bad_compression_flag_is_a_config_error_naming_the_key(tmp_path, capsy
     with pytest.raises(SystemExit):
         cli_main(["pack-hdf5", "--config", str(config), "--compression", "zstd"])
     assert "data.h5_compression" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compression", ["lzf\n", "none\n", "gzip-1\n", " lzf", "gzip-10"])
+def test_compression_name_must_match_as_a_whole(compression):
+    with pytest.raises(ValueError, match="none, lzf, gzip-1"):
+        compression_kwargs(compression)
