@@ -13,6 +13,11 @@ Two kinds of settings:
   device. They travel as a :class:`Runtime` object; Snakemake records only params it can
   represent (plain values and containers), so these are not rerun triggers.
   :data:`RUNTIME_KEYS` is the one list of them.
+
+The segmenter fingerprint (:func:`segmenter_fingerprint`) names what made a head's inputs (the
+base segmenter's result settings and the prompt sigma): stage 4.5 records it in each split,
+stage 6 in the posterior, and the interactive predictor checks it
+(:func:`check_segmenter_fingerprint`).
 """
 
 from __future__ import annotations
