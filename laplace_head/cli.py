@@ -20,12 +20,13 @@ runs, as a workflow does; ``unlock`` removes a lock whose run is over.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from laplace_head import stages
-from laplace_head.layout import SPLITS, ProjectLayout
+from laplace_head.layout import SPLITS, ProjectLayout, shard_name
 from laplace_head.settings import Runtime, split_settings, stage_params
 from laplace_head.util.console import run_user_facing, setup_logging
 from laplace_head.util.project_lock import ProjectLock
@@ -81,6 +82,28 @@ class _Context:
     def shards(self, split: str, shard_size: int) -> list[str]:
         """The shard names of a split, from its manifest (as ``rules/common.smk`` derives them)."""
         return run_user_facing(lambda: stages.split_shards(self.project, split, shard_size))
+
+
+def _run_id_argument(value: str) -> str:
+    """``--run_id``: a run name by the schema's rule for ``training.run_id`` (a full match)."""
+    from laplace_head.config import load_schema
+
+    pattern = load_schema()["properties"]["training"]["properties"]["run_id"]["pattern"]
+    if not re.fullmatch(pattern, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a run name: it must match {pattern} as a whole, as "
+            "training.run_id must"
+        )
+    return value
+
+
+def _shard_argument(value: str) -> str:
+    """``--shard``: a shard number in ASCII digits (``0007`` or ``7``), as its name ``0007``."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a shard number; give its digits, e.g. --shard 0000"
+        )
+    return shard_name(value)
 
 
 def _build_manifests(args: argparse.Namespace) -> None:
@@ -141,7 +164,9 @@ def _pack_hdf5(args: argparse.Namespace) -> None:
     for split in ctx.splits(args):
         ctx.run(
             ctx.project.log("pack_hdf5", split),
-            lambda split=split: stages.pack_hdf5(ctx.project, split, ctx.runtime),
+            lambda split=split: stages.pack_hdf5(
+                ctx.project, split, ctx.params["pack_hdf5"], ctx.runtime
+            ),
         )
 
 
@@ -266,7 +291,9 @@ def _parser() -> argparse.ArgumentParser:
             help=f"config YAML file(s), later ones override (default: {DEFAULT_CONFIG})",
         )
         if run:
-            sub.add_argument("--run_id", help="run name (default: training.run_id)")
+            sub.add_argument(
+                "--run_id", type=_run_id_argument, help="run name (default: training.run_id)"
+            )
         if variant:
             sub.add_argument(
                 "--variant", help="an ablation.variants name: that posterior's own folders"
@@ -282,7 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("generate-promptsets", _generate_promptsets, "stage 2", split=True)
     sub.add_argument("--force", action="store_true", help="regenerate existing JSONs")
     sub = command("precompute-sam", _precompute_sam, "stage 3 (segmenter loaded once)", split=True)
-    sub.add_argument("--shard", help="only this shard, e.g. 0000 (default: all)")
+    sub.add_argument(
+        "--shard", type=_shard_argument, help="only this shard, e.g. 0000 (default: all)"
+    )
     command("build-training-index", _build_training_index, "stage 4", split=True)
     sub = command("pack-hdf5", _pack_hdf5, "stage 4.5", split=True)
     sub.add_argument("--chunk-rows", type=int, help="sets data.h5_chunk_rows")
@@ -303,7 +332,9 @@ def _parser() -> argparse.ArgumentParser:
         variant=True,
     )
     sub.add_argument("--split", choices=("test", "val"), help="default: active_prompting.split")
-    sub.add_argument("--shard", help="only this shard, e.g. 0000 (no report then)")
+    sub.add_argument(
+        "--shard", type=_shard_argument, help="only this shard, e.g. 0000 (no report then)"
+    )
     sub = command("visualize-sanity", _visualize_sanity, "six-panel PNGs of packed rows")
     sub.set_defaults(split="train")
     sub.add_argument("--split", choices=SPLITS, default="train", help="split to show")

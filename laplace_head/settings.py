@@ -13,10 +13,18 @@ Two kinds of settings:
   device. They travel as a :class:`Runtime` object; Snakemake records only params it can
   represent (plain values and containers), so these are not rerun triggers.
   :data:`RUNTIME_KEYS` is the one list of them.
+
+The segmenter fingerprint (:func:`segmenter_fingerprint`) names what made a head's inputs (the
+base segmenter's result settings and the prompt sigma): stage 4.5 records it in each split,
+stage 6 in the posterior, and the interactive predictor checks it
+(:func:`check_segmenter_fingerprint`).
 """
 
 from __future__ import annotations
 
+import numbers
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -96,6 +104,159 @@ def segmenter_params(config: Mapping[str, Any]) -> dict:
     """The ``sam`` keys the configured backend's outputs depend on."""
     sam = config["sam"]
     return {key: sam[key] for key in SEGMENTER_KEYS[Backend(sam["backend"]).value]}
+
+
+#: Where each key of :func:`segmenter_fingerprint` comes from in the config.
+FINGERPRINT_SOURCES: dict[str, str] = {
+    **{key: f"sam.{key}" for keys in SEGMENTER_KEYS.values() for key in keys},
+    "checkpoint_bytes": "sam.checkpoint's size in bytes",
+    "checkpoint_head_tail_md5": "sam.checkpoint's first and last MiB",
+    "prompt_sigma": "prompt_generation.gaussian_sigma",
+}
+
+
+class SegmenterMismatchError(LaplaceHeadError, ValueError):
+    """A base segmenter or prompt sigma other than the one whose outputs a head was trained on."""
+
+
+class SegmenterMismatchWarning(UserWarning):
+    """A segmenter fingerprint that differs (allowed by the caller) or cannot be checked."""
+
+
+def segmenter_fingerprint(segmenter: Mapping[str, Any], prompt_sigma: float) -> dict[str, Any]:
+    """What shaped a head's inputs: the base segmenter's result settings and the prompt maps'
+    width, as a small JSON-able dict.
+
+    Parameters
+    ----------
+    segmenter
+        The ``sam`` keys of the backend (:func:`segmenter_params`; other keys are ignored).
+    prompt_sigma
+        ``prompt_generation.gaussian_sigma``, the prompt maps' Gaussian std in grid pixels.
+
+    Returns
+    -------
+    dict
+        ``backend`` and the backend's :data:`SEGMENTER_KEYS` values, then ``prompt_sigma``.
+        For ``sam`` the checkpoint's path is replaced by what identifies its content without
+        reading 2.5 GB: ``checkpoint_bytes`` (its size) and ``checkpoint_head_tail_md5`` (the
+        MD5 of its first and last MiB), so a moved checkpoint matches and a swapped one does not.
+
+    Raises
+    ------
+    ValueError
+        An unknown backend, or a key of the backend missing from ``segmenter``.
+    LaplaceHeadError
+        The SAM checkpoint cannot be read.
+    """
+    try:
+        backend = Backend(segmenter.get("backend")).value
+    except ValueError:
+        valid = ", ".join(b.value for b in Backend)
+        raise ValueError(
+            f"sam.backend = {segmenter.get('backend')!r} is not one of {valid}"
+        ) from None
+    missing = [key for key in SEGMENTER_KEYS[backend] if key not in segmenter]
+    if missing:
+        raise ValueError(
+            f"the {backend} segmenter settings lack {', '.join(missing)}; give every key of "
+            f"SEGMENTER_KEYS[{backend!r}] (laplace_head.settings.segmenter_params(config))"
+        )
+    fingerprint = {key: segmenter[key] for key in SEGMENTER_KEYS[backend] if key != "checkpoint"}
+    if backend == Backend.SAM.value:
+        fingerprint.update(_checkpoint_identity(segmenter["checkpoint"]))
+    if isinstance(prompt_sigma, bool) or not isinstance(prompt_sigma, numbers.Real):
+        raise ValueError(f"prompt_sigma must be a number; got {prompt_sigma!r}")
+    fingerprint["prompt_sigma"] = float(prompt_sigma)
+    return fingerprint
+
+
+def _checkpoint_identity(checkpoint: Any) -> dict[str, Any]:
+    from laplace_head.util.atomic import file_head_tail_md5
+
+    try:
+        return {
+            "checkpoint_bytes": os.stat(checkpoint).st_size,
+            "checkpoint_head_tail_md5": file_head_tail_md5(checkpoint),
+        }
+    except (OSError, TypeError) as exc:
+        raise LaplaceHeadError(
+            f"SAM checkpoint {str(checkpoint)!r} (sam.checkpoint) cannot be read ({exc}); set "
+            "sam.checkpoint to the checkpoint file the head's inputs were made with."
+        ) from exc
+
+
+def segmenter_fingerprint_differences(
+    recorded: Mapping[str, Any], given: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded value, given value)}`` for every key where two fingerprints differ
+    (a key one of them lacks has the value None there)."""
+    keys = [*recorded, *(key for key in given if key not in recorded)]
+    return {
+        key: (recorded.get(key), given.get(key))
+        for key in keys
+        if recorded.get(key) != given.get(key)
+    }
+
+
+def check_segmenter_fingerprint(
+    recorded: Mapping[str, Any] | None,
+    given: Mapping[str, Any],
+    source: str,
+    allow_mismatch: bool = False,
+) -> None:
+    """Refuse a segmenter fingerprint that differs from the one ``source`` recorded.
+
+    Parameters
+    ----------
+    recorded
+        The fingerprint the head's training inputs were made with (None: not recorded, which
+        warns and returns, as the settings cannot be checked).
+    given
+        The fingerprint of the segmenter settings and prompt sigma about to be used.
+    source
+        What recorded it, for the messages (e.g. a posterior's folder).
+    allow_mismatch
+        Warn instead of raising.
+
+    Raises
+    ------
+    SegmenterMismatchError
+        Naming each differing key (recorded vs given) and the fix.
+    """
+    if recorded is None:
+        warnings.warn(
+            f"{source} records no segmenter fingerprint (its split files were packed without "
+            "one), so the base segmenter and prompt sigma given cannot be checked against the "
+            "head's training inputs; re-run pack_hdf5 and fit_laplace to record it.",
+            SegmenterMismatchWarning,
+            stacklevel=3,
+        )
+        return
+    if not isinstance(recorded, Mapping):
+        recorded = {"recorded fingerprint": recorded}
+    differences = segmenter_fingerprint_differences(recorded, given)
+    if not differences:
+        return
+    listed = "; ".join(
+        f"{key} ({FINGERPRINT_SOURCES.get(key, key)}): recorded {old!r}, given {new!r}"
+        for key, (old, new) in differences.items()
+    )
+    message = (
+        f"{source} was fitted on the outputs of another base segmenter or prompt sigma than "
+        f"the one given ({listed}), so the head would see inputs it never saw in training."
+    )
+    if allow_mismatch:
+        warnings.warn(
+            f"{message} Proceeding: allow_segmenter_mismatch=True.",
+            SegmenterMismatchWarning,
+            stacklevel=3,
+        )
+        return
+    raise SegmenterMismatchError(
+        f"{message} Use the sam settings and prompt_generation.gaussian_sigma of the training "
+        "run, or pass allow_segmenter_mismatch=True to proceed with a warning."
+    )
 
 
 #: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
@@ -178,6 +339,10 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "segmenter": segmenter_params(config),
         },
         "build_training_index": {"shard_size": data["shard_size"]},
+        "pack_hdf5": {
+            "segmenter": segmenter_params(config),
+            "prompt_sigma": prompts["gaussian_sigma"],
+        },
         "train_head": {
             "head": dict(config["head"]),
             "training": result_keys(config, "training"),

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from laplace_head.layout import ProjectLayout
-from laplace_head.settings import EvaluationSettings, LaplaceSettings, Runtime
+from laplace_head.settings import (
+    EvaluationSettings,
+    LaplaceSettings,
+    Runtime,
+    segmenter_fingerprint,
+)
 
 
 def split_shards(layout: ProjectLayout, split: str, shard_size: int) -> list[str]:
@@ -129,9 +134,13 @@ def build_training_index(layout: ProjectLayout, split: str, settings: Mapping[st
     )
 
 
-def pack_hdf5(layout: ProjectLayout, split: str, runtime: Runtime) -> dict:
-    """Stage 4.5: pack one split; its chunking and compression are storage settings of the
-    runtime (``data.h5_chunk_rows``, ``data.h5_compression``), which change no value read back."""
+def pack_hdf5(
+    layout: ProjectLayout, split: str, settings: Mapping[str, Any], runtime: Runtime
+) -> dict:
+    """Stage 4.5: pack one split, recording the segmenter fingerprint of ``settings`` (the
+    segmenter and prompt sigma stage 3 used); its chunking and compression are storage settings
+    of the runtime (``data.h5_chunk_rows``, ``data.h5_compression``), which change no value
+    read back."""
     from laplace_head.cache.packing import pack_split
 
     return pack_split(
@@ -140,6 +149,9 @@ def pack_hdf5(layout: ProjectLayout, split: str, runtime: Runtime) -> dict:
         split=split,
         chunk_rows=runtime.h5_chunk_rows,
         compression=runtime.h5_compression,
+        segmenter_fingerprint=segmenter_fingerprint(
+            settings["segmenter"], settings["prompt_sigma"]
+        ),
     )
 
 

@@ -1,4 +1,6 @@
-# Stages 4 and 4.5: the training index of a split, then its packed HDF5.
+# Stages 4 and 4.5: the training index of a split, then its packed HDF5. The HDF5 records the
+# segmenter fingerprint of the settings stage 3 used (sam keys and prompt sigma), which stage 6
+# copies into the posterior's meta.
 
 
 rule build_training_index:
@@ -32,6 +34,7 @@ rule pack_hdf5:
         "../envs/laplace_head.yaml"
     params:
         layout=job_layout,
+        settings=PARAMS["pack_hdf5"],
         runtime=RUNTIME,
     script:
         "../workflow_scripts/pack_hdf5.py"

@@ -6,5 +6,7 @@ from laplace_head.util.console import run_rule
 params = snakemake.params
 run_rule(
     snakemake,
-    lambda: stages.pack_hdf5(params.layout, snakemake.wildcards.split, params.runtime),
+    lambda: stages.pack_hdf5(
+        params.layout, snakemake.wildcards.split, params.settings, params.runtime
+    ),
 )

@@ -17,13 +17,15 @@ curvature ratio per parameter block and the validation BALD and entropy error-AU
 report (:mod:`laplace_head.bayes.fit_report`) warns when the posterior is its prior or BALD
 ranks errors below chance.
 
-Artifacts: those of :mod:`laplace_head.bayes.posterior_io` in the layout's ``laplace_dir``. A
-re-run is skipped when they exist, best.pt has the same MD5, the packed train/val splits are
-the same (their ``source_index_md5``) and the settings are unchanged. Snakemake deletes a job's
-declared outputs before it runs the job, so the last fit's artifacts are also kept as hard
-links in ``.reuse/`` beside them (no extra disk space): a job that Snakemake re-runs on
-unchanged inputs (e.g. after regenerating a prompt JSON, see the README) restores them instead
-of refitting.
+Artifacts: those of :mod:`laplace_head.bayes.posterior_io` in the layout's ``laplace_dir``; the
+meta also records the segmenter fingerprint of the packed splits (the base segmenter settings
+and prompt sigma that made the head's inputs), which the interactive predictor checks. A re-run
+is skipped when the artifacts exist, best.pt has the same MD5, the packed train/val splits are
+the same (their ``source_index_md5`` and segmenter fingerprint) and the settings are unchanged.
+Snakemake deletes a job's declared outputs before it runs the job, so the last fit's artifacts
+are also kept as hard links in ``.reuse/`` beside them (no extra disk space): a job that
+Snakemake re-runs on unchanged inputs (e.g. after regenerating a prompt JSON, see the README)
+restores them instead of refitting.
 """
 
 from __future__ import annotations
@@ -76,10 +78,20 @@ from laplace_head.bayes.tuning import (
     validation_nll_grid,
 )
 from laplace_head.bayes.variant import Approx, PosteriorVariant
-from laplace_head.cache.split_h5 import open_split, split_fingerprint, split_num_rows, split_shape
+from laplace_head.cache.split_h5 import (
+    open_split,
+    read_segmenter_fingerprint,
+    split_fingerprint,
+    split_num_rows,
+    split_shape,
+)
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
-from laplace_head.settings import LaplaceSettings, posterior_variant_problem
+from laplace_head.settings import (
+    LaplaceSettings,
+    posterior_variant_problem,
+    segmenter_fingerprint_differences,
+)
 from laplace_head.training.checkpoint import load_head_from_checkpoint
 from laplace_head.util.atomic import file_md5
 
@@ -90,6 +102,8 @@ _CHANGED = {
     "source_checkpoint_md5": "best.pt changed since the last fit (MD5 differs): refitting",
     "fit_settings": "Laplace settings changed since the last fit: refitting",
     "training_data": "the packed train/val splits changed since the last fit: refitting",
+    "segmenter_fingerprint": "the splits' segmenter fingerprint changed since the last fit: "
+    "refitting",
 }
 
 
@@ -155,6 +169,7 @@ def fit_laplace(
         "source_checkpoint_md5": file_md5(checkpoint_path),
         "fit_settings": _recorded_settings(settings),
         "training_data": _data_fingerprint(train_h5, val_h5),
+        "segmenter_fingerprint": _segmenter_fingerprint(train_h5, val_h5),
     }
     if not force and (meta := _reusable_fit(out_dir, inputs)) is not None:
         return meta
@@ -167,6 +182,7 @@ def fit_laplace(
             run_id=run_id,
             settings=inputs["fit_settings"],
             data=inputs["training_data"],
+            segmenter_fingerprint=inputs["segmenter_fingerprint"],
             curvature=fitted.curvature,
             tune=tune,
             checks=checks,
@@ -268,6 +284,29 @@ def _data_fingerprint(train_h5: str | os.PathLike, val_h5: str | os.PathLike) ->
         with open_split(path) as handle:
             fingerprint[name] = split_fingerprint(handle)
     return fingerprint
+
+
+def _segmenter_fingerprint(train_h5: str | os.PathLike, val_h5: str | os.PathLike) -> dict | None:
+    """The segmenter fingerprint both packed splits record (None when neither records one).
+
+    Raises
+    ------
+    LaplaceFitError
+        The two splits record different fingerprints (or only one records one).
+    """
+    fingerprints = {}
+    for name, path in (("train", train_h5), ("val", val_h5)):
+        with open_split(path) as handle:
+            fingerprints[name] = read_segmenter_fingerprint(handle)
+    train, val = fingerprints["train"], fingerprints["val"]
+    if train != val:
+        differences = segmenter_fingerprint_differences(train or {}, val or {})
+        listed = "; ".join(f"{key}: train {a!r}, val {b!r}" for key, (a, b) in differences.items())
+        raise LaplaceFitError(
+            f"the packed splits {train_h5} and {val_h5} were made by different base segmenter "
+            f"settings ({listed}); re-run precompute_sam and pack_hdf5 for both with one config."
+        )
+    return train
 
 
 def _same_inputs(folder: Path, inputs: dict) -> dict | None:

@@ -57,7 +57,7 @@ REQUIRED_STATE_KEYS = (
     "temperature",
 )
 #: Meta keys that identify a fit's inputs: a fit with the same ones is not redone.
-INPUT_KEYS = ("source_checkpoint_md5", "fit_settings", "training_data")
+INPUT_KEYS = ("source_checkpoint_md5", "fit_settings", "training_data", "segmenter_fingerprint")
 _SELECTIONS = {
     "val_nll": "lowest mean validation pixel NLL over both grids (closed-form probit GLM)",
     "fixed_temperature": "temperature fixed by laplace.fixed_temperature; prior precision "
@@ -323,7 +323,8 @@ def complete_fit_meta(folder: Path) -> dict | None:
 
 
 def fit_inputs(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The :data:`INPUT_KEYS` of a meta: best.pt's MD5, the settings, the packed splits."""
+    """The :data:`INPUT_KEYS` of a meta: best.pt's MD5, the settings, the packed splits and
+    their segmenter fingerprint."""
     return {key: meta.get(key) for key in INPUT_KEYS}
 
 
@@ -384,8 +385,9 @@ class FitRecord:
 
     ``tune``, ``checks`` and ``collapse`` are the reports of :mod:`laplace_head.bayes.tuning`
     (the grid, the chosen pair, the edge warnings; the error-AUROCs; the data-to-prior ratios).
-    ``settings`` are the fit's recorded settings and ``data`` the packed splits' fingerprint
-    (both :data:`INPUT_KEYS`).
+    ``settings`` are the fit's recorded settings, ``data`` the packed splits' fingerprint and
+    ``segmenter_fingerprint`` the segmenter fingerprint they record (None: none), all
+    :data:`INPUT_KEYS`.
     """
 
     run_id: str | None
@@ -406,6 +408,7 @@ class FitRecord:
     laplace_torch_version: str
     times: tuple[float, float]
     ggn_diagonal: list[float] | None = None
+    segmenter_fingerprint: dict | None = None
 
 
 def _param_layout(curvature: BlockCurvature) -> list[str]:
@@ -507,4 +510,5 @@ def build_meta(record: FitRecord) -> dict:
     if record.ggn_diagonal is not None:
         meta["ggn_diagonal"] = record.ggn_diagonal
     meta["training_data"] = record.data
+    meta["segmenter_fingerprint"] = record.segmenter_fingerprint
     return meta

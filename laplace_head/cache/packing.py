@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -37,6 +39,7 @@ from laplace_head.cache.split_h5 import (
     INPUT_ARRAYS,
     MASK_ARRAY,
     write_h5_index,
+    write_segmenter_fingerprint,
 )
 from laplace_head.dataset.images import ImageReadError, load_mask, resize_mask_nearest
 from laplace_head.errors import LaplaceHeadError
@@ -47,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS: int | None = None  # contiguous
 DEFAULT_COMPRESSION = "none"
-COMPRESSION_PATTERN = re.compile(r"^(none|lzf|gzip-[1-9])$")
+COMPRESSION_PATTERN = re.compile(r"none|lzf|gzip-[1-9]")  # matched as a whole (fullmatch)
 VALID_COMPRESSIONS = "none, lzf, gzip-1 ... gzip-9"
 
 
@@ -66,7 +69,7 @@ def compression_kwargs(compression: str) -> dict:
     ValueError
         For any other name (the message lists the valid ones).
     """
-    if not isinstance(compression, str) or not COMPRESSION_PATTERN.match(compression):
+    if not isinstance(compression, str) or not COMPRESSION_PATTERN.fullmatch(compression):
         raise ValueError(f"compression must be one of {VALID_COMPRESSIONS}; got {compression!r}")
     if compression == "none":
         return {}
@@ -121,6 +124,7 @@ def pack_split(
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     compression: str = DEFAULT_COMPRESSION,
     progress: bool = True,
+    segmenter_fingerprint: Mapping[str, Any] | None = None,
 ) -> dict:
     """Pack the arrays and index of one split into ``out_h5`` (atomic, streaming).
 
@@ -139,6 +143,9 @@ def pack_split(
         contiguously (unchunked, which rules out compression) and buffers one row.
     compression
         ``none``, ``lzf`` or ``gzip-<1..9>`` (see :func:`compression_kwargs`); needs chunking.
+    segmenter_fingerprint
+        :func:`laplace_head.settings.segmenter_fingerprint` of the settings stage 3 made the
+        rows with, recorded in the file (None: not recorded).
 
     Returns
     -------
@@ -182,6 +189,8 @@ def pack_split(
         handle.attrs["source_index_md5"] = source_md5
         handle.attrs["chunks"] = "contiguous" if chunks is None else np.array(chunks, np.int64)
         handle.attrs["compression"] = compression
+        if segmenter_fingerprint is not None:
+            write_segmenter_fingerprint(handle, segmenter_fingerprint)
     size = out_h5.stat().st_size
     logger.info(
         "%s: packed %d rows into %s (%.1f MiB, chunks %s, compression %s)",

@@ -8,7 +8,9 @@ Layout (``format_version`` 1), rows in index-CSV order:
 - ``index/``: one 1-D dataset per index column (strings variable-length UTF-8, ints int64,
   floats float64); the group attribute ``columns`` keeps the column order.
 - File attributes: ``format_version``, ``split``, ``n_rows``, ``source_index_md5``, ``chunks``,
-  ``compression``.
+  ``compression`` and, when the packer was given it, ``segmenter_fingerprint``: the JSON of
+  :func:`laplace_head.settings.segmenter_fingerprint` of the settings that made the rows
+  (:func:`write_segmenter_fingerprint`, :func:`read_segmenter_fingerprint`).
 
 The writer is :func:`laplace_head.cache.packing.pack_split`; everything that reads a split
 (training, Laplace fit and tuning, evaluation, sanity panels) goes through this module, so the
@@ -18,10 +20,12 @@ neg_map]`` with non-finite logits mapped into range first.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -39,6 +43,7 @@ INPUT_ARRAYS = {
     "neg_map": "neg_map_path",
 }
 MASK_ARRAY = "gt_mask_256"
+SEGMENTER_FINGERPRINT_ATTR = "segmenter_fingerprint"
 ARRAY_NAMES = (*INPUT_ARRAYS, MASK_ARRAY)
 ARRAY_SHAPE = (GRID_SIZE, GRID_SIZE)
 BYTES_PER_PIXEL = 2 + 2 + 2 + 1  # three float16 maps + one uint8 mask
@@ -85,6 +90,34 @@ def split_fingerprint(handle: h5py.File) -> dict:
         "n_rows": int(handle["logits_256"].shape[0]),
         "source_index_md5": str(handle.attrs.get("source_index_md5", "")),
     }
+
+
+def write_segmenter_fingerprint(handle: h5py.File, fingerprint: Mapping[str, Any]) -> None:
+    """Record the segmenter fingerprint of a split's rows in its file attributes."""
+    handle.attrs[SEGMENTER_FINGERPRINT_ATTR] = json.dumps(dict(fingerprint), sort_keys=True)
+
+
+def read_segmenter_fingerprint(handle: h5py.File) -> dict | None:
+    """The segmenter fingerprint an open split records, or None when it records none.
+
+    Raises
+    ------
+    DataFileError
+        The attribute is not the JSON object :func:`write_segmenter_fingerprint` writes.
+    """
+    text = handle.attrs.get(SEGMENTER_FINGERPRINT_ATTR)
+    if text is None:
+        return None
+    try:
+        fingerprint = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        fingerprint = exc
+    if not isinstance(fingerprint, dict):
+        raise DataFileError(
+            f"{handle.filename}: attribute {SEGMENTER_FINGERPRINT_ATTR} is not a JSON object "
+            f"({text!r:.80}); delete the file and re-run pack_hdf5."
+        )
+    return fingerprint
 
 
 def write_h5_index(group: h5py.Group, index: pd.DataFrame) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 import time
 from collections import OrderedDict
@@ -69,6 +70,7 @@ from laplace_head.interactive.clicks import (
     suggest,
 )
 from laplace_head.segmenters import BaseSegmenter, build_segmenter_from_settings
+from laplace_head.settings import check_segmenter_fingerprint, segmenter_fingerprint
 from laplace_head.util.devices import resolve_device
 from laplace_head.util.seeding import derive_seed
 
@@ -282,6 +284,27 @@ def _check_prompt_kinds(point_coords: Any, point_labels: Any, box: Any, multimas
         )
 
 
+def _check_segmenter_settings(
+    posterior: Posterior,
+    segmenter_settings: Mapping[str, Any],
+    prompt_sigma: float,
+    source: str,
+    allow_mismatch: bool,
+) -> None:
+    """Compare the fingerprint of ``segmenter_settings`` (a key they omit counts with
+    :func:`~laplace_head.segmenters.build_segmenter_from_settings`'s default) and
+    ``prompt_sigma`` with the one ``posterior`` records
+    (:func:`~laplace_head.settings.check_segmenter_fingerprint`)."""
+    builder_defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(build_segmenter_from_settings).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    given = segmenter_fingerprint({**builder_defaults, **segmenter_settings}, prompt_sigma)
+    recorded = posterior.meta.get("segmenter_fingerprint")
+    check_segmenter_fingerprint(recorded, given, source, allow_mismatch)
+
+
 class InteractivePredictor:
     """A frozen base segmenter and a fitted Laplace head, predicting click by click.
 
@@ -365,9 +388,14 @@ class InteractivePredictor:
         settings: Mapping[str, Any],
         laplace_dir: str | os.PathLike,
         device: str = "cpu",
+        allow_segmenter_mismatch: bool = False,
         **kwargs: Any,
     ) -> InteractivePredictor:
         """Build the segmenter and load the posterior from stage 8's settings.
+
+        The segmenter settings and ``prompt_sigma`` must be those the posterior's head was
+        trained on: their :func:`~laplace_head.settings.segmenter_fingerprint` is compared with
+        the one the posterior records, before the segmenter is built.
 
         Parameters
         ----------
@@ -381,14 +409,31 @@ class InteractivePredictor:
             The fitted Laplace run (anything :func:`load_posterior` accepts).
         device
             auto | cuda | cpu, for the head (and SAM when the settings name no device).
+        allow_segmenter_mismatch
+            Proceed with a :class:`~laplace_head.settings.SegmenterMismatchWarning` when the
+            fingerprints differ. A posterior that records no fingerprint always proceeds
+            with that warning.
         **kwargs
             Passed to the constructor (``uncertainty``, ``n_samples``, ``seed``, ``n_nodes``).
+
+        Raises
+        ------
+        SegmenterMismatchError
+            The fingerprints differ (the message names each key, recorded vs given) and
+            ``allow_segmenter_mismatch`` is false.
         """
         segmenter_settings = dict(settings["segmenter"])
+        posterior = load_posterior(laplace_dir, device=resolve_device(device, "device"))
+        _check_segmenter_settings(
+            posterior,
+            segmenter_settings,
+            settings["prompt_sigma"],
+            f"the posterior in {laplace_dir}",
+            allow_segmenter_mismatch,
+        )
         if segmenter_settings.get("backend") == "sam":
             segmenter_settings.setdefault("device", device)
         segmenter = build_segmenter_from_settings(**segmenter_settings)
-        posterior = load_posterior(laplace_dir, device=resolve_device(device, "device"))
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
         kwargs.setdefault("suggest_policy", settings["suggest_policy"])
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
@@ -399,16 +444,18 @@ class InteractivePredictor:
         config: Mapping[str, Any],
         laplace_dir: str | os.PathLike,
         device: str | None = None,
+        allow_segmenter_mismatch: bool = False,
         **kwargs: Any,
     ) -> InteractivePredictor:
         """:meth:`from_settings` with the settings of a resolved config
         (:func:`laplace_head.config.loader.load_config`); ``device`` defaults to
-        ``sam.device``."""
+        ``sam.device``. A config whose ``sam`` settings or ``prompt_generation.gaussian_sigma``
+        differ from the training run's is refused unless ``allow_segmenter_mismatch``."""
         from laplace_head.settings import stage_params
 
         settings = stage_params(config)["active_prompting"]
         device = config["sam"]["device"] if device is None else device
-        return cls.from_settings(settings, laplace_dir, device, **kwargs)
+        return cls.from_settings(settings, laplace_dir, device, allow_segmenter_mismatch, **kwargs)
 
     # --- image --------------------------------------------------------------------------------
 

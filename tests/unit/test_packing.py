@@ -234,7 +234,9 @@ def test_standalone_script(tmp_path, monkeypatch):
     project = tmp_path / "project"
     make_indexed_split(project, n_samples=2, promptsets=1, split="val")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}}))
+    # the split records its segmenter's fingerprint: a backend whose settings exist here
+    walker = {"backend": "random_walker"}
+    config.write_text(yaml.safe_dump({"data": {"project_root": str(project)}, "sam": walker}))
     argv = ["pack-hdf5", "--config", str(config), "--split", "val", "--chunk-rows", "1"]
     cli_main([*argv, "--compression", "lzf"])
     with h5py.File(project / "training_data" / "no_image" / "val.h5", "r") as handle:
@@ -247,7 +249,7 @@ def test_storage_settings_come_from_the_config_and_flags_override_them(tmp_path)
     make_indexed_split(project, n_samples=2, promptsets=1, split="val")
     config = tmp_path / "config.yaml"
     data = {"project_root": str(project), "h5_chunk_rows": 2, "h5_compression": "gzip-4"}
-    config.write_text(yaml.safe_dump({"data": data}))
+    config.write_text(yaml.safe_dump({"data": data, "sam": {"backend": "random_walker"}}))
     h5 = ProjectLayout(project).split_h5("val")
     cli_main(["pack-hdf5", "--config", str(config), "--split", "val"])
     with h5py.File(h5, "r") as handle:
@@ -265,3 +267,9 @@ def test_a_bad_compression_flag_is_a_config_error_naming_the_key(tmp_path, capsy
     with pytest.raises(SystemExit):
         cli_main(["pack-hdf5", "--config", str(config), "--compression", "zstd"])
     assert "data.h5_compression" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compression", ["lzf\n", "none\n", "gzip-1\n", " lzf", "gzip-10"])
+def test_compression_name_must_match_as_a_whole(compression):
+    with pytest.raises(ValueError, match="none, lzf, gzip-1"):
+        compression_kwargs(compression)

@@ -15,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 import torch
 from helpers.tiny_sam import build_tiny_sam
 
+from laplace_head.cache.split_h5 import read_segmenter_fingerprint
 from laplace_head.dataset.demo import write_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +94,15 @@ def test_stages_1_to_8_with_the_sam_backend(tmp_path: Path, config_writer) -> No
         (project / "laplace" / "no_image" / "run_v1" / "posterior_meta.json").read_text()
     )
     assert posterior["n_params"] == 17
+    # The segmenter fingerprint: recorded by pack_hdf5, copied by the fit; stage 8 below builds
+    # its predictor from the run's own settings, so it passes the check.
+    fingerprint = posterior["segmenter_fingerprint"]
+    assert fingerprint["backend"] == "sam" and fingerprint["model_type"] == "vit_b"
+    assert fingerprint["checkpoint_bytes"] == checkpoint.stat().st_size
+    assert "checkpoint" not in fingerprint and fingerprint["prompt_sigma"] > 0
+    for split in ("train", "val", "test"):
+        with h5py.File(project / "training_data" / "no_image" / f"{split}.h5", "r") as handle:
+            assert read_segmenter_fingerprint(handle) == fingerprint
     # Stage 8: every test image x every policy and the shipped rule (suggest_policy, added to
     # the configured ones), clicks decoded by the tiny SAM.
     report_dir = project / "reports" / "active_prompting" / "run_v1"
