@@ -552,7 +552,9 @@ class Suggestion:
         return asdict(self)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer and not a bool (NumPy integers included): the rule for
+    the integer arguments of the interactive API (``k``, ``seed``, ``n_nodes`` ...)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
@@ -572,7 +574,7 @@ def check_suggest_arguments(policy: object, k: object, min_distance: object, see
             "(laplace_head.interactive.simulate) and suggests nothing; pick one of "
             f"{', '.join(suggesting_policies())}"
         )
-    if not _is_int(k) or not 1 <= k <= MAX_SUGGESTIONS:
+    if not is_int(k) or not 1 <= k <= MAX_SUGGESTIONS:
         raise ValueError(f"k (suggestions) must be an int in [1, {MAX_SUGGESTIONS}]; got {k!r}")
     if (
         not isinstance(min_distance, numbers.Real)
@@ -583,7 +585,7 @@ def check_suggest_arguments(policy: object, k: object, min_distance: object, see
         raise ValueError(
             f"min_distance (grid pixels) must be a finite number >= 0; got {min_distance!r}"
         )
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int; got {seed!r}")
 
 

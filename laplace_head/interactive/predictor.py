@@ -71,6 +71,7 @@ from laplace_head.interactive.clicks import (
     check_suggest_arguments,
     grid_to_image,
     image_to_grid,
+    is_int,
     suggest,
     suggesting_policies,
 )
@@ -223,10 +224,6 @@ def _schema_bounds(section: str, key: str) -> tuple[float | None, float | None, 
     return spec.get("minimum"), spec.get("maximum"), False
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
 def _is_bool(value: Any) -> bool:
     return isinstance(value, bool | np.bool_)
 
@@ -259,7 +256,7 @@ def _n_samples_range() -> tuple[int, int]:
 
 
 def _check_int_in(name: str, value: Any, low: int, high: int, meaning: str = "") -> int:
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise ValueError(f"{name}{meaning} must be an int in [{low}, {high}]; got {value!r}")
     return int(value)
 
@@ -311,7 +308,7 @@ def _check_extra(extra: Any, name: str = "extra") -> list[tuple[Cell, int]]:
             raise ValueError(
                 f"{name}[{index}] must be ((row, col), label); got {_short_repr(item)}"
             ) from None
-        if not (_is_int(row) and _is_int(col) and 0 <= row < GRID_SIZE and 0 <= col < GRID_SIZE):
+        if not (is_int(row) and is_int(col) and 0 <= row < GRID_SIZE and 0 <= col < GRID_SIZE):
             raise ValueError(
                 f"{name}[{index}] cell (row, col) = {_short_repr(cell)} must be ints in "
                 f"[0, {GRID_SIZE}) (a cell of the {GRID_SIZE} x {GRID_SIZE} grid)"
@@ -410,7 +407,7 @@ class InteractivePredictor:
         prompt_sigma = check_prompt_sigma(prompt_sigma)
         _check_int_in("n_nodes", n_nodes, 2, MAX_QUADRATURE_NODES, " (quadrature nodes)")
         _check_int_in("n_samples", n_samples, *_n_samples_range(), " (posterior weight samples)")
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(f"seed must be an int; got {seed!r}")
         if not _is_bool(sam_mask_input):
             raise ValueError(f"sam_mask_input must be a bool; got {sam_mask_input!r}")
@@ -682,7 +679,7 @@ class InteractivePredictor:
         at the cell's centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
         :meth:`next_mask_input`. The requests not asked before are predicted together
         (:meth:`predict_extended`); results are cached per (cell, label). ``prediction`` must
-        be of the current image.
+        be of the current image, when the look-ahead is made and whenever it predicts.
         """
         self._check_prediction(prediction)
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
@@ -694,6 +691,7 @@ class InteractivePredictor:
             keys = _check_extra(requests, "lookahead requests")
             todo = list(dict.fromkeys(key for key in keys if key not in cache))
             if todo:
+                self._check_prediction(prediction)  # the image may have changed since
                 extended = self.predict_extended(points, labels, todo, mask_input)
                 for key, result in zip(todo, extended):
                     cache[key] = result.predictive_probability

@@ -432,9 +432,12 @@ def test_methods_refuse_what_is_not_a_prediction(walker, method, value) -> None:
 def test_methods_refuse_a_prediction_of_another_image(predictor, method) -> None:
     first = predictor.predict(GOOD_POINTS, GOOD_LABELS)
     assert isinstance(first, InteractivePrediction)
+    lookahead = predictor.lookahead(first)
     predictor.set_image(_image(seed=1))  # the same size, other pixels
     with pytest.raises(ValueError, match="made on another image"):
         getattr(predictor, method)(first)
+    with pytest.raises(ValueError, match="made on another image"):
+        lookahead([((3, 3), 1)])  # a look-ahead made before the image changed
     predictor.set_image(_image(seed=0))  # back to the prediction's image: accepted again
     getattr(predictor, method)(first)
 
