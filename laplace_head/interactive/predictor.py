@@ -864,7 +864,15 @@ def suggest_for_inputs(
     prompt_sigma = check_prompt_sigma(prompt_sigma)
     distance = 2.0 * prompt_sigma if min_distance is None else min_distance
     check_suggest_arguments(policy, k, distance, 0)
+    if not isinstance(posterior, Posterior):
+        raise TypeError(f"posterior must be a Posterior; got {type(posterior).__name__}")
     tensor = posterior.as_inputs(inputs)
+    raw = inputs.detach() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+    if not torch.isfinite(raw[..., 0, :, :]).all():
+        raise UncertaintyInputError(
+            "the base logits (channel 0 of inputs) contain NaN or infinite values; a stage-3 "
+            "prompt set never does (check_logits refuses them)"
+        )
     if tensor.shape[0] != 1:
         raise UncertaintyInputError(
             f"suggest_for_inputs takes one prompt set, (3, H, W); got a batch of {tensor.shape[0]}"

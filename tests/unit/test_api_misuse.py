@@ -373,6 +373,16 @@ def test_suggest_for_inputs_bounds_its_arguments(posterior, kwargs, message) -> 
         suggest_for_inputs(posterior, inputs, **kwargs)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_suggest_for_inputs_refuses_non_finite_base_logits(posterior, value) -> None:
+    inputs = np.zeros((3, 32, 32), np.float32)
+    inputs[0, 3, 4] = value
+    with pytest.raises(ValueError, match=r"base logits \(channel 0 of inputs\).*NaN or infinite"):
+        suggest_for_inputs(posterior, inputs)
+    with pytest.raises(TypeError, match="posterior must be a Posterior"):
+        suggest_for_inputs("laplace/run_v1", inputs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
