@@ -47,7 +47,9 @@ def _real_array(value: Any, name: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nesting
-        raise ValueError(f"{name} must be an array of numbers; got {value!r} ({exc})") from exc
+        raise ValueError(
+            f"{name} must be an array of numbers; got {_short(value)} ({exc})"
+        ) from exc
     if array.dtype.kind not in _REAL_KINDS:
         raise ValueError(
             f"{name} must hold real numbers (int or float); got dtype {array.dtype} "
