@@ -22,6 +22,7 @@ Used by :mod:`laplace_head.bayes.posterior` (the Posterior API) and
 from __future__ import annotations
 
 import math
+import numbers
 import string
 
 import torch
@@ -191,6 +192,9 @@ def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Ten
 # arithmetic is float64.
 
 QUADRATURE_NODES = 20
+# The most nodes accepted: beyond ~32 nothing changes at float32 output, and from ~180 nodes
+# NumPy's Gauss-Laguerre/Hermite weights overflow (the maps turn NaN).
+MAX_QUADRATURE_NODES = 64
 QUADRATURE_WIDE_VARIANCE = 4.0
 _QUADRATURE_CHUNK = 1 << 18  # pixels per chunk: bounds the (pixels, nodes) temporaries
 _NODE_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, ...]] = {}
@@ -279,7 +283,8 @@ def gaussian_logit_uncertainty(
         ``var(z)`` (squared log-odds), broadcasting against ``map_logits``; negative values
         (round-off) are treated as 0.
     n_nodes
-        Quadrature nodes per pixel (16-24 are tested; 20 by default).
+        Quadrature nodes per pixel, 2 to :data:`MAX_QUADRATURE_NODES` (16-24 are tested; 20 by
+        default).
 
     Returns
     -------
@@ -290,8 +295,15 @@ def gaussian_logit_uncertainty(
         (``H(E[sigmoid(z))])``), ``expected_entropy`` (``E[H(sigmoid(z))]``) and ``bald``
         (their difference, clamped at 0); entropies in nats.
     """
-    if n_nodes < 2:
-        raise ValueError(f"n_nodes must be >= 2; got {n_nodes}")
+    if (
+        isinstance(n_nodes, bool)
+        or not isinstance(n_nodes, numbers.Integral)
+        or not (2 <= n_nodes <= MAX_QUADRATURE_NODES)
+    ):
+        raise ValueError(
+            f"n_nodes (quadrature nodes) must be an int in [2, {MAX_QUADRATURE_NODES}]; "
+            f"got {n_nodes!r}"
+        )
     mean, variance = torch.broadcast_tensors(
         torch.as_tensor(map_logits), torch.as_tensor(logit_variance)
     )

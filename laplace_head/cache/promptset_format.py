@@ -82,6 +82,19 @@ def is_promptset_complete(
         return False
 
 
+def check_logits(logits: np.ndarray) -> np.ndarray:
+    """A base segmenter's logits as float32, refused (ValueError) unless a finite (256, 256)
+    array: the rule for every logits plane that reaches the head (stage 3, the predictor)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.shape != ARRAY_SHAPE or not np.isfinite(logits).all():
+        bad = int(np.size(logits) - np.isfinite(logits).sum())
+        raise ValueError(
+            f"segmenter returned non-finite or mis-shaped logits {logits.shape} ({bad} non-finite "
+            f"values); expected a finite {ARRAY_SHAPE} array"
+        )
+    return logits
+
+
 def stored_logits(logits: np.ndarray) -> np.ndarray:
     """Base logits as stage 3 stores them: float16, clipped to its finite range (float16
     overflows to inf beyond +-65504; real logits never get there, but inf is never written)."""
@@ -125,9 +138,7 @@ def write_promptset(
     """
     remove_stale_temp_files(directory)  # an interrupted earlier attempt's debris
     logits, branch_index, scores = prediction
-    logits = np.asarray(logits, dtype=np.float32)
-    if logits.shape != ARRAY_SHAPE or not np.isfinite(logits).all():
-        raise ValueError(f"segmenter returned non-finite or mis-shaped logits {logits.shape}")
+    logits = check_logits(logits)
     image_hw = (int(record["image_h"]), int(record["image_w"]))
     pos_map, neg_map, pos_256, neg_256 = prompt_maps(
         promptset.pos_points, promptset.neg_points, image_hw, sigma

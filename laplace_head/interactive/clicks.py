@@ -58,6 +58,8 @@ Three further BALD rules read more than the BALD map:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -84,6 +86,11 @@ REGION_ERROR_LEVEL = 0.25
 
 #: Candidates the ``bald_lookahead`` policy re-predicts (twice each: positive and negative).
 LOOKAHEAD_CANDIDATES = 3
+
+#: The most suggestions one :func:`suggest` call returns (its ``k``): an annotator looks at a
+#: handful, and each ``bald_lookahead`` suggestion costs ``2 * LOOKAHEAD_CANDIDATES``
+#: predictions.
+MAX_SUGGESTIONS = 64
 
 
 # --- coordinates ----------------------------------------------------------------------------
@@ -556,6 +563,43 @@ class Suggestion:
         return asdict(self)
 
 
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer and not a bool (NumPy integers included): the rule for
+    the integer arguments of the interactive API (``k``, ``seed``, ``n_nodes`` ...)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def suggesting_policies() -> list[str]:
+    """The registered policies that suggest (all but the ground-truth ones), sorted."""
+    return sorted(set(POLICIES) - GROUND_TRUTH_POLICIES)
+
+
+def check_suggest_arguments(policy: object, k: object, min_distance: object, seed: object) -> None:
+    """Refuse (ValueError) :func:`suggest` arguments out of range, naming the argument, the
+    value and the valid range: ``policy`` a suggesting policy name, ``k`` an int in [1,
+    :data:`MAX_SUGGESTIONS`], ``min_distance`` a finite number >= 0, ``seed`` an int."""
+    get_policy(policy)  # type: ignore[arg-type]
+    if policy in GROUND_TRUTH_POLICIES:
+        raise ValueError(
+            f"the {policy} policy reads the ground truth: it simulates a user "
+            "(laplace_head.interactive.simulate) and suggests nothing; pick one of "
+            f"{', '.join(suggesting_policies())}"
+        )
+    if not is_int(k) or not 1 <= k <= MAX_SUGGESTIONS:
+        raise ValueError(f"k (suggestions) must be an int in [1, {MAX_SUGGESTIONS}]; got {k!r}")
+    if (
+        not isinstance(min_distance, numbers.Real)
+        or isinstance(min_distance, bool | np.bool_)
+        or not math.isfinite(min_distance)
+        or min_distance < 0
+    ):
+        raise ValueError(
+            f"min_distance (grid pixels) must be a finite number >= 0; got {min_distance!r}"
+        )
+    if not is_int(seed):
+        raise ValueError(f"seed must be an int; got {seed!r}")
+
+
 def suggest(
     state: ClickState,
     policy: str,
@@ -576,15 +620,10 @@ def suggest(
     Raises
     ------
     ValueError
-        For an unknown or ground-truth policy, or a state without the predictive probability.
+        For an unknown or ground-truth policy, arguments out of range
+        (:func:`check_suggest_arguments`), or a state without the predictive probability.
     """
-    get_policy(policy)
-    if policy in GROUND_TRUTH_POLICIES:
-        raise ValueError(
-            f"the {policy} policy reads the ground truth: it simulates a user "
-            "(laplace_head.interactive.simulate) and suggests nothing; pick one of "
-            f"{', '.join(sorted(set(POLICIES) - GROUND_TRUTH_POLICIES))}"
-        )
+    check_suggest_arguments(policy, k, min_distance, seed)
     probability = _predictive_probability(state, "suggestion label")
     cells = suggest_cells(state, policy, k, min_distance, seed, stream)
     suggestions = []
@@ -606,6 +645,6 @@ def suggest(
 
 def get_policy(name: str) -> Policy:
     """The registered policy ``name``; ValueError listing the valid names otherwise."""
-    if name not in POLICIES:
+    if not isinstance(name, str) or name not in POLICIES:
         raise ValueError(f"unknown click policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
     return POLICIES[name]

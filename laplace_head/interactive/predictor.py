@@ -41,12 +41,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
+import numbers
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -54,9 +56,13 @@ import torch
 import torch.nn.functional as F
 
 from laplace_head.bayes.posterior import Posterior, load_posterior
-from laplace_head.bayes.predictive import QUADRATURE_NODES, UncertaintyInputError
+from laplace_head.bayes.predictive import (
+    MAX_QUADRATURE_NODES,
+    QUADRATURE_NODES,
+    UncertaintyInputError,
+)
+from laplace_head.cache.promptset_format import check_logits, stored_logits
 from laplace_head.cache.promptset_format import prompt_maps as stage3_prompt_maps
-from laplace_head.cache.promptset_format import stored_logits
 from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
@@ -65,12 +71,20 @@ from laplace_head.interactive.clicks import (
     ClickState,
     Lookahead,
     Suggestion,
+    check_suggest_arguments,
     grid_to_image,
     image_to_grid,
+    is_int,
     suggest,
+    suggesting_policies,
 )
 from laplace_head.segmenters import BaseSegmenter, build_segmenter_from_settings
-from laplace_head.settings import check_segmenter_fingerprint, segmenter_fingerprint
+from laplace_head.segmenters.base import check_clicks, check_labels
+from laplace_head.settings import (
+    GRID_SIZE,
+    check_segmenter_fingerprint,
+    segmenter_fingerprint,
+)
 from laplace_head.util.devices import resolve_device
 from laplace_head.util.seeding import derive_seed
 
@@ -125,6 +139,9 @@ class InteractivePrediction:
         :meth:`InteractivePredictor.predict_extended`.
     posterior_maps
         Computes the :attr:`POSTERIOR_FIELDS` (called once, on first use; then released).
+    image_digest
+        Digest of the image the prediction was made on; :meth:`InteractivePredictor.suggest`
+        and the other methods that take a prediction refuse one of another image.
     """
 
     base_logits: np.ndarray
@@ -141,6 +158,7 @@ class InteractivePrediction:
     )
     low_res_logits: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    image_digest: str | None = None
 
     #: The (256, 256) grid fields, for :meth:`to_image`.
     GRID_FIELDS = (
@@ -244,6 +262,54 @@ def _default_suggest_policy() -> str:
     return fill_defaults({}, load_schema())["active_prompting"]["suggest_policy"]
 
 
+@cache
+def _schema_bounds(section: str, key: str) -> tuple[float | None, float | None, bool]:
+    """``(low, high, low_exclusive)`` of the config schema's number ``section.key``."""
+    from laplace_head.config.loader import load_schema
+
+    spec = load_schema()["properties"][section]["properties"][key]
+    if "exclusiveMinimum" in spec:
+        return spec["exclusiveMinimum"], spec.get("maximum"), True
+    return spec.get("minimum"), spec.get("maximum"), False
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool | np.bool_)
+
+
+def check_prompt_sigma(prompt_sigma: Any, name: str = "prompt_sigma") -> float:
+    """``prompt_sigma`` as a float, refused (ValueError) outside the range the config schema
+    gives ``prompt_generation.gaussian_sigma`` (the value the head was trained with)."""
+    low, high, exclusive = _schema_bounds("prompt_generation", "gaussian_sigma")
+    ok = (
+        isinstance(prompt_sigma, numbers.Real)
+        and not _is_bool(prompt_sigma)
+        and math.isfinite(prompt_sigma)
+        and (prompt_sigma > low if exclusive else prompt_sigma >= low)
+        and prompt_sigma <= high
+    )
+    if not ok:
+        opening = "(" if exclusive else "["
+        raise ValueError(
+            f"{name} (prompt_generation.gaussian_sigma, grid pixels) must be a finite number in "
+            f"{opening}{low}, {high}]; got {prompt_sigma!r}"
+        )
+    return float(prompt_sigma)
+
+
+def _n_samples_range() -> tuple[int, int]:
+    """The range of posterior weight samples: the schema's ``laplace.n_posterior_samples``
+    (stage 7's samples of the same posterior)."""
+    low, high, _ = _schema_bounds("laplace", "n_posterior_samples")
+    return int(low), int(high)
+
+
+def _check_int_in(name: str, value: Any, low: int, high: int, meaning: str = "") -> int:
+    if not is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name}{meaning} must be an int in [{low}, {high}]; got {value!r}")
+    return int(value)
+
+
 def _image_digest(image_rgb: np.ndarray) -> str:
     array = np.ascontiguousarray(image_rgb)
     digest = hashlib.blake2b(array.tobytes(), digest_size=16)
@@ -266,7 +332,54 @@ def _has_image(segmenter: BaseSegmenter) -> bool:
         return False
 
 
+#: The argument names of the clicks in messages (SamPredictor's).
+_CLICK_NAMES = ("point_coords", "point_labels")
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_decoded(decoded: Sequence[tuple[np.ndarray, int, list[float]]]) -> None:
+    """Refuse non-finite or mis-shaped base logits, as stage 3 does
+    (:func:`~laplace_head.cache.promptset_format.check_logits`): the head's input step would
+    otherwise map them into range and hide them."""
+    for logits, _, _ in decoded:
+        check_logits(logits)
+
+
+def _check_extra(extra: Any, name: str = "extra") -> list[tuple[Cell, int]]:
+    """``[((row, col), label), ...]`` with int cells on the 256 grid and labels exactly 0/1,
+    as plain ints; ValueError naming the bad item otherwise."""
+    if isinstance(extra, str | bytes | np.ndarray) or not isinstance(extra, Sequence):
+        raise ValueError(
+            f"{name} must be a sequence of ((row, col), label) items; got {_short_repr(extra)}"
+        )
+    checked = []
+    for index, item in enumerate(extra):
+        try:
+            cell, label = item
+            row, col = cell
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name}[{index}] must be ((row, col), label); got {_short_repr(item)}"
+            ) from None
+        if not (is_int(row) and is_int(col) and 0 <= row < GRID_SIZE and 0 <= col < GRID_SIZE):
+            raise ValueError(
+                f"{name}[{index}] cell (row, col) = {_short_repr(cell)} must be ints in "
+                f"[0, {GRID_SIZE}) (a cell of the {GRID_SIZE} x {GRID_SIZE} grid)"
+            )
+        [label] = check_labels([label], 1, f"{name}[{index}] label")
+        checked.append(((int(row), int(col)), int(label)))
+    return checked
+
+
 def _check_prompt_kinds(point_coords: Any, point_labels: Any, box: Any, multimask: bool) -> None:
+    if not _is_bool(multimask):
+        raise ValueError(
+            f"multimask_output must be a bool (only False is supported); got {multimask!r}"
+        )
     if box is not None:
         raise ValueError(
             "box prompts are not supported: the head was trained on click prompts only; pass "
@@ -317,12 +430,15 @@ class InteractivePredictor:
         The fitted head (:func:`~laplace_head.bayes.posterior.load_posterior`). Its head is
         fully convolutional, so it runs on the 256 grid whatever size it was fitted on.
     prompt_sigma
-        Std of the prompt maps' Gaussians in grid pixels (``prompt_generation.gaussian_sigma``).
+        Std of the prompt maps' Gaussians in grid pixels (``prompt_generation.gaussian_sigma``,
+        within that key's schema range, (0, 256]).
     uncertainty
         ``quadrature`` (default: closed-form moments + quadrature, deterministic) or
-        ``samples`` (``n_samples`` posterior weight draws, seeded by ``seed``).
+        ``samples`` (``n_samples`` posterior weight draws, seeded by ``seed``; ``n_samples``
+        within the schema range of ``laplace.n_posterior_samples``, [2, 1024]).
     n_nodes
-        Quadrature nodes per pixel.
+        Quadrature nodes per pixel, an int in [2, 64]
+        (:data:`~laplace_head.bayes.predictive.MAX_QUADRATURE_NODES`).
     sam_mask_input
         Feed SAM its previous low-resolution logits as ``mask_input`` (the RITM protocol):
         :class:`~laplace_head.interactive.session.ClickSession` and :meth:`lookahead` pass a
@@ -331,6 +447,13 @@ class InteractivePredictor:
     suggest_policy
         The click rule :meth:`suggest` uses when given none
         (``active_prompting.suggest_policy``; None: that key's schema default).
+
+    Every public method refuses what it cannot honour with a ValueError (TypeError for an
+    object of the wrong kind) naming the argument, the value and what is accepted: clicks by
+    :func:`~laplace_head.segmenters.base.check_clicks`, images by the segmenter's
+    :meth:`~laplace_head.segmenters.base.BaseSegmenter.check_image`, suggestion arguments by
+    :func:`~laplace_head.interactive.clicks.check_suggest_arguments`, and a prediction of
+    another image (or not an :class:`InteractivePrediction`) wherever one is passed back.
     """
 
     def __init__(
@@ -345,12 +468,27 @@ class InteractivePredictor:
         sam_mask_input: bool = False,
         suggest_policy: str | None = None,
     ) -> None:
-        if uncertainty not in UNCERTAINTY_MODES:
+        if not isinstance(segmenter, BaseSegmenter):
+            raise TypeError(
+                f"segmenter must be a BaseSegmenter (laplace_head.segmenters.build_segmenter); "
+                f"got {type(segmenter).__name__}"
+            )
+        if not isinstance(posterior, Posterior):
+            raise TypeError(
+                f"posterior must be a Posterior (laplace_head.bayes.posterior.load_posterior); "
+                f"got {type(posterior).__name__}"
+            )
+        if not isinstance(uncertainty, str) or uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
                 f"uncertainty = {uncertainty!r} is not one of {', '.join(UNCERTAINTY_MODES)}"
             )
-        if not prompt_sigma > 0:
-            raise ValueError(f"prompt_sigma must be > 0; got {prompt_sigma}")
+        prompt_sigma = check_prompt_sigma(prompt_sigma)
+        _check_int_in("n_nodes", n_nodes, 2, MAX_QUADRATURE_NODES, " (quadrature nodes)")
+        _check_int_in("n_samples", n_samples, *_n_samples_range(), " (posterior weight samples)")
+        if not is_int(seed):
+            raise ValueError(f"seed must be an int; got {seed!r}")
+        if not _is_bool(sam_mask_input):
+            raise ValueError(f"sam_mask_input must be a bool; got {sam_mask_input!r}")
         if sam_mask_input and not segmenter.supports_mask_input:
             raise ValueError(
                 f"sam_mask_input (active_prompting.sam_mask_input) feeds SAM its previous "
@@ -366,11 +504,14 @@ class InteractivePredictor:
         self.sam_mask_input = bool(sam_mask_input)
         if suggest_policy is None:
             suggest_policy = _default_suggest_policy()
-        if suggest_policy not in POLICIES or suggest_policy in GROUND_TRUTH_POLICIES:
+        if (
+            not isinstance(suggest_policy, str)
+            or suggest_policy not in POLICIES
+            or suggest_policy in GROUND_TRUTH_POLICIES
+        ):
             raise ValueError(
                 f"suggest_policy (active_prompting.suggest_policy) = {suggest_policy!r} is not "
-                "a click rule that suggests; pick one of "
-                f"{', '.join(sorted(set(POLICIES) - GROUND_TRUTH_POLICIES))}"
+                f"a click rule that suggests; pick one of {', '.join(suggesting_policies())}"
             )
         self.suggest_policy = suggest_policy
         self._weight_samples: torch.Tensor | None = None
@@ -463,14 +604,27 @@ class InteractivePredictor:
         """Do the per-image work for an (H, W, 3) uint8 RGB image.
 
         Setting the image that is already set (same pixels) does nothing: the segmenter's
-        per-image work (SAM's encoder) is not repeated.
+        per-image work (SAM's encoder) is not repeated. An image the segmenter refuses
+        (ValueError naming its shape and dtype) also unsets the current one.
         """
-        digest = _image_digest(np.asarray(image_rgb))
+        try:
+            image_rgb = self.segmenter.check_image(image_rgb)
+        except ValueError:
+            self._image_digest = None
+            raise
+        digest = _image_digest(image_rgb)
         if digest != self._image_digest or not _has_image(self.segmenter):
             self._image_digest = None
             self._memo.clear()
             self.segmenter.set_image(image_rgb)
             self._image_digest = digest
+
+    @property
+    def image_digest(self) -> str | None:
+        """Digest of the current image's pixels, shape and dtype (None before
+        :meth:`set_image`); each prediction records it (:attr:`InteractivePrediction
+        .image_digest`)."""
+        return self._image_digest
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -510,13 +664,14 @@ class InteractivePredictor:
         RuntimeError
             Before :meth:`set_image`.
         ValueError
-            For a box, multimask output, no points, mismatched lengths, labels other than 0/1,
-            or a ``mask_input`` the base segmenter cannot take.
+            For a box, multimask output (or a ``multimask_output`` that is not a bool), clicks
+            :func:`~laplace_head.segmenters.base.check_clicks` refuses (no points, a shape other
+            than (N, 2) / (N,), non-finite or off-image coordinates, labels other than exactly
+            0/1), a ``mask_input`` the base segmenter cannot take, or non-finite base logits.
         """
         _check_prompt_kinds(point_coords, point_labels, box, multimask_output)
         image_hw = self.image_hw
-        points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(point_labels).reshape(-1).astype(np.int64)
+        points, labels = check_clicks(point_coords, point_labels, image_hw, _CLICK_NAMES)
         key = _memo_key(points, labels)
         if mask_input is None and key in self._memo:
             self._memo.move_to_end(key)
@@ -528,6 +683,7 @@ class InteractivePredictor:
             decoded, low_res = self.segmenter.predict_with_mask(points, labels, mask_input)
         else:
             decoded = self.segmenter.predict(points, labels)
+        _check_decoded([decoded])
         timings["decode"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -535,6 +691,7 @@ class InteractivePredictor:
         timings["prompt_maps"] = time.perf_counter() - start
         [prediction] = self._refine([(points, labels)], [decoded], [maps], timings)
         prediction.low_res_logits = low_res
+        prediction.image_digest = self._image_digest
         if mask_input is None:
             self._remember(key, prediction)
         return prediction
@@ -615,7 +772,26 @@ class InteractivePredictor:
     def next_mask_input(self, prediction: InteractivePrediction) -> np.ndarray | None:
         """The ``mask_input`` of the prediction after ``prediction``: its low-resolution logits
         with ``sam_mask_input``, else None."""
+        self._check_prediction(prediction)
         return prediction.low_res_logits if self.sam_mask_input else None
+
+    def _check_prediction(self, prediction: Any, name: str = "prediction") -> None:
+        """Refuse what is not an :class:`InteractivePrediction` of the current image."""
+        if not isinstance(prediction, InteractivePrediction):
+            raise TypeError(
+                f"{name} must be an InteractivePrediction (the result of predict); got "
+                f"{type(prediction).__name__} {_short_repr(prediction)}"
+            )
+        current = self._image_digest
+        if current is None:
+            raise RuntimeError("An image must be set with .set_image(...) before prediction.")
+        if prediction.image_digest != current:
+            raise ValueError(
+                f"{name} was made on another image ({prediction.image_hw[0]}x"
+                f"{prediction.image_hw[1]}, digest {prediction.image_digest}) than the one set "
+                f"now ({self.image_hw[0]}x{self.image_hw[1]}, digest {current}); set_image its "
+                "image again, or predict on the current image first"
+            )
 
     # --- suggestions --------------------------------------------------------------------------
 
@@ -628,17 +804,19 @@ class InteractivePredictor:
         at the cell's centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
         :meth:`next_mask_input`. The requests not asked before are predicted together
         (:meth:`predict_extended`); results are cached per (cell, label). ``prediction`` must
-        be of the current image.
+        be of the current image, when the look-ahead is made and whenever it predicts.
         """
+        self._check_prediction(prediction)
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
         mask_input = self.next_mask_input(prediction)
         cache: dict[tuple[Cell, int], np.ndarray] = {}
 
         def predict_with(requests: Sequence[tuple[Cell, int]]) -> list[np.ndarray]:
-            keys = [((int(cell[0]), int(cell[1])), int(label)) for cell, label in requests]
+            keys = _check_extra(requests, "lookahead requests")
             todo = list(dict.fromkeys(key for key in keys if key not in cache))
             if todo:
+                self._check_prediction(prediction)  # the image may have changed since
                 extended = self.predict_extended(points, labels, todo, mask_input)
                 for key, result in zip(todo, extended):
                     cache[key] = result.predictive_probability
@@ -665,17 +843,26 @@ class InteractivePredictor:
         of the extended set); the head runs image by image (:meth:`_refine`). Each result
         equals :meth:`predict` of its extended set exactly where the segmenter decodes one set
         at a time (random_walker), else to float rounding; ``low_res_logits`` is None.
+
+        Raises
+        ------
+        ValueError
+            For clicks :func:`~laplace_head.segmenters.base.check_clicks` refuses (none given
+            is allowed), an ``extra`` item that is not ``((row, col), label)`` with int cells
+            on the 256 grid and a label of exactly 0/1, or what :meth:`predict` refuses.
         """
         image_hw = self.image_hw
-        points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(point_labels).reshape(-1).astype(np.int64)
+        points, labels = check_clicks(
+            point_coords, point_labels, image_hw, _CLICK_NAMES, min_points=0
+        )
+        extra = _check_extra(extra)
         if not extra:
             return []
         timings: dict[str, float] = {}
         all_sets = []
         for (row, col), label in extra:
-            x, y = grid_to_image(int(row), int(col), image_hw)
-            all_sets.append((np.vstack([points, [[x, y]]]), np.append(labels, int(label))))
+            x, y = grid_to_image(row, col, image_hw)
+            all_sets.append((np.vstack([points, [[x, y]]]), np.append(labels, label)))
         keys = [_memo_key(*click_set) for click_set in all_sets]
         memo = self._memo if mask_input is None else {}
         known = {key: memo[key] for key in keys if key in memo}
@@ -702,6 +889,7 @@ class InteractivePredictor:
         image_hw = self.image_hw
         start = time.perf_counter()
         decoded = self.segmenter.predict_batch(click_sets, mask_input=mask_input)
+        _check_decoded(decoded)
         timings["decode"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -717,13 +905,17 @@ class InteractivePredictor:
             )[0]
             maps.append((redrawn, given[1]) if label == 1 else (given[0], redrawn))
         timings["prompt_maps"] = time.perf_counter() - start
-        return self._refine(click_sets, decoded, maps, timings)
+        predictions = self._refine(click_sets, decoded, maps, timings)
+        for prediction in predictions:
+            prediction.image_digest = self._image_digest
+        return predictions
 
     def click_state(self, prediction: InteractivePrediction, posterior: bool = True) -> ClickState:
         """What a click policy sees after ``prediction``: its maps, its clicked cells and its
         :meth:`lookahead` (no ground truth). ``posterior=False`` leaves the posterior fields
         None, for :data:`~laplace_head.interactive.clicks.POSTERIOR_FREE_POLICIES` (their
         maps are then not computed)."""
+        self._check_prediction(prediction)
         if not posterior:
             return ClickState(
                 map_probability=prediction.map_probability,
@@ -756,7 +948,7 @@ class InteractivePredictor:
             The prediction to suggest from (of the current image); its clicked cells are never
             suggested.
         k
-            Number of suggestions (fewer when the policy runs out of cells).
+            Number of suggestions, 1 to 64 (fewer when the policy runs out of cells).
         policy
             A name in :data:`~laplace_head.interactive.clicks.POLICIES` other than the
             ground-truth ``oracle``: ``bald``, ``bald_raw``, ``bald_region``,
@@ -775,9 +967,21 @@ class InteractivePredictor:
         list of Suggestion
             In image pixels, each with the label it most likely gets
             (:func:`~laplace_head.interactive.clicks.suggest`).
+
+        Raises
+        ------
+        TypeError
+            When ``prediction`` is not an :class:`InteractivePrediction`.
+        ValueError
+            For a prediction of another image, or arguments
+            :func:`~laplace_head.interactive.clicks.check_suggest_arguments` refuses (``k`` an
+            int in [1, :data:`~laplace_head.interactive.clicks.MAX_SUGGESTIONS`], a suggesting
+            policy, ``min_distance`` finite >= 0, ``seed`` an int).
         """
+        self._check_prediction(prediction)
         policy = self.suggest_policy if policy is None else policy
-        distance = 2.0 * self.prompt_sigma if min_distance is None else float(min_distance)
+        distance = 2.0 * self.prompt_sigma if min_distance is None else min_distance
+        check_suggest_arguments(policy, k, distance, seed)
         state = self.click_state(prediction)
         stream = (len(prediction.labels),)
         return suggest(state, policy, k, distance, prediction.image_hw, seed, stream)
@@ -814,7 +1018,18 @@ def suggest_for_inputs(
         chosen from (:meth:`Posterior.uncertainty_maps
         <laplace_head.bayes.posterior.Posterior.uncertainty_maps>`, (H, W) NumPy, quadrature).
     """
+    prompt_sigma = check_prompt_sigma(prompt_sigma)
+    distance = 2.0 * prompt_sigma if min_distance is None else min_distance
+    check_suggest_arguments(policy, k, distance, 0)
+    if not isinstance(posterior, Posterior):
+        raise TypeError(f"posterior must be a Posterior; got {type(posterior).__name__}")
     tensor = posterior.as_inputs(inputs)
+    raw = inputs.detach() if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
+    if not torch.isfinite(raw[..., 0, :, :]).all():
+        raise UncertaintyInputError(
+            "the base logits (channel 0 of inputs) contain NaN or infinite values; a stage-3 "
+            "prompt set never does (check_logits refuses them)"
+        )
     if tensor.shape[0] != 1:
         raise UncertaintyInputError(
             f"suggest_for_inputs takes one prompt set, (3, H, W); got a batch of {tensor.shape[0]}"
@@ -831,5 +1046,4 @@ def suggest_for_inputs(
         excluded=(pos_map > 0.5) | (neg_map > 0.5),
         predictive_probability=maps["predictive_probability"],
     )
-    distance = 2.0 * prompt_sigma if min_distance is None else float(min_distance)
     return suggest(state, policy, k, distance, state.shape), maps

@@ -9,6 +9,10 @@ annotator use it the same way: ``set_image``, ``add_click``, ``predict``, ``sugg
 
 With the predictor's ``sam_mask_input`` each prediction is fed the low-resolution logits of the
 prediction before it (the RITM protocol); an undo returns to the earlier prediction as it was.
+
+A session remembers which image it set on the predictor: when the predictor has another image
+since (a direct ``predictor.set_image`` or another session on the same predictor), decoding or
+suggesting raises a RuntimeError instead of mixing one image's clicks with another's pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from laplace_head.interactive.clicks import Suggestion
 from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
+from laplace_head.segmenters.base import check_clicks
 
 
 @dataclass(frozen=True)
@@ -42,20 +47,37 @@ class ClickSession:
     """
 
     def __init__(self, predictor: InteractivePredictor, image_rgb: np.ndarray | None = None):
+        if not isinstance(predictor, InteractivePredictor):
+            raise TypeError(
+                f"predictor must be an InteractivePredictor; got {type(predictor).__name__}"
+            )
         self.predictor = predictor
         self._clicks: list[Click] = []
         self._predictions: list[InteractivePrediction | None] = []
-        self._has_image = False
+        self._image_digest: str | None = None
         if image_rgb is not None:
             self.set_image(image_rgb)
 
     def set_image(self, image_rgb: np.ndarray) -> None:
         """Start over on an (H, W, 3) uint8 RGB image: the predictor's per-image work (not
-        repeated for the image already set) and an empty history."""
-        self.predictor.set_image(image_rgb)
-        self._has_image = True
+        repeated for the image already set) and an empty history. A refused image
+        (ValueError) leaves the session without an image."""
+        self._image_digest = None
         self._clicks.clear()
         self._predictions.clear()
+        self.predictor.set_image(image_rgb)
+        self._image_digest = self.predictor.image_digest
+
+    def _require_image(self, action: str) -> None:
+        """RuntimeError before :meth:`set_image`, or when the predictor has another image."""
+        if self._image_digest is None:
+            raise RuntimeError(f"An image must be set with .set_image(...) before {action}.")
+        if self.predictor.image_digest != self._image_digest:
+            raise RuntimeError(
+                f"the predictor's image changed after this session's set_image (a direct "
+                f"predictor.set_image or another session on the same predictor); call "
+                f"session.set_image(image) again before {action}"
+            )
 
     @property
     def clicks(self) -> tuple[Click, ...]:
@@ -68,17 +90,22 @@ class ClickSession:
         Raises
         ------
         RuntimeError
-            Before :meth:`set_image`.
+            Before :meth:`set_image`, or when the predictor has another image.
         ValueError
-            For a label other than 0 / 1 or a non-finite coordinate.
+            For what :func:`~laplace_head.segmenters.base.check_clicks` refuses: a label other
+            than exactly 0 / 1 (bools and strings too), a coordinate that is not a finite
+            number on the image (``-0.5 <= x < W - 0.5``, ``-0.5 <= y < H - 0.5``).
         """
-        if not self._has_image:
-            raise RuntimeError("An image must be set with .set_image(...) before clicking.")
-        if int(label) not in (0, 1) or int(label) != label:
-            raise ValueError(f"label must be 1 (positive) or 0 (negative); got {label!r}")
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise ValueError(f"click coordinates must be finite; got ({x}, {y})")
-        self._clicks.append(Click(float(x), float(y), int(label)))
+        self._require_image("clicking")
+        if np.ndim(x) != 0 or np.ndim(y) != 0 or np.ndim(label) != 0:
+            raise ValueError(
+                f"add_click takes one click: scalars x, y and label; got x={x!r}, y={y!r}, "
+                f"label={label!r}"
+            )
+        points, labels = check_clicks(
+            [[x, y]], [label], self.predictor.image_hw, ("(x, y)", "label")
+        )
+        self._clicks.append(Click(float(points[0, 0]), float(points[0, 1]), int(labels[0])))
         self._predictions.append(None)
 
     def undo(self) -> Click:
@@ -106,6 +133,7 @@ class ClickSession:
         if not self._clicks:
             raise ValueError("no clicks yet: add_click(x, y, label) first")
         if self._predictions[-1] is None:
+            self._require_image("predicting")
             self._predictions[-1] = self._predict(len(self._clicks))
         return self._predictions[-1]  # type: ignore[return-value]
 
@@ -131,5 +159,7 @@ class ClickSession:
         """The next ``k`` clicks ``policy`` proposes after :meth:`predict`'s prediction
         (:meth:`InteractivePredictor.suggest
         <laplace_head.interactive.predictor.InteractivePredictor.suggest>`; None: the
-        predictor's ``suggest_policy``, ``active_prompting.suggest_policy``)."""
+        predictor's ``suggest_policy``, ``active_prompting.suggest_policy``; the same
+        argument checks)."""
+        self._require_image("suggesting")
         return self.predictor.suggest(self.predict(), k, policy, seed, min_distance)

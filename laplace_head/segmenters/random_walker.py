@@ -22,6 +22,8 @@ the small grid.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import warnings
 from typing import Any
 
@@ -70,11 +72,20 @@ class RandomWalkerSegmenter(BaseSegmenter):
 
     def __init__(self, max_side: int = 160, beta: float = 2000.0, mode: str = "bf") -> None:
         super().__init__()
-        if int(max_side) < 16:
-            raise ValueError(f"random_walker max_side must be >= 16; got {max_side}")
-        if not float(beta) > 0:
-            raise ValueError(f"random_walker beta must be > 0; got {beta}")
-        if mode not in MODES:
+        if (
+            isinstance(max_side, bool)
+            or not isinstance(max_side, numbers.Integral)
+            or max_side < 16
+        ):
+            raise ValueError(f"random_walker max_side must be an int >= 16; got {max_side!r}")
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not math.isfinite(beta)
+            or not beta > 0
+        ):
+            raise ValueError(f"random_walker beta must be a finite number > 0; got {beta!r}")
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"random_walker mode = {mode!r} is not one of {', '.join(MODES)}")
         self.max_side = int(max_side)
         self.beta = float(beta)

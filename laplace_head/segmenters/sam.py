@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,6 +215,22 @@ class SamSegmenter(BaseSegmenter):
             "fingerprint": self._fingerprint,
         }
 
+    def _check_image_hw(self, height: int, width: int) -> None:
+        """Refuse an image whose shorter side SAM's resize (the longer side to
+        ``transform.target_length``, 1024 for the official models, sides rounded) makes 0."""
+        target = int(self.predictor.transform.target_length)
+        resized = self.predictor.transform.get_preprocess_shape(height, width, target)
+        if min(resized) < 1:
+            longer, shorter = max(height, width), min(height, width)
+            smallest = math.ceil(longer / (2 * target))
+            raise ValueError(
+                f"image of {height}x{width} pixels is too thin for SAM: its resize to a longer "
+                f"side of {target} makes the shorter side {shorter * target / longer:.3g} "
+                f"pixels, which rounds to 0 ({resized[0]}x{resized[1]}). With a longer side of "
+                f"{longer} the shorter side must be at least {smallest} pixels (longer side / "
+                f"{2 * target}); crop or pad the image"
+            )
+
     def _set_image(self, image_rgb: np.ndarray) -> None:
         with torch.inference_mode():
             self.predictor.set_image(image_rgb, image_format="RGB")
@@ -258,12 +275,20 @@ class SamSegmenter(BaseSegmenter):
 
     def _mask_tensor(self, mask_input: np.ndarray) -> torch.Tensor:
         """A checked (1, h, w) ``mask_input`` as a (1, 1, h, w) tensor on the model's device."""
-        array = np.asarray(mask_input, dtype=np.float32)
-        if array.shape != (1, *self.mask_input_hw) or not np.isfinite(array).all():
+        given = np.asarray(mask_input) if isinstance(mask_input, np.ndarray) else None
+        kind = "" if given is None else given.dtype.kind
+        array = given.astype(np.float32) if kind in ("f", "i", "u") else None
+        if array is None or array.shape != (1, *self.mask_input_hw) or not np.isfinite(array).all():
+            got = (
+                f"a {type(mask_input).__name__}"
+                if given is None
+                else f"shape {given.shape}, dtype {given.dtype}"
+                + ("" if array is None or np.isfinite(array).all() else ", non-finite values")
+            )
             raise ValueError(
                 f"mask_input must be finite (1, {self.mask_input_hw[0]}, "
                 f"{self.mask_input_hw[1]}) low-resolution logits (a previous prediction's "
-                f"low_res_logits); got shape {array.shape}"
+                f"low_res_logits), a float NumPy array; got {got}"
             )
         return torch.as_tensor(array, device=self.device)[None]
 
