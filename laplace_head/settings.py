@@ -163,6 +163,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "images_root": data["images_root"],
             "masks_root": data["masks_root"],
             "split_seed": data["split_seed"],
+            "split_fractions": list(data["split_fractions"]),
         },
         "generate_promptsets": {
             "shard_size": data["shard_size"],
