@@ -98,6 +98,10 @@ def segmenter_params(config: Mapping[str, Any]) -> dict:
     return {key: sam[key] for key in SEGMENTER_KEYS[Backend(sam["backend"]).value]}
 
 
+#: The ``active_prompting`` keys the click rules read (``PolicySettings`` of
+#: :mod:`laplace_head.interactive.clicks`, which imports this module, so they are listed here).
+POLICY_SETTING_KEYS = ("region_error_level", "lookahead_candidates", "coverage_radius")
+
 #: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
 PIXELS_PER_IMAGE = "pixels_per_image"
 
@@ -209,6 +213,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "shard_size": data["shard_size"],
             "policies": stage8_policies(active["policies"], active["suggest_policy"]),
             "suggest_policy": active["suggest_policy"],
+            "policy_settings": {key: active[key] for key in POLICY_SETTING_KEYS},
             "max_clicks": active["max_clicks"],
             "seed": active["seed"],
             "n_bootstrap": active["n_bootstrap"],

@@ -58,9 +58,11 @@ from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
     POLICIES,
+    PREDICTIVE_FIELD,
     Cell,
     ClickState,
     Lookahead,
+    PolicySettings,
     Suggestion,
     grid_to_image,
     image_to_grid,
@@ -256,6 +258,10 @@ class InteractivePredictor:
     suggest_policy
         The click rule :meth:`suggest` uses when given none
         (``active_prompting.suggest_policy``; None: that key's schema default).
+    policy_settings
+        The click rules' tunable constants, :attr:`ClickState.settings
+        <laplace_head.interactive.clicks.ClickState.settings>` of :meth:`click_state`
+        (``active_prompting.region_error_level`` etc.; None: the schema's defaults).
     """
 
     def __init__(
@@ -269,6 +275,7 @@ class InteractivePredictor:
         n_nodes: int = QUADRATURE_NODES,
         sam_mask_input: bool = False,
         suggest_policy: str | None = None,
+        policy_settings: PolicySettings | None = None,
     ) -> None:
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
@@ -298,6 +305,7 @@ class InteractivePredictor:
                 f"{', '.join(sorted(set(POLICIES) - GROUND_TRUTH_POLICIES))}"
             )
         self.suggest_policy = suggest_policy
+        self.policy_settings = PolicySettings() if policy_settings is None else policy_settings
         self._weight_samples: torch.Tensor | None = None
         if uncertainty == "samples":
             generator = torch.Generator(device=posterior.device).manual_seed(
@@ -322,8 +330,9 @@ class InteractivePredictor:
             Stage 8's settings, ``laplace_head.settings.stage_params(config)
             ["active_prompting"]``: ``segmenter`` (keyword arguments of
             :func:`~laplace_head.segmenters.build_segmenter_from_settings`; a SAM backend
-            without ``device`` gets ``device``), ``prompt_sigma``, ``sam_mask_input`` and
-            ``suggest_policy``.
+            without ``device`` gets ``device``), ``prompt_sigma``, ``sam_mask_input``,
+            ``suggest_policy`` and ``policy_settings`` (:class:`~laplace_head.interactive
+            .clicks.PolicySettings` keywords; optional).
         laplace_dir
             The fitted Laplace run (anything :func:`load_posterior` accepts).
         device
@@ -338,6 +347,8 @@ class InteractivePredictor:
         posterior = load_posterior(laplace_dir, device=resolve_device(device, "device"))
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
         kwargs.setdefault("suggest_policy", settings["suggest_policy"])
+        if settings.get("policy_settings") is not None:
+            kwargs.setdefault("policy_settings", PolicySettings(**settings["policy_settings"]))
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
 
     @classmethod
@@ -501,26 +512,35 @@ class InteractivePredictor:
         """The look-ahead of ``prediction`` for :attr:`ClickState.lookahead
         <laplace_head.interactive.clicks.ClickState.lookahead>`.
 
-        ``lookahead([((row, col), label), ...])`` gives, per request, the (256, 256) predictive
-        probability of :meth:`predict` on ``prediction``'s clicks plus one click with ``label``
-        at the cell's centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
-        :meth:`next_mask_input`. The requests not asked before are predicted together
-        (:meth:`predict_extended`); results are cached per (cell, label). ``prediction`` must
-        be of the current image.
+        ``lookahead([((row, col), label), ...], field)`` gives, per request, the (256, 256)
+        grid map ``field`` (one of :attr:`InteractivePrediction.GRID_FIELDS`; default the
+        predictive probability) of :meth:`predict` on ``prediction``'s clicks plus one click
+        with ``label`` at the cell's centre
+        (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed :meth:`next_mask_input`.
+        The requests not asked before are predicted together (:meth:`predict_extended`);
+        results are cached per (cell, label), every field at once, so asking for another
+        field of the same requests predicts nothing. ``prediction`` must be of the current
+        image.
         """
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
         mask_input = self.next_mask_input(prediction)
-        cache: dict[tuple[Cell, int], np.ndarray] = {}
+        cache: dict[tuple[Cell, int], InteractivePrediction] = {}
 
-        def predict_with(requests: Sequence[tuple[Cell, int]]) -> list[np.ndarray]:
+        def predict_with(
+            requests: Sequence[tuple[Cell, int]], field: str = PREDICTIVE_FIELD
+        ) -> list[np.ndarray]:
+            if field not in InteractivePrediction.GRID_FIELDS:
+                raise ValueError(
+                    f"unknown look-ahead field {field!r}; valid: "
+                    f"{', '.join(InteractivePrediction.GRID_FIELDS)}"
+                )
             keys = [((int(cell[0]), int(cell[1])), int(label)) for cell, label in requests]
             todo = list(dict.fromkeys(key for key in keys if key not in cache))
             if todo:
                 extended = self.predict_extended(points, labels, todo, mask_input)
-                for key, result in zip(todo, extended):
-                    cache[key] = result.predictive_probability
-            return [cache[key] for key in keys]
+                cache.update(zip(todo, extended))
+            return [getattr(cache[key], field) for key in keys]
 
         return predict_with
 
@@ -577,13 +597,16 @@ class InteractivePredictor:
     def click_state(self, prediction: InteractivePrediction) -> ClickState:
         """What a click policy sees after ``prediction``: its maps, its clicked cells and its
         :meth:`lookahead` (no ground truth)."""
+        lookahead = self.lookahead(prediction)
         return ClickState(
             map_probability=prediction.map_probability,
             entropy=prediction.entropy,
             bald=prediction.bald,
             clicked=prediction.clicked_cells(),
             predictive_probability=prediction.predictive_probability,
-            lookahead=self.lookahead(prediction),
+            lookahead=lookahead,
+            lookahead_fields=lookahead,
+            settings=self.policy_settings,
         )
 
     def suggest(
