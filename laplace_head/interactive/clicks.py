@@ -43,16 +43,17 @@ Three further BALD rules read more than the BALD map:
 * ``bald_region`` - the oracle's rule without the ground truth: the predicted error
   ``min(p, 1 - p)`` of the posterior predictive probability ``p``
   (:attr:`ClickState.predictive_probability`) stands in for the true error, its 4-connected
-  regions at or above :data:`REGION_ERROR_LEVEL` stand in for the error regions, the region
+  regions at or above the region band's level (:attr:`PolicySettings.region_error_level`,
+  default :data:`REGION_ERROR_LEVEL`) stand in for the error regions, the region
   with the largest BALD *sum* (not the largest pixel) is chosen and clicked at its
   distance-transform centre, as the oracle clicks its largest error region. Clicked cells are
   boundary, as for the oracle; with no such region it falls back to ``bald``.
 * ``bald_lookahead`` - a one-step look-ahead: for the centres of the best
-  :data:`LOOKAHEAD_CANDIDATES` ``bald_region`` regions it re-predicts with the click added as
-  positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
+  ``lookahead_candidates`` (default :data:`LOOKAHEAD_CANDIDATES`) ``bald_region`` regions it
+  re-predicts with the click added as positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
   expected remaining predicted error ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q,
   1 - q)``, is smallest, i.e. the largest expected reduction of predicted error. It costs
-  ``2 * LOOKAHEAD_CANDIDATES`` extra predictions per click, asked for in one look-ahead call
+  ``2 * lookahead_candidates`` extra predictions per click, asked for in one look-ahead call
   (one batched decode and head pass).
 
 Two rules aimed at what the oracle clicks:
