@@ -50,11 +50,11 @@ Three further BALD rules read more than the BALD map:
   boundary, as for the oracle; with no such region it falls back to ``bald``.
 * ``bald_lookahead`` - a one-step look-ahead: for the centres of the best
   ``lookahead_candidates`` (default :data:`LOOKAHEAD_CANDIDATES`) ``bald_region`` regions it
-  re-predicts with the click added as positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
-  expected remaining predicted error ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q,
-  1 - q)``, is smallest, i.e. the largest expected reduction of predicted error. It costs
-  ``2 * lookahead_candidates`` extra predictions per click, asked for in one look-ahead call
-  (one batched decode and head pass).
+  re-predicts with the click added as positive and as negative (:attr:`ClickState.lookahead`)
+  and picks the candidate whose expected remaining predicted error
+  ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q, 1 - q)``, is smallest, i.e. the
+  largest expected reduction of predicted error. It costs ``2 * lookahead_candidates`` extra
+  predictions per click, asked for in one look-ahead call (one batched decode and head pass).
 
 Two rules aimed at what the oracle clicks:
 
