@@ -6,11 +6,13 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 DEMO_ARGS ?=
 STAMP := $(VENV)/.installed
-# config/config.yaml is the base; demo.yaml / real_dev.yaml override it (later files win).
+# config/config.yaml is the base; demo.yaml / real_dev.yaml override it, real_large.yaml
+# overrides real_dev.yaml (later files win).
 DEMO_CONFIG := config/config.yaml config/demo.yaml
 REAL_DEV_CONFIG := config/config.yaml config/real_dev.yaml
+REAL_LARGE_CONFIG := $(REAL_DEV_CONFIG) config/real_large.yaml
 
-.PHONY: demo test lint unit test-workflow venv clean-demo real-dev bench test-cluster report
+.PHONY: demo test lint unit test-workflow venv clean-demo real-dev real-large bench test-cluster report
 
 # torch/torchvision are pinned to the releases this machine's pip serves from local disk.
 $(STAMP): pyproject.toml
@@ -57,6 +59,11 @@ test: lint unit test-workflow
 ## make real-dev: the whole workflow on ../shared/data/real_dev
 real-dev: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --configfile $(REAL_DEV_CONFIG)
+
+## make real-large: the whole workflow on ../shared/data/real_large (real_dev's settings,
+## val/test 15 % each)
+real-large: $(STAMP)
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(REAL_LARGE_CONFIG)
 
 ## make bench: every bench/bench_*.py and bench/gpu_check.py (on the CPU, tiny SAM) once at a
 ## quick setting (smoke run, not for the numbers; bench_packing and bench_loading read

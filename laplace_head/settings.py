@@ -259,6 +259,10 @@ def check_segmenter_fingerprint(
     )
 
 
+#: The ``active_prompting`` keys the click rules read (``PolicySettings`` of
+#: :mod:`laplace_head.interactive.clicks`, which imports this module, so they are listed here).
+POLICY_SETTING_KEYS = ("region_error_level", "lookahead_candidates", "coverage_radius")
+
 #: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
 PIXELS_PER_IMAGE = "pixels_per_image"
 
@@ -324,6 +328,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "images_root": data["images_root"],
             "masks_root": data["masks_root"],
             "split_seed": data["split_seed"],
+            "split_fractions": list(data["split_fractions"]),
         },
         "generate_promptsets": {
             "shard_size": data["shard_size"],
@@ -373,6 +378,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "shard_size": data["shard_size"],
             "policies": stage8_policies(active["policies"], active["suggest_policy"]),
             "suggest_policy": active["suggest_policy"],
+            "policy_settings": {key: active[key] for key in POLICY_SETTING_KEYS},
             "max_clicks": active["max_clicks"],
             "seed": active["seed"],
             "n_bootstrap": active["n_bootstrap"],

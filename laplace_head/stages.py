@@ -47,11 +47,17 @@ def build_manifests(
     import pandas as pd
 
     from laplace_head.dataset.manifests import build_manifests as run_stage
+    from laplace_head.dataset.splits import SplitFractions
     from laplace_head.util.tracking import init_tracker
 
     tracker = init_tracker(runtime.wandb, runtime.project_root, "build_manifests")
     report = run_stage(
-        settings["images_root"], settings["masks_root"], layout, settings["split_seed"], workers
+        settings["images_root"],
+        settings["masks_root"],
+        layout,
+        settings["split_seed"],
+        workers,
+        SplitFractions(*settings["split_fractions"]),
     )
     tracker.log(
         {

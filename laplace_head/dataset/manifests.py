@@ -2,8 +2,9 @@
 
 Writes the layout's ``manifests/``: ``all_samples.csv`` (every candidate sample with ``valid`` and
 ``reason``), ``train.csv``/``val.csv``/``test.csv`` (valid samples, sorted by id),
-``split_registry.csv`` (the frozen ``sample_id -> split`` assignment, kept across re-runs;
-delete it with the manifests to draw a fresh split) and ``manifest_report.json``.
+``split_registry.csv`` (the frozen ``sample_id -> split`` assignment with the
+``data.split_fractions`` that drew it, kept across re-runs; delete it with the manifests to
+draw a fresh split) and ``manifest_report.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from laplace_head.dataset.checks import SampleCheck, check_sample
 from laplace_head.dataset.scan import ScanEntry, escape_line_breaks, scan_dataset
-from laplace_head.dataset.splits import SPLITS, assign_splits
+from laplace_head.dataset.splits import SPLITS, SplitFractions, assign_splits
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import ProjectLayout
 from laplace_head.util.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
@@ -29,6 +30,8 @@ from laplace_head.util.faults import fault_point
 
 LOGGER = logging.getLogger(__name__)
 REGISTRY = "split_registry"  # the manifest that freezes every sample's split
+# The registry's columns of the fractions that drew the split (the same value on every row).
+FRACTION_COLUMNS = {"val": "val_fraction", "test": "test_fraction"}
 MANIFEST_COLUMNS = [
     "sample_id",
     "safe_id",
@@ -110,15 +113,55 @@ def read_frozen_assignment(layout: ProjectLayout) -> dict[str, str]:
     return assignment
 
 
+def read_frozen_fractions(layout: ProjectLayout) -> SplitFractions:
+    """The split fractions of the frozen assignment: the registry's fraction columns; a
+    registry without them, or split CSVs without a registry, hold a split drawn with
+    :meth:`SplitFractions.default` (80/10/10)."""
+    registry = layout.manifest(REGISTRY)
+    if registry.is_file():
+        frame = pd.read_csv(registry, keep_default_na=False, dtype={"sample_id": str})
+        if set(FRACTION_COLUMNS.values()) <= set(frame.columns) and len(frame):
+            return SplitFractions(
+                **{name: float(frame[column].iloc[0]) for name, column in FRACTION_COLUMNS.items()}
+            )
+    return SplitFractions.default()
+
+
+def check_frozen_fractions(layout: ProjectLayout, fractions: SplitFractions) -> None:
+    """Raise when the project's frozen split was drawn with other fractions than ``fractions``
+    (a re-split would move samples between train and test; stage 1 never does it silently)."""
+    frozen = read_frozen_fractions(layout)
+    if frozen.matches(fractions):
+        return
+    registry = layout.manifest(REGISTRY)
+    raise LaplaceHeadError(
+        f"the frozen split of this project ({registry}) was drawn with data.split_fractions "
+        f"[val, test] = {frozen.describe()}, but the config asks for {fractions.describe()}. Set "
+        f"data.split_fractions back to {frozen.describe()}, or delete {layout.manifests_dir} "
+        "(every manifest, so that stage 1 draws a fresh split and every later stage reruns), "
+        "or use another data.project_root."
+    )
+
+
 def build_manifests(
     images_root: str | os.PathLike,
     masks_root: str | os.PathLike,
     layout: ProjectLayout,
     split_seed: int,
     workers: int = 1,
+    fractions: SplitFractions | None = None,
 ) -> dict:
     """Run stage 1 into the layout's manifests and return a report (counts, per-class table,
-    invalid and dropped samples)."""
+    invalid and dropped samples).
+
+    ``fractions`` (default :meth:`SplitFractions.default`) are the val and test shares of a
+    fresh split; a project whose frozen split was drawn with other ones is refused
+    (:func:`check_frozen_fractions`) before anything is scanned or written.
+    """
+    fractions = SplitFractions.default() if fractions is None else fractions
+    frozen = read_frozen_assignment(layout)
+    if frozen:
+        check_frozen_fractions(layout, fractions)
     outputs = [layout.manifest(name) for name in ("all_samples", *SPLITS, REGISTRY)]
     outputs.append(layout.manifest_report)
     remove_stale_temp_files(layout.manifests_dir, [path.name for path in outputs])
@@ -145,9 +188,8 @@ def build_manifests(
     # An empty scan gives object columns; boolean masks must stay boolean (empty images_root).
     frame = frame.astype({"valid": bool, "size_mismatch": bool})
     valid = frame[frame["valid"]]
-    frozen = read_frozen_assignment(layout)
     assignment, dropped = assign_splits(
-        valid.groupby("class")["sample_id"].apply(list).to_dict(), split_seed, frozen
+        valid.groupby("class")["sample_id"].apply(list).to_dict(), split_seed, frozen, fractions
     )
     # Only valid rows carry a split (an invalid row may share the id of a valid one).
     frame["split"] = frame["sample_id"].map(assignment).where(frame["valid"]).fillna("")
@@ -157,6 +199,8 @@ def build_manifests(
         rows = frame[frame["valid"] & (frame["split"] == split)]
         write_manifest_csv(layout.manifest(split), rows[MANIFEST_COLUMNS])
     registry = pd.DataFrame(sorted(assignment.items()), columns=["sample_id", "split"])
+    for name, column in FRACTION_COLUMNS.items():
+        registry[column] = getattr(fractions, name)
     write_manifest_csv(layout.manifest(REGISTRY), registry)
     report = _report(frame, frozen, dropped)
     atomic_write_json(layout.manifest_report, report)

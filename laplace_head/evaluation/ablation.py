@@ -3,11 +3,13 @@
 Inputs per variant: its stage-6 ``posterior_meta.json`` (validation NLL and BALD error-AUROC),
 its stage-7 ``metrics.json`` on test (NLL, ECE, BALD / entropy error-AUROC of the Laplace head
 next to the MAP head and temperature scaling) and its stage-8 report per split (head-mIoU AUC
-of every click policy, paired per-image comparison with ``random``).
+of every click policy, paired per-image comparisons with ``random`` and, for a posterior rule,
+with its posterior-free twin).
 
-The choice is made on val only: the (variant, click rule) whose BALD-based rule (a policy
-whose name contains ``bald``) beats random by the largest mean per-image AUC difference on the
-validation split. Its test figures are then reported as they are, with the share of the
+The choice is made on val only: the (variant, click rule) whose posterior rule (a key of
+:data:`~laplace_head.interactive.clicks.POSTERIOR_TWINS`: a rule that reads the posterior)
+beats random by the largest mean per-image AUC difference on the validation split. Its test
+figures are then reported as they are: vs random, vs its twin, and the share of the
 random-to-oracle AUC gap it closes. Nothing is chosen on test.
 """
 
@@ -21,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from laplace_head.bayes.posterior_io import meta_summary, read_meta
-from laplace_head.evaluation.active_prompting import BASELINE_POLICY, ORACLE_POLICY, paired_key
+from laplace_head.evaluation.active_prompting import (
+    BASELINE_POLICY,
+    ORACLE_POLICY,
+    paired_key,
+    twin_key,
+)
+from laplace_head.interactive.clicks import POSTERIOR_TWINS
 from laplace_head.util.atomic import (
     atomic_path,
     atomic_write_csv,
@@ -32,11 +40,14 @@ from laplace_head.util.atomic import (
 
 LOGGER = logging.getLogger(__name__)
 CHOICE_SPLIT, REPORT_SPLIT = "val", "test"
+#: The bars for the shipped rule on test: the AUC gain over random, the share of the
+#: random-to-oracle gap closed.
+MIN_GAIN_OVER_RANDOM, MIN_GAP_CLOSED = 0.03, 0.4
 
 
-def is_bald_rule(policy: str) -> bool:
-    """A click rule driven by the posterior's epistemic uncertainty (its name has ``bald``)."""
-    return "bald" in policy
+def is_posterior_rule(policy: str) -> bool:
+    """A click rule that reads the posterior (it has a posterior-free twin)."""
+    return policy in POSTERIOR_TWINS
 
 
 def _overall(metrics: Mapping[str, Any], method: str, key: str) -> float | None:
@@ -45,7 +56,8 @@ def _overall(metrics: Mapping[str, Any], method: str, key: str) -> float | None:
 
 
 def _clicks_summary(report: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Per policy: head AUC, and the paired AUC difference with random (mean, CI, n)."""
+    """Per policy: head AUC, the paired AUC difference with random (mean, CI, n) and, for a
+    posterior rule, with its twin (``twin`` names it; no ``vs_twin`` when it did not run)."""
     if not report:
         return {}
     out = {}
@@ -60,6 +72,15 @@ def _clicks_summary(report: Mapping[str, Any] | None) -> dict[str, Any]:
                 vs_random_better_worse=[paired["n_better"], paired["n_worse"]],
                 n_images=paired["n"],
             )
+        if is_posterior_rule(policy):
+            entry["twin"] = POSTERIOR_TWINS[policy]
+            twin = report.get("paired", {}).get(twin_key(policy)) or {}
+            if twin.get("n"):
+                entry.update(
+                    vs_twin=twin["mean_difference"],
+                    vs_twin_ci95=twin["ci95"],
+                    vs_twin_better_worse=[twin["n_better"], twin["n_worse"]],
+                )
         out[policy] = entry
     return out
 
@@ -96,13 +117,13 @@ def variant_row(
     return row
 
 
-def val_best_bald_rule(row: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The variant's BALD rule with the largest val AUC gain over random, and that gain."""
+def val_best_posterior_rule(row: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The variant's posterior rule with the largest val AUC gain over random, and that gain."""
     val = row["clicks"].get(CHOICE_SPLIT) or {}
     gains = {
         p: e["vs_random"]
         for p, e in val.items()
-        if is_bald_rule(p) and e.get("vs_random") is not None
+        if is_posterior_rule(p) and e.get("vs_random") is not None
     }
     if not gains:
         return None
@@ -111,8 +132,11 @@ def val_best_bald_rule(row: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 def choose(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The (variant, BALD rule) with the largest val AUC gain over random; None without val."""
-    candidates = [(row, best) for row in rows if (best := val_best_bald_rule(row))]
+    """The (variant, posterior rule) with the largest val AUC gain over random, with its test
+    figures and the goals (``click_goal_met``: >= +0.03 over random with the CI above 0;
+    ``twin_goal_met``: the CI vs its twin above 0; ``gap_goal_met``: >= 40 % of the
+    random-to-oracle gap closed); None without val."""
+    candidates = [(row, best) for row in rows if (best := val_best_posterior_rule(row))]
     if not candidates:
         return None
     row, (policy, gain) = max(candidates, key=lambda candidate: candidate[1][1])
@@ -129,8 +153,18 @@ def choose(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         best["test_oracle_gap_closed"] = (entry["auc"] - random_auc) / (oracle_auc - random_auc)
     ci = best["test_vs_random_ci95"]
     best["click_goal_met"] = bool(
-        best["test_vs_random"] is not None and best["test_vs_random"] >= 0.03 and ci and ci[0] > 0
+        best["test_vs_random"] is not None
+        and best["test_vs_random"] >= MIN_GAIN_OVER_RANDOM
+        and ci
+        and ci[0] > 0
     )
+    best["twin"] = POSTERIOR_TWINS[policy]
+    best["test_vs_twin"] = entry.get("vs_twin")
+    best["test_vs_twin_ci95"] = entry.get("vs_twin_ci95")
+    twin_ci = best["test_vs_twin_ci95"]
+    best["twin_goal_met"] = bool(twin_ci and twin_ci[0] > 0)
+    gap = best.get("test_oracle_gap_closed")
+    best["gap_goal_met"] = bool(gap is not None and gap >= MIN_GAP_CLOSED)
     return best
 
 
@@ -148,11 +182,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _diff(entry: Mapping[str, Any] | None) -> str:
-    if not entry or entry.get("vs_random") is None:
+def _diff(entry: Mapping[str, Any] | None, against: str = "vs_random") -> str:
+    if not entry or entry.get(against) is None:
         return "-"
-    low, high = entry["vs_random_ci95"]
-    return f"{entry['vs_random']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    low, high = entry[f"{against}_ci95"]
+    return f"{entry[against]:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _twin_cell(entry: Mapping[str, Any] | None) -> str:
+    """A posterior rule's difference with its twin, or why there is none; "" for the rest."""
+    if not entry or "twin" not in entry:
+        return ""
+    if entry.get("vs_twin") is None:
+        return f"{entry['twin']} not run"
+    return f"{_diff(entry, 'vs_twin')} ({entry['twin']})"
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
@@ -183,29 +226,34 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "Goal: BALD error-AUROC >= 0.75, NLL below the MAP head and temperature scaling, "
         "ECE <= MAP (test).",
         "",
-        "## Click rules: head-mIoU AUC minus random, per image (mean [95% bootstrap CI])",
+        "## Click rules: head-mIoU AUC minus random, and a posterior rule minus its "
+        "posterior-free twin, per image (mean [95% bootstrap CI])",
         "",
     ]
     splits = summary["splits"]
     policies = [p for p in summary["policies"] if p != BASELINE_POLICY]
-    header = "| variant | rule | " + " | ".join(f"{s} AUC | {s} vs random" for s in splits) + " |"
-    lines += [header, "|" + "---|" * (2 + 2 * len(splits))]
+    header = (
+        "| variant | rule | "
+        + " | ".join(f"{s} AUC | {s} vs random | {s} vs twin" for s in splits)
+        + " |"
+    )
+    lines += [header, "|" + "---|" * (2 + 3 * len(splits))]
     for r in rows:
         for policy in policies:
             cells = []
             for split in splits:
                 entry = (r["clicks"].get(split) or {}).get(policy)
-                cells += [_fmt((entry or {}).get("auc"), 3), _diff(entry)]
+                cells += [_fmt((entry or {}).get("auc"), 3), _diff(entry), _twin_cell(entry)]
             lines.append(f"| {r['variant']} | {policy} | " + " | ".join(cells) + " |")
         random_cells = []
         for split in splits:
             entry = (r["clicks"].get(split) or {}).get(BASELINE_POLICY)
-            random_cells += [_fmt((entry or {}).get("auc"), 3), "0"]
+            random_cells += [_fmt((entry or {}).get("auc"), 3), "0", ""]
         lines.append(f"| {r['variant']} | random | " + " | ".join(random_cells) + " |")
     choice = summary.get("choice")
     lines += ["", "## Chosen on val", ""]
     if choice is None:
-        lines.append("No BALD rule was clicked on val: nothing chosen.")
+        lines.append("No posterior rule was clicked on val: nothing chosen.")
     else:
         gap = choice.get("test_oracle_gap_closed")
         test = {
@@ -220,6 +268,17 @@ def markdown(summary: Mapping[str, Any]) -> str:
             f"closed {_fmt(gap, 3)}. Goal (>= +0.03 with CI above 0) "
             f"{'met' if choice['click_goal_met'] else 'not met'}."
         )
+        twin = {"vs_twin": choice["test_vs_twin"], "vs_twin_ci95": choice["test_vs_twin_ci95"]}
+        versus = (
+            f"{_diff(twin, 'vs_twin')} vs its twin {choice['twin']}"
+            if choice["test_vs_twin"] is not None
+            else f"its twin {choice['twin']} was not run, so nothing shows what the posterior adds"
+        )
+        lines.append(
+            f"On test, {versus}; beating the twin (CI above 0) "
+            f"{'met' if choice['twin_goal_met'] else 'not met'}; closing >= 40 % of the gap "
+            f"{'met' if choice['gap_goal_met'] else 'not met'}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +290,7 @@ def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         for split, by_policy in r["clicks"].items():
             for policy, entry in by_policy.items():
                 ci = entry.get("vs_random_ci95") or [None, None]
+                twin_ci = entry.get("vs_twin_ci95") or [None, None]
                 rows.append(
                     {
                         **base,
@@ -240,6 +300,10 @@ def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "vs_random": entry.get("vs_random"),
                         "vs_random_ci_low": ci[0],
                         "vs_random_ci_high": ci[1],
+                        "twin": entry.get("twin"),
+                        "vs_twin": entry.get("vs_twin"),
+                        "vs_twin_ci_low": twin_ci[0],
+                        "vs_twin_ci_high": twin_ci[1],
                     }
                 )
     return rows
@@ -247,7 +311,8 @@ def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     """Left: test BALD error-AUROC vs test NLL per variant (MAP and temperature scaling as
-    lines). Right: test mIoU vs clicks of each variant's val-best BALD rule, random, oracle."""
+    lines). Right: test mIoU vs clicks of each variant's val-best posterior rule, random,
+    oracle."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,7 +352,7 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     drawn_reference = False
     for index, r in enumerate(rows):
         test = r["clicks"].get(REPORT_SPLIT) or {}
-        best = val_best_bald_rule(r)
+        best = val_best_posterior_rule(r)
         if best is None or not test:
             continue
         rule = best[0]
@@ -315,7 +380,7 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("clicks")
     right.set_ylabel("test head mIoU")
-    right.set_title("Clicks-to-IoU: each variant's BALD rule chosen on val")
+    right.set_title("Clicks-to-IoU: each variant's posterior rule chosen on val")
     right.grid(alpha=0.3)
     right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

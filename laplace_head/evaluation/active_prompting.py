@@ -11,9 +11,13 @@ Reported, overall and per class (classes live under ``per_class``, never beside 
   over the K clicks), for the head and for the base segmenter;
 - ``noc@85``/``noc@90``: mean number of clicks to reach that IoU (K when never reached) and
   ``nof@85``/``nof@90``: how many images never reach it;
-- paired per-image comparisons of the AUC: each policy vs ``random`` (head masks), and head vs
-  base under ``oracle``; mean difference, a seeded bootstrap 95% CI and a Wilcoxon signed-rank
-  p (two-sided; 1.0 when every difference is zero).
+- paired per-image comparisons of the AUC: each policy vs ``random`` (head masks,
+  ``<policy>_vs_random``), head vs base under ``oracle``, and each posterior rule vs its
+  posterior-free twin (:data:`~laplace_head.interactive.clicks.POSTERIOR_TWINS`,
+  ``<rule>_vs_twin``, the entry naming the ``twin``) when the twin ran too; mean difference,
+  a seeded bootstrap 95% CI and a Wilcoxon signed-rank p (two-sided; 1.0 when every
+  difference is zero). ``twins_not_run`` names each posterior rule that ran without its twin
+  (``rule -> twin``), so a missing comparison is never silent.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from laplace_head.interactive.clicks import POSTERIOR_TWINS
 from laplace_head.interactive.records import CLASS, POLICY, SAMPLE_ID, iou_key, read_records
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
@@ -39,6 +44,11 @@ ORACLE_POLICY = "oracle"
 def paired_key(policy: str) -> str:
     """The report's ``paired`` entry comparing ``policy`` with the random baseline."""
     return f"{policy}_vs_{BASELINE_POLICY}"
+
+
+def twin_key(policy: str) -> str:
+    """The report's ``paired`` entry comparing posterior rule ``policy`` with its twin."""
+    return f"{policy}_vs_twin"
 
 
 def iou_matrix(records: Sequence[Mapping[str, Any]], model: str, max_clicks: int) -> np.ndarray:
@@ -102,6 +112,20 @@ def _per_image_auc(records: Sequence[Mapping[str, Any]], model: str, max_clicks:
     return {record[SAMPLE_ID]: float(ious[i].mean()) for i, record in enumerate(records)}
 
 
+def _paired_auc(
+    by_policy: Mapping[str, Mapping[str, float]],
+    policy: str,
+    other: str,
+    n_bootstrap: int,
+    seed: int,
+    key: str,
+) -> dict[str, Any]:
+    """:func:`paired_comparison` of the per-image head AUC of ``policy`` minus ``other``."""
+    common = sorted(set(by_policy[other]) & set(by_policy[policy]))
+    differences = np.array([by_policy[policy][s] - by_policy[other][s] for s in common])
+    return paired_comparison(differences, n_bootstrap, seed, key)
+
+
 def aggregate(
     records: Sequence[Mapping[str, Any]], max_clicks: int, n_bootstrap: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -130,14 +154,13 @@ def aggregate(
         for policy in policies
     }
     if BASELINE_POLICY in by_policy:
-        baseline = by_policy[BASELINE_POLICY]
         for policy in policies:
             if policy == BASELINE_POLICY:
                 continue
-            common = sorted(set(baseline) & set(by_policy[policy]))
-            differences = np.array([by_policy[policy][s] - baseline[s] for s in common])
             key = paired_key(policy)
-            result["paired"][key] = paired_comparison(differences, n_bootstrap, seed, key)
+            result["paired"][key] = _paired_auc(
+                by_policy, policy, BASELINE_POLICY, n_bootstrap, seed, key
+            )
     if ORACLE_POLICY in by_policy:
         oracle = [r for r in records if r[POLICY] == ORACLE_POLICY]
         base = _per_image_auc(oracle, "base", max_clicks)
@@ -146,6 +169,15 @@ def aggregate(
         differences = np.array([head[s] - base[s] for s in common])
         key = f"head_vs_base_{ORACLE_POLICY}"
         result["paired"][key] = paired_comparison(differences, n_bootstrap, seed, key)
+    result["twins_not_run"] = {}
+    for policy in [p for p in policies if p in POSTERIOR_TWINS]:
+        twin = POSTERIOR_TWINS[policy]
+        if twin not in by_policy:
+            result["twins_not_run"][policy] = twin
+            continue
+        key = twin_key(policy)
+        paired = _paired_auc(by_policy, policy, twin, n_bootstrap, seed, key)
+        result["paired"][key] = {"twin": twin, **paired}
     return result
 
 
@@ -195,12 +227,25 @@ def markdown(result: Mapping[str, Any]) -> str:
         if not value.get("n"):
             continue
         low, high = value["ci95"]
+        label = f"{key} ({value['twin']})" if "twin" in value else key
         lines.append(
-            f"| {key} | {value['n']} | {value['mean_difference']:+.4f} | "
+            f"| {label} | {value['n']} | {value['mean_difference']:+.4f} | "
             f"[{low:+.4f}, {high:+.4f}] | {value['wilcoxon_p']:.3g} | "
             f"{value['n_better']}/{value['n_worse']} |"
         )
+    lines += ["", twins_note(result["twins_not_run"])]
     return "\n".join(lines) + "\n"
+
+
+def twins_note(twins_not_run: Mapping[str, str]) -> str:
+    """One sentence naming the posterior rules that ran without their posterior-free twin."""
+    if not twins_not_run:
+        return "Every posterior rule ran with its posterior-free twin (`<rule>_vs_twin`)."
+    missing = ", ".join(f"{rule} (twin {twin})" for rule, twin in twins_not_run.items())
+    return (
+        f"Posterior rules run without their posterior-free twin, so not compared with it: "
+        f"{missing}. Add the twins to the policies to see what the posterior adds."
+    )
 
 
 def plot_curves(result: Mapping[str, Any], out_png: str | os.PathLike) -> None:
@@ -262,4 +307,6 @@ def write_report(
                 *value["ci95"],
                 value["wilcoxon_p"],
             )
+    if result["twins_not_run"]:
+        LOGGER.warning("%s", twins_note(result["twins_not_run"]))
     return result

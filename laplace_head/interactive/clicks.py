@@ -43,17 +43,46 @@ Three further BALD rules read more than the BALD map:
 * ``bald_region`` - the oracle's rule without the ground truth: the predicted error
   ``min(p, 1 - p)`` of the posterior predictive probability ``p``
   (:attr:`ClickState.predictive_probability`) stands in for the true error, its 4-connected
-  regions at or above :data:`REGION_ERROR_LEVEL` stand in for the error regions, the region
+  regions at or above the region band's level (:attr:`PolicySettings.region_error_level`,
+  default :data:`REGION_ERROR_LEVEL`) stand in for the error regions, the region
   with the largest BALD *sum* (not the largest pixel) is chosen and clicked at its
   distance-transform centre, as the oracle clicks its largest error region. Clicked cells are
   boundary, as for the oracle; with no such region it falls back to ``bald``.
 * ``bald_lookahead`` - a one-step look-ahead: for the centres of the best
-  :data:`LOOKAHEAD_CANDIDATES` ``bald_region`` regions it re-predicts with the click added as
-  positive and as negative (:attr:`ClickState.lookahead`) and picks the candidate whose
-  expected remaining predicted error ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q,
-  1 - q)``, is smallest, i.e. the largest expected reduction of predicted error. It costs
-  ``2 * LOOKAHEAD_CANDIDATES`` extra predictions per click, asked for in one look-ahead call
-  (one batched decode and head pass).
+  ``lookahead_candidates`` (default :data:`LOOKAHEAD_CANDIDATES`) ``bald_region`` regions it
+  re-predicts with the click added as positive and as negative (:attr:`ClickState.lookahead`)
+  and picks the candidate whose expected remaining predicted error
+  ``p(c) S(q1) + (1 - p(c)) S(q0)``, ``S(q) = sum min(q, 1 - q)``, is smallest, i.e. the
+  largest expected reduction of predicted error. It costs ``2 * lookahead_candidates`` extra
+  predictions per click, asked for in one look-ahead call (one batched decode and head pass).
+
+Two rules aimed at what the oracle clicks:
+
+* ``iou_lookahead`` - ``bald_lookahead``'s candidates, judged by the expected IoU of the head
+  mask after the click (:func:`expected_iou`): the click's label is 1 with the predictive
+  probability at the cell, and for either label the re-predicted logit's Gaussian
+  ``N(map_logit, logit_variance)`` is integrated by Gauss-Hermite quadrature over a standard
+  normal shift shared by every cell, so a posterior that is unsure of the whole mask lowers
+  the expected IoU of a click more than one unsure of single pixels. The candidate with the
+  largest expected IoU (the largest expected gain) wins.
+* ``entropy_coverage`` - uncertainty traded against coverage, the strength of random's
+  scattered clicks: the argmax of the smoothed predictive entropy times
+  ``1 - exp(-d^2 / (2 r^2))``, ``d`` the distance to the nearest clicked cell and ``r``
+  :attr:`PolicySettings.coverage_radius`, so a click near an earlier one needs much more
+  uncertainty to win.
+
+Posterior-free twins (:data:`POSTERIOR_TWINS`): every rule that reads the posterior
+(``predictive_probability``, ``entropy``, ``bald`` or the look-ahead's variance) has a twin at
+the same cost that reads only the MAP head (``map_probability`` and the look-ahead's MAP
+outputs), so a comparison with its twin shows what the posterior adds to the rule:
+``map_entropy`` / ``map_entropy_raw`` (the binary entropy of the MAP probability, smoothed /
+not), ``map_region`` (the regions of MAP predicted error ranked by error mass),
+``map_lookahead`` (the look-ahead with MAP probabilities), ``map_iou_lookahead`` (the expected
+IoU with no variance) and ``map_coverage`` (MAP entropy times the coverage term).
+
+The hand-set constants of these rules are :class:`PolicySettings` (``ClickState.settings``):
+the region band, the look-ahead's number of candidates and the coverage radius, from the
+``active_prompting`` config section (their defaults: the schema's).
 """
 
 from __future__ import annotations
@@ -62,30 +91,105 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any, Protocol
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
-from laplace_head.settings import GRID_SIZE
+from laplace_head.settings import GRID_SIZE, POLICY_SETTING_KEYS
 from laplace_head.util.seeding import derive_seed
 
 Cell = tuple[int, int]
 Policy = Callable[["ClickState", np.random.Generator], "Cell | None"]
-Lookahead = Callable[[Sequence[tuple[Cell, int]]], list[np.ndarray]]
+
+#: The look-ahead's default field: the posterior predictive probability.
+PREDICTIVE_FIELD = "predictive_probability"
+
+
+class Lookahead(Protocol):
+    """``lookahead(requests, field)``: :attr:`ClickState.lookahead_fields` (the field defaults
+    to the predictive probability, so it also serves as :attr:`ClickState.lookahead`)."""
+
+    def __call__(
+        self, requests: Sequence[tuple[Cell, int]], field: str = PREDICTIVE_FIELD
+    ) -> list[np.ndarray]: ...
+
 
 #: Standard deviation, in pixels of the 256 grid, of the Gaussian that smooths the maps of the
 #: ``entropy``, ``bald`` and ``map_margin`` policies: about 1 % of the image side, well below the
 #: prompt maps' default sigma (8), so a click lands inside the uncertain band it targets.
 SMOOTHING_SIGMA = 3.0
 
-#: Predicted-error level of the ``bald_region`` regions: cells whose expected error
-#: ``min(p, 1 - p)`` under the posterior predictive probability ``p`` is at least this, i.e.
-#: ``0.25 <= p <= 0.75`` - where the head gives the wrong class at least one time in four. Half
-#: way between a confident cell (error 0) and a coin flip (0.5).
-REGION_ERROR_LEVEL = 0.25
 
-#: Candidates the ``bald_lookahead`` policy re-predicts (twice each: positive and negative).
-LOOKAHEAD_CANDIDATES = 3
+@cache
+def _schema_policy_settings() -> dict[str, Any]:
+    from laplace_head.config.loader import fill_defaults, load_schema
+
+    active = fill_defaults({}, load_schema())["active_prompting"]
+    return {key: active[key] for key in POLICY_SETTING_KEYS}
+
+
+#: Predicted-error level of the region rules (``bald_region``, ``map_region`` and the
+#: look-ahead candidates), the schema's default of ``active_prompting.region_error_level``:
+#: cells whose expected error ``min(p, 1 - p)`` is at least 0.25, i.e. ``0.25 <= p <= 0.75`` -
+#: where the head gives the wrong class at least one time in four. Half way between a
+#: confident cell (error 0) and a coin flip (0.5).
+REGION_ERROR_LEVEL: float = _schema_policy_settings()["region_error_level"]
+
+#: Candidates a look-ahead rule re-predicts (twice each: positive and negative), the schema's
+#: default of ``active_prompting.lookahead_candidates`` (3).
+LOOKAHEAD_CANDIDATES: int = _schema_policy_settings()["lookahead_candidates"]
+
+#: Grid pixels of the coverage term of ``entropy_coverage`` / ``map_coverage``, the schema's
+#: default of ``active_prompting.coverage_radius`` (16, twice the prompt maps' default sigma:
+#: the distance :func:`suggest` keeps between suggestions).
+COVERAGE_RADIUS: float = _schema_policy_settings()["coverage_radius"]
+
+#: Gauss-Hermite nodes of :func:`expected_iou` (the IoU is smooth in the shared logit shift).
+IOU_QUADRATURE_NODES = 8
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The tunable constants of the click rules (``active_prompting`` config keys).
+
+    Attributes
+    ----------
+    region_error_level
+        Cells with predicted error ``min(p, 1 - p)`` at least this form the regions of
+        ``bald_region`` / ``map_region`` (the band ``level <= p <= 1 - level``); in (0, 0.5].
+    lookahead_candidates
+        Candidate clicks a look-ahead rule re-predicts (with both labels each), >= 1.
+    coverage_radius
+        Grid pixels: the coverage term ``1 - exp(-d^2 / (2 r^2))`` of ``entropy_coverage`` and
+        ``map_coverage``; > 0.
+    """
+
+    region_error_level: float = REGION_ERROR_LEVEL
+    lookahead_candidates: int = LOOKAHEAD_CANDIDATES
+    coverage_radius: float = COVERAGE_RADIUS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.region_error_level <= 0.5:
+            raise ValueError(
+                f"region_error_level (active_prompting.region_error_level) = "
+                f"{self.region_error_level!r} must be in (0, 0.5]"
+            )
+        if isinstance(self.lookahead_candidates, bool) or not (
+            isinstance(self.lookahead_candidates, int | np.integer)
+            and self.lookahead_candidates >= 1
+        ):
+            raise ValueError(
+                f"lookahead_candidates (active_prompting.lookahead_candidates) = "
+                f"{self.lookahead_candidates!r} must be an integer >= 1"
+            )
+        if not self.coverage_radius > 0:
+            raise ValueError(
+                f"coverage_radius (active_prompting.coverage_radius) = "
+                f"{self.coverage_radius!r} must be > 0"
+            )
+
 
 #: The most suggestions one :func:`suggest` call returns (its ``k``): an annotator looks at a
 #: handful, and each ``bald_lookahead`` suggestion costs ``2 * LOOKAHEAD_CANDIDATES``
@@ -285,8 +389,18 @@ class ClickState:
         ``lookahead([((row, col), label), ...]) -> [(256, 256), ...]``: per request, the
         predictive probability after adding a click with ``label`` (1 positive, 0 negative) at
         the cell to the current clicks, without changing them. All requests of one call are
-        predicted together (one batched decode and head pass); read by ``bald_lookahead``
-        only.
+        predicted together (one batched decode and head pass); read by ``bald_lookahead``.
+    lookahead_fields
+        The same look-ahead for any grid map: ``lookahead_fields(requests, field)`` gives the
+        ``field`` (:attr:`InteractivePrediction.GRID_FIELDS
+        <laplace_head.interactive.predictor.InteractivePrediction.GRID_FIELDS>`, e.g.
+        ``map_probability``, ``map_logits``, ``logit_variance``) per request; read by
+        ``map_lookahead``, ``iou_lookahead`` and ``map_iou_lookahead``.
+        :meth:`InteractivePredictor.click_state
+        <laplace_head.interactive.predictor.InteractivePredictor.click_state>` sets both from
+        one cache, so a rule and its twin re-decode the same candidates once.
+    settings
+        The rules' tunable constants (:class:`PolicySettings`; default: the schema's).
     """
 
     map_probability: np.ndarray
@@ -296,7 +410,9 @@ class ClickState:
     gt: np.ndarray | None = None
     excluded: np.ndarray | None = None
     predictive_probability: np.ndarray | None = None
-    lookahead: Lookahead | None = None
+    lookahead: Callable[[Sequence[tuple[Cell, int]]], list[np.ndarray]] | None = None
+    lookahead_fields: Lookahead | None = None
+    settings: PolicySettings = field(default_factory=PolicySettings)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -416,22 +532,41 @@ def predicted_error(probability: np.ndarray) -> np.ndarray:
     return np.minimum(probability, 1.0 - probability)
 
 
-def bald_region_centres(state: ClickState, n: int, policy: str = "bald_region") -> list[Cell]:
-    """Centres of the ``n`` uncertain regions with the largest BALD sums, best first.
+def _map_probability(state: ClickState) -> np.ndarray:
+    return np.asarray(state.map_probability, dtype=np.float64)
+
+
+def map_entropy(probability: np.ndarray) -> np.ndarray:
+    """(H, W) float64 binary entropy (nats) of a MAP probability map: the entropy of the
+    posterior-free head (:func:`~laplace_head.bayes.predictive.binary_entropy_from_logits` of
+    its log-odds; 0 and 1 count as ``1e-12`` from them)."""
+    import torch
+
+    from laplace_head.bayes.predictive import binary_entropy_from_logits
+
+    logits = torch.logit(torch.from_numpy(np.asarray(probability, dtype=np.float64)), eps=1e-12)
+    return binary_entropy_from_logits(logits).numpy()
+
+
+def region_centres(
+    state: ClickState, n: int, probability: np.ndarray, weight: np.ndarray
+) -> list[Cell]:
+    """Centres of the ``n`` regions of predicted error with the largest ``weight`` sums, best
+    first.
 
     The regions are the 4-connected components of the clickable cells whose predicted error
-    ``min(p, 1 - p)`` is at least :data:`REGION_ERROR_LEVEL`; they are ranked by the sum of
-    BALD over them (ties: first in label, i.e. scan, order) and each is clicked at its
-    :func:`interior_point` (blocked cells count as boundary). Fewer than ``n`` when there are
-    fewer regions.
+    ``min(p, 1 - p)`` of ``probability`` is at least ``state.settings.region_error_level``;
+    they are ranked by the sum of ``weight`` over them (ties: first in label, i.e. scan,
+    order) and each is clicked at its :func:`interior_point` (blocked cells count as
+    boundary). Fewer than ``n`` when there are fewer regions.
     """
-    probability = _predictive_probability(state, policy)
-    region_mask = ~state.blocked() & (predicted_error(probability) >= REGION_ERROR_LEVEL)
+    level = state.settings.region_error_level
+    region_mask = ~state.blocked() & (predicted_error(probability) >= level)
     labels, n_regions = ndimage.label(region_mask)  # 4-connectivity
     if n_regions == 0 or n <= 0:
         return []
-    bald = np.asarray(state.bald, dtype=np.float64)
-    sums = np.bincount(labels.ravel(), weights=bald.ravel(), minlength=n_regions + 1)[1:]
+    weight = np.asarray(weight, dtype=np.float64)
+    sums = np.bincount(labels.ravel(), weights=weight.ravel(), minlength=n_regions + 1)[1:]
     order = np.argsort(-sums, kind="stable")[:n]
     boxes = ndimage.find_objects(labels)
     centres = []
@@ -444,6 +579,19 @@ def bald_region_centres(state: ClickState, n: int, policy: str = "bald_region") 
     return centres
 
 
+def bald_region_centres(state: ClickState, n: int, policy: str = "bald_region") -> list[Cell]:
+    """:func:`region_centres` of the posterior predictive probability, ranked by BALD sum."""
+    probability = _predictive_probability(state, policy)
+    return region_centres(state, n, probability, state.bald)
+
+
+def map_region_centres(state: ClickState, n: int) -> list[Cell]:
+    """:func:`region_centres` of the MAP probability, ranked by MAP error mass
+    ``sum min(p, 1 - p)`` (the posterior-free twin of :func:`bald_region_centres`)."""
+    probability = _map_probability(state)
+    return region_centres(state, n, probability, predicted_error(probability))
+
+
 @register_policy("bald_region")
 def bald_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Centre of the uncertain region with the largest BALD sum (``bald`` without one)."""
@@ -451,39 +599,211 @@ def bald_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | No
     return centres[0] if centres else bald_policy(state, rng)
 
 
+@register_policy("map_entropy", uses_posterior=False)
+def map_entropy_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the smoothed MAP binary entropy (:func:`map_entropy`) over the clickable
+    cells: the twin of ``entropy`` and ``bald``."""
+    return _best_cell(smooth_map(map_entropy(state.map_probability)), state.blocked())
+
+
+@register_policy("map_entropy_raw", uses_posterior=False)
+def map_entropy_raw_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the unsmoothed MAP binary entropy: the twin of ``bald_raw``."""
+    return _best_cell(map_entropy(state.map_probability), state.blocked())
+
+
+@register_policy("map_region", uses_posterior=False)
+def map_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Centre of the MAP predicted-error region with the largest error mass (``map_entropy``
+    without one): the twin of ``bald_region``."""
+    centres = map_region_centres(state, 1)
+    return centres[0] if centres else map_entropy_policy(state, rng)
+
+
 def _total_error(probability: np.ndarray) -> float:
     return float(predicted_error(probability).sum())
+
+
+def _candidates(state: ClickState, centres: list[Cell], fallback_score: np.ndarray) -> list[Cell]:
+    """``centres`` topped up to ``state.settings.lookahead_candidates`` with the next
+    argmaxes of ``fallback_score`` (the clickable cells not yet candidates)."""
+    wanted = state.settings.lookahead_candidates
+    candidates = list(centres)
+    if len(candidates) < wanted:
+        blocked = state.blocked() | clicked_mask(candidates, state.shape)
+        while len(candidates) < wanted:
+            cell = _best_cell(fallback_score, blocked)
+            if cell is None:
+                break
+            candidates.append(cell)
+            blocked[cell] = True
+    return candidates
+
+
+def _posterior_candidates(state: ClickState, policy: str) -> list[Cell]:
+    """The BALD-region centres, topped up with smoothed-BALD argmaxes."""
+    n = state.settings.lookahead_candidates
+    return _candidates(state, bald_region_centres(state, n, policy), smooth_map(state.bald))
+
+
+def _map_candidates(state: ClickState) -> list[Cell]:
+    """The MAP-region centres, topped up with smoothed MAP-entropy argmaxes."""
+    n = state.settings.lookahead_candidates
+    fallback = smooth_map(map_entropy(state.map_probability))
+    return _candidates(state, map_region_centres(state, n), fallback)
+
+
+def _requests(candidates: list[Cell]) -> list[tuple[Cell, int]]:
+    """Each candidate with label 1, then 0: the look-ahead requests of a rule."""
+    return [(cell, label) for cell in candidates for label in (1, 0)]
+
+
+def _look(state: ClickState, policy: str, candidates: list[Cell], field: str) -> list[np.ndarray]:
+    """:attr:`ClickState.lookahead_fields`'s ``field`` after each of :func:`_requests`."""
+    if state.lookahead_fields is None:
+        raise ValueError(
+            f"the {policy} policy needs a look-ahead of the grid fields "
+            "(ClickState.lookahead_fields)"
+        )
+    return state.lookahead_fields(_requests(candidates), field)
+
+
+def _label_weighted_best(
+    candidates: list[Cell],
+    label_probability: np.ndarray,
+    score_positive: list[float],
+    score_negative: list[float],
+    lower_is_better: bool,
+) -> Cell | None:
+    """The candidate with the best ``p(c) s1 + (1 - p(c)) s0`` (ties: the first)."""
+    best: tuple[float, Cell] | None = None
+    for cell, positive, negative in zip(candidates, score_positive, score_negative):
+        p = float(label_probability[cell])
+        expected = p * positive + (1.0 - p) * negative
+        if not lower_is_better:
+            expected = -expected
+        if best is None or expected < best[0]:
+            best = (expected, cell)
+    return None if best is None else best[1]
+
+
+def _least_expected_error(
+    candidates: list[Cell], label_probability: np.ndarray, after: list[np.ndarray]
+) -> Cell | None:
+    """The candidate with the least ``p(c) S(q1) + (1 - p(c)) S(q0)`` (module docstring)."""
+    errors = [_total_error(probability) for probability in after]
+    return _label_weighted_best(candidates, label_probability, errors[0::2], errors[1::2], True)
 
 
 @register_policy("bald_lookahead")
 def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """The candidate click with the least expected predicted error after it (one step ahead).
 
-    Candidates: the :func:`bald_region_centres` of the best :data:`LOOKAHEAD_CANDIDATES`
-    regions, topped up with the next smoothed-BALD argmaxes. Ties: the first candidate.
+    Candidates: the :func:`bald_region_centres` of the best
+    ``state.settings.lookahead_candidates`` regions, topped up with the next smoothed-BALD
+    argmaxes. Ties: the first candidate.
     """
     if state.lookahead is None:
         raise ValueError("the bald_lookahead policy needs a look-ahead (ClickState.lookahead)")
     probability = _predictive_probability(state, "bald_lookahead")
-    candidates = bald_region_centres(state, LOOKAHEAD_CANDIDATES, "bald_lookahead")
-    if len(candidates) < LOOKAHEAD_CANDIDATES:
-        blocked = state.blocked() | clicked_mask(candidates, state.shape)
-        smoothed = smooth_map(state.bald)
-        while len(candidates) < LOOKAHEAD_CANDIDATES:
-            cell = _best_cell(smoothed, blocked)
-            if cell is None:
-                break
-            candidates.append(cell)
-            blocked[cell] = True
-    after = state.lookahead([(cell, label) for cell in candidates for label in (1, 0)])
-    best: tuple[float, Cell] | None = None
-    for index, cell in enumerate(candidates):
-        p = float(probability[cell])
-        positive, negative = after[2 * index], after[2 * index + 1]
-        expected = p * _total_error(positive) + (1.0 - p) * _total_error(negative)
-        if best is None or expected < best[0]:
-            best = (expected, cell)
-    return None if best is None else best[1]
+    candidates = _posterior_candidates(state, "bald_lookahead")
+    return _least_expected_error(candidates, probability, state.lookahead(_requests(candidates)))
+
+
+@register_policy("map_lookahead", uses_posterior=False)
+def map_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """``bald_lookahead`` on the MAP head: candidates from :func:`map_region_centres` (topped
+    up with smoothed MAP-entropy argmaxes), the label probability and the remaining error
+    from MAP probabilities (the look-ahead's ``map_probability``). Its twin."""
+    candidates = _map_candidates(state)
+    after = _look(state, "map_lookahead", candidates, "map_probability")
+    return _least_expected_error(candidates, _map_probability(state), after)
+
+
+def expected_iou(
+    map_logits: np.ndarray,
+    logit_variance: np.ndarray | None = None,
+    n_nodes: int = IOU_QUADRATURE_NODES,
+) -> float:
+    """The expected IoU of the head mask ``M = map_logits > 0`` under a Gaussian logit.
+
+    The true mask ``Y`` is Bernoulli(``sigmoid(z)``) per cell with ``z = map_logits + sd * e``,
+    ``sd = sqrt(logit_variance)`` and one standard normal ``e`` shared by every cell (the
+    linearised posterior moves the logits of one image together). Given ``e`` the IoU is
+    taken as ``E|M & Y| / E|M | Y| = sum_M q / (|M| + sum_{not M} q)``, ``q = sigmoid(z)``
+    (1 when both are empty); ``e`` is integrated by ``n_nodes``-point Gauss-Hermite
+    quadrature. Without ``logit_variance`` (the MAP head) ``z = map_logits``.
+
+    Parameters
+    ----------
+    map_logits, logit_variance
+        (H, W) MAP logits and their posterior variance (squared log-odds).
+    """
+    logits = np.asarray(map_logits, dtype=np.float64)
+    mask = logits > 0
+    if logit_variance is None:
+        nodes, weights = np.zeros(1), np.ones(1)
+        sd = np.zeros_like(logits)
+    else:
+        nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
+        weights = weights / weights.sum()
+        sd = np.sqrt(np.clip(np.asarray(logit_variance, dtype=np.float64), 0.0, None))
+    size = float(mask.sum())
+    total = 0.0
+    for node, weight in zip(nodes, weights):
+        q = special.expit(logits + sd * node)
+        inside = float(q[mask].sum())
+        union = size + float(q.sum()) - inside
+        total += weight * (inside / union if union > 0 else 1.0)
+    return total
+
+
+@register_policy("iou_lookahead")
+def iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Of ``bald_lookahead``'s candidates, the click with the largest expected IoU of the head
+    mask after it (:func:`expected_iou` of the look-ahead's MAP logits and logit variance,
+    the label 1 with the predictive probability at the cell). Ties: the first candidate."""
+    probability = _predictive_probability(state, "iou_lookahead")
+    candidates = _posterior_candidates(state, "iou_lookahead")
+    logits = _look(state, "iou_lookahead", candidates, "map_logits")
+    variances = _look(state, "iou_lookahead", candidates, "logit_variance")
+    ious = [expected_iou(z, v) for z, v in zip(logits, variances)]
+    return _label_weighted_best(candidates, probability, ious[0::2], ious[1::2], False)
+
+
+@register_policy("map_iou_lookahead", uses_posterior=False)
+def map_iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """``iou_lookahead`` on the MAP head (its twin): ``map_lookahead``'s candidates, the label
+    probability from the MAP probability and the expected IoU without variance."""
+    candidates = _map_candidates(state)
+    logits = _look(state, "map_iou_lookahead", candidates, "map_logits")
+    ious = [expected_iou(z) for z in logits]
+    return _label_weighted_best(candidates, _map_probability(state), ious[0::2], ious[1::2], False)
+
+
+def coverage(state: ClickState) -> np.ndarray:
+    """(H, W) float64 coverage term ``1 - exp(-d^2 / (2 r^2))``: ``d`` the distance (grid
+    pixels) to the nearest clicked cell, ``r`` ``state.settings.coverage_radius``; 1
+    everywhere before any click."""
+    clicked = clicked_mask(state.clicked, state.shape)
+    if not clicked.any():
+        return np.ones(state.shape)
+    distance = ndimage.distance_transform_edt(~clicked)
+    return -np.expm1(-(distance**2) / (2.0 * state.settings.coverage_radius**2))
+
+
+@register_policy("entropy_coverage")
+def entropy_coverage_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """Argmax of the smoothed predictive entropy times :func:`coverage` over the clickable
+    cells: uncertainty traded against distance from the clicks made."""
+    return _best_cell(smooth_map(state.entropy) * coverage(state), state.blocked())
+
+
+@register_policy("map_coverage", uses_posterior=False)
+def map_coverage_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
+    """``entropy_coverage`` with the MAP binary entropy (its twin)."""
+    score = smooth_map(map_entropy(state.map_probability)) * coverage(state)
+    return _best_cell(score, state.blocked())
 
 
 @register_policy("map_margin", uses_posterior=False)
@@ -491,6 +811,20 @@ def map_margin_policy(state: ClickState, rng: np.random.Generator) -> Cell | Non
     """Argmin of the smoothed margin ``|p_map - 0.5|`` over the clickable cells."""
     margin = smooth_map(np.abs(np.asarray(state.map_probability, dtype=np.float64) - 0.5))
     return _best_cell(-margin, state.blocked())
+
+
+#: The posterior-free twin of every rule that reads the posterior, at the same cost (module
+#: docstring); its keys are the posterior rules. Stage 8 and the ablation pair each posterior
+#: rule with its twin when both ran.
+POSTERIOR_TWINS: dict[str, str] = {
+    "entropy": "map_entropy",
+    "bald": "map_entropy",
+    "bald_raw": "map_entropy_raw",
+    "bald_region": "map_region",
+    "bald_lookahead": "map_lookahead",
+    "iou_lookahead": "map_iou_lookahead",
+    "entropy_coverage": "map_coverage",
+}
 
 
 def suggest_cells(

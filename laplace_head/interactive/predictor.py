@@ -67,9 +67,11 @@ from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
     POLICIES,
+    PREDICTIVE_FIELD,
     Cell,
     ClickState,
     Lookahead,
+    PolicySettings,
     Suggestion,
     check_suggest_arguments,
     grid_to_image,
@@ -447,6 +449,10 @@ class InteractivePredictor:
     suggest_policy
         The click rule :meth:`suggest` uses when given none
         (``active_prompting.suggest_policy``; None: that key's schema default).
+    policy_settings
+        The click rules' tunable constants, :attr:`ClickState.settings
+        <laplace_head.interactive.clicks.ClickState.settings>` of :meth:`click_state`
+        (``active_prompting.region_error_level`` etc.; None: the schema's defaults).
 
     Every public method refuses what it cannot honour with a ValueError (TypeError for an
     object of the wrong kind) naming the argument, the value and what is accepted: clicks by
@@ -467,6 +473,7 @@ class InteractivePredictor:
         n_nodes: int = QUADRATURE_NODES,
         sam_mask_input: bool = False,
         suggest_policy: str | None = None,
+        policy_settings: PolicySettings | None = None,
     ) -> None:
         if not isinstance(segmenter, BaseSegmenter):
             raise TypeError(
@@ -514,6 +521,7 @@ class InteractivePredictor:
                 f"a click rule that suggests; pick one of {', '.join(suggesting_policies())}"
             )
         self.suggest_policy = suggest_policy
+        self.policy_settings = PolicySettings() if policy_settings is None else policy_settings
         self._weight_samples: torch.Tensor | None = None
         if uncertainty == "samples":
             generator = torch.Generator(device=posterior.device).manual_seed(
@@ -544,8 +552,9 @@ class InteractivePredictor:
             Stage 8's settings, ``laplace_head.settings.stage_params(config)
             ["active_prompting"]``: ``segmenter`` (keyword arguments of
             :func:`~laplace_head.segmenters.build_segmenter_from_settings`; a SAM backend
-            without ``device`` gets ``device``), ``prompt_sigma``, ``sam_mask_input`` and
-            ``suggest_policy``.
+            without ``device`` gets ``device``), ``prompt_sigma``, ``sam_mask_input``,
+            ``suggest_policy`` and ``policy_settings`` (:class:`~laplace_head.interactive
+            .clicks.PolicySettings` keywords; optional).
         laplace_dir
             The fitted Laplace run (anything :func:`load_posterior` accepts).
         device
@@ -577,6 +586,8 @@ class InteractivePredictor:
         segmenter = build_segmenter_from_settings(**segmenter_settings)
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
         kwargs.setdefault("suggest_policy", settings["suggest_policy"])
+        if settings.get("policy_settings") is not None:
+            kwargs.setdefault("policy_settings", PolicySettings(**settings["policy_settings"]))
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
 
     @classmethod
@@ -799,28 +810,37 @@ class InteractivePredictor:
         """The look-ahead of ``prediction`` for :attr:`ClickState.lookahead
         <laplace_head.interactive.clicks.ClickState.lookahead>`.
 
-        ``lookahead([((row, col), label), ...])`` gives, per request, the (256, 256) predictive
-        probability of :meth:`predict` on ``prediction``'s clicks plus one click with ``label``
-        at the cell's centre (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed
-        :meth:`next_mask_input`. The requests not asked before are predicted together
-        (:meth:`predict_extended`); results are cached per (cell, label). ``prediction`` must
-        be of the current image, when the look-ahead is made and whenever it predicts.
+        ``lookahead([((row, col), label), ...], field)`` gives, per request, the (256, 256)
+        grid map ``field`` (one of :attr:`InteractivePrediction.GRID_FIELDS`; default the
+        predictive probability) of :meth:`predict` on ``prediction``'s clicks plus one click
+        with ``label`` at the cell's centre
+        (:func:`~laplace_head.interactive.clicks.grid_to_image`), fed :meth:`next_mask_input`.
+        The requests not asked before are predicted together (:meth:`predict_extended`);
+        results are cached per (cell, label), so asking for another field of the same
+        requests predicts nothing (a posterior field is computed on first use). ``prediction``
+        must be of the current image, when the look-ahead is made and whenever it predicts.
         """
         self._check_prediction(prediction)
         points = np.asarray(prediction.points_xy, dtype=np.float64).reshape(-1, 2)
         labels = np.asarray(prediction.labels, dtype=np.int64).reshape(-1)
         mask_input = self.next_mask_input(prediction)
-        cache: dict[tuple[Cell, int], np.ndarray] = {}
+        cache: dict[tuple[Cell, int], InteractivePrediction] = {}
 
-        def predict_with(requests: Sequence[tuple[Cell, int]]) -> list[np.ndarray]:
+        def predict_with(
+            requests: Sequence[tuple[Cell, int]], field: str = PREDICTIVE_FIELD
+        ) -> list[np.ndarray]:
+            if field not in InteractivePrediction.GRID_FIELDS:
+                raise ValueError(
+                    f"unknown look-ahead field {field!r}; valid: "
+                    f"{', '.join(InteractivePrediction.GRID_FIELDS)}"
+                )
             keys = _check_extra(requests, "lookahead requests")
             todo = list(dict.fromkeys(key for key in keys if key not in cache))
             if todo:
                 self._check_prediction(prediction)  # the image may have changed since
                 extended = self.predict_extended(points, labels, todo, mask_input)
-                for key, result in zip(todo, extended):
-                    cache[key] = result.predictive_probability
-            return [cache[key] for key in keys]
+                cache.update(zip(todo, extended))
+            return [getattr(cache[key], field) for key in keys]
 
         return predict_with
 
@@ -912,16 +932,20 @@ class InteractivePredictor:
 
     def click_state(self, prediction: InteractivePrediction, posterior: bool = True) -> ClickState:
         """What a click policy sees after ``prediction``: its maps, its clicked cells and its
-        :meth:`lookahead` (no ground truth). ``posterior=False`` leaves the posterior fields
-        None, for :data:`~laplace_head.interactive.clicks.POSTERIOR_FREE_POLICIES` (their
-        maps are then not computed)."""
+        :meth:`lookahead` (no ground truth). ``posterior=False`` leaves the posterior maps
+        None, for :data:`~laplace_head.interactive.clicks.POSTERIOR_FREE_POLICIES` (they are
+        then not computed)."""
         self._check_prediction(prediction)
+        lookahead = self.lookahead(prediction)
         if not posterior:
             return ClickState(
                 map_probability=prediction.map_probability,
                 entropy=None,
                 bald=None,
                 clicked=prediction.clicked_cells(),
+                lookahead=lookahead,
+                lookahead_fields=lookahead,
+                settings=self.policy_settings,
             )
         return ClickState(
             map_probability=prediction.map_probability,
@@ -929,7 +953,9 @@ class InteractivePredictor:
             bald=prediction.bald,
             clicked=prediction.clicked_cells(),
             predictive_probability=prediction.predictive_probability,
-            lookahead=self.lookahead(prediction),
+            lookahead=lookahead,
+            lookahead_fields=lookahead,
+            settings=self.policy_settings,
         )
 
     def suggest(

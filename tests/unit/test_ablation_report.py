@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from laplace_head.evaluation.ablation import choose, variant_row, write_ablation
+from laplace_head.evaluation.ablation import (
+    choose,
+    markdown,
+    table_rows,
+    variant_row,
+    write_ablation,
+)
 from laplace_head.layout import ProjectLayout
 
 
@@ -114,3 +120,69 @@ def test_variant_paths_live_beside_the_run():
     )
     assert variant.with_run("r2").laplace_dir.parts[-3:] == ("run_r2", "variants", "all_kron")
     assert run.best_checkpoint == variant.best_checkpoint  # one trained head for all variants
+
+
+def _with_twin(report: dict, rule: str, twin: str, gain: float) -> dict:
+    report["overall"][twin] = {"head": {"auc": 0.4, "miou": [0.3, 0.4, 0.5]}}
+    report["paired"][f"{rule}_vs_twin"] = {
+        "twin": twin,
+        "n": 10,
+        "mean_difference": gain,
+        "ci95": [gain - 0.01, gain + 0.01],
+        "n_better": 7,
+        "n_worse": 3,
+    }
+    return report
+
+
+def test_rule_vs_twin_in_the_rows_the_choice_and_the_tables():
+    val = _clicks({**AUCS, "entropy": 0.5}, {"bald": 0.02, "bald_region": 0.05, "entropy": 0.01})
+    test = _clicks(AUCS, {"bald": 0.04, "bald_region": 0.06})
+    test = _with_twin(test, "bald_region", "map_region", 0.02)
+    row = variant_row("v1", META, _eval(0.3, 0.06, 0.7), {"val": val, "test": test})
+    entry = row["clicks"]["test"]["bald_region"]
+    assert (entry["twin"], entry["vs_twin"], entry["vs_twin_ci95"]) == (
+        "map_region",
+        0.02,
+        [0.01, 0.03],
+    )
+    assert row["clicks"]["test"]["bald"]["twin"] == "map_entropy"
+    assert "vs_twin" not in row["clicks"]["test"]["bald"]  # its twin did not run
+    assert "twin" not in row["clicks"]["test"]["oracle"]  # no posterior rule
+    choice = choose([row])
+    assert (choice["policy"], choice["twin"], choice["test_vs_twin"]) == (
+        "bald_region",
+        "map_region",
+        0.02,
+    )
+    assert choice["twin_goal_met"] is True
+    assert choice["gap_goal_met"] is False  # (0.48 - 0.45) / (0.6 - 0.45) = 0.2 < 0.4
+    summary = {
+        "splits": ["val", "test"],
+        "policies": ["oracle", "random", "bald", "bald_region", "map_region"],
+        "variants": [row],
+        "choice": choice,
+    }
+    text = markdown(summary)
+    assert "+0.020 [+0.010, +0.030] (map_region)" in text
+    assert "map_entropy not run" in text  # bald's twin, on both splits
+    assert "beating the twin (CI above 0) met" in text
+    rows = table_rows(summary)
+    [test_row] = [r for r in rows if r["split"] == "test" and r["policy"] == "bald_region"]
+    assert (test_row["twin"], test_row["vs_twin"], test_row["vs_twin_ci_low"]) == (
+        "map_region",
+        0.02,
+        0.01,
+    )
+
+
+def test_the_choice_considers_every_posterior_rule_and_says_when_its_twin_is_missing():
+    val = _clicks({**AUCS, "entropy": 0.5}, {"bald": 0.02, "entropy": 0.04})
+    row = variant_row("v1", META, {}, {"val": val, "test": _clicks(AUCS, {})})
+    choice = choose([row])
+    assert choice["policy"] == "entropy" and choice["test_vs_twin"] is None
+    assert choice["twin_goal_met"] is False
+    text = markdown(
+        {"splits": ["val"], "policies": ["entropy"], "variants": [row], "choice": choice}
+    )
+    assert "its twin map_entropy was not run" in text

@@ -11,6 +11,7 @@ from laplace_head.evaluation.active_prompting import (
     aggregate,
     curve_metrics,
     iou_matrix,
+    markdown,
     metrics_rows,
     paired_comparison,
     write_report,
@@ -85,3 +86,39 @@ def test_write_report(tmp_path):
     assert json.loads(out["metrics"].read_text()) == json.loads(json.dumps(result))
     assert out["curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "oracle_vs_random" in out["markdown"].read_text()
+
+
+def test_posterior_rules_are_paired_with_their_twins_and_missing_twins_named(tmp_path):
+    """bald ran with its twin map_entropy: ``bald_vs_twin`` (same statistics as vs random);
+    bald_region ran without map_region: named in ``twins_not_run`` and in the Markdown."""
+    records = []
+    for i in range(8):
+        records.append(_record(f"s{i}", "c", "random", [0.4, 0.5], [0.4, 0.5]))
+        records.append(_record(f"s{i}", "c", "bald", [0.4, 0.7 + 0.01 * i], [0.4, 0.5]))
+        records.append(_record(f"s{i}", "c", "map_entropy", [0.4, 0.6], [0.4, 0.5]))
+        records.append(_record(f"s{i}", "c", "bald_region", [0.4, 0.55], [0.4, 0.5]))
+    result = aggregate(records, max_clicks=2, n_bootstrap=300, seed=1)
+    paired = result["paired"]
+    twin = paired["bald_vs_twin"]
+    assert twin["twin"] == "map_entropy" and twin["n"] == 8 and twin["n_better"] == 8
+    differences = [(0.7 + 0.01 * i - 0.6) / 2 for i in range(8)]
+    assert twin["mean_difference"] == pytest.approx(np.mean(differences))
+    expected = paired_comparison(np.array(differences), 300, 1, "bald_vs_twin")
+    assert twin["ci95"] == pytest.approx(expected["ci95"])
+    for key in ("wilcoxon_p", "n_better", "n_worse"):
+        assert twin[key] == pytest.approx(expected[key]), key
+    assert "bald_vs_random" in paired and "map_entropy_vs_random" in paired
+    assert "bald_region_vs_twin" not in paired and "map_entropy_vs_twin" not in paired
+    assert result["twins_not_run"] == {"bald_region": "map_region"}
+    text = markdown(result)
+    assert "| bald_vs_twin (map_entropy) | 8 |" in text
+    assert "bald_region (twin map_region)" in text
+    everything = aggregate(
+        [
+            *records,
+            *(_record(f"s{i}", "c", "map_region", [0.4, 0.5], [0.4, 0.5]) for i in range(8)),
+        ],
+        max_clicks=2,
+    )
+    assert everything["twins_not_run"] == {} and "bald_region_vs_twin" in everything["paired"]
+    assert "Every posterior rule ran with its posterior-free twin" in markdown(everything)

@@ -748,3 +748,24 @@ def test_a_config_that_is_not_utf8_gets_a_message(tmp_path: Path) -> None:
     path.write_bytes(b"training:\n  run_id: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
         load_config(path, check_paths=False)
+
+
+def test_real_large_is_an_overlay_of_real_dev(repo_root: Path) -> None:
+    """config/real_large.yaml overrides only real_dev's data keys (and adds the fractions); the
+    three files merged, as `make real-large` passes them, validate."""
+    config_dir = repo_root / "config"
+    real_dev = yaml.safe_load((config_dir / "real_dev.yaml").read_text(encoding="utf-8"))
+    overlay = yaml.safe_load((config_dir / "real_large.yaml").read_text(encoding="utf-8"))
+    assert set(overlay) == {"data"}
+    copied = sorted(
+        key for key, value in overlay["data"].items() if real_dev["data"].get(key) == value
+    )
+    assert not copied, f"real_large.yaml repeats real_dev.yaml's {copied}"
+    resolved = load_configs(
+        [config_dir / name for name in ("config.yaml", "real_dev.yaml", "real_large.yaml")],
+        check_paths=False,
+    )
+    assert resolved["data"]["images_root"] == "../shared/data/real_large/images_root"
+    assert resolved["data"]["project_root"] == "real_large_project"
+    assert resolved["data"]["split_fractions"] == [0.15, 0.15]
+    assert resolved["laplace"]["approx"] == real_dev["laplace"]["approx"]

@@ -1,4 +1,5 @@
-"""laplace_head.dataset.splits (and stage 1): stratified 80/10/10, tiny classes, freezing."""
+"""laplace_head.dataset.splits (and stage 1): stratified 80/10/10 (or data.split_fractions),
+tiny classes, freezing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laplace_head.dataset.manifests import REGISTRY, build_manifests, read_frozen_assignment
-from laplace_head.dataset.splits import SPLITS, assign_splits, target_sizes
+from laplace_head.dataset.manifests import (
+    REGISTRY,
+    build_manifests,
+    read_frozen_assignment,
+    read_frozen_fractions,
+)
+from laplace_head.dataset.splits import (
+    MAX_FRACTION,
+    SPLITS,
+    SplitFractions,
+    assign_splits,
+    target_sizes,
+)
+from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import ProjectLayout
 
 TINY = {1: (1, 0, 0), 2: (1, 1, 0)} | {n: (n - 2, 1, 1) for n in range(3, 10)}
@@ -222,3 +235,112 @@ def test_manifest_outputs_are_byte_identical_on_rerun(tmp_path: Path, dataset_fa
     assert {name: (manifests / name).read_bytes() for name in names} == before
     saved = json.loads((manifests / "manifest_report.json").read_text())
     assert saved["frozen_from_previous_run"] == report["frozen_from_previous_run"] == 66
+
+
+# --- data.split_fractions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [10, 11, 14, 15, 25, 58, 97, 190, 1234])
+def test_fractions_set_the_val_and_test_shares(n: int) -> None:
+    sizes = target_sizes(n, SplitFractions(0.15, 0.2))
+    assert sum(sizes.values()) == n
+    assert abs(sizes["val"] - 0.15 * n) <= 0.5 and abs(sizes["test"] - 0.2 * n) <= 0.5
+    assert target_sizes(n, SplitFractions(0.1, 0.1)) == target_sizes(n)
+
+
+def test_fractions_keep_tiny_classes_and_one_sample_per_split() -> None:
+    fractions = SplitFractions(0.01, 0.4)
+    assert target_sizes(10, fractions) == {"train": 5, "val": 1, "test": 4}
+    for n in range(1, 10):
+        assert tuple(target_sizes(n, fractions).values()) == TINY[n]
+
+
+def test_default_fractions_are_the_schemas() -> None:
+    from laplace_head.config.loader import load_schema
+
+    schema = load_schema()["properties"]["data"]["properties"]["split_fractions"]
+    assert SplitFractions.default() == SplitFractions(*schema["default"])
+    assert schema["items"]["maximum"] == MAX_FRACTION
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, MAX_FRACTION + 0.01, True])
+def test_bad_fractions_are_refused(bad) -> None:
+    with pytest.raises(ValueError, match=r"split fraction val = .*data\.split_fractions"):
+        SplitFractions(bad, 0.1)
+
+
+def test_build_manifests_draws_and_records_the_fractions(tmp_path: Path, dataset_factory):
+    images_root, masks_root = dataset_factory({"a": 40})
+    layout = ProjectLayout(tmp_path / "project")
+    report = build_manifests(
+        images_root, masks_root, layout, split_seed=1, fractions=SplitFractions(0.15, 0.25)
+    )
+    assert report["split_sizes"] == {"train": 24, "val": 6, "test": 10}
+    registry = pd.read_csv(layout.manifest(REGISTRY))
+    assert set(registry["val_fraction"]) == {0.15} and set(registry["test_fraction"]) == {0.25}
+    assert read_frozen_fractions(layout) == SplitFractions(0.15, 0.25)
+
+
+def test_default_fractions_give_todays_split(tmp_path: Path, dataset_factory):
+    """The default draws the 80/10/10 split byte for byte (registry: only fraction columns)."""
+    images_root, masks_root = dataset_factory({"a": 30, "b": 6})
+    default_root, explicit_root = tmp_path / "default", tmp_path / "explicit"
+    build_manifests(images_root, masks_root, ProjectLayout(default_root), split_seed=5)
+    build_manifests(
+        images_root,
+        masks_root,
+        ProjectLayout(explicit_root),
+        split_seed=5,
+        fractions=SplitFractions(0.1, 0.1),
+    )
+    for name in ("all_samples.csv", "train.csv", "val.csv", "test.csv", f"{REGISTRY}.csv"):
+        assert (default_root / "manifests" / name).read_bytes() == (
+            explicit_root / "manifests" / name
+        ).read_bytes()
+    assert Counter(_split_of(default_root / "manifests").values()) == {
+        "train": 28,
+        "val": 4,
+        "test": 4,
+    }
+
+
+def test_other_fractions_on_a_frozen_split_are_refused(tmp_path: Path, dataset_factory):
+    images_root, masks_root = dataset_factory({"a": 30})
+    layout = ProjectLayout(tmp_path / "project")
+    build_manifests(images_root, masks_root, layout, split_seed=1)
+    before = {path.name: path.read_bytes() for path in layout.manifests_dir.iterdir()}
+    with pytest.raises(LaplaceHeadError) as error:
+        build_manifests(
+            images_root, masks_root, layout, split_seed=1, fractions=SplitFractions(0.15, 0.15)
+        )
+    message = str(error.value)
+    assert str(layout.manifest(REGISTRY)) in message
+    assert "[val, test] = [0.1, 0.1]" in message and "asks for [0.15, 0.15]" in message
+    assert "set data.split_fractions back" in message.lower()
+    assert f"delete {layout.manifests_dir}" in message
+    assert {path.name: path.read_bytes() for path in layout.manifests_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("without_registry", [False, True])
+def test_a_split_without_recorded_fractions_was_drawn_80_10_10(
+    tmp_path: Path, dataset_factory, without_registry: bool
+):
+    """A registry without the fraction columns (or split CSVs without a registry) holds a
+    default split: the default reruns, other fractions are refused."""
+    images_root, masks_root = dataset_factory({"a": 30})
+    layout = ProjectLayout(tmp_path / "project")
+    build_manifests(images_root, masks_root, layout, split_seed=1)
+    first = _split_of(layout.manifests_dir)
+    registry = layout.manifest(REGISTRY)
+    if without_registry:
+        registry.unlink()
+    else:
+        frame = pd.read_csv(registry, dtype=str, keep_default_na=False)
+        frame[["sample_id", "split"]].to_csv(registry, index=False)
+    assert read_frozen_fractions(layout) == SplitFractions.default()
+    with pytest.raises(LaplaceHeadError, match="split_registry"):
+        build_manifests(
+            images_root, masks_root, layout, split_seed=1, fractions=SplitFractions(0.2, 0.1)
+        )
+    build_manifests(images_root, masks_root, layout, split_seed=1)
+    assert _split_of(layout.manifests_dir) == first
