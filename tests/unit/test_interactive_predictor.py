@@ -18,7 +18,13 @@ from helpers.tiny_sam import CountingSam
 from laplace_head.bayes.posterior import load_posterior
 from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
 from laplace_head.cache.split_h5 import assemble_inputs
-from laplace_head.interactive.clicks import POLICIES, ClickState, grid_to_image, image_to_grid
+from laplace_head.interactive.clicks import (
+    POLICIES,
+    POSTERIOR_FREE_POLICIES,
+    ClickState,
+    grid_to_image,
+    image_to_grid,
+)
 from laplace_head.interactive.predictor import (
     InteractivePrediction,
     InteractivePredictor,
@@ -522,6 +528,47 @@ def test_simulate_clicks_is_deterministic_and_json_able(walker_predictor, policy
             click["col"],
         )
     assert result["image_hw"] == [HEIGHT, WIDTH] and result["policy"] == policy
+
+
+@pytest.mark.parametrize("policy", sorted(POSTERIOR_FREE_POLICIES))
+def test_posterior_free_rules_compute_no_posterior_maps_and_click_the_same(
+    posterior, policy, monkeypatch
+) -> None:
+    """Stage 8 gives a posterior-free rule a state without the posterior maps, so they are
+    never computed for it (nor for its look-ahead candidates), and its clicks are the ones it
+    makes with the posterior maps in its state."""
+    import laplace_head.interactive.simulate as simulate
+
+    image, mask = _image_and_mask()
+    moments = []
+    logit_moments = posterior.logit_moments
+
+    def spy(inputs):
+        moments.append(1)
+        return logit_moments(inputs)
+
+    monkeypatch.setattr(posterior, "logit_moments", spy)
+    lean = simulate_clicks(
+        InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA),
+        image,
+        mask,
+        policy,
+        4,
+        5,
+        "c/a",
+    )
+    assert moments == []
+    monkeypatch.setattr(simulate, "POSTERIOR_FREE_POLICIES", set())
+    full = simulate_clicks(
+        InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA),
+        image,
+        mask,
+        policy,
+        4,
+        5,
+        "c/a",
+    )
+    assert moments and full == lean
 
 
 def test_simulate_clicks_seeding_and_shared_first_click(walker_predictor) -> None:
