@@ -190,7 +190,9 @@ class Annotator:
         sidecar = self.store.read_sidecar(record)
         if sidecar and isinstance(sidecar.get("clicks"), list):
             try:
-                clicks = [Click(float(c["x"]), float(c["y"]), int(c["label"])) for c in sidecar["clicks"]]
+                clicks = [
+                    Click(float(c["x"]), float(c["y"]), int(c["label"])) for c in sidecar["clicks"]
+                ]
             except (KeyError, TypeError, ValueError):
                 clicks = []
         with self._guard:

@@ -96,9 +96,7 @@ class ImageCatalog:
                 self._records[record.image_id] = record
 
     @classmethod
-    def from_manifests(
-        cls, layout: ProjectLayout, images_root: str | os.PathLike
-    ) -> ImageCatalog:
+    def from_manifests(cls, layout: ProjectLayout, images_root: str | os.PathLike) -> ImageCatalog:
         """Every image of the project's train/val/test manifests (stage 1's output)."""
         from laplace_head.dataset.manifests import read_split_manifest
 

@@ -123,9 +123,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise AnnotateRequestError(
-                413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit"
-            )
+            raise AnnotateRequestError(413, f"request body exceeds the {MAX_BODY_BYTES}-byte limit")
     try:
         value = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:

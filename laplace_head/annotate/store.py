@@ -6,7 +6,8 @@ image's size), each with a sidecar ``<out>/<class>/<stem>.json`` that stage 1 ig
 only ``.npy`` / ``.png`` masks). The sidecar records how the mask was made (:data:`SIDECAR_KEYS`).
 
 Both files are written atomically (:func:`laplace_head.util.atomic.atomic_path`): a process
-killed while saving leaves the old PNG or the new one, never a partial file. The PNG is renamed
+killed while saving leaves the old PNG or the new one, never a partial file; the next save of
+the image removes the temporary file such a kill leaves. The PNG is renamed
 into place first, then the sidecar; the sidecar's ``mask_md5`` names the PNG it describes.
 """
 
@@ -22,7 +23,12 @@ import numpy as np
 from PIL import Image
 
 from laplace_head.annotate.catalog import AnnotateRequestError, ImageRecord
-from laplace_head.util.atomic import atomic_path, atomic_write_json, read_json
+from laplace_head.util.atomic import (
+    atomic_path,
+    atomic_write_json,
+    read_json,
+    remove_stale_temp_files,
+)
 from laplace_head.util.faults import fault_point
 
 MASK_SUFFIX = ".png"
@@ -126,11 +132,14 @@ class MaskStore:
         missing = set(SIDECAR_KEYS) - {"mask_md5"} - set(sidecar)
         if missing:
             raise ValueError(f"sidecar lacks {sorted(missing)}")
+        sidecar_path = self.sidecar_path(record)
+        # the debris of a save that was killed (this folder's names are the annotator's alone)
+        remove_stale_temp_files(path.parent, [path.name, sidecar_path.name])
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
             fault_point("annotate_save")  # the new PNG is complete but not yet renamed
         atomic_write_json(
-            self.sidecar_path(record),
+            sidecar_path,
             {**sidecar, "mask_md5": hashlib.md5(data).hexdigest()},
         )
         return path

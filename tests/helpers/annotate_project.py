@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import yaml
-from helpers.laplace_fixtures import make_fitted_run
 from PIL import Image
 
+from helpers.laplace_fixtures import make_fitted_run
 from laplace_head.config import load_configs
 from laplace_head.dataset.manifests import build_manifests
 from laplace_head.layout import ProjectLayout
