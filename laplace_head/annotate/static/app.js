@@ -92,7 +92,7 @@ function paintMask(data, w, h) {
       data[4 * i] = MASK_RGB[0];
       data[4 * i + 1] = MASK_RGB[1];
       data[4 * i + 2] = MASK_RGB[2];
-      data[4 * i + 3] = inside[i] ? (edge ? 255 : 100) : 0;
+      data[4 * i + 3] = inside[i] ? (edge ? 220 : 90) : 0;
     }
   }
 }
@@ -135,21 +135,30 @@ function marker(x, y, label, suggested) {
   const [cx, cy] = toCanvas(x, y);
   ctx.lineWidth = 2;
   if (suggested) {
-    ctx.strokeStyle = "#fff";
-    ctx.setLineDash([4, 3]);
+    ctx.lineWidth = 4;
+    ctx.strokeStyle = "#000";
     ctx.beginPath();
-    ctx.arc(cx, cy, 11, 0, 2 * Math.PI);
+    ctx.arc(cx, cy, 12, 0, 2 * Math.PI);
+    ctx.stroke();
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = label ? "#2fd35a" : "#ff4a4a";
+    ctx.setLineDash([5, 3]);
     ctx.stroke();
     ctx.setLineDash([]);
-    ctx.fillStyle = label ? "#2fd35a" : "#ff4a4a";
-    ctx.font = "bold 15px system-ui, sans-serif";
+    ctx.font = "bold 18px system-ui, sans-serif";
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "#000";
+    ctx.strokeText(label ? "+" : "\u2212", cx, cy);
+    ctx.fillStyle = label ? "#2fd35a" : "#ff4a4a";
     ctx.fillText(label ? "+" : "\u2212", cx, cy);
-    ctx.fillStyle = "#fff";
-    ctx.font = "12px system-ui, sans-serif";
+    ctx.font = "bold 12px system-ui, sans-serif";
     ctx.textAlign = "left";
-    ctx.fillText(`next: ${label ? "positive" : "negative"} (space)`, cx + 14, cy - 12);
+    const text = `next: ${label ? "positive" : "negative"} (space)`;
+    ctx.strokeText(text, cx + 16, cy - 14);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, cx + 16, cy - 14);
     return;
   }
   ctx.fillStyle = label ? "#2fd35a" : "#ff4a4a";
@@ -180,7 +189,7 @@ function draw() {
 
 function showLegend() {
   const heat = page.state?.overlay?.heat?.[page.heat];
-  els("legend").hidden = !heat;
+  els("legend").classList.toggle("off", !heat);
   if (!heat) return;
   const names = { probability: "calibrated probability", bald: "BALD (nats)", entropy: "entropy (nats)" };
   els("legend-name").textContent = names[page.heat];
@@ -208,7 +217,7 @@ async function showState(state, started) {
     state.expected_error == null ? "–" : `${(100 * state.expected_error).toFixed(2)} % of pixels`;
   const s = state.suggestion;
   els("suggestion-text").textContent = s
-    ? `${s.label ? "positive" : "negative"} at (${s.x.toFixed(0)}, ${s.y.toFixed(0)}), p = ${s.predictive_probability.toFixed(2)}`
+    ? `${s.label ? "positive" : "negative"} at (${Math.max(0, Math.round(s.x))}, ${Math.max(0, Math.round(s.y))}), p = ${s.predictive_probability.toFixed(2)}`
     : "–";
   els("status-text").textContent = state.status.replace("_", " ");
   if (started !== undefined) {
@@ -393,10 +402,10 @@ document.addEventListener("keydown", (event) => {
 
 els("class-filter").addEventListener("change", loadList);
 els("sort-order").addEventListener("change", loadList);
-window.addEventListener("resize", () => {
+new ResizeObserver(() => {
   fitCanvas();
   draw();
-});
+}).observe(els("stage"));
 
 async function start() {
   drawLegend();
