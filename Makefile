@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 DEMO_ARGS ?=
+ANNOTATE_ARGS ?=
 STAMP := $(VENV)/.installed
 # config/config.yaml is the base; demo.yaml / real_dev.yaml override it (later files win).
 DEMO_CONFIG := config/config.yaml config/demo.yaml
 REAL_DEV_CONFIG := config/config.yaml config/real_dev.yaml
 
-.PHONY: demo test lint unit test-workflow venv clean-demo real-dev bench test-cluster report
+.PHONY: demo test lint unit test-workflow test-browser venv clean-demo real-dev bench test-cluster report \
+	annotate-demo
 
 # torch/torchvision are pinned to the releases this machine's pip serves from local disk.
 $(STAMP): pyproject.toml
@@ -51,8 +53,19 @@ unit: $(STAMP)
 test-workflow: $(STAMP)
 	$(PY) -m pytest -q tests/workflow
 
-## make test: the full contract: lint, the unit tier, the workflow tier (not cluster, not slow)
-test: lint unit test-workflow
+## make test-browser: the annotator in headless Chromium, tests/browser (about half a minute;
+## needs Debian's chromium and chromium-driver, which .ci/run installs)
+test-browser: $(STAMP)
+	$(PY) -m pytest -q tests/browser
+
+## make test: the full contract: lint, the unit tier, the workflow tier, the browser test (not
+## cluster, not slow)
+test: lint unit test-workflow test-browser
+
+## make annotate-demo: the annotator on the finished demo project (runs the demo first if needed);
+## open the URL it prints, Ctrl-C stops it. Masks go to annotations/masks (ANNOTATE_ARGS adds flags)
+annotate-demo: demo
+	$(PY) -m laplace_head annotate --config $(DEMO_CONFIG) $(ANNOTATE_ARGS)
 
 ## make real-dev: the whole workflow on ../shared/data/real_dev
 real-dev: $(STAMP)
