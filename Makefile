@@ -82,6 +82,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_training.py --rows 16 --epochs 1 --repeats 1 --workers 0 --device cpu
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b --config $(REAL_DEV_CONFIG)
+	$(PY) bench/bench_annotate.py --images 1 --clicks 2
 	$(PY) bench/gpu_check.py --device cpu --tiny
 
 clean-demo:

@@ -107,6 +107,14 @@ function paintHeat(data, w, h) {
   }
 }
 
+async function heatLayer(name) {
+  // the shown heat map only, built on first use: the others cost nothing per click
+  const heat = page.state?.overlay?.heat?.[name];
+  if (heat && !page.heatLayers[name]) {
+    page.heatLayers[name] = layerFrom(await decodePng(heat.png), paintHeat);
+  }
+}
+
 function drawLegend() {
   const bar = els("legend-bar").getContext("2d");
   for (let i = 0; i < 256; i++) {
@@ -201,14 +209,8 @@ async function showState(state, started) {
   page.maskLayer = null;
   page.heatLayers = {};
   if (state.overlay) {
-    const decoded = await Promise.all([
-      decodePng(state.overlay.mask),
-      ...Object.values(state.overlay.heat).map((heat) => decodePng(heat.png)),
-    ]);
-    page.maskLayer = layerFrom(decoded[0], paintMask);
-    Object.keys(state.overlay.heat).forEach((name, i) => {
-      page.heatLayers[name] = layerFrom(decoded[i + 1], paintHeat);
-    });
+    page.maskLayer = layerFrom(await decodePng(state.overlay.mask), paintMask);
+    await heatLayer(page.heat);
   }
   draw();
   showLegend();
@@ -356,9 +358,10 @@ canvas.addEventListener("contextmenu", (event) => {
   clickAt(event, 0);
 });
 
-function setHeat(name) {
+async function setHeat(name) {
   page.heat = name;
   for (const radio of document.querySelectorAll('input[name="heat"]')) radio.checked = radio.value === name;
+  await heatLayer(name);
   draw();
   showLegend();
 }
