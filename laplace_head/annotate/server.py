@@ -36,6 +36,7 @@ from urllib.parse import parse_qs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -53,6 +54,8 @@ TOKEN_QUERY = "token"
 TOKEN_HEADER = "x-laplace-head-token"
 TOKEN_COOKIE = "laplace_head_token"
 LOOPBACK_NAMES = ("localhost",)
+#: The ``Host`` names a loopback server answers (``create_app(allowed_hosts=...)``).
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 
 def is_loopback(host: str) -> bool:
@@ -137,6 +140,7 @@ def create_app(
     annotator: Annotator,
     token: str | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """The annotator's Starlette application.
 
@@ -149,6 +153,10 @@ def create_app(
         a loopback address only: :func:`serve` refuses otherwise).
     request_timeout_s
         Seconds after which a request is answered 503.
+    allowed_hosts
+        When given, a request whose ``Host`` header names another host is refused (400): a
+        server without a token on a loopback address takes :data:`LOOPBACK_HOSTS`, so that a
+        web page elsewhere cannot reach it through a DNS name rebound to 127.0.0.1.
     """
 
     async def call(func: Callable, *args: Any) -> Response:
@@ -218,6 +226,8 @@ def create_app(
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = [Middleware(_TokenMiddleware, token=token)] if token is not None else []
+    if allowed_hosts is not None:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)

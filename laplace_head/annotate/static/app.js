@@ -14,11 +14,12 @@ const page = {
   state: null,       // the open image's state from the server
   picture: null,     // its decoded image (ImageBitmap)
   maskLayer: null,   // canvas: coloured mask at image size
+  maskOutline: null, // canvas: its outline only (drawn over a heat map)
   heatLayers: {},    // name -> canvas: coloured 256-grid heat map
   heat: "none",
   scale: 1,
-  busy: false,
   version: 0,        // counts overlays drawn (the browser test waits on it)
+  info: null,        // /api/info
 };
 
 // --- HTTP -------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ function layerFrom(img, paint) {
   return layer;
 }
 
-function paintMask(data, w, h) {
+const paintMask = (fill) => (data, w, h) => {
   const inside = new Uint8Array(w * h);
   for (let i = 0; i < w * h; i++) inside[i] = data[4 * i] > 127 ? 1 : 0;
   for (let y = 0; y < h; y++) {
@@ -92,10 +93,10 @@ function paintMask(data, w, h) {
       data[4 * i] = MASK_RGB[0];
       data[4 * i + 1] = MASK_RGB[1];
       data[4 * i + 2] = MASK_RGB[2];
-      data[4 * i + 3] = inside[i] ? (edge ? 220 : 90) : 0;
+      data[4 * i + 3] = inside[i] ? (edge ? 220 : fill) : 0;
     }
   }
-}
+};
 
 function paintHeat(data, w, h) {
   for (let i = 0; i < w * h; i++) {
@@ -184,9 +185,10 @@ function draw() {
   ctx.drawImage(page.picture, 0, 0, w, h);
   const heat = page.heatLayers[page.heat];
   if (heat) ctx.drawImage(heat, 0, 0, w, h);
-  if (page.maskLayer) {
+  const mask = heat ? page.maskOutline : page.maskLayer;
+  if (mask) {
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(page.maskLayer, 0, 0, w, h);
+    ctx.drawImage(mask, 0, 0, w, h);
     ctx.imageSmoothingEnabled = true;
   }
   const state = page.state;
@@ -206,10 +208,12 @@ function showLegend() {
 
 async function showState(state, started) {
   page.state = state;
-  page.maskLayer = null;
+  page.maskLayer = page.maskOutline = null;
   page.heatLayers = {};
   if (state.overlay) {
-    page.maskLayer = layerFrom(await decodePng(state.overlay.mask), paintMask);
+    const mask = await decodePng(state.overlay.mask);
+    page.maskLayer = layerFrom(mask, paintMask(90));
+    page.maskOutline = layerFrom(mask, paintMask(0)); // over a heat map: the outline only
     await heatLayer(page.heat);
   }
   draw();
@@ -228,6 +232,15 @@ async function showState(state, started) {
     els("latency").textContent = t.predict === undefined ? `${total.toFixed(0)} ms`
       : `${total.toFixed(0)} ms (predict ${t.predict.toFixed(0)}, suggest ${t.suggest.toFixed(0)}, encode ${t.encode.toFixed(0)})`;
     document.body.dataset.lastLatencyMs = total.toFixed(1);
+  }
+  const labels = new Set(state.clicks.map((click) => click.label));
+  if (page.info?.base_segmenter === "random_walker" && labels.size === 1) {
+    // random_walker seeded with one label gives that label everywhere
+    say(labels.has(1)
+      ? "random_walker needs both labels: right-click (or shift-click) the background too"
+      : "random_walker needs both labels: left-click the object too");
+  } else if (started !== undefined) {
+    say("");
   }
   page.version += 1;
   document.body.dataset.overlayVersion = String(page.version);
@@ -272,9 +285,19 @@ async function loadList() {
   els("counts").textContent = `${page.images.length} images, ${saved} saved`;
 }
 
-async function openImage(id) {
-  if (page.busy) return;
-  page.busy = true;
+let queue = Promise.resolve();
+
+function enqueue(task) {
+  // every request the page makes runs after the ones before it, in order
+  queue = queue.then(task, task);
+  return queue;
+}
+
+function openImage(id) {
+  return enqueue(() => loadImage(id));
+}
+
+async function loadImage(id) {
   try {
     say("");
     const [blob, state] = await Promise.all([api(imagePath(id, "image")), api(imagePath(id, "state"))]);
@@ -289,8 +312,6 @@ async function openImage(id) {
     await showState(state);
   } catch (err) {
     say(`cannot open ${id}: ${err.error || err}`);
-  } finally {
-    page.busy = false;
   }
 }
 
@@ -303,23 +324,26 @@ function step(offset) {
 
 // --- actions ----------------------------------------------------------------------------------
 
-async function act(what, body) {
-  if (!page.current || page.busy) return;
-  page.busy = true;
+function act(what, body) {
+  // queued: a click made while the previous one is answered waits its turn, it is not lost
   const started = performance.now();
-  try {
-    const state = await api(imagePath(page.current, what), body);
-    await showState(state, started);
-  } catch (err) {
-    say(err.error || String(err));
-  } finally {
-    page.busy = false;
-  }
+  return enqueue(async () => {
+    if (!page.current) return;
+    try {
+      const state = await api(imagePath(page.current, what), body);
+      await showState(state, started);
+    } catch (err) {
+      say(err.error || String(err));
+    }
+  });
 }
 
-async function save() {
-  if (!page.current || page.busy) return;
-  page.busy = true;
+function save() {
+  return enqueue(saveNow);
+}
+
+async function saveNow() {
+  if (!page.current) return;
   try {
     let result;
     try {
@@ -340,8 +364,6 @@ async function save() {
     document.body.dataset.saved = result.saved;
   } catch (err) {
     say(err.error || String(err));
-  } finally {
-    page.busy = false;
   }
 }
 
@@ -381,10 +403,12 @@ document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "SELECT" || event.ctrlKey || event.metaKey || event.altKey) return;
   const keys = {
     z: () => act("undo", {}),
-    " ": () => {
+    " ": () => enqueue(() => {
+      // the suggestion of the latest state, once the clicks before this key are answered (the
+      // click itself queues behind this task: awaiting it here would wait for ever)
       const s = page.state?.suggestion;
       if (s) act("click", { x: s.x, y: s.y, label: s.label });
-    },
+    }),
     r: () => act("reset", {}),
     s: () => save(),
     n: () => step(1),
@@ -413,7 +437,7 @@ new ResizeObserver(() => {
 async function start() {
   drawLegend();
   try {
-    const info = await api("/api/info");
+    const info = (page.info = await api("/api/info"));
     els("run-info").textContent =
       `run ${info.run_id}${info.posterior_variant ? ` / ${info.posterior_variant}` : ""}, ` +
       `${info.posterior} posterior, ${info.base_segmenter}, suggestions: ${info.suggest_policy}`;
