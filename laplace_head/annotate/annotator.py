@@ -93,13 +93,6 @@ def _segmenter_copy(segmenter: Any) -> Any:
     return clone
 
 
-class _Live:
-    """A cached session: a predictor with its own segmenter state, on one image."""
-
-    def __init__(self, predictor: InteractivePredictor, image_rgb: np.ndarray) -> None:
-        self.session = ClickSession(predictor, image_rgb)
-
-
 class Annotator:
     """Click sessions on a catalog of images, saving into a :class:`MaskStore`.
 
@@ -138,7 +131,8 @@ class Annotator:
         self.provenance = dict(provenance)
         self.cache_size = int(cache_size)
         self.lock_timeout_s = float(lock_timeout_s)
-        self._live: OrderedDict[str, _Live] = OrderedDict()
+        # live sessions, least recently used first; each with a predictor of its own
+        self._live: OrderedDict[str, ClickSession] = OrderedDict()
         self._clicks: dict[str, list[Click]] = {}
         self._dirty: set[str] = set()
         self._errors: dict[str, float] = {}
@@ -201,18 +195,18 @@ class Annotator:
     def _session(self, record: ImageRecord) -> ClickSession:
         """The live session of ``record`` (the caller holds its lock), rebuilt when evicted."""
         with self._guard:
-            live = self._live.get(record.image_id)
-            if live is not None:
+            session = self._live.get(record.image_id)
+            if session is not None:
                 self._live.move_to_end(record.image_id)
-                return live.session
-        live = _Live(self._new_predictor(), self._load_image(record))
+                return session
+        session = ClickSession(self._new_predictor(), self._load_image(record))
         for click in self._history(record):
-            live.session.add_click(click.x, click.y, click.label)
+            session.add_click(click.x, click.y, click.label)
         with self._guard:
-            self._live[record.image_id] = live
+            self._live[record.image_id] = session
             while len(self._live) > self.cache_size:
                 self._live.popitem(last=False)
-        return live.session
+        return session
 
     def _status(self, record: ImageRecord) -> str:
         if record.image_id in self._dirty:

@@ -247,11 +247,25 @@ def server_url(host: str, port: int, token: str | None) -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: a free port)."""
+    """A listening socket on ``host:port`` (port 0: a free port).
+
+    Raises
+    ------
+    AnnotateRequestError
+        (a :class:`~laplace_head.errors.LaplaceHeadError`) when the address cannot be bound.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AnnotateRequestError(
+            500,
+            f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port "
+            "(0: any free one) or --host",
+        ) from exc
     sock.listen(64)
     sock.set_inheritable(True)
     return sock

@@ -312,8 +312,24 @@ def test_cli_prints_the_url_with_a_token_off_loopback(
     served["sock"].close()
     printed = capsys.readouterr().out
     assert f"http://{host}:" in printed and ("?token=" in printed) == has_token
-    client = TestClient(served["app"])
-    assert (client.get("/api/info").status_code == 403) == has_token
+    client = TestClient(served["app"], base_url=f"http://{host}:8765")
+    assert client.get("/api/info").status_code == (403 if has_token else 200)
+    if not has_token:  # a loopback server answers loopback host names only
+        rebound = TestClient(served["app"], base_url="http://evil.example:8765")
+        assert rebound.get("/api/info").status_code == 400
+
+
+def test_cli_port_in_use_is_a_clear_error(project, tmp_path, capsys) -> None:
+    from laplace_head import cli
+    from laplace_head.annotate.server import bind
+
+    taken = bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    args = ["annotate", "--config", *map(str, project.config_files), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--port", str(port)])
+    taken.close()
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # --- sessions -----------------------------------------------------------------------------------
