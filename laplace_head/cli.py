@@ -237,6 +237,7 @@ def _unlock(args: argparse.Namespace) -> None:
 def _annotate(args: argparse.Namespace) -> None:
     from laplace_head.annotate import build_annotator
     from laplace_head.annotate.server import (
+        LOOPBACK_HOSTS,
         bind,
         create_app,
         is_loopback,
@@ -264,7 +265,8 @@ def _annotate(args: argparse.Namespace) -> None:
         f"masks go to {annotator.store.out}\nopen {url}  (Ctrl-C stops)",
         flush=True,
     )
-    serve(create_app(annotator, token=token), sock)
+    hosts = LOOPBACK_HOSTS if token is None else None
+    serve(create_app(annotator, token=token, allowed_hosts=hosts), sock)
 
 
 def _demo_data(args: argparse.Namespace) -> None:
