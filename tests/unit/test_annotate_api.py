@@ -359,6 +359,35 @@ def test_embedding_once_per_image_and_history_survives_eviction(
     assert back["clicks"] == first["clicks"] and back["overlay"]["mask"] == first["overlay"]["mask"]
 
 
+def test_sam_keeps_one_embedding_per_cached_image(project, tmp_path) -> None:
+    from helpers.tiny_sam import CountingSam
+
+    from laplace_head.annotate.annotator import Annotator
+    from laplace_head.annotate.store import MaskStore
+    from laplace_head.bayes.posterior import load_posterior
+
+    posterior = load_posterior(project.layout.laplace_dir)
+    segmenter = CountingSam()
+    predictor = InteractivePredictor(segmenter, posterior, 8.0, suggest_policy="bald_region")
+    catalog = ImageCatalog.from_manifests(project.layout.project(), project.images_root)
+    annotator = Annotator(predictor, catalog, MaskStore(tmp_path / "out"), {}, cache_size=2)
+    other = "square__square_002"
+    first = annotator.click(FIRST, 40, 30, 1)
+    annotator.click(other, 40, 30, 1)
+    again = annotator.click(FIRST, 5, 5, 0)
+    assert segmenter.encoder_calls == 2  # one encoder pass per image, none on switching back
+    assert first["clicks"] == again["clicks"][:1]
+    # decoded against FIRST's embedding, not the one set last (``other``'s)
+    reference = ClickSession(
+        InteractivePredictor(CountingSam(), posterior, 8.0),
+        load_image_rgb(project.images_root / "disc" / "disc_000.png"),
+    )
+    for click in again["clicks"]:
+        reference.add_click(click["x"], click["y"], click["label"])
+    live = annotator._live[FIRST].predict()
+    np.testing.assert_allclose(live.base_logits, reference.predict().base_logits, atol=1e-5)
+
+
 def test_requests_for_one_image_are_serialised(client) -> None:
     results = []
 
