@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 DEMO_ARGS ?=
+ANNOTATE_ARGS ?=
 STAMP := $(VENV)/.installed
 # config/config.yaml is the base; demo.yaml / real_dev.yaml override it, real_large.yaml
 # overrides real_dev.yaml (later files win).
@@ -12,7 +13,8 @@ DEMO_CONFIG := config/config.yaml config/demo.yaml
 REAL_DEV_CONFIG := config/config.yaml config/real_dev.yaml
 REAL_LARGE_CONFIG := $(REAL_DEV_CONFIG) config/real_large.yaml
 
-.PHONY: demo test lint unit test-workflow venv clean-demo real-dev real-large bench test-cluster report
+.PHONY: demo test lint unit test-workflow test-browser venv clean-demo real-dev real-large bench \
+	test-cluster report annotate-demo
 
 # torch/torchvision are pinned to the releases this machine's pip serves from local disk.
 $(STAMP): pyproject.toml
@@ -53,8 +55,19 @@ unit: $(STAMP)
 test-workflow: $(STAMP)
 	$(PY) -m pytest -q tests/workflow
 
-## make test: the full contract: lint, the unit tier, the workflow tier (not cluster, not slow)
-test: lint unit test-workflow
+## make test-browser: the annotator in headless Chromium, tests/browser (about half a minute;
+## needs Debian's chromium and chromium-driver, which .ci/run installs)
+test-browser: $(STAMP)
+	$(PY) -m pytest -q tests/browser
+
+## make test: the full contract: lint, the unit tier, the workflow tier, the browser test (not
+## cluster, not slow)
+test: lint unit test-workflow test-browser
+
+## make annotate-demo: the annotator on the finished demo project (runs the demo first if needed);
+## open the URL it prints, Ctrl-C stops it. Masks go to annotations/masks (ANNOTATE_ARGS adds flags)
+annotate-demo: demo
+	$(PY) -m laplace_head annotate --config $(DEMO_CONFIG) $(ANNOTATE_ARGS)
 
 ## make real-dev: the whole workflow on ../shared/data/real_dev
 real-dev: $(STAMP)
@@ -76,6 +89,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_training.py --rows 16 --epochs 1 --repeats 1 --workers 0 --device cpu
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b
 	$(PY) bench/bench_interactive.py --images 1 --clicks 2 --skip-vit-b --config $(REAL_DEV_CONFIG)
+	$(PY) bench/bench_annotate.py --images 1 --clicks 2
 	$(PY) bench/gpu_check.py --device cpu --tiny
 
 clean-demo:

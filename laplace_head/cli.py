@@ -9,6 +9,7 @@ function as the rule's script, logging to the rule's log file. Examples::
     python -m laplace_head train-head --config config/config.yaml --sanity_check
     python -m laplace_head fit-laplace --config config/config.yaml --force
     python -m laplace_head visualize-sanity --config config/config.yaml --n 8 --split train
+    python -m laplace_head annotate --config config/config.yaml config/demo.yaml
 
 ``--config`` takes several files, later ones overriding earlier ones key by key, as Snakemake
 merges ``--configfile`` (``--config config/config.yaml config/demo.yaml``).
@@ -32,6 +33,8 @@ from laplace_head.util.console import run_user_facing, setup_logging
 from laplace_head.util.project_lock import ProjectLock
 
 DEFAULT_CONFIG = "config/config.yaml"
+#: The annotator's default masks root (``annotate --out``).
+ANNOTATE_OUT = "annotations/masks"
 #: The project locks this process took (:class:`_Context`); :func:`main` gives them back.
 _HELD: list[ProjectLock] = []
 
@@ -256,6 +259,41 @@ def _unlock(args: argparse.Namespace) -> None:
         print(f"removed {lock.path} (it named {holder or 'nobody readable'})")
 
 
+def _annotate(args: argparse.Namespace) -> None:
+    from laplace_head.annotate import build_annotator
+    from laplace_head.annotate.server import (
+        LOOPBACK_HOSTS,
+        bind,
+        create_app,
+        is_loopback,
+        new_token,
+        serve,
+        server_url,
+    )
+
+    ctx = _Context(args, lock=False)  # reads the project; writes only under --out
+    annotator = run_user_facing(
+        lambda: build_annotator(
+            ctx.config,
+            ctx.layout,
+            images=args.images,
+            out=args.out,
+            variant=ctx.variant,
+            cache_size=args.cache_size,
+        )
+    )
+    token = None if is_loopback(args.host) else new_token()
+    sock = run_user_facing(lambda: bind(args.host, args.port))
+    url = server_url(args.host, sock.getsockname()[1], token)
+    print(
+        f"annotating {len(annotator.catalog)} images of {annotator.catalog.images_root}; "
+        f"masks go to {annotator.store.out}\nopen {url}  (Ctrl-C stops)",
+        flush=True,
+    )
+    hosts = LOOPBACK_HOSTS if token is None else None
+    serve(create_app(annotator, token=token, allowed_hosts=hosts), sock)
+
+
 def _demo_data(args: argparse.Namespace) -> None:
     from laplace_head.dataset.demo import write_demo_dataset
 
@@ -344,6 +382,32 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force", action="store_true", help="even when its process still runs on this host"
     )
+    sub = command(
+        "annotate",
+        _annotate,
+        "the annotator: a web page to segment images with the run's posterior",
+        run=True,
+        variant=True,
+    )
+    sub.add_argument("--run", dest="run_id", help="same as --run_id")
+    sub.add_argument(
+        "--images",
+        metavar="DIR",
+        help="annotate these <class>/<stem>.{jpg,jpeg,png} images (default: the project's "
+        "manifests, every split)",
+    )
+    sub.add_argument(
+        "--out",
+        metavar="DIR",
+        default=ANNOTATE_OUT,
+        help="masks root to save into, <DIR>/<class>/<stem>.png: a new run's data.masks_root "
+        f"(default: {ANNOTATE_OUT})",
+    )
+    sub.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (not loopback: a token is needed)"
+    )
+    sub.add_argument("--port", type=int, default=8765, help="port (0: a free one)")
+    sub.add_argument("--cache-size", type=int, help="image embeddings kept (default: 8)")
     sub = commands.add_parser("demo-data", help="write the synthetic demo dataset")
     sub.add_argument("--out", default="demo_data", help="output folder")
     sub.add_argument("--per-class", type=int, default=20, help="samples per class")

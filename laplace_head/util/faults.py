@@ -35,6 +35,7 @@ FAULT_POINTS = (
     "precompute_sam",  # after each prompt set's four files written (stage 3)
     "build_training_index",  # after each sample indexed (stage 4, before the CSVs are written)
     "pack_hdf5",  # after each row copied into the temporary HDF5 file (stage 4.5)
+    "annotate_save",  # the annotator's new mask PNG written, before it is renamed into place
 )
 
 _calls: dict[str, int] = {}
