@@ -157,17 +157,7 @@ class Annotator:
             lock.release()
 
     def _new_predictor(self) -> InteractivePredictor:
-        base = self.predictor
-        return InteractivePredictor(
-            _segmenter_copy(base.segmenter),
-            base.posterior,
-            base.prompt_sigma,
-            uncertainty=base.uncertainty,
-            seed=base.seed,
-            n_nodes=base.n_nodes,
-            sam_mask_input=base.sam_mask_input,
-            suggest_policy=base.suggest_policy,
-        )
+        return self.predictor.with_segmenter(_segmenter_copy(self.predictor.segmenter))
 
     def _load_image(self, record: ImageRecord) -> np.ndarray:
         try:

@@ -38,6 +38,7 @@ back exactly the earlier prediction.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
@@ -610,6 +611,21 @@ class InteractivePredictor:
         return cls.from_settings(settings, laplace_dir, device, allow_segmenter_mismatch, **kwargs)
 
     # --- image --------------------------------------------------------------------------------
+
+    def with_segmenter(self, segmenter: BaseSegmenter) -> InteractivePredictor:
+        """A predictor with this one's posterior and settings (its weight draws and click-rule
+        settings included) on another instance of the same base segmenter, with no image set:
+        e.g. one per image, each keeping its own per-image work (SAM: the embedding)."""
+        if type(segmenter) is not type(self.segmenter):
+            raise TypeError(
+                f"with_segmenter needs a {type(self.segmenter).__name__}; got "
+                f"{type(segmenter).__name__}"
+            )
+        other = copy.copy(self)
+        other.segmenter = segmenter
+        other._image_digest = None
+        other._memo = OrderedDict()
+        return other
 
     def set_image(self, image_rgb: np.ndarray) -> None:
         """Do the per-image work for an (H, W, 3) uint8 RGB image.

@@ -164,6 +164,30 @@ def test_a_click_set_predicted_again_comes_from_the_memo(walker_predictor, monke
     assert walker_predictor.predict([[32, 24]], [1]) is not first
 
 
+def test_with_segmenter_keeps_the_settings_and_its_own_image(walker_predictor, posterior):
+    """A predictor per image (the annotator's): the same posterior, settings and click-rule
+    settings on another segmenter instance, with its own image and memo."""
+    image, _ = _image_and_mask()
+    walker_predictor.set_image(image)
+    first = walker_predictor.predict([[32, 24], [2, 2]], [1, 0])
+    other = walker_predictor.with_segmenter(RandomWalkerSegmenter())
+    assert (
+        other.posterior is posterior and other.policy_settings == walker_predictor.policy_settings
+    )
+    assert (other.prompt_sigma, other.suggest_policy) == (SIGMA, walker_predictor.suggest_policy)
+    with pytest.raises(RuntimeError):
+        _ = other.image_hw  # no image set on the new instance
+    other.set_image(_image_and_mask(seed=1)[0])
+    assert walker_predictor.predict([[32, 24], [2, 2]], [1, 0]) is first  # its memo kept
+    again = other.with_segmenter(RandomWalkerSegmenter())
+    again.set_image(image)
+    np.testing.assert_array_equal(
+        again.predict([[32, 24], [2, 2]], [1, 0]).map_probability, first.map_probability
+    )
+    with pytest.raises(TypeError, match="RandomWalkerSegmenter"):
+        walker_predictor.with_segmenter(CountingSam())
+
+
 def test_predict_takes_sam_predictor_arguments(walker_predictor) -> None:
     image, _ = _image_and_mask()
     walker_predictor.set_image(image)
