@@ -81,8 +81,9 @@ def _rules_where(has: str) -> set[str]:
 
 
 def declared_gpu_rules() -> set[str]:
-    """Rules whose ``resources:`` declare ``gpu=N`` (the local GPU pool)."""
-    return _rules_where(r"^\s+gpu=[1-9]")
+    """Rules whose ``resources:`` declare ``gpu=N`` (the local GPU pool): a literal N >= 1, or
+    a named count such as ``SAM_DEVICE_GPU_SLOTS`` (1 unless ``sam.device`` is cpu)."""
+    return _rules_where(r"^\s+gpu=(?:[1-9]|[A-Z][A-Z0-9_]*\b)")
 
 
 def job_rules() -> set[str]:
