@@ -12,63 +12,22 @@ import struct
 import subprocess
 import sys
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
+from helpers.hostile_files import EPS_BYTES, H, W, encoded, npy_header_only, png_header_only, rgb
 from PIL import EpsImagePlugin, Image
 
 from laplace_head.dataset import images as images_module
 from laplace_head.dataset.images import ImageReadError, load_image_rgb, load_mask
 
-H, W = 20, 30
 MiB = 1 << 20
-
-
-def _rgb(height: int = H, width: int = W) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def _good_mask(height: int = H, width: int = W) -> np.ndarray:
     mask = np.zeros((height, width), np.uint8)
     mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 1
     return mask
-
-
-def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f8", body: bytes = b"") -> bytes:
-    """A ``.npy`` file whose header claims ``shape`` but that holds only ``body`` as data."""
-    buffer = io.BytesIO()
-    header = {"descr": dtype, "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_1_0(buffer, header)
-    return buffer.getvalue() + body
-
-
-def _png_header_only(width: int, height: int, colour_type: int = 0) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _encoded(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-EPS_BYTES = (
-    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 20\n%%EndComments\n"
-    b"newpath 0 0 moveto 30 20 lineto stroke\nshowpage\n%%EOF\n"
-)
 
 
 def _peak_bytes(function, *args) -> tuple[object, int]:
@@ -93,7 +52,7 @@ def _peak_bytes(function, *args) -> tuple[object, int]:
 @pytest.mark.parametrize("dtype", ["<f8", "|u1", "|b1"])
 def test_npy_mask_with_a_huge_header_is_refused_without_allocating(tmp_path, dtype) -> None:
     path = tmp_path / "bomb.npy"
-    path.write_bytes(_npy_header_only((200_000, 200_000), dtype, body=b"\0" * 64))
+    path.write_bytes(npy_header_only((200_000, 200_000), dtype, body=b"\0" * 64))
     assert path.stat().st_size < 256
     result, peak = _peak_bytes(load_mask, path)
     assert isinstance(result, ImageReadError), result
@@ -105,7 +64,7 @@ def test_npy_mask_with_a_huge_header_is_refused_without_allocating(tmp_path, dty
 def test_npy_mask_whose_header_claims_more_data_than_the_file_holds(tmp_path) -> None:
     """Under the pixel limit but larger than the file: refused before numpy allocates."""
     path = tmp_path / "forged.npy"
-    path.write_bytes(_npy_header_only((5_000, 5_000), "<f8", body=b"\0" * 800))
+    path.write_bytes(npy_header_only((5_000, 5_000), "<f8", body=b"\0" * 800))
     result, peak = _peak_bytes(load_mask, path)
     assert isinstance(result, ImageReadError), result
     assert str(result).startswith("mask unreadable: truncated or forged .npy"), result
@@ -129,14 +88,14 @@ def test_npy_mask_over_the_same_pixel_limit_as_images(tmp_path, monkeypatch) -> 
 )
 def test_png_mask_over_the_pixel_limit_is_refused_from_its_header(tmp_path, size) -> None:
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(*size))
+    path.write_bytes(png_header_only(*size, colour_type=0))
     with pytest.raises(ImageReadError, match=r"^mask too large \(decompression-bomb guard\)"):
         load_mask(path)
 
 
 def test_png_mask_uses_the_same_pixel_limit_as_images(tmp_path, monkeypatch) -> None:
     Image.fromarray(_good_mask() * 255).save(tmp_path / "m.png")
-    Image.fromarray(_rgb()).save(tmp_path / "i.png")
+    Image.fromarray(rgb()).save(tmp_path / "i.png")
     monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", H * W - 1)
     with pytest.raises(ImageReadError, match=r"^mask too large \(decompression-bomb guard\)"):
         load_mask(tmp_path / "m.png")
@@ -220,16 +179,16 @@ def no_other_plugin(monkeypatch) -> list[str]:
 @pytest.mark.parametrize(
     "name, data, claimed, actual",
     [
-        ("tiff.png", lambda: _encoded(_rgb(), "TIFF"), "PNG", "TIFF"),
-        ("webp.png", lambda: _encoded(_rgb(), "WEBP"), "PNG", "WEBP"),
-        ("tiff.jpg", lambda: _encoded(_rgb(), "TIFF"), "JPEG", "TIFF"),
-        ("webp.jpeg", lambda: _encoded(_rgb(), "WEBP"), "JPEG", "WEBP"),
-        ("gif.png", lambda: _encoded(_rgb()[..., 0], "GIF"), "PNG", "GIF"),
-        ("bmp.jpg", lambda: _encoded(_rgb(), "BMP"), "JPEG", "BMP"),
+        ("tiff.png", lambda: encoded(rgb(), "TIFF"), "PNG", "TIFF"),
+        ("webp.png", lambda: encoded(rgb(), "WEBP"), "PNG", "WEBP"),
+        ("tiff.jpg", lambda: encoded(rgb(), "TIFF"), "JPEG", "TIFF"),
+        ("webp.jpeg", lambda: encoded(rgb(), "WEBP"), "JPEG", "WEBP"),
+        ("gif.png", lambda: encoded(rgb()[..., 0], "GIF"), "PNG", "GIF"),
+        ("bmp.jpg", lambda: encoded(rgb(), "BMP"), "JPEG", "BMP"),
         ("eps.png", lambda: EPS_BYTES, "PNG", "EPS"),
         ("eps.jpg", lambda: EPS_BYTES, "JPEG", "EPS"),
-        ("png.jpg", lambda: _encoded(_rgb(), "PNG"), "JPEG", "PNG"),
-        ("jpeg.png", lambda: _encoded(_rgb(), "JPEG"), "PNG", "JPEG"),
+        ("png.jpg", lambda: encoded(rgb(), "PNG"), "JPEG", "PNG"),
+        ("jpeg.png", lambda: encoded(rgb(), "JPEG"), "PNG", "JPEG"),
     ],
 )
 def test_image_content_must_match_its_extension(
@@ -248,8 +207,8 @@ def test_image_content_must_match_its_extension(
 @pytest.mark.parametrize(
     "name, data, actual",
     [
-        ("tiff.png", lambda: _encoded(_good_mask() * 255, "TIFF"), "TIFF"),
-        ("webp.png", lambda: _encoded(_good_mask() * 255, "WEBP"), "WEBP"),
+        ("tiff.png", lambda: encoded(_good_mask() * 255, "TIFF"), "TIFF"),
+        ("webp.png", lambda: encoded(_good_mask() * 255, "WEBP"), "WEBP"),
         ("eps.png", lambda: EPS_BYTES, "EPS"),
     ],
 )
@@ -273,7 +232,7 @@ def test_unknown_content_under_an_image_name(tmp_path, no_other_plugin) -> None:
 @pytest.mark.parametrize("suffix", [".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JpEg"])
 def test_matching_content_still_loads(tmp_path, suffix) -> None:
     fmt = "PNG" if suffix.lower() == ".png" else "JPEG"
-    (tmp_path / f"i{suffix}").write_bytes(_encoded(_rgb(), fmt))
+    (tmp_path / f"i{suffix}").write_bytes(encoded(rgb(), fmt))
     assert load_image_rgb(tmp_path / f"i{suffix}").shape == (H, W, 3)
 
 
