@@ -34,6 +34,7 @@ from laplace_head.dataset.images import ImageReadError, load_image_rgb
 from laplace_head.interactive.clicks import predicted_error
 from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
 from laplace_head.interactive.session import Click, ClickSession
+from laplace_head.segmenters.base import image_extent
 
 #: Image statuses on the page.
 NOT_STARTED, IN_PROGRESS, SAVED = "not_started", "in_progress", "saved"
@@ -323,11 +324,13 @@ class Annotator:
         with self._image_lock(record.image_id):
             session = self._session(record)
             height, width = session.predictor.image_hw
-            if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):  # type: ignore[operator]
+            (x_min, x_max), (y_min, y_max) = image_extent((height, width))  # the click rule's
+            if not (x_min <= x < x_max and y_min <= y < y_max):  # type: ignore[operator]
                 raise AnnotateRequestError(
                     422,
                     f"click ({x}, {y}) lies outside the {width} x {height} image "
-                    "(x in [-0.5, W - 0.5], y in [-0.5, H - 0.5], pixel centres at integers)",
+                    f"(x in [{x_min}, {x_max}), y in [{y_min}, {y_max}), pixel centres at "
+                    "integers)",
                 )
             session.add_click(float(x), float(y), int(label))  # type: ignore[arg-type]
             self._record(record, session)

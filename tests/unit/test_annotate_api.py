@@ -181,6 +181,7 @@ def test_undo_and_reset(client) -> None:
         ({"label": True}, "label must be 1"),
         ({"label": 1.0}, "label must be 1"),
         ({"x": 80.0}, "outside the 80 x 60 image"),
+        ({"x": 79.5}, "outside the 80 x 60 image"),  # the last pixel covers [78.5, 79.5)
         ({"y": -1}, "outside the 80 x 60 image"),
     ],
 )
