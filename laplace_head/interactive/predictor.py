@@ -953,22 +953,12 @@ class InteractivePredictor:
         then not computed)."""
         self._check_prediction(prediction)
         lookahead = self.lookahead(prediction)
-        if not posterior:
-            return ClickState(
-                map_probability=prediction.map_probability,
-                entropy=None,
-                bald=None,
-                clicked=prediction.clicked_cells(),
-                lookahead=lookahead,
-                lookahead_fields=lookahead,
-                settings=self.policy_settings,
-            )
         return ClickState(
             map_probability=prediction.map_probability,
-            entropy=prediction.entropy,
-            bald=prediction.bald,
+            entropy=prediction.entropy if posterior else None,
+            bald=prediction.bald if posterior else None,
             clicked=prediction.clicked_cells(),
-            predictive_probability=prediction.predictive_probability,
+            predictive_probability=prediction.predictive_probability if posterior else None,
             lookahead=lookahead,
             lookahead_fields=lookahead,
             settings=self.policy_settings,
