@@ -22,13 +22,13 @@ Used by :mod:`laplace_head.bayes.posterior` (the Posterior API) and
 from __future__ import annotations
 
 import math
-import numbers
 import string
 
 import torch
 import torch.nn.functional as F
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.util.values import is_int
 
 PROBIT_SCALE = math.pi / 8.0
 
@@ -295,11 +295,7 @@ def gaussian_logit_uncertainty(
         (``H(E[sigmoid(z))])``), ``expected_entropy`` (``E[H(sigmoid(z))]``) and ``bald``
         (their difference, clamped at 0); entropies in nats.
     """
-    if (
-        isinstance(n_nodes, bool)
-        or not isinstance(n_nodes, numbers.Integral)
-        or not (2 <= n_nodes <= MAX_QUADRATURE_NODES)
-    ):
+    if not is_int(n_nodes) or not (2 <= n_nodes <= MAX_QUADRATURE_NODES):
         raise ValueError(
             f"n_nodes (quadrature nodes) must be an int in [2, {MAX_QUADRATURE_NODES}]; "
             f"got {n_nodes!r}"

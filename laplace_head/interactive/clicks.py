@@ -99,6 +99,7 @@ from scipy import ndimage, special
 
 from laplace_head.settings import GRID_SIZE, POLICY_SETTING_KEYS
 from laplace_head.util.seeding import derive_seed
+from laplace_head.util.values import is_int
 
 Cell = tuple[int, int]
 Policy = Callable[["ClickState", np.random.Generator], "Cell | None"]
@@ -895,12 +896,6 @@ class Suggestion:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-
-def is_int(value: object) -> bool:
-    """Whether ``value`` is an integer and not a bool (NumPy integers included): the rule for
-    the integer arguments of the interactive API (``k``, ``seed``, ``n_nodes`` ...)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def suggesting_policies() -> list[str]:

@@ -77,7 +77,6 @@ from laplace_head.interactive.clicks import (
     check_suggest_arguments,
     grid_to_image,
     image_to_grid,
-    is_int,
     suggest,
     suggesting_policies,
 )
@@ -90,6 +89,7 @@ from laplace_head.settings import (
 )
 from laplace_head.util.devices import resolve_device
 from laplace_head.util.seeding import derive_seed
+from laplace_head.util.values import is_int, short_repr
 
 UNCERTAINTY_MODES = ("quadrature", "samples")
 #: The mask threshold on the predictive probability (:attr:`InteractivePrediction.masks`).
@@ -339,11 +339,6 @@ def _has_image(segmenter: BaseSegmenter) -> bool:
 _CLICK_NAMES = ("point_coords", "point_labels")
 
 
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _check_decoded(decoded: Sequence[tuple[np.ndarray, int, list[float]]]) -> None:
     """Refuse non-finite or mis-shaped base logits, as stage 3 does
     (:func:`~laplace_head.cache.promptset_format.check_logits`): the head's input step would
@@ -357,7 +352,7 @@ def _check_extra(extra: Any, name: str = "extra") -> list[tuple[Cell, int]]:
     as plain ints; ValueError naming the bad item otherwise."""
     if isinstance(extra, str | bytes | np.ndarray) or not isinstance(extra, Sequence):
         raise ValueError(
-            f"{name} must be a sequence of ((row, col), label) items; got {_short_repr(extra)}"
+            f"{name} must be a sequence of ((row, col), label) items; got {short_repr(extra, 80)}"
         )
     checked = []
     for index, item in enumerate(extra):
@@ -366,11 +361,11 @@ def _check_extra(extra: Any, name: str = "extra") -> list[tuple[Cell, int]]:
             row, col = cell
         except (TypeError, ValueError):
             raise ValueError(
-                f"{name}[{index}] must be ((row, col), label); got {_short_repr(item)}"
+                f"{name}[{index}] must be ((row, col), label); got {short_repr(item, 80)}"
             ) from None
         if not (is_int(row) and is_int(col) and 0 <= row < GRID_SIZE and 0 <= col < GRID_SIZE):
             raise ValueError(
-                f"{name}[{index}] cell (row, col) = {_short_repr(cell)} must be ints in "
+                f"{name}[{index}] cell (row, col) = {short_repr(cell, 80)} must be ints in "
                 f"[0, {GRID_SIZE}) (a cell of the {GRID_SIZE} x {GRID_SIZE} grid)"
             )
         [label] = check_labels([label], 1, f"{name}[{index}] label")
@@ -807,7 +802,7 @@ class InteractivePredictor:
         if not isinstance(prediction, InteractivePrediction):
             raise TypeError(
                 f"{name} must be an InteractivePrediction (the result of predict); got "
-                f"{type(prediction).__name__} {_short_repr(prediction)}"
+                f"{type(prediction).__name__} {short_repr(prediction, 80)}"
             )
         current = self._image_digest
         if current is None:

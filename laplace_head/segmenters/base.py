@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from laplace_head.util.values import short_repr
+
 # Type of one prediction: ((256, 256) float32 logits, kept branch index, per-branch scores).
 Prediction = tuple[np.ndarray, int, list[float]]
 
@@ -48,19 +50,14 @@ def _real_array(value: Any, name: str) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nesting
         raise ValueError(
-            f"{name} must be an array of numbers; got {_short(value)} ({exc})"
+            f"{name} must be an array of numbers; got {short_repr(value)} ({exc})"
         ) from exc
     if array.dtype.kind not in _REAL_KINDS:
         raise ValueError(
             f"{name} must hold real numbers (int or float); got dtype {array.dtype} "
-            f"({_short(value)})"
+            f"({short_repr(value)})"
         )
     return array
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check_labels(labels: Any, n_points: int | None = None, name: str = "labels") -> np.ndarray:
@@ -166,7 +163,7 @@ def check_image(image_rgb: Any) -> np.ndarray:
             array = np.asarray(image_rgb)
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"set_image expects an (H, W, 3) uint8 RGB array; got {_short(image_rgb)}"
+                f"set_image expects an (H, W, 3) uint8 RGB array; got {short_repr(image_rgb)}"
             ) from exc
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         hint = ""
@@ -283,7 +280,8 @@ class BaseSegmenter:
         for index, pair in enumerate(prompt_sets):
             if not isinstance(pair, Sequence) or isinstance(pair, str | bytes) or len(pair) != 2:
                 raise ValueError(
-                    f"prompt_sets[{index}] must be a (points_xy, labels) pair; got {_short(pair)}"
+                    f"prompt_sets[{index}] must be a (points_xy, labels) pair; "
+                    f"got {short_repr(pair)}"
                 )
         checked = [self._check_prompts(points, labels) for points, labels in prompt_sets]
         if mask_input is None:

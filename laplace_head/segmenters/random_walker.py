@@ -34,6 +34,7 @@ from laplace_head.segmenters.base import BaseSegmenter, Prediction
 from laplace_head.settings import GRID_SIZE
 from laplace_head.util.atomic import json_dumps
 from laplace_head.util.seeding import stable_hash
+from laplace_head.util.values import is_int
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,11 +73,7 @@ class RandomWalkerSegmenter(BaseSegmenter):
 
     def __init__(self, max_side: int = 160, beta: float = 2000.0, mode: str = "bf") -> None:
         super().__init__()
-        if (
-            isinstance(max_side, bool)
-            or not isinstance(max_side, numbers.Integral)
-            or max_side < 16
-        ):
+        if not is_int(max_side) or max_side < 16:
             raise ValueError(f"random_walker max_side must be an int >= 16; got {max_side!r}")
         if (
             isinstance(beta, bool)
