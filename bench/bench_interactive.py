@@ -18,8 +18,9 @@ prediction with its posterior maps, in a fresh process (Linux). No assertion on 
 
 The configuration comes from ``--config`` files, merged as Snakemake merges ``--configfile``s
 (default: config/config.yaml; ``--config config/config.yaml config/real_dev.yaml`` is what
-``make real-dev`` runs): the posterior variant (``laplace.target_layer``, ``approx``,
-``tuning``), the click rule (``active_prompting.suggest_policy``) and the prompt maps' sigma
+``make real-dev`` runs): the head (``head.variant``), the posterior variant
+(``laplace.target_layer``, ``approx``, ``tuning``, ``output_temperature``), the click rule
+(``active_prompting.suggest_policy``) and the prompt maps' sigma
 (``prompt_generation.gaussian_sigma``). The head is the tiny fitted head of the test fixtures
 (same architecture as the workflow's), fitted with that variant on the fixture's data.
 
@@ -229,7 +230,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     config = load_configs(args.config, check_paths=False)
     laplace = config["laplace"]
-    variant = {key: laplace[key] for key in ("target_layer", "approx", "tuning")}
+    variant = {
+        key: laplace[key] for key in ("target_layer", "approx", "tuning", "output_temperature")
+    }
+    head = config["head"]["variant"]
     policy = config["active_prompting"]["suggest_policy"]
     sigma = float(config["prompt_generation"]["gaussian_sigma"])
     torch.set_num_threads(args.threads)
@@ -238,8 +242,8 @@ def main(argv=None) -> None:
     images = make_images(args.images, *args.size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_interactive_") as tmp:
-        laplace_dir = make_fitted_run(Path(tmp), **variant).laplace_dir
-        described = ", ".join(f"{key} {value}" for key, value in variant.items())
+        laplace_dir = make_fitted_run(Path(tmp), head=head, **variant).laplace_dir
+        described = ", ".join(f"{key} {value}" for key, value in {"head": head, **variant}.items())
         print(f"posterior {described}; suggestions by {policy}; prompt sigma {sigma}")
         posterior = load_posterior(laplace_dir)
         walker = InteractivePredictor(

@@ -64,8 +64,10 @@ class _Context:
         self.config = run_user_facing(lambda: load_configs(args.config, check_paths, overrides))
         run_id = getattr(args, "run_id", None) or self.config["training"]["run_id"]
         self.variant = getattr(args, "variant", None)
+        # stages 1-4 are shared by every head; the run (stages 5-8) is head.variant's
         self.project = ProjectLayout(self.config["data"]["project_root"])
-        self.layout = self.project.with_run(run_id)
+        self.head_project = self.project.for_head(self.config["head"]["variant"])
+        self.layout = self.head_project.with_run(run_id)
         if self.variant:  # an ablation variant: its own stage 6-8 folders and settings
             self.layout = self.layout.for_posterior(self.variant)
         self.params = run_user_facing(lambda: stage_params(self.config, self.variant))
@@ -164,13 +166,17 @@ def _build_training_index(args: argparse.Namespace) -> None:
 def _pack_hdf5(args: argparse.Namespace) -> None:
     storage = {"h5_chunk_rows": args.chunk_rows, "h5_compression": args.compression}
     ctx = _Context(args, overrides={"data": storage})
-    for split in ctx.splits(args):
-        ctx.run(
-            ctx.project.log("pack_hdf5", split),
-            lambda split=split: stages.pack_hdf5(
-                ctx.project, split, ctx.params["pack_hdf5"], ctx.runtime
-            ),
-        )
+    # the seed head's split first: another head's split links to it
+    heads = dict.fromkeys([ctx.project.head_variant, ctx.head_project.head_variant])
+    for head in heads:
+        project = ctx.project.for_head(head)
+        for split in ctx.splits(args):
+            ctx.run(
+                project.log("pack_hdf5", split),
+                lambda split=split, project=project: stages.pack_hdf5(
+                    project, split, ctx.params["pack_hdf5"], ctx.runtime
+                ),
+            )
 
 
 def _train_head(args: argparse.Namespace) -> None:

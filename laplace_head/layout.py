@@ -12,7 +12,8 @@ path. Methods take plain strings, so Snakemake wildcards pass straight through
                             manifest_report.json                                     (stage 1)
       prompt_sets/<split>/  <safe_id>.json, _shards/shard_NNNN.json                   (stage 2)
       sam_precompute/<split>/<safe_id>/promptset_NNNN/..., _shards/shard_NNNN.json   (stage 3)
-      training_data/<head>/ <split>_index.csv, <split>_failures.csv, <split>.h5   (stages 4, 4.5)
+      training_data/no_image/ <split>_index.csv, <split>_failures.csv         (stage 4, shared)
+      training_data/<head>/ <split>.h5                                        (stage 4.5)
       checkpoints/<head>/run_<id>/  best.pt, last.pt, ..., training_summary.json      (stage 5)
       laplace/<head>/run_<id>/      laplace_state.pt, laplace_config.yaml,
                                     posterior_meta.json, val_nll_grid.png             (stage 6)
@@ -27,7 +28,13 @@ path. Methods take plain strings, so Snakemake wildcards pass straight through
       logs/<rule>/..., benchmarks/<rule>/...
       laplace_head.lock             the running workflow or command, while it runs
 
-``<head>`` is the head variant; the seed's head sees no image, hence ``no_image``.
+``<head>`` is the head variant (:class:`~laplace_head.model.head_variant.HeadVariant`); the
+seed's head sees no image, hence ``no_image``. Stages 1-4 are shared by every head (the stage-4
+index lives in the seed head's folder); ``training_data/<head>/<split>.h5``, ``checkpoints/``,
+``laplace/``, the reports and the logs of stages 5-8 are per head. The seed head's reports and
+logs keep the seed's paths; every other head's gain a ``<head>/`` folder right under
+``reports/eval/``, ``reports/active_prompting/``, ``reports/ablation/`` and ``logs/<rule>/``
+(e.g. ``reports/eval/image/run_<id>/``).
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from laplace_head.model.head_variant import SEED_HEAD
+
 SPLITS = ("train", "val", "test")
-HEAD_VARIANT = "no_image"
+HEAD_VARIANT = SEED_HEAD.value
 SHARD_FORMAT = "{:04d}"
 RUN_PREFIX = "run_"  # a training run's folder: run_<id>
 SHARD_PATTERN = r"\d{4}"  # what SHARD_FORMAT writes (a Snakemake wildcard constraint)
@@ -102,8 +111,19 @@ class ProjectLayout:
         self.posterior = posterior
 
     def __repr__(self) -> str:
-        extra = f", posterior={self.posterior!r}" if self.posterior else ""
+        extra = "".join(f", head_variant={h!r}" for h in self._head_folder)
+        extra += f", posterior={self.posterior!r}" if self.posterior else ""
         return f"ProjectLayout({str(self.root)!r}, run_id={self.run_id!r}{extra})"
+
+    def for_head(self, head: str) -> ProjectLayout:
+        """The same project and run with head variant ``head`` (or the wildcard ``"{head}"``)."""
+        return ProjectLayout(self.root, self.run_id, str(head), self.posterior)
+
+    @property
+    def _head_folder(self) -> list[str]:
+        """The head's folder under the reports and logs: none for the seed head (its paths are
+        the seed's), ``[<head>]`` for every other."""
+        return [] if self.head_variant == HEAD_VARIANT else [self.head_variant]
 
     def for_posterior(self, name: str) -> ProjectLayout:
         """The same run with the stage 6-8 paths of ablation variant ``name``."""
@@ -143,7 +163,8 @@ class ProjectLayout:
         return f"{RUN_PREFIX}{self.run_id}"
 
     def project(self) -> ProjectLayout:
-        """The same project without a run: the layout of stages 1-4 and their logs."""
+        """The same project and head without a run: the layout of stages 1-4.5 and their
+        logs."""
         return ProjectLayout(self.root, None, self.head_variant)
 
     @property
@@ -189,15 +210,25 @@ class ProjectLayout:
     def training_data_dir(self) -> Path:
         return self.root / "training_data" / self.head_variant
 
+    @property
+    def _shared_training_data_dir(self) -> Path:
+        return self.root / "training_data" / HEAD_VARIANT
+
     def training_index(self, split: str) -> Path:
-        return self.training_data_dir / f"{split}_index.csv"
+        """Stage 4's index of ``split``, shared by every head (in the seed head's folder)."""
+        return self._shared_training_data_dir / f"{split}_index.csv"
 
     def training_failures(self, split: str) -> Path:
-        return self.training_data_dir / f"{split}_failures.csv"
+        return self._shared_training_data_dir / f"{split}_failures.csv"
 
     def split_h5(self, split: str) -> Path:
-        """The packed split; its format: :mod:`laplace_head.cache.split_h5`."""
+        """The head's packed split; its format: :mod:`laplace_head.cache.split_h5`."""
         return self.training_data_dir / f"{split}.h5"
+
+    def base_split_h5(self, split: str) -> Path:
+        """The seed head's packed split, which holds the arrays every head shares (an image
+        head's split file links to it)."""
+        return self._shared_training_data_dir / f"{split}.h5"
 
     # --- stage 5 ---------------------------------------------------------------------------
     @property
@@ -241,7 +272,7 @@ class ProjectLayout:
     def eval_dir(self) -> Path:
         if self.posterior:
             return self.ablation_dir / self.posterior / "eval"
-        return self.root / "reports" / "eval" / self._run_name()
+        return self.root.joinpath("reports", "eval", *self._head_folder, self._run_name())
 
     def eval_file(self, name: str) -> Path:
         """One of :data:`EVAL_FILES` (``metrics``, ``table``, ``markdown``, ...)."""
@@ -256,7 +287,9 @@ class ProjectLayout:
     def active_prompting_dir(self) -> Path:
         if self.posterior:
             return self.ablation_dir / self.posterior / "active_prompting"
-        return self.root / "reports" / "active_prompting" / self._run_name()
+        return self.root.joinpath(
+            "reports", "active_prompting", *self._head_folder, self._run_name()
+        )
 
     def active_prompting_shard(self, split: str, shard: str | int) -> Path:
         """One JSONL of click records per shard of the split."""
@@ -279,23 +312,27 @@ class ProjectLayout:
     # --- ablation ----------------------------------------------------------------------------
     @property
     def ablation_dir(self) -> Path:
-        return self.root / "reports" / "ablation" / self._run_name()
+        return self.root.joinpath("reports", "ablation", *self._head_folder, self._run_name())
 
     def ablation_file(self, name: str) -> Path:
         """One of :data:`ABLATION_FILES`: the summary over every variant of the run."""
         return self.ablation_dir / ABLATION_FILES[name]
 
-    def ablation_inputs(self, variants: list[str], splits: list[str]) -> dict[str, dict]:
-        """What the ablation summary reads, per variant: ``{"meta": path, "eval": path,
-        "clicks": {split: path}}`` (posterior meta, stage-7 metrics, stage-8 metrics per split)."""
+    def ablation_inputs(
+        self, variants: list[str], splits: list[str], heads: list[str] | None = None
+    ) -> dict[str, dict]:
+        """What the ablation summary reads, per (head, variant): ``{"meta": path, "eval": path,
+        "clicks": {split: path}}`` (posterior meta, stage-7 metrics, stage-8 metrics per split),
+        keyed by :func:`ablation_label` (the variant's name for this layout's head alone)."""
         inputs = {}
-        for name in variants:
-            variant = self.for_posterior(name)
-            inputs[name] = {
-                "meta": variant.laplace_file("meta"),
-                "eval": variant.eval_file("metrics"),
-                "clicks": {s: variant.active_prompting_report(s)["metrics"] for s in splits},
-            }
+        for head in heads or [self.head_variant]:
+            for name in variants:
+                variant = self.for_head(head).for_posterior(name)
+                inputs[ablation_label(head, name)] = {
+                    "meta": variant.laplace_file("meta"),
+                    "eval": variant.eval_file("metrics"),
+                    "clicks": {s: variant.active_prompting_report(s)["metrics"] for s in splits},
+                }
         return inputs
 
     def ablation_files(self) -> dict[str, Path]:
@@ -315,9 +352,10 @@ class ProjectLayout:
 
     # --- Snakemake's logs and benchmarks -------------------------------------------------------
     def log(self, rule: str, split: str | None = None, shard: str | int | None = None) -> Path:
-        """The log of one job of ``rule``: ``logs/<rule>/[run_<id>/][variant_<name>/]
-        [<split>/][shard_NNNN].log``, the parts this layout and the job have (a layout without
-        run, variant, split and shard: ``logs/<rule>/<rule>.log``)."""
+        """The log of one job of ``rule``: ``logs/<rule>/[<head>/][run_<id>/][variant_<name>/]
+        [<split>/][shard_NNNN].log``, the parts this layout and the job have (``<head>`` only
+        for a head other than the seed's; a seed-head layout without run, variant, split and
+        shard: ``logs/<rule>/<rule>.log``)."""
         return self._job_file("logs", rule, split, shard, ".log")
 
     def benchmark(
@@ -330,6 +368,7 @@ class ProjectLayout:
         self, top: str, rule: str, split: str | None, shard: str | int | None, suffix: str
     ) -> Path:
         parts = [
+            *self._head_folder,
             *([self._run_name()] if self.run_id else []),
             *([f"variant_{self.posterior}"] if self.posterior else []),
             *([split] if split else []),
@@ -337,6 +376,12 @@ class ProjectLayout:
         ] or [rule]
         *folders, last = parts
         return self.root.joinpath(top, rule, *folders, last + suffix)
+
+
+def ablation_label(head: str, variant: str) -> str:
+    """A posterior variant's name in the ablation summary: ``<variant>`` on the seed head,
+    ``<head>/<variant>`` on another."""
+    return variant if head == HEAD_VARIANT else f"{head}/{variant}"
 
 
 def shard_name(shard: int | str) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import SPLITS
+from laplace_head.model.head_variant import HeadVariant
 
 # The working grid: base logits, prompt maps, ground truth and head outputs are all
 # GRID_SIZE x GRID_SIZE (the "256" in logits_256).
@@ -303,6 +304,22 @@ def variant_laplace(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
     return {**config["laplace"], **variants[variant]}
 
 
+def config_heads(config: Mapping[str, Any]) -> list[str]:
+    """The head variants the workflow builds (``heads``), in their configured order."""
+    return [HeadVariant.parse(head, "heads entry").value for head in config["heads"]]
+
+
+def head_params(config: Mapping[str, Any], head: str | None = None) -> dict[str, int]:
+    """The constructor arguments of head variant ``head`` (default ``head.variant``): its
+    ``channels_in`` (:class:`~laplace_head.model.head_variant.HeadVariant`) and
+    ``head.hidden_channels``; the seed head's are the seed's ``head`` section, key for key."""
+    variant = HeadVariant.parse(config["head"]["variant"] if head is None else head, "head")
+    return {
+        "channels_in": variant.channels_in,
+        "hidden_channels": config["head"]["hidden_channels"],
+    }
+
+
 def stage8_policies(policies: Sequence[str], suggest_policy: str) -> list[str]:
     """Stage 8's click rules: the configured ``policies`` in their order, then
     ``suggest_policy`` (the shipped rule) when they do not list it."""
@@ -310,12 +327,15 @@ def stage8_policies(policies: Sequence[str], suggest_policy: str) -> list[str]:
     return policies if suggest_policy in policies else [*policies, suggest_policy]
 
 
-def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[str, dict]:
+def stage_params(
+    config: Mapping[str, Any], variant: str | None = None, head: str | None = None
+) -> dict[str, dict]:
     """Result settings of every stage, by rule name, from a resolved config.
 
     With ``variant`` (a name of ``ablation.variants``) stage 6 fits that variant's posterior
     and stage 8 clicks with the ablation's policies and click budget. Stage 8's policies always
-    include ``active_prompting.suggest_policy`` (:func:`stage8_policies`).
+    include ``active_prompting.suggest_policy`` (:func:`stage8_policies`). ``head`` (default
+    ``head.variant``) is the head variant stage 5 trains (:func:`head_params`).
     """
     data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
     active = dict(config["active_prompting"])
@@ -349,7 +369,7 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "prompt_sigma": prompts["gaussian_sigma"],
         },
         "train_head": {
-            "head": dict(config["head"]),
+            "head": head_params(config, head),
             "training": result_keys(config, "training"),
         },
         "fit_laplace": {
@@ -363,15 +383,19 @@ def stage_params(config: Mapping[str, Any], variant: str | None = None) -> dict[
             "prompt_sigma": prompts["gaussian_sigma"],
             "max_pixels_calibration": laplace["max_pixels_calibration"],
             "seed": laplace["seed"],
+            "n_bootstrap": config["active_prompting"]["n_bootstrap"],
         },
         "visualize_sanity": dict(config["sanity_panels"]),
         "ablation": {
+            "heads": config_heads(config),
             "variants": ablation_variants(config),
             "splits": list(config["ablation"]["splits"]),
             "policies": stage8_policies(
                 config["ablation"]["policies"], config["active_prompting"]["suggest_policy"]
             ),
             "max_clicks": config["ablation"]["max_clicks"],
+            "n_bootstrap": active["n_bootstrap"],
+            "seed": active["seed"],
         },
         "active_prompting": {
             "split": active["split"],
@@ -414,6 +438,7 @@ class LaplaceSettings:
     tuning: str
     fixed_temperature: float | str
     max_pixels_tune: int | None
+    output_temperature: bool = False
     batch_rows: int = 4
 
     @property
@@ -436,6 +461,7 @@ class LaplaceSettings:
             tuning=laplace["tuning"],
             fixed_temperature=laplace["fixed_temperature"],
             max_pixels_tune=laplace["max_pixels_tune"],
+            output_temperature=laplace["output_temperature"],
         )
 
     @classmethod
@@ -458,6 +484,7 @@ class EvaluationSettings:
     prompt_sigma: float = 8.0
     max_pixels_calibration: int | None = 4_000_000
     seed: int = 0
+    n_bootstrap: int = 2000  # active_prompting.n_bootstrap: the paired per-image IoU comparison
     n_examples: int = 4
     batch_rows: int = 4
 

@@ -143,12 +143,23 @@ def build_training_index(layout: ProjectLayout, split: str, settings: Mapping[st
 def pack_hdf5(
     layout: ProjectLayout, split: str, settings: Mapping[str, Any], runtime: Runtime
 ) -> dict:
-    """Stage 4.5: pack one split, recording the segmenter fingerprint of ``settings`` (the
-    segmenter and prompt sigma stage 3 used); its chunking and compression are storage settings
-    of the runtime (``data.h5_chunk_rows``, ``data.h5_compression``), which change no value
-    read back."""
-    from laplace_head.cache.packing import pack_split
+    """Stage 4.5: pack one split for the layout's head, recording the segmenter fingerprint of
+    ``settings`` (the segmenter and prompt sigma stage 3 used); its chunking and compression are
+    storage settings of the runtime (``data.h5_chunk_rows``, ``data.h5_compression``), which
+    change no value read back. A head that reads the image gets the image once per sample and
+    links to the seed head's split for the rest (:func:`~laplace_head.cache.packing
+    .pack_image_split`; that split must be packed first)."""
+    from laplace_head.cache.packing import pack_image_split, pack_split
+    from laplace_head.model.head_variant import HeadVariant
 
+    head = HeadVariant.parse(layout.head_variant, "the layout's head")
+    if head.needs_image:
+        return pack_image_split(
+            layout.training_index(split),
+            layout.base_split_h5(split),
+            layout.split_h5(split),
+            head,
+        )
     return pack_split(
         layout.training_index(split),
         layout.split_h5(split),
@@ -323,11 +334,14 @@ def active_prompting_report(
 
 
 def ablation_report(layout: ProjectLayout, settings: Mapping[str, Any]) -> dict:
-    """`snakemake ablation`: the summary over every posterior variant (choose on val)."""
+    """`snakemake ablation`: the summary over every head of ``settings["heads"]`` x posterior
+    variant (choose on val), in the seed head's ablation folder."""
     from laplace_head.evaluation.ablation import write_ablation
+    from laplace_head.layout import HEAD_VARIANT
 
-    variants = layout.ablation_inputs(settings["variants"], settings["splits"])
-    return write_ablation(variants, layout.ablation_files(), settings)
+    summary = layout.for_head(HEAD_VARIANT)
+    variants = summary.ablation_inputs(settings["variants"], settings["splits"], settings["heads"])
+    return write_ablation(variants, summary.ablation_files(), settings)
 
 
 def visualize_sanity(layout: ProjectLayout, split: str, settings: Mapping[str, Any]) -> list[Path]:

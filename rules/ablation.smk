@@ -1,6 +1,8 @@
 # `snakemake ablation`: every posterior variant of config ablation.variants, fitted on the same
 # trained head (stage 6), evaluated by stage 7 and clicked on by stage 8 on every split of
-# ablation.splits; one summary (choose on val, report on test) with a table and a figure.
+# ablation.splits, for every head of `heads` (the `_for_head` rules: heads other than
+# no_image); one summary over heads x variants x click rules (choose on val, report on test)
+# with a table and a figure.
 
 
 use rule fit_laplace as fit_laplace_variant with:
@@ -69,6 +71,63 @@ use rule active_prompting_report as active_prompting_report_variant with:
         settings=variant_params("active_prompting"),
 
 
+use rule fit_laplace_variant as fit_laplace_variant_for_head with:
+    input:
+        summary=HEAD_LAYOUT.training_summary,
+        train_h5=HEAD_PROJECT.split_h5("train"),
+        val_h5=HEAD_PROJECT.split_h5("val"),
+    output:
+        state=HEAD_VARIANT_LAYOUT.laplace_file("state"),
+        config=HEAD_VARIANT_LAYOUT.laplace_file("config"),
+        meta=HEAD_VARIANT_LAYOUT.laplace_file("meta"),
+        grid_figure=HEAD_VARIANT_LAYOUT.laplace_file("grid_figure"),
+    log:
+        HEAD_VARIANT_LAYOUT.log("fit_laplace"),
+    benchmark:
+        HEAD_VARIANT_LAYOUT.benchmark("fit_laplace")
+
+
+use rule evaluate_variant as evaluate_variant_for_head with:
+    input:
+        state=HEAD_VARIANT_LAYOUT.laplace_file("state"),
+        meta=HEAD_VARIANT_LAYOUT.laplace_file("meta"),
+        test_h5=HEAD_PROJECT.split_h5("test"),
+        val_h5=HEAD_PROJECT.split_h5("val"),
+    output:
+        metrics=HEAD_VARIANT_LAYOUT.eval_file("metrics"),
+        table=HEAD_VARIANT_LAYOUT.eval_file("table"),
+        markdown=HEAD_VARIANT_LAYOUT.eval_file("markdown"),
+        reliability=HEAD_VARIANT_LAYOUT.eval_file("reliability"),
+        examples=HEAD_VARIANT_LAYOUT.eval_file("examples"),
+    log:
+        HEAD_VARIANT_LAYOUT.log("evaluate"),
+    benchmark:
+        HEAD_VARIANT_LAYOUT.benchmark("evaluate")
+
+
+use rule active_prompting_variant as active_prompting_variant_for_head with:
+    input:
+        split_csv=PROJECT.manifest("{split}"),
+        state=HEAD_VARIANT_LAYOUT.laplace_file("state"),
+        meta=HEAD_VARIANT_LAYOUT.laplace_file("meta"),
+    output:
+        jsonl=HEAD_VARIANT_LAYOUT.active_prompting_shard("{split}", "{shard}"),
+    log:
+        HEAD_VARIANT_LAYOUT.log("active_prompting", "{split}", "{shard}"),
+    benchmark:
+        HEAD_VARIANT_LAYOUT.benchmark("active_prompting", "{split}", "{shard}")
+
+
+use rule active_prompting_report_variant as active_prompting_report_variant_for_head with:
+    output:
+        metrics=HEAD_VARIANT_LAYOUT.active_prompting_report("{split}")["metrics"],
+        table=HEAD_VARIANT_LAYOUT.active_prompting_report("{split}")["table"],
+        markdown=HEAD_VARIANT_LAYOUT.active_prompting_report("{split}")["markdown"],
+        curves=HEAD_VARIANT_LAYOUT.active_prompting_report("{split}")["curves"],
+    log:
+        HEAD_VARIANT_LAYOUT.log("active_prompting_report", "{split}"),
+
+
 rule ablation_report:
     input:
         get_ablation_inputs,
@@ -81,7 +140,7 @@ rule ablation_report:
             category="Ablation",
             subcategory="run {run_id}",
             labels={
-                "figure": "posterior variants: BALD error-AUROC vs NLL, clicks-to-IoU"
+                "figure": "heads x posterior variants: BALD error-AUROC vs NLL, clicks-to-IoU"
             },
         ),
     log:

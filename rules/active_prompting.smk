@@ -50,3 +50,31 @@ rule active_prompting_report:
         settings=PARAMS["active_prompting"],
     script:
         "../workflow_scripts/active_prompting_report.py"
+
+
+use rule active_prompting as active_prompting_for_head with:
+    input:
+        split_csv=PROJECT.manifest("{split}"),
+        state=HEAD_LAYOUT.laplace_file("state"),
+        meta=HEAD_LAYOUT.laplace_file("meta"),
+    output:
+        jsonl=HEAD_LAYOUT.active_prompting_shard("{split}", "{shard}"),
+    log:
+        HEAD_LAYOUT.log("active_prompting", "{split}", "{shard}"),
+    benchmark:
+        HEAD_LAYOUT.benchmark("active_prompting", "{split}", "{shard}")
+
+
+use rule active_prompting_report as active_prompting_report_for_head with:
+    output:
+        metrics=HEAD_LAYOUT.active_prompting_report(AP_SPLIT)["metrics"],
+        table=HEAD_LAYOUT.active_prompting_report(AP_SPLIT)["table"],
+        markdown=HEAD_LAYOUT.active_prompting_report(AP_SPLIT)["markdown"],
+        curves=report(
+            HEAD_LAYOUT.active_prompting_report(AP_SPLIT)["curves"],
+            category="Active prompting",
+            subcategory="{head} head, run {run_id}",
+            labels={"figure": "mIoU vs clicks per policy (head solid, base dashed)"},
+        ),
+    log:
+        HEAD_LAYOUT.log("active_prompting_report"),

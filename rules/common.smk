@@ -7,10 +7,12 @@ from laplace_head.dataset.manifests import read_split_manifest
 
 from laplace_head.config import ConfigError, validate_config
 from laplace_head.dataset.sharding import shard_names
-from laplace_head.layout import SHARD_PATTERN, SPLITS, ProjectLayout
+from laplace_head.layout import HEAD_VARIANT, SHARD_PATTERN, SPLITS, ProjectLayout
+from laplace_head.model.head_variant import HeadVariant
 from laplace_head.settings import (
     Runtime,
     ablation_variants,
+    config_heads,
     split_settings,
     stage_params,
 )
@@ -39,13 +41,21 @@ RUN_ID = config["training"]["run_id"]
 SHARD_SIZE = config["data"]["shard_size"]
 # Every output and log path comes from the layout; "{...}" arguments stay Snakemake wildcards.
 # PROJECT: stages 1-4 and the sanity panels; LAYOUT: a training run; VARIANT: its posterior
-# variant (`snakemake ablation`); RUN: the configured run.
+# variant (`snakemake ablation`); RUN: the configured run. All of the seed head (no_image),
+# whose rules keep the seed's names and paths; HEAD_PROJECT and HEAD_LAYOUT are the same for
+# every other head (the `{head}` wildcard), built by the `<rule>_for_head` rules.
 PROJECT = ProjectLayout(config["data"]["project_root"])
 LAYOUT = PROJECT.with_run("{run_id}")
 VARIANT = LAYOUT.for_posterior("{variant}")
 RUN = LAYOUT.with_run(RUN_ID)
-# Result settings per rule (rerun triggers) and the runtime settings (not triggers).
-PARAMS = stage_params(config)
+HEAD_PROJECT = PROJECT.for_head("{head}")
+HEAD_LAYOUT = HEAD_PROJECT.with_run("{run_id}")
+HEAD_VARIANT_LAYOUT = HEAD_LAYOUT.for_posterior("{variant}")
+HEADS = config_heads(config)  # the heads `rule all` builds
+OTHER_HEADS = [head for head in HeadVariant if head.value != HEAD_VARIANT]
+# Result settings per rule (rerun triggers) and the runtime settings (not triggers); the seed
+# head's (stage 5 of another head: head_params).
+PARAMS = stage_params(config, head=HEAD_VARIANT)
 RUNTIME = Runtime.from_config(config)
 # The rules that run on sam.device (stages 3 and 8) take a slot of the `gpu` resource pool only
 # when that device may be a GPU: with `sam.device: cpu` their jobs run side by side under --cores.
@@ -59,6 +69,7 @@ wildcard_constraints:
     shard=SHARD_PATTERN,
     run_id=r"[A-Za-z0-9_.-]+",
     variant=r"[A-Za-z0-9_]+",
+    head="|".join(head.value for head in OTHER_HEADS),
 
 
 def job_layout(wildcards):
@@ -66,6 +77,8 @@ def job_layout(wildcards):
     path from it. A ProjectLayout is not a plain value, so Snakemake records no rerun trigger
     for it (the paths are the job's inputs and outputs already)."""
     layout = PROJECT
+    if "head" in wildcards.keys():
+        layout = layout.for_head(wildcards.head)
     if "run_id" in wildcards.keys():
         layout = layout.with_run(wildcards.run_id)
     if "variant" in wildcards.keys():
@@ -109,11 +122,16 @@ def get_all_precompute_shard_summaries(wildcards):
 
 
 def get_active_prompting_shards(wildcards):
-    """The stage-8 shard JSONLs of the configured split, for one run."""
-    run = LAYOUT.with_run(wildcards.run_id)
+    """The stage-8 shard JSONLs of the configured split, for one run (of the job's head)."""
+    run = job_layout(wildcards)
     return [
         run.active_prompting_shard(AP_SPLIT, shard) for shard in get_shards(AP_SPLIT)
     ]
+
+
+def head_params(stage):
+    """The result settings of ``stage`` for the job's head (rerun triggers, as PARAMS)."""
+    return lambda wildcards: stage_params(config, head=wildcards.head)[stage]
 
 
 def variant_params(stage):
@@ -122,16 +140,17 @@ def variant_params(stage):
 
 
 def get_variant_active_prompting_shards(wildcards):
-    """The stage-8 shard JSONLs of one variant and split."""
-    run = LAYOUT.with_run(wildcards.run_id).for_posterior(wildcards.variant)
+    """The stage-8 shard JSONLs of one variant and split (of the job's head)."""
+    run = job_layout(wildcards)
     split = wildcards.split
     return [run.active_prompting_shard(split, shard) for shard in get_shards(split)]
 
 
 def get_ablation_inputs(wildcards):
-    """Every variant's posterior meta, stage-7 metrics and stage-8 report per split."""
+    """Every head's every variant's posterior meta, stage-7 metrics and stage-8 report per
+    split."""
     inputs = LAYOUT.with_run(wildcards.run_id).ablation_inputs(
-        ablation_variants(config), config["ablation"]["splits"]
+        ablation_variants(config), config["ablation"]["splits"], HEADS
     )
     return [
         path
@@ -140,18 +159,25 @@ def get_ablation_inputs(wildcards):
     ]
 
 
+def head_runs():
+    """The configured run of every head of ``heads``."""
+    return [RUN.for_head(head) for head in HEADS]
+
+
 def get_final_targets():
-    """What `snakemake` with no target builds: every stage, every split, the configured run."""
-    return [
-        PROJECT.manifest("all_samples"),
-        *[PROJECT.split_h5(split) for split in SPLITS],
-        PROJECT.panels_listing("train"),
-        RUN.training_summary,
-        RUN.training_curves,
-        RUN.laplace_file("meta"),
-        RUN.eval_file("metrics"),
-        *([RUN.active_prompting_report(AP_SPLIT)["metrics"]] if AP_ENABLED else []),
-    ]
+    """What `snakemake` with no target builds: every stage, every split, the configured run
+    of every head of ``heads``."""
+    targets = [PROJECT.manifest("all_samples"), PROJECT.panels_listing("train")]
+    for run in head_runs():
+        targets += [
+            *[run.split_h5(split) for split in SPLITS],
+            run.training_summary,
+            run.training_curves,
+            run.laplace_file("meta"),
+            run.eval_file("metrics"),
+            *([run.active_prompting_report(AP_SPLIT)["metrics"]] if AP_ENABLED else []),
+        ]
+    return targets
 
 
 # One run at a time on the project folder (laplace_head.util.project_lock): the main snakemake

@@ -13,12 +13,12 @@ rule sam_precompute:
 
 rule train:
     input:
-        RUN.training_summary,
+        [run.training_summary for run in head_runs()],
 
 
 rule sanity_check:
     input:
-        RUN.sanity_check,
+        [run.sanity_check for run in head_runs()],
 
 
 rule sanity_panels:
@@ -32,4 +32,4 @@ for _split in SPLITS:
         name:
             f"split_{_split}"
         input:
-            PROJECT.split_h5(_split),
+            [run.split_h5(_split) for run in head_runs()],

@@ -66,3 +66,48 @@ rule plot_training_curves:
         layout=job_layout,
     script:
         "../workflow_scripts/plot_training_curves.py"
+
+
+# The same stage for every other head of `heads` (the {head} wildcard): its own split files,
+# run folder, logs and constructor arguments (head_params).
+use rule train_head as train_head_for_head with:
+    input:
+        train_h5=HEAD_PROJECT.split_h5("train"),
+        val_h5=HEAD_PROJECT.split_h5("val"),
+    output:
+        summary=HEAD_LAYOUT.training_summary,
+    log:
+        HEAD_LAYOUT.log("train_head"),
+    benchmark:
+        HEAD_LAYOUT.benchmark("train_head")
+    params:
+        layout=job_layout,
+        settings=head_params("train_head"),
+        runtime=RUNTIME,
+
+
+use rule sanity_check_head as sanity_check_head_for_head with:
+    input:
+        train_h5=HEAD_PROJECT.split_h5("train"),
+    output:
+        sanity=HEAD_LAYOUT.sanity_check,
+    log:
+        HEAD_LAYOUT.log("sanity_check_head"),
+    params:
+        layout=job_layout,
+        settings=head_params("train_head"),
+        runtime=RUNTIME,
+
+
+use rule plot_training_curves as plot_training_curves_for_head with:
+    input:
+        summary=HEAD_LAYOUT.training_summary,
+    output:
+        png=report(
+            HEAD_LAYOUT.training_curves,
+            category="Training",
+            subcategory="{head} head, run {run_id}",
+            labels={"figure": "loss and validation IoU per epoch"},
+        ),
+    log:
+        HEAD_LAYOUT.log("plot_training_curves"),

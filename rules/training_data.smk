@@ -38,3 +38,17 @@ rule pack_hdf5:
         runtime=RUNTIME,
     script:
         "../workflow_scripts/pack_hdf5.py"
+
+
+# Another head's split: an image head's file holds the image once per sample and links to the
+# seed head's split for the rest (laplace_head.cache.split_h5), which it takes as its input.
+use rule pack_hdf5 as pack_hdf5_for_head with:
+    input:
+        index=PROJECT.training_index("{split}"),
+        base_h5=PROJECT.split_h5("{split}"),
+    output:
+        h5=HEAD_PROJECT.split_h5("{split}"),
+    log:
+        HEAD_PROJECT.log("pack_hdf5", "{split}"),
+    benchmark:
+        HEAD_PROJECT.benchmark("pack_hdf5", "{split}")

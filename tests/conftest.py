@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,9 +160,10 @@ def dataset_factory(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 
 
 def write_override_config(
-    path: Path, images_root: Path, masks_root: Path, project_root: Path, **sections: dict
+    path: Path, images_root: Path, masks_root: Path, project_root: Path, **sections: Any
 ) -> Path:
-    """A YAML config overriding the data roots (wandb off); ``sections`` merge in more keys."""
+    """A YAML config overriding the data roots (wandb off); ``sections`` merge in more keys (a
+    mapping key by key into its section, any other value, e.g. ``heads=[...]``, as it is)."""
     config: dict = {
         "data": {
             "images_root": str(images_root),
@@ -171,7 +173,10 @@ def write_override_config(
         "wandb": {"enabled": False},
     }
     for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path

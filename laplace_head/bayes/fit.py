@@ -68,6 +68,7 @@ from laplace_head.bayes.posterior_io import (
     write_posterior_files,
 )
 from laplace_head.bayes.tuning import (
+    OUTPUT_TEMPERATURE_GRID,
     TUNING_RULES,
     ValidationPass,
     collapse_report,
@@ -81,6 +82,7 @@ from laplace_head.bayes.variant import Approx, PosteriorVariant
 from laplace_head.cache.split_h5 import (
     open_split,
     read_segmenter_fingerprint,
+    require_head,
     split_fingerprint,
     split_num_rows,
     split_shape,
@@ -165,6 +167,8 @@ def fit_laplace(
     head, ckpt = load_head_from_checkpoint(checkpoint_path)
     head.requires_grad_(False)
     _check_logit_clip(ckpt, settings.logit_clip, checkpoint_path)
+    for split_h5 in (train_h5, val_h5):
+        head_variant = require_head(split_h5, head.channels_in, f"the head of {checkpoint_path}")
     inputs = {
         "source_checkpoint_md5": file_md5(checkpoint_path),
         "fit_settings": _recorded_settings(settings),
@@ -200,6 +204,7 @@ def fit_laplace(
             ggn_diagonal=fitted.la.H.double().tolist() if last_layer_diagonal else None,
         )
     )
+    meta["head"] = head_variant.value  # the posterior records its head (HeadVariant)
     write_grid_figure(out_dir, meta)
     saved = SavedPosterior(
         curvature=fitted.curvature,
@@ -210,6 +215,7 @@ def fit_laplace(
         prior_precision=meta["prior_precision"],
         temperature=meta["temperature"],
         source_checkpoint_md5=meta["source_checkpoint_md5"],
+        output_temperature=meta["output_temperature"],
     )
     write_posterior_files(out_dir, saved, meta)
     link_artifacts(out_dir, out_dir / REUSE_DIR)
@@ -273,6 +279,7 @@ def _recorded_settings(settings: LaplaceSettings) -> dict[str, Any]:
         "logit_clip": float(settings.logit_clip),
         "max_pixels_fit": settings.max_pixels_fit,
         "max_pixels_tune": settings.max_pixels_tune,
+        "output_temperature": bool(settings.output_temperature),
         "seed": int(settings.seed),
     }
 
@@ -388,7 +395,7 @@ def _tune_and_check(
     )
     tune = _tune(fitted.la, data, settings, fitted.per_row)
     prior, temperature = tune["prior_precision"], tune["temperature"]
-    checks = validation_error_aurocs(data, prior, temperature)
+    checks = validation_error_aurocs(data, prior, temperature, tune["output_temperature"])
     collapse = collapse_report(fitted.curvature, prior, temperature)
     tune_time = time.perf_counter() - start
     tune["edges"]["warnings"].extend(health_warnings(tune, checks, collapse))
@@ -408,7 +415,8 @@ def _tune(la: Any, data: ValidationPass, settings: LaplaceSettings, per_row: int
     if settings.tuning == "marglik":
         optimum = marglik["optimized_prior_precision_at_chosen_temperature"]
         priors = sorted({*priors, optimum})
-    grid = validation_nll_grid(data, priors, temperatures)
+    taus = OUTPUT_TEMPERATURE_GRID if settings.output_temperature else (1.0,)
+    grid = validation_nll_grid(data, priors, temperatures, taus)
     nll = grid["val_nll"]
     if settings.tuning == "marglik":
         chosen = (priors.index(optimum), 0)
@@ -419,6 +427,12 @@ def _tune(la: Any, data: ValidationPass, settings: LaplaceSettings, per_row: int
         edges["warnings"] = [w for w in edges["warnings"] if "prior_precision" not in w]
         edges["prior_precision_at_edge"] = False
     prior, temperature = priors[chosen[0]], temperatures[chosen[1]]
+    tau = float(grid["best_output_temperature"][chosen])
+    if settings.output_temperature and tau in (taus[0], taus[-1]):
+        edges["warnings"].append(
+            f"the output temperature {tau:g} is at an edge of its grid [{taus[0]:g}, "
+            f"{taus[-1]:g}]: the head's logits are far off calibration on validation."
+        )
     if settings.tuning != "val_nll":
         marglik["note"] = (
             f"temperature fixed by laplace.fixed_temperature={settings.fixed_temperature!r} "
@@ -434,6 +448,8 @@ def _tune(la: Any, data: ValidationPass, settings: LaplaceSettings, per_row: int
         "rule": settings.tuning,
         "prior_precision": prior,
         "temperature": temperature,
+        "output_temperature": tau,
+        "output_temperatures": [float(t) for t in taus],
         "priors": priors,
         "temperatures": temperatures,
         "grid": grid,

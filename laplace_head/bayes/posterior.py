@@ -53,14 +53,17 @@ from laplace_head.bayes.predictive import (
     gaussian_logit_uncertainty,
     linear_logits,
     probit_logits,
+    tempered_moments,
     uncertainty_from_samples,
 )
 from laplace_head.bayes.predictive import (
     binary_entropy_from_logits as binary_entropy_from_logits,  # re-exported
 )
 from laplace_head.bayes.variant import PosteriorVariant
+from laplace_head.cache.split_h5 import assemble_inputs
 from laplace_head.layout import LAPLACE_STATE, ProjectLayout
 from laplace_head.model.head import NoImageHead
+from laplace_head.model.head_variant import HeadVariant
 from laplace_head.training.checkpoint import CheckpointError, check_model_args
 from laplace_head.util.atomic import file_md5
 
@@ -68,8 +71,11 @@ __all__ = ["Posterior", "PosteriorLoadError", "load_posterior", "resolve_laplace
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
-def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
-    """Stack (H, W) or (B, H, W) maps into (3, H, W) / (B, 3, H, W) float32 head inputs."""
+def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any, image_256: Any = None) -> np.ndarray:
+    """Stack (H, W) or (B, H, W) maps into (3, H, W) / (B, 3, H, W) float32 head inputs; with
+    ``image_256`` ((3, H, W) or (B, 3, H, W) uint8 RGB on the same grid,
+    :func:`~laplace_head.dataset.images.resize_image_grid`) the image head's 6 channels, the
+    image normalised as in training (:func:`~laplace_head.cache.split_h5.assemble_inputs`)."""
     arrays = [np.asarray(a) for a in (logits_256, pos_map, neg_map)]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1 or arrays[0].ndim not in (2, 3):
@@ -78,7 +84,21 @@ def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any) -> np.ndarray:
             f"{[a.shape for a in arrays]}"
         )
     axis = 0 if arrays[0].ndim == 2 else 1
-    return np.stack([a.astype(np.float32) for a in arrays], axis=axis)
+    stacked = np.stack([a.astype(np.float32) for a in arrays], axis=axis)
+    if image_256 is None:
+        return stacked
+    image = np.asarray(image_256)
+    expected = (3, *arrays[0].shape) if axis == 0 else (len(arrays[0]), 3, *arrays[0].shape[1:])
+    if image.dtype != np.uint8 or image.shape != expected:
+        raise UncertaintyInputError(
+            f"image_256 must be {expected} uint8 RGB on the maps' grid; got {image.dtype} "
+            f"{image.shape}"
+        )
+    batch = stacked if axis == 1 else stacked[None]
+    images = image if axis == 1 else image[None]
+    rgb = assemble_inputs(batch[:, 0], batch[:, 1], batch[:, 2], np.inf, images)[:, 3:]
+    full = np.concatenate([batch, rgb], axis=1)
+    return full if axis == 1 else full[0]
 
 
 #: Pixels per chunk of the closed-form logit variance (bounds the Jacobian factors' memory).
@@ -104,6 +124,10 @@ class Posterior:
         The chosen hyperparameters (``laplace.tuning``).
     logit_clip
         Clip applied to the logits input channel (as in training).
+    output_temperature
+        ``tau`` of ``laplace.output_temperature`` (1: none): the predictive is that of the
+        logit ``z / tau`` (:meth:`predictive_moments`); the MAP head and ``logit_variance`` are
+        the head's own.
     variance
         (n_params,) float32 marginal posterior variances (derived).
     """
@@ -115,6 +139,7 @@ class Posterior:
     temperature: float
     logit_clip: float
     meta: dict = field(default_factory=dict)
+    output_temperature: float = 1.0
     variance: torch.Tensor = field(init=False, repr=False)
     _weights: list[torch.Tensor] = field(init=False, repr=False)
 
@@ -131,6 +156,12 @@ class Posterior:
     @property
     def variant(self) -> PosteriorVariant:
         return self.curvature.variant
+
+    @property
+    def head_variant(self) -> HeadVariant:
+        """The head variant (``no_image``, ``image``): which inputs the head reads. The fit
+        records it in the meta (``head``); :func:`load_posterior` checks it against the head."""
+        return HeadVariant.of_channels(self.head.channels_in)
 
     @property
     def subset(self) -> str:
@@ -160,10 +191,14 @@ class Posterior:
         if tensor.ndim == 3:
             tensor = tensor.unsqueeze(0)
         if tensor.ndim != 4 or tensor.shape[1] != channels or min(tensor.shape[2:]) < 1:
+            layout = "[logits_256, pos_map, neg_map]"
+            if self.head_variant.needs_image:
+                layout = "[logits_256, pos_map, neg_map, image R, G, B normalised]"
             raise UncertaintyInputError(
                 f"inputs must have shape ({channels}, H, W) or (B, {channels}, H, W) = "
-                f"[logits_256, pos_map, neg_map]; got {tuple(tensor.shape)}. "
-                "Use stack_inputs(logits_256, pos_map, neg_map) to build them."
+                f"{layout} for this {self.head_variant.value} head; got "
+                f"{tuple(tensor.shape)}. Use stack_inputs(logits_256, pos_map, neg_map"
+                f"{', image_256' if self.head_variant.needs_image else ''}) to build them."
             )
         tensor = tensor.to(self.device, torch.float32).clone()
         if not torch.isfinite(tensor[:, 1:]).all():
@@ -235,9 +270,16 @@ class Posterior:
         """MAP foreground probability sigmoid(z_map), (B, H, W) float32."""
         return torch.sigmoid(self.map_logits(inputs))
 
+    def predictive_moments(
+        self, moments: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian logit the predictive integrates, from :meth:`logit_moments`' output:
+        ``(z_map / tau, var(z) / tau^2)`` with ``tau`` the :attr:`output_temperature`."""
+        return tempered_moments(*moments, self.output_temperature)
+
     def predictive_logits(self, inputs: Any) -> torch.Tensor:
         """Effective logits of the probit predictive, (B, H, W) float32."""
-        return probit_logits(*self.logit_moments(inputs))
+        return probit_logits(*self.predictive_moments(self.logit_moments(inputs)))
 
     def predictive_probability(self, inputs: Any) -> torch.Tensor:
         """Probit GLM predictive foreground probability, (B, H, W) float32."""
@@ -331,10 +373,12 @@ class Posterior:
         """
         map_logits, variance = moments if moments is not None else self.logit_moments(inputs)
         if n_samples is None and weight_samples is None:
-            maps = gaussian_logit_uncertainty(map_logits, variance, n_nodes)
+            maps = gaussian_logit_uncertainty(
+                *self.predictive_moments((map_logits, variance)), n_nodes
+            )
         else:
             samples = self.sample_logits(inputs, n_samples or 0, generator, weight_samples)
-            maps = uncertainty_from_samples(samples)
+            maps = uncertainty_from_samples(samples / self.output_temperature)
         return {
             "map_logits": map_logits,
             "map_probability": torch.sigmoid(map_logits),
@@ -343,16 +387,22 @@ class Posterior:
         }
 
 
-def resolve_laplace_dir(path: str | os.PathLike, run_id: str | None = None) -> Path:
+def resolve_laplace_dir(
+    path: str | os.PathLike, run_id: str | None = None, head: str | None = None
+) -> Path:
     """Find the folder holding ``laplace_state.pt`` for a path a user is likely to pass.
 
     Accepted: the laplace run folder, its ``laplace_state.pt``, the matching
     run's checkpoint folder (``checkpoints/<head>/run_<id>``), or the project root together
-    with ``run_id`` (paths of :class:`~laplace_head.layout.ProjectLayout`).
+    with ``run_id`` (paths of :class:`~laplace_head.layout.ProjectLayout`; ``head`` names the
+    head variant there, default ``no_image``).
     """
     path = Path(path)
     if run_id is not None:
-        path = ProjectLayout(path, run_id).laplace_dir
+        layout = ProjectLayout(path, run_id)
+        path = (
+            layout.for_head(HeadVariant.parse(head, "head").value) if head else layout
+        ).laplace_dir
     if path.is_file() and path.name == LAPLACE_STATE:
         return path.parent
     if (path / LAPLACE_STATE).is_file():
@@ -384,9 +434,13 @@ def _check_source_checkpoint(folder: Path, saved_md5: str | None, meta: dict) ->
 
 
 def load_posterior(
-    path: str | os.PathLike, run_id: str | None = None, device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    run_id: str | None = None,
+    device: str | torch.device = "cpu",
+    head: str | None = None,
 ) -> Posterior:
-    """Load a fitted Laplace head (see :func:`resolve_laplace_dir` for accepted paths).
+    """Load a fitted Laplace head (see :func:`resolve_laplace_dir` for accepted paths; ``head``
+    picks the head variant with a project root and ``run_id``).
 
     Every stored value is checked (:func:`~laplace_head.bayes.posterior_io
     .read_posterior_files`, :func:`~laplace_head.bayes.posterior_io.check_against_head`).
@@ -399,7 +453,7 @@ def load_posterior(
         Missing folder or file; ``device`` not on this machine; a file not written by this
         package's fit_laplace, altered, or fitted on another best.pt than the project's.
     """
-    folder = resolve_laplace_dir(path, run_id)
+    folder = resolve_laplace_dir(path, run_id, head)
     saved, meta = read_posterior_files(folder, device)
     state_path = folder / LAPLACE_STATE
     _check_source_checkpoint(folder, saved.source_checkpoint_md5, meta)
@@ -414,6 +468,14 @@ def load_posterior(
         ) from exc
     head = head.to(device).eval().requires_grad_(False)
     check_against_head(saved, head, state_path)
+    recorded_head = meta.get("head", HeadVariant.NO_IMAGE.value)  # fits before heads: no_image
+    actual_head = HeadVariant.of_channels(head.channels_in).value
+    if recorded_head != actual_head:
+        raise PosteriorLoadError(
+            f"{folder}: posterior_meta.json records the {recorded_head!r} head, but its head "
+            f"takes {head.channels_in} input channels (the {actual_head} head's); the files "
+            "are mixed from two fits. Re-run fit_laplace with --force (stage 6)."
+        )
     return Posterior(
         head=head,
         mean=saved.mean.to(device, torch.float32),
@@ -422,4 +484,5 @@ def load_posterior(
         temperature=saved.temperature,
         logit_clip=saved.logit_clip,
         meta=meta,
+        output_temperature=saved.output_temperature,
     )

@@ -87,6 +87,7 @@ class SavedPosterior:
     prior_precision: float
     temperature: float
     source_checkpoint_md5: str | None = None
+    output_temperature: float = 1.0  # laplace.output_temperature's tau (1: none)
 
     @property
     def variant(self) -> PosteriorVariant:
@@ -103,6 +104,7 @@ class SavedPosterior:
             "logit_clip": float(self.logit_clip),
             "prior_precision": float(self.prior_precision),
             "temperature": float(self.temperature),
+            "output_temperature": float(self.output_temperature),
             "target_layer": variant.layer.value,
             "approx": variant.approx.value,
             "backend": variant.backend,
@@ -127,6 +129,7 @@ def write_posterior_files(folder: Path, saved: SavedPosterior, meta: Mapping[str
             **meta["fit_settings"],
             "chosen_prior_precision": meta["prior_precision"],
             "chosen_temperature": meta["temperature"],
+            "chosen_output_temperature": meta.get("output_temperature", 1.0),
             "source_checkpoint": meta["source_checkpoint"],
         },
     )
@@ -275,6 +278,10 @@ def read_posterior_files(
         prior_precision=_positive_number(state, "prior_precision", path),
         temperature=_positive_number(state, "temperature", path),
         source_checkpoint_md5=md5 if isinstance(md5, str) else None,
+        # fits before laplace.output_temperature have none (tau = 1)
+        output_temperature=_positive_number(state, "output_temperature", path)
+        if "output_temperature" in state
+        else 1.0,
     )
     meta_path = folder / POSTERIOR_META
     return saved, read_meta(meta_path) if meta_path.is_file() else {}
@@ -371,6 +378,7 @@ def meta_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
         "tuning": posterior.get("tuning"),
         "prior_precision": meta.get("prior_precision"),
         "temperature": meta.get("temperature"),
+        "output_temperature": meta.get("output_temperature", 1.0),
         "collapsed_onto_prior": meta.get("collapsed_onto_prior"),
         "val_nll": meta.get("val_nll"),
         "val_nll_map": meta.get("val_nll_map"),
@@ -452,6 +460,7 @@ def build_meta(record: FitRecord) -> dict:
         },
         "prior_precision": float(prior),
         "temperature": float(temperature),
+        "output_temperature": float(tune["output_temperature"]),
         "val_nll": float(grid["val_nll"][chosen]),
         "val_nll_map": float(grid["map_nll"]),
         "val_nll_improvement_over_map": float(grid["map_nll"] - grid["val_nll"][chosen]),
@@ -465,6 +474,8 @@ def build_meta(record: FitRecord) -> dict:
             "prior_precision": tune["priors"],
             "temperature": tune["temperatures"],
             "val_nll": grid["val_nll"].tolist(),
+            "output_temperature": tune["output_temperatures"],
+            "best_output_temperature": grid["best_output_temperature"].tolist(),
             "mean_logit_variance": grid["mean_logit_variance"].tolist(),
             "chosen_index": [int(chosen[0]), int(chosen[1])],
             **tune["edges"],

@@ -109,6 +109,21 @@ def probit_logits(map_logits: torch.Tensor, logit_variance: torch.Tensor) -> tor
     return map_logits / torch.sqrt(1.0 + PROBIT_SCALE * logit_variance)
 
 
+def tempered_moments(map_logits, logit_variance, output_temperature: float = 1.0):
+    """The Gaussian logit of a posterior with an output temperature ``tau``: ``z / tau`` has
+    mean ``z_map / tau`` and variance ``var(z) / tau^2``.
+
+    ``laplace.output_temperature`` fits ``tau`` on validation NLL after the Laplace fit (a
+    temperature on top of the Laplace predictive); every predictive quantity (probit
+    probability, entropies, BALD, samples, expected IoU) is taken of ``z / tau``. ``tau = 1``
+    returns the inputs unchanged. Works on tensors and arrays alike; ``output_temperature``
+    may be a tensor of several (broadcasting against the moments).
+    """
+    if isinstance(output_temperature, (int, float)) and output_temperature == 1.0:
+        return map_logits, logit_variance
+    return map_logits / output_temperature, logit_variance / output_temperature**2
+
+
 def binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of Bernoulli(sigmoid(logits)), computed stably in float64.
 

@@ -36,7 +36,11 @@ import torch.nn.functional as F
 from laplace_head.bayes.curvature import BlockCurvature
 from laplace_head.bayes.jacobian import JacobianFactors, jacobian_factors
 from laplace_head.bayes.pixels import pixels_per_row, sampled_batches
-from laplace_head.bayes.predictive import gaussian_logit_uncertainty, probit_logits
+from laplace_head.bayes.predictive import (
+    gaussian_logit_uncertainty,
+    probit_logits,
+    tempered_moments,
+)
 from laplace_head.cache.split_h5 import split_shape
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
@@ -48,6 +52,9 @@ TUNING_RULES = ("val_nll", "fixed_temperature", "marglik")
 #: tempered curvature is below this fraction of the prior precision: every posterior variance is
 #: then within ~5 % of the prior variance (variance ratio 1 / (1 + ratio)).
 COLLAPSE_RATIO = 0.05
+#: The output temperatures ``tau`` that ``laplace.output_temperature`` tries: 0.25 to 8 in
+#: steps of 2^(1/24) (3 %; the validation NLL is flat within a step of its optimum), 1 included.
+OUTPUT_TEMPERATURE_GRID = tuple(float(2.0 ** (k / 24)) for k in range(-48, 73))
 GRID_CHUNK_PIXELS = 1 << 14
 AUROC_BINS = 4096
 
@@ -104,19 +111,26 @@ class ValidationPass:
 
 
 def validation_nll_grid(
-    data: ValidationPass, prior_grid: Sequence[float], temperature_grid: Sequence[float]
+    data: ValidationPass,
+    prior_grid: Sequence[float],
+    temperature_grid: Sequence[float],
+    output_temperatures: Sequence[float] = (1.0,),
 ) -> dict[str, Any]:
     """Mean validation pixel NLL of the probit GLM predictive for every grid pair, one pass.
 
-    Returns ``val_nll`` and ``mean_logit_variance`` (P, T) arrays, ``map_nll`` (the MAP head,
-    no posterior variance) and ``n_pixels``.
+    Each pair's predictive is also scored with every output temperature ``tau`` (the logit
+    ``z / tau``, :func:`~laplace_head.bayes.predictive.tempered_moments`); a pair's NLL is its
+    best over them. Returns ``val_nll``, ``best_output_temperature`` and
+    ``mean_logit_variance`` (P, T) arrays, ``val_nll_by_output_temperature`` (P, T, S),
+    ``map_nll`` (the MAP head, no posterior variance) and ``n_pixels``.
     """
     curvature = data.curvature.to("cpu", torch.float64)
     priors = torch.tensor(prior_grid, dtype=torch.float64).repeat_interleave(len(temperature_grid))
     temps = torch.tensor(temperature_grid, dtype=torch.float64).repeat(len(prior_grid))
     weights = curvature.weights(priors, temps)  # per block (G, out, in)
-    nll_sum = torch.zeros(priors.numel(), dtype=torch.float64)
-    var_sum = torch.zeros_like(nll_sum)
+    taus = torch.tensor(output_temperatures, dtype=torch.float64)[:, None, None]  # (S, 1, 1)
+    nll_sum = torch.zeros(taus.shape[0], priors.numel(), dtype=torch.float64)
+    var_sum = torch.zeros(priors.numel(), dtype=torch.float64)
     map_sum, n_pixels = 0.0, 0
     for z, factors, labels in data.chunks("laplace tune"):
         map_sum += float(F.binary_cross_entropy_with_logits(z, labels, reduction="sum"))
@@ -124,10 +138,10 @@ def validation_nll_grid(
             chunk = slice(start, start + GRID_CHUNK_PIXELS)
             part = [f.rows(chunk) for f in factors]
             logit_var = curvature.logit_variance(part, weights)  # (G, n)
-            z_eff = probit_logits(z[chunk], logit_var)
+            z_eff = probit_logits(*tempered_moments(z[chunk], logit_var, taus))  # (S, G, n)
             nll_sum += F.binary_cross_entropy_with_logits(
                 z_eff, labels[chunk].expand_as(z_eff), reduction="none"
-            ).sum(1)
+            ).sum(-1)
             var_sum += logit_var.sum(1)
         n_pixels += z.numel()
     if n_pixels == 0:
@@ -135,8 +149,12 @@ def validation_nll_grid(
             f"validation split {data.val_h5} is empty; cannot tune the posterior."
         )
     shape = (len(prior_grid), len(temperature_grid))
+    by_tau = (nll_sum / n_pixels).reshape(-1, *shape).permute(1, 2, 0).numpy()  # (P, T, S)
+    best = by_tau.argmin(-1)
     return {
-        "val_nll": (nll_sum / n_pixels).reshape(shape).numpy(),
+        "val_nll": by_tau.min(-1),
+        "best_output_temperature": np.asarray(output_temperatures, dtype=np.float64)[best],
+        "val_nll_by_output_temperature": by_tau,
         "mean_logit_variance": (var_sum / n_pixels).reshape(shape).numpy(),
         "map_nll": map_sum / n_pixels,
         "n_pixels": n_pixels,
@@ -164,7 +182,10 @@ def _auroc(error_scores: list[torch.Tensor], correct_scores: list[torch.Tensor])
 
 
 def validation_error_aurocs(
-    data: ValidationPass, prior_precision: float, temperature: float
+    data: ValidationPass,
+    prior_precision: float,
+    temperature: float,
+    output_temperature: float = 1.0,
 ) -> dict[str, Any]:
     """How well BALD and the predictive entropy flag the validation pixels the predictive
     mask gets wrong (AUROC; 0.5 = chance, below 0.5 = anti-correlated), and the error rate."""
@@ -173,7 +194,9 @@ def validation_error_aurocs(
     scores: dict[str, tuple[list, list]] = {"bald": ([], []), "entropy": ([], [])}
     n_pixels = 0
     for z, factors, labels in data.chunks("laplace check"):
-        maps = gaussian_logit_uncertainty(z, curvature.logit_variance(factors, weights))
+        maps = gaussian_logit_uncertainty(
+            *tempered_moments(z, curvature.logit_variance(factors, weights), output_temperature)
+        )
         n_pixels += z.numel()
         wrong = (maps["predictive_probability"] > 0.5) != (labels > 0.5)
         for name in ("bald", "entropy"):

@@ -35,14 +35,29 @@ from tqdm import tqdm
 from laplace_head.cache.index import INDEX_COLUMNS, read_index
 from laplace_head.cache.split_h5 import (
     ARRAY_SHAPE,
+    BASE_SPLIT_ATTR,
     FORMAT_VERSION,
+    HEAD_ATTR,
+    IMAGE_ARRAY,
+    IMAGE_ROW,
+    IMAGE_SAMPLE_ID,
     INPUT_ARRAYS,
+    LINKED_NAMES,
     MASK_ARRAY,
+    SEGMENTER_FINGERPRINT_ATTR,
+    open_split,
     write_h5_index,
     write_segmenter_fingerprint,
 )
-from laplace_head.dataset.images import ImageReadError, load_mask, resize_mask_nearest
+from laplace_head.dataset.images import (
+    ImageReadError,
+    load_image_rgb,
+    load_mask,
+    resize_image_grid,
+    resize_mask_nearest,
+)
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.model.head_variant import HeadVariant
 from laplace_head.util.atomic import atomic_path, file_md5, load_npy_safe, remove_stale_temp_files
 from laplace_head.util.faults import fault_point
 
@@ -236,3 +251,121 @@ def _stream_rows(
                 dataset[start : position + 1] = buffers[name][: slot + 1]
             start = position + 1
         fault_point("pack_hdf5")
+
+
+def pack_image_split(
+    index_csv: str | os.PathLike,
+    base_h5: str | os.PathLike,
+    out_h5: str | os.PathLike,
+    head: HeadVariant | str = HeadVariant.IMAGE,
+    progress: bool = True,
+) -> dict:
+    """Pack an image head's split: the image at the 256 grid once per sample, and external
+    links to everything else in the seed head's split (layout: :mod:`laplace_head.cache
+    .split_h5`). Atomic: written under a temporary name beside ``out_h5``, then renamed.
+
+    Parameters
+    ----------
+    index_csv
+        The split's stage-4 index, the one ``base_h5`` was packed from.
+    base_h5
+        The seed head's packed split (:func:`pack_split`), linked to, never copied.
+    out_h5
+        Destination, e.g. ``training_data/image/<split>.h5``.
+    head
+        The head variant recorded in the file (one that reads the image).
+
+    Returns
+    -------
+    dict
+        ``split, n_rows, n_images, base_split, source_index_md5, bytes``.
+
+    Raises
+    ------
+    PackingError
+        ``base_h5`` was packed from another index than ``index_csv``, or an image cannot be
+        read or has another size than the index records (the size its logits were made at).
+    ValueError
+        ``head`` is not a head variant that reads the image.
+    """
+    head = HeadVariant.parse(head, "head")
+    if not head.needs_image:
+        raise ValueError(f"head {head.value!r} reads no image: pack its split with pack_split")
+    index_csv, base_h5, out_h5 = Path(index_csv), Path(base_h5), Path(out_h5)
+    index = read_index(index_csv)
+    source_md5 = file_md5(index_csv)
+    with open_split(base_h5) as base:
+        base_attrs = dict(base.attrs)
+        n_base_rows = int(base["logits_256"].shape[0])
+    if str(base_attrs.get("source_index_md5")) != source_md5 or n_base_rows != len(index):
+        raise PackingError(
+            f"{base_h5} was packed from another index than {index_csv} (index MD5 "
+            f"{base_attrs.get('source_index_md5')} vs {source_md5}); re-run pack_hdf5 for it."
+        )
+    sample_ids = list(dict.fromkeys(index["sample_id"]))  # first-appearance order
+    slot_of = {sample_id: slot for slot, sample_id in enumerate(sample_ids)}
+    first_rows = index.drop_duplicates("sample_id")
+    relative_base = os.path.relpath(base_h5, out_h5.parent)
+    remove_stale_temp_files(out_h5.parent, [out_h5.name])
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as handle:
+        for name in LINKED_NAMES:
+            handle[name] = h5py.ExternalLink(relative_base, f"/{name}")
+        images = handle.create_dataset(
+            IMAGE_ARRAY, shape=(len(sample_ids), 3, *ARRAY_SHAPE), dtype=np.uint8
+        )
+        rows = first_rows[["image_path", "image_h", "image_w"]].itertuples(index=False)
+        for slot, (image_path, height, width) in enumerate(
+            tqdm(rows, total=len(sample_ids), desc="pack images", disable=not progress)
+        ):
+            images[slot] = _load_image_256(image_path, int(height), int(width))
+            fault_point("pack_hdf5")
+        handle.create_dataset(
+            IMAGE_ROW, data=index["sample_id"].map(slot_of).to_numpy(dtype=np.int64)
+        )
+        handle.create_dataset(
+            IMAGE_SAMPLE_ID,
+            data=np.array(sample_ids, dtype=object),
+            dtype=h5py.string_dtype(encoding="utf-8"),
+            shape=(len(sample_ids),),
+        )
+        for key in ("format_version", "split", "n_rows", "source_index_md5"):
+            handle.attrs[key] = base_attrs[key]
+        if SEGMENTER_FINGERPRINT_ATTR in base_attrs:
+            handle.attrs[SEGMENTER_FINGERPRINT_ATTR] = base_attrs[SEGMENTER_FINGERPRINT_ATTR]
+        handle.attrs[HEAD_ATTR] = head.value
+        handle.attrs["n_images"] = len(sample_ids)
+        handle.attrs[BASE_SPLIT_ATTR] = relative_base
+    size = out_h5.stat().st_size
+    logger.info(
+        "%s: %d images for %d rows in %s (%.1f MiB; arrays linked to %s)",
+        base_attrs["split"],
+        len(sample_ids),
+        len(index),
+        out_h5,
+        size / 2**20,
+        relative_base,
+    )
+    return {
+        "split": str(base_attrs["split"]),
+        "n_rows": len(index),
+        "n_images": len(sample_ids),
+        "base_split": relative_base,
+        "source_index_md5": source_md5,
+        "bytes": size,
+    }
+
+
+def _load_image_256(image_path: str, height: int, width: int) -> np.ndarray:
+    try:
+        image = load_image_rgb(image_path)
+    except ImageReadError as exc:
+        raise PackingError(
+            f"image {image_path!r}: {exc}. Fix or remove the file and re-run from build_manifests."
+        ) from exc
+    if image.shape[:2] != (height, width):
+        raise PackingError(
+            f"image {image_path!r} is {image.shape[0]}x{image.shape[1]} pixels, but its logits "
+            f"were made at {height}x{width} (the index); it changed since stage 1. Re-run "
+            "from build_manifests."
+        )
+    return resize_image_grid(image, ARRAY_SHAPE[0])

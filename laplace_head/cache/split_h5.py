@@ -12,10 +12,25 @@ Layout (``format_version`` 1), rows in index-CSV order:
   :func:`laplace_head.settings.segmenter_fingerprint` of the settings that made the rows
   (:func:`write_segmenter_fingerprint`, :func:`read_segmenter_fingerprint`).
 
+**An image head's split** (``training_data/image/<split>.h5``, written by
+:func:`laplace_head.cache.packing.pack_image_split`) adds the image and copies none of the
+above: ``logits_256``, ``pos_map``, ``neg_map``, ``gt_mask_256`` and ``index`` are HDF5 external
+links to the same names in the seed head's file of the split (the file attribute ``base_split``,
+a path relative to this file's folder, which HDF5 resolves from there), and
+
+- ``image_256``: (S, 3, 256, 256) uint8 RGB, one per *sample* (not per prompt set), the image
+  resized as the logits are (:func:`laplace_head.dataset.images.resize_image_grid`);
+- ``image_row``: (N,) int64, the ``image_256`` entry of each row;
+- ``image_sample_id``: (S,) strings, the sample of each entry;
+- attributes ``head`` (``image``), ``n_images``, ``base_split`` and, copied from the base file,
+  ``source_index_md5`` and ``segmenter_fingerprint``; :func:`open_split` refuses the file when
+  its base file is missing or has been repacked since (another ``source_index_md5``).
+
 The writer is :func:`laplace_head.cache.packing.pack_split`; everything that reads a split
 (training, Laplace fit and tuning, evaluation, sanity panels) goes through this module, so the
 model inputs are assembled the same way everywhere: ``[logits clipped to +-logit_clip, pos_map,
-neg_map]`` with non-finite logits mapped into range first.
+neg_map]`` with non-finite logits mapped into range first, then for an image split the image's
+RGB normalised by :data:`IMAGE_MEAN` / :data:`IMAGE_STD` (:func:`assemble_inputs`).
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import pandas as pd
 import torch
 
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.model.head_variant import SEED_HEAD, HeadVariant
 from laplace_head.settings import GRID_SIZE
 
 FORMAT_VERSION = 1
@@ -47,6 +63,16 @@ SEGMENTER_FINGERPRINT_ATTR = "segmenter_fingerprint"
 ARRAY_NAMES = (*INPUT_ARRAYS, MASK_ARRAY)
 ARRAY_SHAPE = (GRID_SIZE, GRID_SIZE)
 BYTES_PER_PIXEL = 2 + 2 + 2 + 1  # three float16 maps + one uint8 mask
+# An image split: what it links to in its base file, and what it adds.
+LINKED_NAMES = (*ARRAY_NAMES, "index")
+IMAGE_ARRAY = "image_256"
+IMAGE_ROW = "image_row"
+IMAGE_SAMPLE_ID = "image_sample_id"
+HEAD_ATTR = "head"
+BASE_SPLIT_ATTR = "base_split"
+# The image channels' normalisation, (value / 255 - mean) / std per RGB channel (ImageNet's).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 class DataFileError(LaplaceHeadError):
@@ -80,7 +106,79 @@ def open_split(h5_path: str | os.PathLike) -> h5py.File:
             f"{path} lacks dataset(s) {', '.join(missing)}; it was not written by pack_hdf5 of "
             "this workflow. Delete it and re-run pack_hdf5."
         )
+    if HEAD_ATTR in handle.attrs:
+        try:
+            _check_image_split(handle, path)
+        except DataFileError:
+            handle.close()
+            raise
     return handle
+
+
+def _check_image_split(handle: h5py.File, path: Path) -> None:
+    """Refuse an image split whose base file is gone or repacked, or that lacks its images."""
+    head = HeadVariant.parse(str(handle.attrs[HEAD_ATTR]), f"{path}: attribute {HEAD_ATTR}")
+    base = path.parent / str(handle.attrs.get(BASE_SPLIT_ATTR, ""))
+    fix = f"re-run pack_hdf5 for {base} and then for {path} (e.g. `snakemake {path}`)"
+    try:
+        logits = handle["logits_256"]
+    except KeyError:
+        raise DataFileError(
+            f"{path} links its logits, prompt maps, masks and index to {base}, which cannot be "
+            f"opened; {fix}."
+        ) from None
+    recorded = str(handle.attrs.get("source_index_md5", ""))
+    current = str(logits.file.attrs.get("source_index_md5", ""))
+    if recorded != current:
+        raise DataFileError(
+            f"{path} was packed against {base} with index MD5 {recorded}, but that file now "
+            f"holds index MD5 {current} (repacked since); {fix}."
+        )
+    missing = [n for n in (IMAGE_ARRAY, IMAGE_ROW) if n not in handle] if head.needs_image else []
+    if missing:
+        raise DataFileError(
+            f"{path} is a {head.value} head's split but lacks {', '.join(missing)}; {fix}."
+        )
+
+
+def split_head(handle: h5py.File) -> HeadVariant:
+    """The head variant an open split's inputs are for (a file without the ``head``
+    attribute: the seed head's)."""
+    return HeadVariant.parse(str(handle.attrs.get(HEAD_ATTR, SEED_HEAD.value)))
+
+
+def require_head(h5_path: str | os.PathLike, channels_in: int, user: str) -> HeadVariant:
+    """The head variant of a split whose inputs a head with ``channels_in`` input channels
+    reads (``user`` names that head for the message).
+
+    Raises
+    ------
+    DataFileError
+        The split holds another head's inputs (e.g. the no_image split given to an image head).
+    """
+    with open_split(h5_path) as handle:
+        head = split_head(handle)
+    if head.channels_in != channels_in:
+        raise DataFileError(
+            f"{h5_path} holds the {head.value} head's inputs ({head.channels_in} channels), but "
+            f"{user} takes {channels_in} ({HeadVariant.of_channels(channels_in).value} head); "
+            "give it the split of its own head (ProjectLayout.for_head(head).split_h5)."
+        )
+    return head
+
+
+def read_row_images(handle: h5py.File, rows: np.ndarray) -> np.ndarray:
+    """The ``image_256`` of ``rows`` (1-D int array, any order, repeats allowed) of an open
+    image split, (B, 3, 256, 256) uint8, each sample's image read once."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    images = handle[IMAGE_ARRAY]
+    if not len(rows):
+        return np.empty((0, *images.shape[1:]), dtype=np.uint8)
+    unique_rows, row_inverse = np.unique(rows, return_inverse=True)
+    slots = handle[IMAGE_ROW][unique_rows][row_inverse.reshape(-1)]  # increasing: one read
+    unique_slots, slot_inverse = np.unique(slots, return_inverse=True)
+    read = np.stack([images[int(slot)] for slot in unique_slots])
+    return read[slot_inverse.reshape(-1)]
 
 
 def split_fingerprint(handle: h5py.File) -> dict:
@@ -167,19 +265,38 @@ def split_num_rows(h5_path: str | os.PathLike) -> int:
 
 
 def assemble_inputs(
-    logits_256: np.ndarray, pos_map: np.ndarray, neg_map: np.ndarray, logit_clip: float
+    logits_256: np.ndarray,
+    pos_map: np.ndarray,
+    neg_map: np.ndarray,
+    logit_clip: float,
+    image_256: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The head's input batch (B, 3, H, W) float32 from (B, H, W) arrays of any float dtype.
+    """The head's input batch (B, 3, H, W) float32 from (B, H, W) arrays of any float dtype,
+    (B, 6, H, W) with ``image_256``.
 
     Channel 0 is the base logits with NaN set to 0 and the rest clipped to +-``logit_clip`` (in
-    float32: the bound need not be a float16 value); channels 1-2 are the prompt maps.
+    float32: the bound need not be a float16 value); channels 1-2 are the prompt maps. With
+    ``image_256`` ((B, 3, H, W) uint8 RGB on the same grid, an image head's input), channels
+    3-5 are its R, G, B as ``(value / 255 - IMAGE_MEAN) / IMAGE_STD``.
     """
-    inputs = np.empty((logits_256.shape[0], 3, *logits_256.shape[1:]), dtype=np.float32)
+    channels = 3 if image_256 is None else 6
+    inputs = np.empty((logits_256.shape[0], channels, *logits_256.shape[1:]), dtype=np.float32)
     inputs[:, 0] = logits_256
     np.nan_to_num(inputs[:, 0], copy=False, nan=0.0)
     np.clip(inputs[:, 0], -logit_clip, logit_clip, out=inputs[:, 0])
     inputs[:, 1] = pos_map
     inputs[:, 2] = neg_map
+    if image_256 is not None:
+        if image_256.dtype != np.uint8 or image_256.shape != (len(inputs), 3, *inputs.shape[2:]):
+            raise ValueError(
+                f"image_256 must be (B, 3, H, W) = {(len(inputs), 3, *inputs.shape[2:])} uint8 "
+                f"on the logits' grid; got {image_256.dtype} {tuple(image_256.shape)}"
+            )
+        mean = np.asarray(IMAGE_MEAN, np.float32).reshape(1, 3, 1, 1)
+        scale = (255.0 * np.asarray(IMAGE_STD, np.float32)).reshape(1, 3, 1, 1)
+        inputs[:, 3:] = image_256
+        inputs[:, 3:] -= 255.0 * mean
+        inputs[:, 3:] /= scale
     return inputs
 
 
@@ -188,7 +305,7 @@ class SplitBatch:
     """Consecutive rows ``[start, start + B)`` of a split HDF5."""
 
     start: int
-    inputs: torch.Tensor  # (B, 3, H, W) float32, see assemble_inputs
+    inputs: torch.Tensor  # (B, 3, H, W) float32 (an image split: (B, 6, H, W)), assemble_inputs
     raw_logits: torch.Tensor  # (B, H, W) float32, base segmenter logits as stored
     gt_mask: torch.Tensor  # (B, H, W) uint8 {0, 1}
 
@@ -196,17 +313,23 @@ class SplitBatch:
 def iter_split_batches(
     h5_path: str | os.PathLike, batch_rows: int, logit_clip: float
 ) -> Iterator[SplitBatch]:
-    """Stream a packed split in row order, ``batch_rows`` rows at a time.
+    """Stream a packed split in row order, ``batch_rows`` rows at a time; an image split's
+    inputs carry the image channels (:func:`assemble_inputs`).
 
-    Memory stays at ``batch_rows`` x 7 bytes x H x W whatever the split size.
+    Memory stays at ``batch_rows`` x 7 bytes x H x W (10 with the image) whatever the split
+    size.
     """
     with open_split(h5_path) as handle:
         n_rows = int(handle["logits_256"].shape[0])
+        with_image = split_head(handle).needs_image
         for start in range(0, n_rows, batch_rows):
             rows = slice(start, min(start + batch_rows, n_rows))
             raw = handle["logits_256"][rows]
+            images = None
+            if with_image:
+                images = read_row_images(handle, np.arange(rows.start, rows.stop))
             inputs = assemble_inputs(
-                raw, handle["pos_map"][rows], handle["neg_map"][rows], logit_clip
+                raw, handle["pos_map"][rows], handle["neg_map"][rows], logit_clip, images
             )
             yield SplitBatch(
                 start,

@@ -371,6 +371,12 @@ def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
                 f"{config_name}: ablation variant {name!r}: {problem} (its keys override the "
                 f"laplace section). Edit ablation.variants.{name}."
             )
+    if config["head"]["variant"] not in config["heads"]:
+        raise ConfigError(
+            f"{config_name}: head.variant = {config['head']['variant']!r} is not one of heads "
+            f"({', '.join(config['heads'])}), the heads the workflow builds. Add it to heads or "
+            "pick one of them."
+        )
     prompts = config["prompt_generation"]
     if prompts["min_pairs"] > prompts["max_pairs"]:
         raise ConfigError(

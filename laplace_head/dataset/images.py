@@ -359,3 +359,23 @@ def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray
     rows = np.minimum((np.arange(height) + 0.5) * mask.shape[0] / height, mask.shape[0] - 1)
     cols = np.minimum((np.arange(width) + 0.5) * mask.shape[1] / width, mask.shape[1] - 1)
     return mask[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
+
+
+def resize_image_grid(image_rgb: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image resized to the (3, size, size) uint8 grid of the logits.
+
+    The rule the base segmenters' logits follow to the 256 grid: the whole image stretched to
+    ``size`` x ``size`` (no aspect-preserving pad), bilinear with pixel centres aligned and
+    area-aware when shrinking (Pillow's ``BILINEAR``; SAM's logits use torch's bilinear
+    ``antialias=True``, which matches it), so grid cell ``(i, j)`` covers image pixels
+    ``[i * H / size, (i + 1) * H / size)`` x ``[j * W / size, (j + 1) * W / size)``.
+    Channels first, as the head reads them.
+    """
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(
+            f"image must be (H, W, 3) uint8 RGB; got {image_rgb.dtype} {image_rgb.shape}"
+        )
+    image = Image.fromarray(np.ascontiguousarray(image_rgb))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))

@@ -81,6 +81,11 @@ def curve_metrics(ious: np.ndarray) -> dict[str, Any]:
     return metrics
 
 
+#: Stage 7's per-image paired comparison of the head's IoU with the base segmenter's (its
+#: metrics.json ``paired``; the ablation's heads table reads it).
+HEAD_VS_BASE_IOU = "head_vs_base_iou"
+
+
 def paired_comparison(
     differences: np.ndarray, n_bootstrap: int, seed: int, key: str
 ) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Methods (each gives an *effective logit* l per pixel, p = sigmoid(l)):
 * ``map`` - the trained head (MAP weights);
 * ``map_temperature_scaled`` - MAP logits divided by one temperature fitted on validation NLL
   (the honest calibration baseline: one scalar, same data as the Laplace tuning);
-* ``laplace`` - the probit GLM predictive of the Laplace head, ``z / sqrt(1 + pi var(z) / 8)``.
+* ``laplace`` - the probit GLM predictive of the Laplace head, ``z / sqrt(1 + pi var(z) / 8)``
+  of its logit ``z / tau`` (``tau`` = 1 unless ``laplace.output_temperature`` fitted one).
 
 Metrics, overall and per class (the index's ``class`` column; classes live in their own
 namespace - ``per_class`` in metrics.json, ``class:<name>`` scopes in metrics.csv/md - so no class
@@ -40,6 +41,7 @@ from laplace_head.bayes.posterior import Posterior, load_posterior, probit_logit
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
+from laplace_head.evaluation.active_prompting import HEAD_VS_BASE_IOU, paired_comparison
 from laplace_head.evaluation.calibration import (
     CalibrationAccumulator,
     batch_statistics,
@@ -47,6 +49,7 @@ from laplace_head.evaluation.calibration import (
     log_uncertainty,
 )
 from laplace_head.interactive.predictor import suggest_for_inputs
+from laplace_head.model.metrics import per_image_iou
 from laplace_head.settings import EvaluationSettings
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -125,10 +128,11 @@ def evaluate(
         posterior, val_h5, settings.batch_rows, settings.max_pixels_calibration, settings.seed
     )
     LOGGER.info("temperature scaling on val: tau = %.4f", scaling["temperature"])
-    accumulators, examples, classes, n_rows = _score_test_split(
+    accumulators, examples, classes, n_rows, row_iou = _score_test_split(
         posterior, test_h5, scaling["temperature"], settings
     )
     metrics = _metrics(accumulators, classes, n_rows, posterior, scaling, settings, run_id)
+    metrics.update(per_image_iou_comparison(row_iou, settings.n_bootstrap, settings.seed))
     _write_outputs(out_files, metrics)
     plot_reliability(metrics["reliability"], out_files["reliability"])
     plot_uncertainty_examples(examples, out_files["examples"])
@@ -142,11 +146,35 @@ def evaluate(
     return metrics
 
 
+def per_image_iou_comparison(
+    row_iou: Mapping[str, Sequence[Any]], n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """``per_image_iou`` (each image's mean IoU over its prompt sets, for the head's mask and
+    the base segmenter's, sorted by sample id) and ``paired["head_vs_base_iou"]`` (head minus
+    base per image: mean, bootstrap 95% CI, Wilcoxon p, as stage 8's comparisons).
+
+    ``row_iou``: ``sample_id``, ``head``, ``base``, one entry per prompt set.
+    """
+    frame = pd.DataFrame({key: list(values) for key, values in row_iou.items()})
+    if frame.empty:
+        return {"per_image_iou": {"sample_id": [], "head": [], "base": []}, "paired": {}}
+    by_image = frame.groupby("sample_id", sort=True)[["head", "base"]].mean()
+    per_image = {
+        "sample_id": [str(s) for s in by_image.index],
+        "head": by_image["head"].tolist(),
+        "base": by_image["base"].tolist(),
+    }
+    difference = (by_image["head"] - by_image["base"]).to_numpy()
+    paired = {HEAD_VS_BASE_IOU: paired_comparison(difference, n_bootstrap, seed, HEAD_VS_BASE_IOU)}
+    return {"per_image_iou": per_image, "paired": paired}
+
+
 def _score_test_split(
     posterior: Any, test_h5: str | os.PathLike, tau: float, settings: EvaluationSettings
-) -> tuple[dict, list[dict[str, Any]], list[str], int]:
+) -> tuple[dict, list[dict[str, Any]], list[str], int, dict[str, list]]:
     """Stream the test split once: the calibration accumulators of every (scope, method), the
-    example panels' data, the row classes and the row count."""
+    example panels' data, the row classes, the row count and each row's sample id with its
+    head and base IoU."""
     ece_bins = settings.ece_bins
     prompt_sigma, batch_rows = settings.prompt_sigma, settings.batch_rows
     n_examples = settings.n_examples
@@ -157,17 +185,23 @@ def _score_test_split(
     example_rows = _example_rows(classes, index.get("sample_id", pd.Series()).tolist(), n_examples)
     accumulators: dict[tuple[str, ...], CalibrationAccumulator] = {}
     examples: list[dict[str, Any]] = []
+    sample_ids = index["sample_id"].astype(str).tolist() if len(index) else []
+    row_iou: dict[str, list] = {"sample_id": [], "head": [], "base": []}
     for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
         map_logits, variance = posterior.logit_moments(batch.inputs)
-        maps = gaussian_logit_uncertainty(map_logits, variance)
+        predictive = posterior.predictive_moments((map_logits, variance))
+        maps = gaussian_logit_uncertainty(*predictive)
         bald_score = torch.log(maps["bald"].double().clamp_min(1e-300))
         effective = {
             "base": batch.raw_logits.nan_to_num(0.0),
             "map": map_logits,
             "map_temperature_scaled": map_logits / tau,
-            "laplace": probit_logits(map_logits, variance),
+            "laplace": probit_logits(*predictive),
         }
         batch_classes = classes[batch.start : batch.start + batch.inputs.shape[0]]
+        row_iou["sample_id"] += sample_ids[batch.start : batch.start + batch.inputs.shape[0]]
+        row_iou["head"] += per_image_iou(map_logits, batch.gt_mask).tolist()
+        row_iou["base"] += per_image_iou(effective["base"], batch.gt_mask).tolist()
         for cls in sorted(set(batch_classes)):
             rows = torch.tensor([i for i, c in enumerate(batch_classes) if c == cls])
             for method, logits in effective.items():
@@ -182,7 +216,7 @@ def _score_test_split(
             row = batch.start + offset
             if row in example_rows:
                 examples.append(_example(posterior, batch, offset, index.iloc[row], prompt_sigma))
-    return accumulators, examples, classes, len(index)
+    return accumulators, examples, classes, len(index), row_iou
 
 
 def _metrics(
@@ -214,6 +248,7 @@ def _metrics(
         "laplace": {
             "prior_precision": posterior.prior_precision,
             "temperature": posterior.temperature,
+            "output_temperature": posterior.output_temperature,
             "posterior": posterior.meta.get("posterior"),
             "n_posterior_samples": settings.n_posterior_samples,
         },
@@ -298,10 +333,24 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_line(metrics: Mapping[str, Any]) -> str:
+    """The head-vs-base IoU comparison per image under the table, "" without one."""
+    paired = (metrics.get("paired") or {}).get(HEAD_VS_BASE_IOU) or {}
+    if not paired.get("n"):
+        return ""
+    low, high = paired["ci95"]
+    return (
+        f"\nHead IoU minus base IoU per image (mean over its prompt sets), {paired['n']} "
+        f"images: {paired['mean_difference']:+.4f} [95% CI {low:+.4f}, {high:+.4f}], "
+        f"Wilcoxon p {paired['wilcoxon_p']:.3g}, better / worse on "
+        f"{paired['n_better']} / {paired['n_worse']}.\n"
+    )
+
+
 def _write_outputs(out_files: Mapping[str, str | os.PathLike], metrics: dict) -> None:
     for path in out_files.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame = metrics_frame(metrics)
     atomic_write_csv(out_files["table"], frame)
-    atomic_write_text(out_files["markdown"], markdown_table(frame))
+    atomic_write_text(out_files["markdown"], markdown_table(frame) + _paired_line(metrics))
     atomic_write_json(out_files["metrics"], metrics)

@@ -97,6 +97,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage, special
 
+from laplace_head.bayes.predictive import tempered_moments
 from laplace_head.settings import GRID_SIZE, POLICY_SETTING_KEYS
 from laplace_head.util.seeding import derive_seed
 from laplace_head.util.values import is_int
@@ -402,6 +403,10 @@ class ClickState:
         one cache, so a rule and its twin re-decode the same candidates once.
     settings
         The rules' tunable constants (:class:`PolicySettings`; default: the schema's).
+    output_temperature
+        The posterior's ``tau`` (:attr:`Posterior.output_temperature
+        <laplace_head.bayes.posterior.Posterior.output_temperature>`): ``iou_lookahead``
+        integrates the logit ``z / tau`` as every other predictive quantity does.
     """
 
     map_probability: np.ndarray
@@ -414,6 +419,7 @@ class ClickState:
     lookahead: Callable[[Sequence[tuple[Cell, int]]], list[np.ndarray]] | None = None
     lookahead_fields: Lookahead | None = None
     settings: PolicySettings = field(default_factory=PolicySettings)
+    output_temperature: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -768,7 +774,8 @@ def iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | 
     candidates = _posterior_candidates(state, "iou_lookahead")
     logits = _look(state, "iou_lookahead", candidates, "map_logits")
     variances = _look(state, "iou_lookahead", candidates, "logit_variance")
-    ious = [expected_iou(z, v) for z, v in zip(logits, variances)]
+    tau = state.output_temperature
+    ious = [expected_iou(*tempered_moments(z, v, tau)) for z, v in zip(logits, variances)]
     return _label_weighted_best(candidates, probability, ious[0::2], ious[1::2], False)
 
 

@@ -23,7 +23,10 @@ Decode protocol (the same as stages 3-4.5 build the head's training inputs)
 3. The head's inputs are assembled by :func:`~laplace_head.cache.split_h5.assemble_inputs`
    from the logits rounded to float16 (stage 3 stores them so) and the float16 maps, the logits
    clipped to ``+-logit_clip``; so the head sees exactly what it would see for the same
-   prompts read back from the stage-3 cache.
+   prompts read back from the stage-3 cache. A posterior of the image head
+   (:attr:`Posterior.head_variant <laplace_head.bayes.posterior.Posterior.head_variant>`) also
+   gets the image at the 256 grid, resized once in :meth:`InteractivePredictor.set_image` by
+   the rule stage 4.5 packs it with (:func:`~laplace_head.dataset.images.resize_image_grid`).
 4. One head pass, :meth:`Posterior.logit_moments <laplace_head.bayes.posterior.Posterior
    .logit_moments>`: the MAP logit and its posterior variance per pixel; then the predictive
    probability, the predictive entropy and BALD by quadrature
@@ -65,6 +68,7 @@ from laplace_head.bayes.predictive import (
 from laplace_head.cache.promptset_format import check_logits, stored_logits
 from laplace_head.cache.promptset_format import prompt_maps as stage3_prompt_maps
 from laplace_head.cache.split_h5 import assemble_inputs
+from laplace_head.dataset.images import resize_image_grid
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
     POLICIES,
@@ -525,6 +529,7 @@ class InteractivePredictor:
             )
             self._weight_samples = posterior.sample_weights(n_samples, generator)
         self._image_digest: str | None = None
+        self._image_256: np.ndarray | None = None  # (3, 256, 256) uint8, image heads only
         self._memo: OrderedDict[tuple[bytes, bytes], InteractivePrediction] = OrderedDict()
 
     @classmethod
@@ -619,6 +624,7 @@ class InteractivePredictor:
         other = copy.copy(self)
         other.segmenter = segmenter
         other._image_digest = None
+        other._image_256 = None
         other._memo = OrderedDict()
         return other
 
@@ -639,6 +645,8 @@ class InteractivePredictor:
             self._image_digest = None
             self._memo.clear()
             self.segmenter.set_image(image_rgb)
+            if self.posterior.head_variant.needs_image:
+                self._image_256 = resize_image_grid(image_rgb, GRID_SIZE)
             self._image_digest = digest
 
     @property
@@ -740,11 +748,15 @@ class InteractivePredictor:
         prediction."""
         start = time.perf_counter()
         logits = [np.asarray(d[0], dtype=np.float32) for d in decoded]
+        images = None
+        if self.posterior.head_variant.needs_image:
+            images = np.broadcast_to(self._image_256, (len(logits), *self._image_256.shape))
         inputs = assemble_inputs(
             np.stack([stored_logits(plane) for plane in logits]),
             np.stack([pos_map for pos_map, _ in maps]),
             np.stack([neg_map for _, neg_map in maps]),
             self.posterior.logit_clip,
+            images,
         )
         timings["prompt_maps"] += time.perf_counter() - start
 
@@ -957,6 +969,7 @@ class InteractivePredictor:
             lookahead=lookahead,
             lookahead_fields=lookahead,
             settings=self.policy_settings,
+            output_temperature=self.posterior.output_temperature,
         )
 
     def suggest(
@@ -1029,8 +1042,9 @@ def suggest_for_inputs(
     posterior
         The fitted head.
     inputs
-        One (3, H, W) or (1, 3, H, W) input ``[logits_256, pos_map, neg_map]``
-        (:func:`~laplace_head.bayes.posterior.stack_inputs`). Its given clicks - the cells where
+        One (C, H, W) or (1, C, H, W) input ``[logits_256, pos_map, neg_map]`` (C = 3; the
+        image head's C = 6 adds the image, :func:`~laplace_head.bayes.posterior.stack_inputs`
+        with ``image_256``). Its given clicks - the cells where
         a prompt map exceeds 0.5 - are never suggested.
     k, policy
         As :meth:`InteractivePredictor.suggest` (a policy without look-ahead: there is no base
@@ -1059,7 +1073,8 @@ def suggest_for_inputs(
         )
     if tensor.shape[0] != 1:
         raise UncertaintyInputError(
-            f"suggest_for_inputs takes one prompt set, (3, H, W); got a batch of {tensor.shape[0]}"
+            f"suggest_for_inputs takes one prompt set, ({tensor.shape[1]}, H, W); got a batch "
+            f"of {tensor.shape[0]}"
         )
     maps = {
         name: value[0].detach().float().cpu().numpy()

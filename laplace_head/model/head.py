@@ -7,7 +7,8 @@ from torch import nn
 
 
 class NoImageHead(nn.Module):
-    """Refine base-segmenter logits given Gaussian prompt maps; never sees the image.
+    """Refine base-segmenter logits given Gaussian prompt maps (and, as the image head, the
+    image: ``channels_in`` 6; the class keeps the seed's name).
 
     Architecture (the Laplace stage relies on the names ``trunk`` and ``final_conv``)::
 
@@ -19,7 +20,10 @@ class NoImageHead(nn.Module):
     Parameters
     ----------
     channels_in
-        Input channels (3: base logits, positive prompt map, negative prompt map).
+        Input channels: 3 (base logits, positive prompt map, negative prompt map) for the
+        ``no_image`` head, 6 (those and the image's normalised R, G, B at the same grid) for
+        the ``image`` head (:class:`~laplace_head.model.head_variant.HeadVariant`); the
+        architecture, and so the 5x5 receptive field, is the same.
     hidden_channels
         Width of both 3x3 convolutions and the feature size seen by ``final_conv``.
     """

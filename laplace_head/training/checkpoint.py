@@ -41,6 +41,7 @@ import torch
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.layout import BEST_CHECKPOINT, TRAINING_SUMMARY
 from laplace_head.model.head import NoImageHead
+from laplace_head.model.head_variant import HeadVariant
 from laplace_head.settings import is_runtime_key
 from laplace_head.util.atomic import (
     atomic_path,
@@ -206,6 +207,8 @@ def check_model_args(model_args: Any, path: str | os.PathLike) -> dict[str, int]
             f"{where}: model_args has {' and '.join(problems)}; NoImageHead takes exactly "
             f"{', '.join(expected)}. {fix[0].upper()}{fix[1:]}"
         )
+    # channels_in: the schema fixes the no_image head's; every head variant's is valid here
+    limits = {**limits, "channels_in": {"enum": sorted(v.channels_in for v in HeadVariant)}}
     checked = {}
     for key in expected:
         value, rule = model_args[key], limits[key]
@@ -221,7 +224,7 @@ def check_model_args(model_args: Any, path: str | os.PathLike) -> dict[str, int]
         if not ok:
             raise CheckpointError(
                 f"{where}: model_args.{key} = {value!r} is not {allowed} (the limits of "
-                f"head.{key} in the config schema); {fix}"
+                f"head.{key} in the config schema, channels_in: a head variant's); {fix}"
             )
         checked[key] = int(value)
     return checked

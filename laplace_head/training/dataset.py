@@ -14,7 +14,9 @@ Reading strategy, chosen so that data loading is never the training bottleneck:
   With forked workers the copy is shared copy-on-write.
 
 Items are ``(inputs, target)``: inputs (3, 256, 256) float32 = [logits_256 clipped to
-±logit_clip, pos_map, neg_map]; target (1, 256, 256) float32 in {0, 1}.
+±logit_clip, pos_map, neg_map] (an image head's split: (6, 256, 256), the image's normalised
+RGB after them, :func:`~laplace_head.cache.split_h5.assemble_inputs`); target (1, 256, 256)
+float32 in {0, 1}.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from laplace_head.cache.split_h5 import (
     ARRAY_NAMES,
     BYTES_PER_PIXEL,
+    IMAGE_ARRAY,
+    IMAGE_ROW,
     MASK_ARRAY,
     assemble_inputs,
     open_split,
+    read_row_images,
     split_fingerprint,
+    split_head,
 )
 from laplace_head.util.seeding import derive_seed
 
@@ -95,15 +101,22 @@ class H5SegmentationDataset(Dataset):
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
         self._arrays: dict[str, np.ndarray] | None = None
+        self._images: np.ndarray | None = None
         with open_split(self.h5_path) as handle:
             shape = handle["logits_256"].shape
             self.n_rows = int(shape[0])
             self.map_shape = tuple(int(s) for s in shape[1:])
             self.fingerprint = split_fingerprint(handle)
+            self.head = split_head(handle)
             footprint = self.n_rows * int(np.prod(self.map_shape)) * BYTES_PER_PIXEL
+            if self.head.needs_image:
+                footprint += int(np.prod(handle[IMAGE_ARRAY].shape))
             self.in_memory = should_load_in_memory(in_memory, footprint)
             if self.in_memory:
                 self._arrays = {name: handle[name][:] for name in ARRAY_NAMES}
+                if self.head.needs_image:
+                    self._images = handle[IMAGE_ARRAY][:]
+                    self._image_row = handle[IMAGE_ROW][:]
         LOGGER.info(
             "%s: %d rows, %s",
             self.h5_path.name,
@@ -137,7 +150,10 @@ class H5SegmentationDataset(Dataset):
     def _read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Arrays for ``rows`` (1-D int array, any order, repeats allowed) in that order."""
         if self._arrays is not None:
-            return {name: array[rows] for name, array in self._arrays.items()}
+            arrays = {name: array[rows] for name, array in self._arrays.items()}
+            if self._images is not None:
+                arrays[IMAGE_ARRAY] = self._images[self._image_row[rows]]
+            return arrays
         # One plain read per row: h5py's fancy (list) indexing is ~100x slower on chunked
         # datasets (34 ms vs 0.2 ms for 8 rows of (1, 256, 256) chunks, measured).
         handle = self._file()
@@ -148,18 +164,25 @@ class H5SegmentationDataset(Dataset):
             for position, row in enumerate(rows):
                 out[position] = dataset[int(row)]
             arrays[name] = out
+        if self.head.needs_image:
+            arrays[IMAGE_ARRAY] = read_row_images(handle, rows)
         return arrays
 
     def _to_tensors(self, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         # Cast float16 -> float32 straight into the output buffer (one pass, no temporaries).
         inputs = assemble_inputs(
-            arrays["logits_256"], arrays["pos_map"], arrays["neg_map"], self.logit_clip
+            arrays["logits_256"],
+            arrays["pos_map"],
+            arrays["neg_map"],
+            self.logit_clip,
+            arrays.get(IMAGE_ARRAY),
         )
         target = arrays[MASK_ARRAY][:, None].astype(np.float32)
         return torch.from_numpy(inputs), torch.from_numpy(target)
 
     def get_batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A stacked batch: inputs (B, 3, 256, 256) float32, target (B, 1, 256, 256) float32."""
+        """A stacked batch: inputs (B, C, 256, 256) float32 (C = 3, or 6 for an image split),
+        target (B, 1, 256, 256) float32."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < -self.n_rows or rows.max() >= self.n_rows):
             raise IndexError(f"row index out of range for {self.n_rows} rows")

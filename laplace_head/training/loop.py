@@ -97,6 +97,7 @@ def _kill_after_steps() -> int | None:
 
 
 INPUT_CHANNELS = ("logits_256", "pos_map", "neg_map")
+IMAGE_INPUT_CHANNELS = ("image R", "image G", "image B")  # an image head's channels 3-5
 # Settings that make a finite batch diverge (all validated finite by the config schema).
 DIVERGENCE_SETTINGS = "training.lr, training.dice_lambda, training.logit_clip"
 
@@ -112,10 +113,11 @@ class _FirstNonFinite:
     channels and whether the target held non-finite values. :meth:`raise_if_found` syncs.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, channels_in: int = len(INPUT_CHANNELS)) -> None:
         self.step = torch.full((), -1, dtype=torch.long, device=device)
         self.loss = torch.zeros((), dtype=torch.float32, device=device)
-        self.bad_inputs = torch.zeros(len(INPUT_CHANNELS) + 1, dtype=torch.bool, device=device)
+        self.names = (*INPUT_CHANNELS, *IMAGE_INPUT_CHANNELS)[:channels_in]
+        self.bad_inputs = torch.zeros(channels_in + 1, dtype=torch.bool, device=device)
 
     def update(
         self, step: int, loss: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor
@@ -136,7 +138,7 @@ class _FirstNonFinite:
             where += f" of {n_steps}"
         bad = [
             name
-            for name, flag in zip((*INPUT_CHANNELS, "gt_mask_256"), self.bad_inputs.tolist())
+            for name, flag in zip((*self.names, "gt_mask_256"), self.bad_inputs.tolist())
             if flag
         ]
         if bad:
@@ -190,7 +192,7 @@ def train_one_epoch(
     kill_after = _kill_after_steps()
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    non_finite = _FirstNonFinite(device)
+    non_finite = _FirstNonFinite(device, model.channels_in)
     n_steps = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
     for step, (inputs, target) in enumerate(bar):
@@ -471,6 +473,14 @@ def _open_splits(
     val_set = H5SegmentationDataset(val_h5, settings.logit_clip, settings.in_memory)
     _check_rows(train_set, "train")
     _check_rows(val_set, "val")
+    for name, dataset in (("train", train_set), ("val", val_set)):
+        if dataset.head.channels_in != settings.channels_in:
+            raise LaplaceHeadError(
+                f"the {name} split {dataset.h5_path} holds the {dataset.head.value} head's "
+                f"inputs ({dataset.head.channels_in} channels), but the head being trained "
+                f"takes {settings.channels_in}; train each head on its own split "
+                "(ProjectLayout.for_head(head).split_h5)."
+            )
     return train_set, val_set
 
 

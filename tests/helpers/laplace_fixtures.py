@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from helpers.synthetic_h5 import make_synthetic_h5
+from helpers.synthetic_h5 import make_synthetic_h5, make_synthetic_image_h5
 from laplace_head.bayes.curvature import BlockCurvature, CurvatureBlock
 from laplace_head.bayes.fit import fit_laplace
 from laplace_head.bayes.jacobian import parameter_vector
@@ -35,8 +35,8 @@ def train_tiny_head(
     spread - and therefore tempering - measurably lowers the validation NLL.
     """
     torch.manual_seed(seed)
-    head = NoImageHead()
     dataset = H5SegmentationDataset(train_h5, in_memory="always")
+    head = NoImageHead(dataset.head.channels_in)  # the split's head variant
     inputs, target = dataset.get_batch(range(len(dataset)))
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(steps):
@@ -79,19 +79,29 @@ def laplace_settings(
 
 
 def make_fitted_run(
-    root: Path, max_pixels_fit: int | None = 1500, **laplace: Any
+    root: Path, max_pixels_fit: int | None = 1500, head: str = "no_image", **laplace: Any
 ) -> SimpleNamespace:
     """Project-like layout under ``root`` with train/val/test splits, best.pt and a fit.
 
     ``laplace`` overrides further :class:`LaplaceSettings` fields (e.g. ``target_layer``,
     ``approx``, ``tuning``); the others are the schema's defaults (a last-layer diagonal).
+    ``head`` ``image``: the image head's splits (:func:`make_synthetic_image_h5` over the
+    no_image ones), run and fit.
     """
-    layout = ProjectLayout(root, "t1")
-    layout.training_data_dir.mkdir(parents=True, exist_ok=True)
-    h5 = {split: layout.split_h5(split) for split in ("train", "val", "test")}
+    layout = ProjectLayout(root, "t1").for_head(head)
+    base = layout.for_head("no_image")
+    base.training_data_dir.mkdir(parents=True, exist_ok=True)
+    h5 = {split: base.split_h5(split) for split in ("train", "val", "test")}
     train_h5 = make_synthetic_h5(h5["train"], 4, seed=0, size=MAP_SIZE, split="train")
     val_h5 = make_synthetic_h5(h5["val"], 2, seed=1, size=MAP_SIZE, split="val")
     test_h5 = make_synthetic_h5(h5["test"], 4, seed=2, size=MAP_SIZE, split="test")
+    if head != "no_image":
+        train_h5, val_h5, test_h5 = (
+            make_synthetic_image_h5(path, layout.split_h5(split), seed=seed)
+            for seed, (split, path) in enumerate(
+                (("train", train_h5), ("val", val_h5), ("test", test_h5))
+            )
+        )
     head = train_tiny_head(train_h5)
     best = save_best(head, layout.best_checkpoint)
     laplace_dir = layout.laplace_dir

@@ -156,3 +156,50 @@ def make_synthetic_h5(
         handle.attrs["chunks"] = list(chunks) if chunks else [0, size, size]
         handle.attrs["compression"] = "none"
     return path
+
+
+def make_synthetic_image_h5(base_h5: str | os.PathLike, out_h5: str | os.PathLike, seed: int = 0):
+    """An image head's split over ``base_h5`` (:func:`make_synthetic_h5`), in the packed layout
+    of :func:`laplace_head.cache.packing.pack_image_split`: one (3, size, size) uint8 image per
+    sample (the sample's ground truth, bright on dark, plus noise: informative for the head),
+    ``image_row`` per row, external links to the base file for everything else."""
+    from laplace_head.cache.split_h5 import (
+        BASE_SPLIT_ATTR,
+        HEAD_ATTR,
+        IMAGE_ARRAY,
+        IMAGE_ROW,
+        IMAGE_SAMPLE_ID,
+        LINKED_NAMES,
+    )
+
+    base_h5, out_h5 = Path(base_h5), Path(out_h5)
+    rng = np.random.default_rng(seed)
+    with h5py.File(base_h5, "r") as base:
+        attrs = dict(base.attrs)
+        sample_ids = [str(s) for s in base["index"]["sample_id"].asstr()[()]]
+        gts = base["gt_mask_256"][()]
+    unique = list(dict.fromkeys(sample_ids))
+    rows = np.array([unique.index(s) for s in sample_ids], dtype=np.int64)
+    first = [sample_ids.index(s) for s in unique]
+    images = np.empty((len(unique), 3, *gts.shape[1:]), dtype=np.uint8)
+    for slot, row in enumerate(first):
+        colour = 40.0 + 160.0 * gts[row][None] + rng.normal(0.0, 20.0, (3, *gts.shape[1:]))
+        images[slot] = np.clip(colour, 0, 255).astype(np.uint8)
+    relative = os.path.relpath(base_h5, out_h5.parent)
+    out_h5.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as handle:
+        for name in LINKED_NAMES:
+            handle[name] = h5py.ExternalLink(relative, f"/{name}")
+        handle.create_dataset(IMAGE_ARRAY, data=images)
+        handle.create_dataset(IMAGE_ROW, data=rows)
+        handle.create_dataset(
+            IMAGE_SAMPLE_ID,
+            data=np.array(unique, dtype=object),
+            dtype=h5py.string_dtype(encoding="utf-8"),
+        )
+        for key in ("format_version", "split", "n_rows", "source_index_md5"):
+            handle.attrs[key] = attrs[key]
+        handle.attrs[HEAD_ATTR] = "image"
+        handle.attrs["n_images"] = len(unique)
+        handle.attrs[BASE_SPLIT_ATTR] = relative
+    return out_h5

@@ -8,6 +8,7 @@ import pytest
 
 from laplace_head.evaluation.ablation import (
     choose,
+    head_comparison,
     markdown,
     table_rows,
     variant_row,
@@ -36,7 +37,7 @@ def _eval(nll: float, ece: float, auroc: float) -> dict:
         "overall": {
             "laplace": {"nll": nll, "ece": ece, "auroc_bald": auroc, "auroc_entropy": 0.8},
             "map": {"nll": 0.31, "ece": 0.066},
-            "map_temperature_scaled": {"nll": 0.315},
+            "map_temperature_scaled": {"nll": 0.305, "ece": 0.064},
         }
     }
 
@@ -46,10 +47,19 @@ AUCS = {"oracle": 0.6, "random": 0.45, "bald": 0.5, "bald_region": 0.48}
 
 
 def test_calibration_goal_needs_every_condition():
-    met = variant_row("a", META, _eval(0.30, 0.06, 0.79), {})
+    met = variant_row("a", META, _eval(0.30, 0.06, 0.81), {})
     assert met["calibration_goal_met"] is True
-    assert met["test_bald_auroc"] == 0.79 and met["test_nll_temp_scaled"] == 0.315
-    for nll, ece, auroc in ((0.312, 0.06, 0.79), (0.30, 0.07, 0.79), (0.30, 0.06, 0.74)):
+    assert met["test_bald_auroc"] == 0.81 and met["test_nll_temp_scaled"] == 0.305
+    assert met["test_ece_temp_scaled"] == 0.064
+    # NLL above MAP (0.31) / between temperature scaling (0.305) and MAP; ECE above MAP (0.066)
+    # / between temperature scaling (0.064) and MAP; AUROC below 0.80
+    for nll, ece, auroc in (
+        (0.312, 0.06, 0.81),
+        (0.307, 0.06, 0.81),
+        (0.30, 0.067, 0.81),
+        (0.30, 0.065, 0.81),
+        (0.30, 0.06, 0.79),
+    ):
         assert variant_row("a", META, _eval(nll, ece, auroc), {})["calibration_goal_met"] is False
 
 
@@ -102,7 +112,7 @@ def test_write_ablation_writes_every_file(tmp_path):
     out = {name: layout.ablation_file(name) for name in ("metrics", "table", "markdown", "figure")}
     layout.ablation_dir.mkdir(parents=True)
     settings = {"splits": ["val", "test"], "policies": list(AUCS), "max_clicks": 3}
-    summary = write_ablation(variants, out, settings)
+    summary = write_ablation(variants, out, {**settings, "n_bootstrap": 200, "seed": 0})
     assert summary["choice"]["variant"] == "v1"  # ties keep the first
     text = out["markdown"].read_text()
     assert "| v2 | bald_region |" in text and "Chosen on val" in text
@@ -186,3 +196,73 @@ def test_the_choice_considers_every_posterior_rule_and_says_when_its_twin_is_mis
         {"splits": ["val"], "policies": ["entropy"], "variants": [row], "choice": choice}
     )
     assert "its twin map_entropy was not run" in text
+
+
+def test_rows_and_the_choice_carry_the_head_of_their_posterior():
+    image_meta = {**META, "head": "image"}
+    rows = [
+        variant_row("last", META, {}, {"val": _clicks(AUCS, {"bald": 0.01})}),
+        variant_row("image/last", image_meta, {}, {"val": _clicks(AUCS, {"bald": 0.05})}),
+    ]
+    assert [row["head"] for row in rows] == ["no_image", "image"]  # no head recorded: no_image
+    choice = choose(rows)
+    assert (choice["variant"], choice["head"], choice["policy"]) == ("image/last", "image", "bald")
+    text = markdown({"variants": rows, "splits": ["val"], "policies": list(AUCS), "choice": choice})
+    assert "| image/last | bald |" in text and "heads x posterior variants" in text
+
+
+def _iou_eval(head: dict[str, float], base: dict[str, float]) -> dict:
+    """A stage-7 record with per-image IoU (and its overall means) for the heads table."""
+    ids = sorted(head)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {
+        "overall": {
+            "laplace": {"iou": mean([head[s] for s in ids])},
+            "base": {"iou": mean([base[s] for s in ids])},
+        },
+        "per_image_iou": {
+            "sample_id": ids,
+            "head": [head[s] for s in ids],
+            "base": [base[s] for s in ids],
+        },
+        "paired": {"head_vs_base_iou": {"n": len(ids), "mean_difference": 0.0, "ci95": [0, 0],
+                                        "n_better": 0, "n_worse": 0}},
+    }  # fmt: skip
+
+
+def test_the_heads_table_pairs_each_head_with_the_seed_head_image_by_image():
+    """The image head is paired with the no_image head on the sample ids both scored (an
+    image only one head saw is left out); its goal needs both gains with CIs above 0."""
+    ids = [f"s{i}" for i in range(12)]
+    base = {s: 0.40 for s in ids}
+    no_image = {s: 0.42 + 0.01 * (i % 3) for i, s in enumerate(ids)}
+    image = {s: no_image[s] + 0.05 for s in ids[:10]}  # +0.05 on the 10 it shares
+    image["only_image"] = 0.9
+    image_eval = _iou_eval(image, {**base, "only_image": 0.1})
+    image_eval["paired"]["head_vs_base_iou"].update(
+        n=11, mean_difference=0.07, ci95=[0.06, 0.08], n_better=11
+    )
+    rows = [
+        variant_row("last", META, _iou_eval(no_image, base), {}),
+        variant_row("image/last", {**META, "head": "image"}, image_eval, {}),
+        variant_row("image/other", {**META, "head": "image"}, _iou_eval(base, base), {}),
+    ]
+    heads = head_comparison(rows, n_bootstrap=500, seed=0)
+    assert [entry["head"] for entry in heads] == ["no_image", "image"]  # first row per head
+    assert "vs_seed_head" not in heads[0] and "goal_met" not in heads[0]
+    versus = heads[1]["vs_seed_head"]
+    assert versus["n"] == 10 and versus["mean_difference"] == pytest.approx(0.05)
+    assert versus["ci95"][0] == pytest.approx(0.05) and versus["n_better"] == 10
+    assert heads[1]["goal_met"] is True  # +0.07 over base, +0.05 over no_image, CIs above 0
+    image_eval["paired"]["head_vs_base_iou"].update(mean_difference=0.04, ci95=[0.02, 0.06])
+    rows[1] = variant_row("image/last", {**META, "head": "image"}, image_eval, {})
+    assert head_comparison(rows, 500, 0)[1]["goal_met"] is False  # +0.04 over base < 0.05
+    text = markdown(
+        {"variants": rows, "splits": ["val"], "policies": list(AUCS), "choice": None,
+         "heads_iou": head_comparison(rows, 500, 0)}
+    )  # fmt: skip
+    assert "## Heads: test IoU" in text
+    assert "| image | 0.517 | 0.373 | +0.040 [+0.020, +0.060] (11/0 of 11) | +0.050" in text
+    single = markdown({"variants": rows[:1], "splits": ["val"], "policies": list(AUCS),
+                       "choice": None, "heads_iou": head_comparison(rows[:1], 500, 0)})  # fmt: skip
+    assert "## Heads" not in single

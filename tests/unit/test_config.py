@@ -113,7 +113,23 @@ VIOLATIONS = {
         {"prompt_generation": {"min_pairs": 5, "max_pairs": 2}},
         "prompt_generation.min_pairs",
     ),
+    "unknown head variant": ({"head": {"variant": "rgb"}}, "head.variant"),
+    "unknown head in heads": ({"heads": ["no_image", "depth"]}, "heads"),
+    "a head twice": ({"heads": ["image", "image"]}, "heads"),
+    "no head": ({"heads": []}, "heads"),
+    "head.variant not built": ({"head": {"variant": "image"}}, "head.variant"),
 }
+
+
+def test_head_variant_must_be_one_of_the_heads_built() -> None:
+    with pytest.raises(ConfigError, match=r"head.variant = 'image' is not one of heads \(no_imag"):
+        validate_config({"head": {"variant": "image"}}, check_paths=False)
+    config = validate_config(
+        {"head": {"variant": "image"}, "heads": ["no_image", "image"]}, check_paths=False
+    )
+    assert config["head"]["variant"] == "image" and config["heads"] == ["no_image", "image"]
+    defaults = validate_config({}, check_paths=False)
+    assert defaults["head"]["variant"] == "no_image" and defaults["heads"] == ["no_image"]
 
 
 @pytest.mark.parametrize("case", sorted(VIOLATIONS))
@@ -546,7 +562,7 @@ def test_key_order_in_a_config_file_is_no_rerun_trigger(repo_root: Path, overlay
 
 
 def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path) -> None:
-    """real_dev ships an all-layer fit on 200k pixels; stage 7's baseline keeps its own cap, and
+    """real_dev ships a fit on 200k pixels; stage 7's baseline keeps its own cap, and
     the cap is not a fit setting (changing it refits nothing)."""
     from laplace_head.settings import stage_params
 
@@ -751,12 +767,13 @@ def test_a_config_that_is_not_utf8_gets_a_message(tmp_path: Path) -> None:
 
 
 def test_real_large_is_an_overlay_of_real_dev(repo_root: Path) -> None:
-    """config/real_large.yaml overrides only real_dev's data keys (and adds the fractions); the
-    three files merged, as `make real-large` passes them, validate."""
+    """config/real_large.yaml overrides only real_dev's data keys (and adds the fractions) and
+    the ablation's variants to run; the three files merged, as `make real-large` passes them,
+    validate (with real_dev's two heads)."""
     config_dir = repo_root / "config"
     real_dev = yaml.safe_load((config_dir / "real_dev.yaml").read_text(encoding="utf-8"))
     overlay = yaml.safe_load((config_dir / "real_large.yaml").read_text(encoding="utf-8"))
-    assert set(overlay) == {"data"}
+    assert set(overlay) == {"data", "ablation"} and set(overlay["ablation"]) == {"run"}
     copied = sorted(
         key for key, value in overlay["data"].items() if real_dev["data"].get(key) == value
     )
@@ -769,3 +786,6 @@ def test_real_large_is_an_overlay_of_real_dev(repo_root: Path) -> None:
     assert resolved["data"]["project_root"] == "real_large_project"
     assert resolved["data"]["split_fractions"] == [0.15, 0.15]
     assert resolved["laplace"]["approx"] == real_dev["laplace"]["approx"]
+    assert set(resolved["ablation"]["run"]) <= set(resolved["ablation"]["variants"])
+    assert resolved["heads"] == ["no_image", "image"]
+    assert resolved["head"]["variant"] in resolved["heads"]

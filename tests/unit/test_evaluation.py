@@ -130,6 +130,37 @@ def test_base_and_map_metrics_match_numpy(evaluated):
     assert map_metrics["error_rate"] == pytest.approx(errors.mean())
 
 
+def test_per_image_iou_and_its_paired_comparison_with_the_base(evaluated):
+    """Each image's IoU is the mean over its prompt sets, for the head's (MAP) mask and the
+    base segmenter's; the paired record is head minus base over those images."""
+    from laplace_head.cache.split_h5 import read_h5_index
+
+    run, test_h5, out, metrics = evaluated
+    with h5py.File(test_h5, "r") as handle:
+        raw = handle["logits_256"][:].astype(np.float64)
+        truth = handle["gt_mask_256"][:] > 0.5
+        inputs = np.stack(
+            [np.clip(raw, -20, 20), handle["pos_map"][:], handle["neg_map"][:]], axis=1
+        ).astype(np.float32)
+    with torch.no_grad():
+        z = run.head(torch.from_numpy(inputs))[:, 0].numpy()
+    iou = lambda pred: [(a & t).sum() / (a | t).sum() for a, t in zip(pred, truth)]  # noqa: E731
+    rows = pd.DataFrame(
+        {"sample_id": read_h5_index(test_h5)["sample_id"].astype(str),
+         "head": iou(z > 0), "base": iou(raw > 0)}
+    ).groupby("sample_id").mean()  # fmt: skip
+    per_image = metrics["per_image_iou"]
+    assert per_image["sample_id"] == list(rows.index) and len(rows) >= 2
+    np.testing.assert_allclose(per_image["head"], rows["head"], rtol=1e-6)
+    np.testing.assert_allclose(per_image["base"], rows["base"], rtol=1e-6)
+    paired = metrics["paired"]["head_vs_base_iou"]
+    assert paired["n"] == len(rows)
+    assert paired["mean_difference"] == pytest.approx((rows["head"] - rows["base"]).mean())
+    assert paired["ci95"][0] <= paired["mean_difference"] <= paired["ci95"][1]
+    assert read_json(out / "metrics.json")["paired"] == metrics["paired"]
+    assert "Head IoU minus base IoU per image" in (out / "metrics.md").read_text()
+
+
 def test_decision_metrics_shared_and_laplace_has_bald(evaluated):
     _, _, _, metrics = evaluated
     overall = metrics["overall"]

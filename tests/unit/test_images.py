@@ -19,7 +19,12 @@ from helpers.hostile_files import EPS_BYTES, H, W, encoded, npy_header_only, png
 from PIL import EpsImagePlugin, Image
 
 from laplace_head.dataset import images as images_module
-from laplace_head.dataset.images import ImageReadError, load_image_rgb, load_mask
+from laplace_head.dataset.images import (
+    ImageReadError,
+    load_image_rgb,
+    load_mask,
+    resize_image_grid,
+)
 
 MiB = 1 << 20
 
@@ -277,3 +282,66 @@ def test_a_bad_version_3_npy_header_is_refused_with_its_reason(tmp_path, header,
     path.write_bytes(_npy_3_0_header(header, body=b"\0" * 64))
     with pytest.raises(ImageReadError, match=reason):
         load_mask(path)
+
+
+# --- the image at the 256 grid (the image head's input) --------------------------------------
+
+
+def _square_image(height: int, width: int, rows: slice, cols: slice) -> np.ndarray:
+    image = np.full((height, width, 3), 20, dtype=np.uint8)
+    image[rows, cols] = (250, 200, 150)
+    return image
+
+
+def test_a_bright_square_lands_on_the_grid_cells_it_covers() -> None:
+    # 512 x 384 pixels: one grid cell is 2 image rows by 1.5 image columns (stretched, no pad)
+    image = _square_image(512, 384, slice(128, 256), slice(96, 192))
+    grid = resize_image_grid(image, 256)
+    assert grid.shape == (3, 256, 256) and grid.dtype == np.uint8
+    expected = np.zeros((256, 256), dtype=bool)
+    expected[64:128, 64:128] = True  # rows 128 / 2 .. 256 / 2, columns 96 / 1.5 .. 192 / 1.5
+    np.testing.assert_array_equal(grid[0] > (250 + 20) / 2, expected)
+    assert (grid[:, 66:126, 66:126] == np.array([250, 200, 150])[:, None, None]).all()
+    assert (grid[:, :62] == 20).all() and (grid[:, :, 130:] == 20).all()
+
+
+def test_the_image_follows_the_resize_rule_of_the_logits() -> None:
+    """SAM's logits reach the grid by torch's bilinear antialias resize of the image-size
+    logits (segmenters.sam): the same plane resized as an image agrees to uint8 rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    image = _square_image(300, 200, slice(90, 210), slice(50, 150))
+    image[::7, ::5] = rng.integers(0, 256, image[::7, ::5].shape, dtype=np.uint8)  # texture
+    plane = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None]
+    logits_rule = F.interpolate(
+        plane, (256, 256), mode="bilinear", align_corners=False, antialias=True
+    )[0].numpy()
+    grid = resize_image_grid(image, 256).astype(np.float32)
+    assert np.abs(grid - logits_rule).max() <= 1.0
+
+
+def test_the_image_at_the_grid_is_aligned_with_the_base_segmenters_logits() -> None:
+    from laplace_head.segmenters import build_segmenter
+
+    # a non-square image, a bright object on a dark background, clicks inside and outside
+    image = _square_image(300, 200, slice(90, 210), slice(50, 150))
+    segmenter = build_segmenter("random_walker", max_side=160, beta=2000.0)
+    segmenter.set_image(image)
+    points = np.array([[100.0, 150.0], [10.0, 10.0], [190.0, 290.0], [10.0, 290.0]])
+    logits_256, _, _ = segmenter.predict(points, np.array([1, 0, 0, 0]))
+    foreground = logits_256 > 0
+    bright = resize_image_grid(image, 256)[0] > (250 + 20) / 2
+    iou = (foreground & bright).sum() / (foreground | bright).sum()
+    assert iou > 0.97, iou
+    # the same object shifted by a few grid cells no longer lines up as well
+    shifted = np.roll(bright, 4, axis=1)
+    assert (foreground & shifted).sum() / (foreground | shifted).sum() < iou - 0.04
+
+
+def test_resize_image_grid_refuses_what_is_not_an_rgb_image() -> None:
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        resize_image_grid(np.zeros((8, 8), np.uint8), 256)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        resize_image_grid(np.zeros((8, 8, 3), np.float32), 256)

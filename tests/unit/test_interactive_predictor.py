@@ -15,9 +15,15 @@ import torch
 from helpers.laplace_fixtures import make_fitted_run
 from helpers.tiny_sam import CountingSam
 
-from laplace_head.bayes.posterior import load_posterior
-from laplace_head.cache.promptset_format import read_promptset_outputs, write_promptset
+from laplace_head.bayes.posterior import PosteriorLoadError, load_posterior
+from laplace_head.bayes.predictive import UncertaintyInputError
+from laplace_head.cache.promptset_format import (
+    read_promptset_outputs,
+    stored_logits,
+    write_promptset,
+)
 from laplace_head.cache.split_h5 import assemble_inputs
+from laplace_head.dataset.images import resize_image_grid
 from laplace_head.interactive.clicks import (
     POLICIES,
     POSTERIOR_FREE_POLICIES,
@@ -28,6 +34,7 @@ from laplace_head.interactive.clicks import (
 from laplace_head.interactive.predictor import (
     InteractivePrediction,
     InteractivePredictor,
+    prompt_maps,
     suggest_for_inputs,
 )
 from laplace_head.interactive.session import ClickSession
@@ -655,3 +662,75 @@ def test_simulate_clicks_rejects_bad_inputs(walker_predictor) -> None:
         simulate_clicks(walker_predictor, image, np.zeros_like(mask), "random", 3, 0, "c/a")
     with pytest.raises(ValueError, match="does not match"):
         simulate_clicks(walker_predictor, image, mask[:-1], "random", 3, 0, "c/a")
+
+
+# --- the image head ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_fitted(tmp_path_factory):
+    return make_fitted_run(tmp_path_factory.mktemp("image_fitted"), head="image")
+
+
+def test_an_image_head_posterior_records_its_head(image_fitted, posterior) -> None:
+    image_posterior = load_posterior(image_fitted.laplace_dir)
+    assert image_fitted.laplace_dir.parts[-3:] == ("laplace", "image", "run_t1")
+    assert image_fitted.meta["head"] == "image"
+    assert image_posterior.head_variant.value == "image" and image_posterior.head.channels_in == 6
+    assert posterior.head_variant.value == "no_image" and posterior.meta["head"] == "no_image"
+    by_run = load_posterior(image_fitted.root, run_id="t1", head="image")
+    assert by_run.head_variant.value == "image"
+    with pytest.raises(ValueError, match="head = 'rgb' is not one of"):
+        load_posterior(image_fitted.root, run_id="t1", head="rgb")
+    with pytest.raises(UncertaintyInputError, match=r"\(B, 6, H, W\).*image R, G, B"):
+        image_posterior.logit_moments(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_a_posterior_whose_meta_names_another_head_is_refused(image_fitted, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "copied"
+    shutil.copytree(image_fitted.laplace_dir, folder)
+    meta = json.loads((folder / "posterior_meta.json").read_text())
+    meta["head"] = "no_image"
+    (folder / "posterior_meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PosteriorLoadError, match="records the 'no_image' head.*6 input channels"):
+        load_posterior(folder)
+
+
+def test_the_predictor_feeds_an_image_head_the_image_at_the_grid(image_fitted) -> None:
+    image_posterior = load_posterior(image_fitted.laplace_dir)
+    predictor = InteractivePredictor(RandomWalkerSegmenter(), image_posterior, SIGMA)
+    image, _ = _image_and_mask(3)
+    predictor.set_image(image)
+    points, labels = np.array([[32.0, 24.0], [2.0, 2.0]]), np.array([1, 0])
+    prediction = predictor.predict(points, labels)
+    _check_maps(prediction)
+    pos_map, neg_map = prompt_maps(points, labels, (HEIGHT, WIDTH), SIGMA)
+
+    def head_logits(image_256: np.ndarray) -> np.ndarray:
+        inputs = assemble_inputs(
+            stored_logits(prediction.base_logits)[None],
+            pos_map[None],
+            neg_map[None],
+            image_posterior.logit_clip,
+            image_256[None],
+        )
+        return image_posterior.map_logits(inputs)[0].numpy()
+
+    expected = head_logits(resize_image_grid(image, 256))
+    np.testing.assert_allclose(prediction.map_logits, expected, rtol=0, atol=1e-5)
+    # the image matters: the same clicks and base logits with another image give other logits
+    other = head_logits(np.zeros((3, 256, 256), np.uint8))
+    assert np.abs(other - prediction.map_logits).max() > 1e-2
+    # suggestions, look-ahead and undo all run on the same inputs
+    session = ClickSession(predictor)
+    session.set_image(image)
+    session.add_click(32.0, 24.0, 1)
+    session.add_click(2.0, 2.0, 0)
+    np.testing.assert_array_equal(session.predict().map_logits, prediction.map_logits)
+    assert len(predictor.suggest(prediction, k=2)) == 2
+    # another predictor on the same posterior keeps no image of its own until set_image
+    fresh = predictor.with_segmenter(RandomWalkerSegmenter())
+    with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict(points, labels)

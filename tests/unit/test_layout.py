@@ -32,6 +32,15 @@ ROOT = Path("/p")
             None,
             "evaluate/run_v1/variant_all_kron",
         ),
+        (ProjectLayout(ROOT, None, "image"), "pack_hdf5", "val", None, "pack_hdf5/image/val"),
+        (ProjectLayout(ROOT, "v1", "image"), "train_head", None, None, "train_head/image/run_v1"),
+        (
+            ProjectLayout(ROOT, "{run_id}", "{head}"),
+            "active_prompting",
+            "{split}",
+            "{shard}",
+            "active_prompting/{head}/run_{run_id}/{split}/shard_{shard}",
+        ),
         (
             ProjectLayout(ROOT, "{run_id}", posterior="{variant}"),
             "active_prompting",
@@ -95,3 +104,44 @@ def test_ablation_inputs_name_each_variants_three_reports() -> None:
             split: variant.active_prompting_file("metrics", split) for split in ("val", "test")
         },
     }
+
+
+def test_ablation_inputs_cover_every_head_and_name_another_heads_variants_by_it() -> None:
+    run = ProjectLayout(ROOT, "v1")
+    inputs = run.ablation_inputs(["a"], ["val"], ["no_image", "image"])
+    assert list(inputs) == ["a", "image/a"]
+    image = run.for_head("image").for_posterior("a")
+    assert inputs["image/a"]["meta"] == ROOT / "laplace/image/run_v1/variants/a/posterior_meta.json"
+    assert inputs["image/a"]["eval"] == image.eval_file("metrics")
+    assert image.eval_file("metrics") == ROOT / "reports/ablation/image/run_v1/a/eval/metrics.json"
+    assert inputs["a"] == run.ablation_inputs(["a"], ["val"])["a"]
+
+
+def test_the_seed_head_keeps_the_seed_paths_and_another_head_gets_its_own_folders() -> None:
+    seed = ProjectLayout(ROOT, "v1")
+    image = seed.for_head("image")
+    assert seed.head_variant == "no_image" and image.head_variant == "image"
+    assert image.run_id == "v1" and image.for_head("no_image").eval_dir == seed.eval_dir
+    # the seed's paths, byte for byte
+    assert seed.split_h5("train") == ROOT / "training_data/no_image/train.h5"
+    assert seed.run_dir == ROOT / "checkpoints/no_image/run_v1"
+    assert seed.laplace_dir == ROOT / "laplace/no_image/run_v1"
+    assert seed.eval_dir == ROOT / "reports/eval/run_v1"
+    assert seed.active_prompting_dir == ROOT / "reports/active_prompting/run_v1"
+    assert seed.ablation_dir == ROOT / "reports/ablation/run_v1"
+    # another head: its own split, run, posterior and reports; stage 4 stays shared
+    assert image.split_h5("train") == ROOT / "training_data/image/train.h5"
+    assert image.base_split_h5("train") == seed.split_h5("train")
+    assert image.training_index("val") == seed.training_index("val")
+    assert image.training_failures("val") == seed.training_failures("val")
+    assert image.run_dir == ROOT / "checkpoints/image/run_v1"
+    assert image.laplace_dir == ROOT / "laplace/image/run_v1"
+    assert image.eval_dir == ROOT / "reports/eval/image/run_v1"
+    assert image.active_prompting_dir == ROOT / "reports/active_prompting/image/run_v1"
+    assert image.ablation_dir == ROOT / "reports/ablation/image/run_v1"
+    assert image.project().split_h5("val") == ROOT / "training_data/image/val.h5"
+    assert image.with_run("v2").for_posterior("x").head_variant == "image"
+    # the layout read back off a folder keeps its head
+    assert ProjectLayout.of_laplace_dir(image.laplace_dir).eval_dir == image.eval_dir
+    assert ProjectLayout.of_run_dir(image.run_dir).head_variant == "image"
+    assert "head_variant='image'" in repr(image) and "head_variant" not in repr(seed)

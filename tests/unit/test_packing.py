@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from laplace_head.cache.index import read_index, write_training_index
 from laplace_head.cache.packing import (
@@ -18,12 +21,26 @@ from laplace_head.cache.packing import (
     DEFAULT_COMPRESSION,
     PackingError,
     compression_kwargs,
+    pack_image_split,
     pack_split,
 )
-from laplace_head.cache.split_h5 import read_h5_index
+from laplace_head.cache.split_h5 import (
+    IMAGE_ARRAY,
+    IMAGE_MEAN,
+    IMAGE_ROW,
+    IMAGE_SAMPLE_ID,
+    IMAGE_STD,
+    DataFileError,
+    iter_split_batches,
+    open_split,
+    read_h5_index,
+    require_head,
+)
 from laplace_head.cli import main as cli_main
-from laplace_head.dataset.images import load_mask, resize_mask_nearest
+from laplace_head.dataset.images import load_mask, resize_image_grid, resize_mask_nearest
 from laplace_head.layout import ProjectLayout
+from laplace_head.model.head_variant import HeadVariant
+from laplace_head.training.dataset import H5SegmentationDataset
 from laplace_head.util.atomic import file_md5
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,3 +290,130 @@ def test_a_bad_compression_flag_is_a_config_error_naming_the_key(tmp_path, capsy
 def test_compression_name_must_match_as_a_whole(compression):
     with pytest.raises(ValueError, match="none, lzf, gzip-1"):
         compression_kwargs(compression)
+
+
+# --- an image head's split -----------------------------------------------------------------
+
+
+def _write_images(index_csv: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random RGB image at each sample's image_path (its index size); by sample id."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for row in read_index(index_csv).drop_duplicates("sample_id").itertuples():
+        image = rng.integers(0, 256, (row.image_h, row.image_w, 3), dtype=np.uint8)
+        Path(row.image_path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(row.image_path)
+        images[row.sample_id] = image
+    return images
+
+
+@pytest.fixture
+def image_split(tmp_path: Path) -> SimpleNamespace:
+    """A packed seed split of 3 samples x 2 prompt sets and the image head's split on it."""
+    index_csv = make_indexed_split(tmp_path, n_samples=3, promptsets=2)
+    images = _write_images(index_csv)
+    layout = ProjectLayout(tmp_path)
+    base_h5 = layout.split_h5("train")
+    pack_split(index_csv, base_h5, progress=False)
+    image_h5 = layout.for_head("image").split_h5("train")
+    report = pack_image_split(index_csv, base_h5, image_h5, progress=False)
+    return SimpleNamespace(
+        index_csv=index_csv, images=images, base_h5=base_h5, image_h5=image_h5, report=report
+    )
+
+
+def test_the_image_is_stored_once_per_sample_and_every_row_points_to_its_own(image_split):
+    index = read_index(image_split.index_csv)
+    assert image_split.image_h5 == image_split.base_h5.parents[1] / "image" / "train.h5"
+    assert image_split.report["n_rows"] == 6 and image_split.report["n_images"] == 3
+    with h5py.File(image_split.image_h5, "r") as handle:
+        assert handle[IMAGE_ARRAY].shape == (3, 3, 256, 256)
+        assert handle[IMAGE_ARRAY].dtype == np.uint8
+        slots = handle[IMAGE_ROW][()]
+        sample_ids = list(handle[IMAGE_SAMPLE_ID].asstr()[()])
+        stored = handle[IMAGE_ARRAY][()]
+    assert slots.tolist() == [0, 0, 1, 1, 2, 2]
+    for row, sample_id in enumerate(index["sample_id"]):
+        assert sample_ids[slots[row]] == sample_id
+        expected = resize_image_grid(image_split.images[sample_id], 256)
+        np.testing.assert_array_equal(stored[slots[row]], expected)
+
+
+def test_an_image_split_links_the_logits_instead_of_copying_them(image_split):
+    with h5py.File(image_split.image_h5, "r") as handle:
+        for name in ("logits_256", "pos_map", "neg_map", "gt_mask_256", "index"):
+            link = handle.get(name, getlink=True)
+            assert isinstance(link, h5py.ExternalLink), name
+            assert link.filename == "../no_image/train.h5"
+    with h5py.File(image_split.base_h5, "r") as base, open_split(image_split.image_h5) as image:
+        np.testing.assert_array_equal(image["logits_256"][()], base["logits_256"][()])
+    # the images are the only arrays in the file: far smaller than one more logits copy
+    logits_bytes = 6 * 256 * 256 * 2
+    images_bytes = 3 * 3 * 256 * 256
+    assert image_split.image_h5.stat().st_size < images_bytes + logits_bytes / 2
+    pd.testing.assert_frame_equal(
+        read_h5_index(image_split.image_h5), read_h5_index(image_split.base_h5)
+    )
+
+
+@pytest.mark.parametrize("in_memory", ["never", "always"])
+def test_reading_a_row_of_an_image_split_returns_its_sample_image(image_split, in_memory):
+    index = read_index(image_split.index_csv)
+    dataset = H5SegmentationDataset(image_split.image_h5, logit_clip=5.0, in_memory=in_memory)
+    base = H5SegmentationDataset(image_split.base_h5, logit_clip=5.0, in_memory=in_memory)
+    rows = [5, 0, 3, 3]
+    inputs, target = dataset.get_batch(rows)
+    base_inputs, base_target = base.get_batch(rows)
+    assert inputs.shape == (4, 6, 256, 256) and base_inputs.shape == (4, 3, 256, 256)
+    torch.testing.assert_close(inputs[:, :3], base_inputs, rtol=0, atol=0)
+    torch.testing.assert_close(target, base_target, rtol=0, atol=0)
+    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+    for position, row in enumerate(rows):
+        image = resize_image_grid(image_split.images[index["sample_id"][row]], 256)
+        expected = (torch.from_numpy(image).float() / 255.0 - mean) / std
+        torch.testing.assert_close(inputs[position, 3:], expected, rtol=0, atol=1e-5)
+    batches = list(iter_split_batches(image_split.image_h5, 4, logit_clip=5.0))
+    streamed = torch.cat([batch.inputs for batch in batches])
+    torch.testing.assert_close(streamed[rows], inputs, rtol=0, atol=0)
+
+
+def test_an_image_split_whose_base_was_repacked_or_removed_is_refused(image_split):
+    # repacked from another index (one prompt set fewer): the links now point at other rows
+    index = read_index(image_split.index_csv)
+    index.iloc[:-1].to_csv(image_split.index_csv, index=False)
+    pack_split(image_split.index_csv, image_split.base_h5, progress=False)
+    with pytest.raises(DataFileError, match="repacked since"):
+        open_split(image_split.image_h5)
+    image_split.base_h5.unlink()
+    with pytest.raises(DataFileError, match="cannot be opened"):
+        open_split(image_split.image_h5)
+
+
+def test_packing_images_against_a_base_of_another_index_or_a_changed_image_fails(image_split):
+    other = image_split.index_csv.with_name("other_index.csv")
+    read_index(image_split.index_csv).iloc[:-2].to_csv(other, index=False)
+    with pytest.raises(PackingError, match="another index"):
+        pack_image_split(other, image_split.base_h5, image_split.image_h5, progress=False)
+    first = read_index(image_split.index_csv).iloc[0]
+    Image.fromarray(np.zeros((7, 9, 3), np.uint8)).save(first["image_path"])
+    with pytest.raises(PackingError, match="7x9 pixels"):
+        pack_image_split(
+            image_split.index_csv, image_split.base_h5, image_split.image_h5, progress=False
+        )
+    with pytest.raises(ValueError, match="reads no image"):
+        pack_image_split(
+            image_split.index_csv,
+            image_split.base_h5,
+            image_split.image_h5,
+            head="no_image",
+            progress=False,
+        )
+
+
+def test_a_head_refuses_another_heads_split(image_split):
+    assert require_head(image_split.image_h5, 6, "the image head") is HeadVariant.IMAGE
+    with pytest.raises(DataFileError, match="holds the no_image head's inputs"):
+        require_head(image_split.base_h5, 6, "the image head")
+    with pytest.raises(DataFileError, match="holds the image head's inputs"):
+        require_head(image_split.image_h5, 3, "the no_image head")

@@ -311,3 +311,19 @@ def test_a_cuda_device_on_a_machine_without_it_is_not_a_refit(fitted, monkeypatc
     with pytest.raises(PosteriorLoadError, match="not available on this machine") as error:
         load_posterior(fitted.laplace_dir, device=device)
     assert "device='cpu'" in str(error.value) and "fit_laplace" not in str(error.value)
+
+
+def test_stack_inputs_with_the_image_builds_the_image_heads_channels_as_training_does():
+    from laplace_head.cache.split_h5 import assemble_inputs
+
+    rng = np.random.default_rng(0)
+    logits, pos, neg = (rng.normal(size=(2, 8, 8)).astype(np.float32) for _ in range(3))
+    image = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    stacked = stack_inputs(logits, pos, neg, image)
+    assert stacked.shape == (2, 6, 8, 8)
+    np.testing.assert_array_equal(stacked, assemble_inputs(logits, pos, neg, np.inf, image))
+    single = stack_inputs(logits[0], pos[0], neg[0], image[0])
+    np.testing.assert_array_equal(single, stacked[0])
+    assert not np.allclose(stacked[:, 3:], image)  # normalised, not raw
+    with pytest.raises(UncertaintyInputError, match=r"image_256 must be \(2, 3, 8, 8\) uint8"):
+        stack_inputs(logits, pos, neg, image.astype(np.float32))

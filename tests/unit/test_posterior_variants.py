@@ -55,6 +55,7 @@ from laplace_head.bayes.variant import (
 )
 from laplace_head.cache.split_h5 import split_shape
 from laplace_head.model.head import NoImageHead
+from laplace_head.model.head_variant import HeadVariant
 
 # (target_layer, approx) -> subset and structure (as saved), laplace-torch's subset_of_weights
 # of the head and the curvature backend
@@ -69,9 +70,14 @@ PRIOR, TEMPERATURE = 0.7, 3.0
 SPREAD = (0.02, 1.0)  # prior precision and temperature at which the data shape every block
 
 
-def _head(seed: int = 0) -> NoImageHead:
+#: Every head variant's input channels: the patch model must be exact for each (same 5x5
+#: receptive field, only channels_in differs).
+HEADS = [pytest.param(variant.channels_in, id=variant.value) for variant in HeadVariant]
+
+
+def _head(seed: int = 0, channels_in: int = 3) -> NoImageHead:
     torch.manual_seed(seed)
-    head = NoImageHead().double().eval()
+    head = NoImageHead(channels_in).double().eval()
     with torch.no_grad():  # make some ReLUs inactive so the derivative masks matter
         for parameter in head.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -108,10 +114,11 @@ def _dense_covariance(la, approx: str) -> torch.Tensor:
     return la.posterior_precision.to_matrix(exponent=-1)
 
 
-def test_patch_model_reproduces_the_full_image_head_at_the_border():
-    head = _head()
-    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
-    patches = pixel_patches(x).reshape(-1, 4, 5, 5)
+@pytest.mark.parametrize("channels_in", HEADS)
+def test_patch_model_reproduces_the_full_image_head_at_the_border(channels_in):
+    head = _head(channels_in=channels_in)
+    x = torch.randn(2, channels_in, 7, 8, dtype=torch.float64)
+    patches = pixel_patches(x).reshape(-1, channels_in + 1, 5, 5)
     logits = PatchHead(head)(patches)
     torch.testing.assert_close(logits[:, 1], head(x).flatten(), rtol=0, atol=1e-12)
     assert torch.all(logits[:, 0] == 0)
@@ -130,7 +137,7 @@ def _fitted(head: NoImageHead, variant: PosteriorVariant, x: torch.Tensor):
         inputs = flat_features(head, x).reshape(-1, head.hidden_channels)
         model = PixelBernoulliLayer.from_conv(head.final_conv)
     else:
-        inputs = pixel_patches(x).reshape(-1, 4, 5, 5)
+        inputs = pixel_patches(x).reshape(-1, head.channels_in + 1, 5, 5)
         model = PatchHead(head)
     la = make_laplace(model, variant, 1.0, 1.0)
     la.fit(DataLoader(TensorDataset(inputs, labels), batch_size=40))
@@ -143,11 +150,12 @@ def _fitted(head: NoImageHead, variant: PosteriorVariant, x: torch.Tensor):
     )
 
 
+@pytest.mark.parametrize("channels_in", HEADS)
 @pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
-def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
+def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx, channels_in):
     variant = PosteriorVariant(target_layer, approx)
-    head = _head()
-    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    head = _head(channels_in=channels_in)
+    x = torch.randn(2, channels_in, 7, 8, dtype=torch.float64)
     model, inputs, labels, la, curvature = _fitted(head, variant, x)
     torch.testing.assert_close(la.mean.detach(), parameter_vector(head, target_layer))
 
@@ -188,7 +196,8 @@ def test_variant_logit_variance_equals_j_sigma_jt(target_layer, approx):
 def _spread_curvature(head: NoImageHead, variant: PosteriorVariant) -> BlockCurvature:
     """A fitted curvature of ``variant`` whose weights ``W`` differ strongly along every
     block's eigen-directions (at PRIOR_SPREAD, T = 1), so that a wrong rotation shows."""
-    curvature = _fitted(head, variant, torch.randn(2, 3, 7, 8, dtype=torch.float64))[-1]
+    x = torch.randn(2, head.channels_in, 7, 8, dtype=torch.float64)
+    curvature = _fitted(head, variant, x)[-1]
     for block, weight in zip(curvature.blocks, curvature.weights(*SPREAD), strict=True):
         if weight.numel() > 1:
             assert weight.max() > 2 * weight.min(), block.name
@@ -202,13 +211,14 @@ def _per_pixel_variance(head: NoImageHead, x: torch.Tensor, curvature: BlockCurv
     return curvature.logit_variance(factors, curvature.weights(*SPREAD)).reshape(logits.shape)
 
 
+@pytest.mark.parametrize("channels_in", HEADS)
 @pytest.mark.parametrize("approx", ["diagonal", "kron"])
-def test_whole_image_factors_are_the_rotated_per_pixel_factors(approx):
+def test_whole_image_factors_are_the_rotated_per_pixel_factors(approx, channels_in):
     """ImageJacobian's factors of a band of rows equal the per-pixel factors of
     jacobian_factors rotated into every block's eigenbasis, and give the same variance."""
-    head = _head(2)
+    head = _head(2, channels_in)
     curvature = _spread_curvature(head, PosteriorVariant("all", approx))
-    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    x = torch.randn(2, channels_in, 11, 9, dtype=torch.float64)
     logits, factors = jacobian_factors(head, x, "all")
     jacobian = ImageJacobian(head, x, curvature.rotations)
     assert torch.equal(jacobian.logits, logits)  # the same forward pass
@@ -240,22 +250,23 @@ def _todays_route(posterior: Posterior, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(variances)
 
 
+@pytest.mark.parametrize("channels_in", HEADS)
 @pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
-def test_logit_moments_agree_with_the_per_pixel_route_to_1e_6(target_layer, approx):
+def test_logit_moments_agree_with_the_per_pixel_route_to_1e_6(target_layer, approx, channels_in):
     """Posterior.logit_moments (float32; all-layer variants by whole-image bands) against the
     per-pixel route in float32 (1e-6 relative; the last layer takes that route itself) and,
     for the all-layer variants, against the per-pixel route in float64 (1e-6 relative: float32
     is safe there), on images whose height is no multiple of the band."""
     variant = PosteriorVariant(target_layer, approx)
-    head = _head(1)
+    head = _head(1, channels_in)
     curvature = _spread_curvature(head, variant)
-    head32 = NoImageHead().eval().requires_grad_(False)
+    head32 = NoImageHead(channels_in).eval().requires_grad_(False)
     head32.load_state_dict(head.state_dict())
     posterior = Posterior(
         head32, parameter_vector(head32, target_layer), curvature, *SPREAD, logit_clip=20.0
     )
     rows = 2 * VARIANCE_BAND_ROWS + 3
-    x = torch.randn(2, 3, rows, 23, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, channels_in, rows, 23, generator=torch.Generator().manual_seed(4))
     logits, variance = posterior.logit_moments(x)
     assert variance.dtype == torch.float32 and variance.shape == (2, rows, 23)
     torch.testing.assert_close(logits, head32(x)[:, 0], rtol=0, atol=1e-6)
@@ -280,15 +291,16 @@ def _block_starts(head: NoImageHead, layer: str) -> list[int]:
     return [max(0, s) for s in starts]
 
 
-def test_the_closed_form_all_layer_diagonal_equals_curvlinops():
+@pytest.mark.parametrize("channels_in", HEADS)
+def test_the_closed_form_all_layer_diagonal_equals_curvlinops(channels_in):
     """The all-layer diagonal's backend (closed-form Jacobians) gives laplace-torch's
     CurvlinopsGGN GGN diagonal and loss; AsdlGGN is not used there (its first-conv diagonal
     disagreed, measured sum ratio 0.15)."""
     variant = PosteriorVariant("all", "diagonal")
     assert variant.backend == PATCH_DIAGONAL_GGN
-    head = _head(3)
-    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
-    patches = pixel_patches(x).reshape(-1, 4, 5, 5)
+    head = _head(3, channels_in)
+    x = torch.randn(2, channels_in, 6, 7, dtype=torch.float64)
+    patches = pixel_patches(x).reshape(-1, channels_in + 1, 5, 5)
     labels = torch.rand(patches.shape[0], generator=torch.Generator().manual_seed(2)) > 0.4
     loader = DataLoader(TensorDataset(patches, labels.long()), batch_size=25)
     fitted = {}

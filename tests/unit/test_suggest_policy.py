@@ -58,7 +58,7 @@ def test_stage8_appends_the_shipped_rule_once_without_reordering() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overlay", "rule"), [("demo.yaml", "bald_region"), ("real_dev.yaml", "bald_lookahead")]
+    ("overlay", "rule"), [("demo.yaml", "bald_region"), ("real_dev.yaml", "bald_region")]
 )
 def test_shipped_configs_name_their_rule_and_keep_their_policies(
     repo_root: Path, overlay: str, rule: str

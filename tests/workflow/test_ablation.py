@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from laplace_head.dataset.demo import write_demo_dataset
 from laplace_head.layout import ProjectLayout
@@ -27,39 +26,34 @@ VARIANTS = {
 }
 
 
-def test_snakemake_ablation_fits_evaluates_and_chooses_on_val(tmp_path, snakemake_runner):
+def test_snakemake_ablation_fits_evaluates_and_chooses_on_val(
+    tmp_path, snakemake_runner, config_writer
+):
     images_root, masks_root = write_demo_dataset(tmp_path / "data", per_class=3)
     project = tmp_path / "project"
-    override = tmp_path / "override.yaml"
-    override.write_text(
-        yaml.safe_dump(
-            {
-                "data": {
-                    "images_root": str(images_root),
-                    "masks_root": str(masks_root),
-                    "project_root": str(project),
-                    "shard_size": 8,
-                },
-                "prompt_generation": {
-                    "num_promptsets_train": 1,
-                    "num_promptsets_val": 1,
-                    "num_promptsets_test": 1,
-                },
-                "training": {"num_epochs": 1, "num_workers": 0, "device": "cpu"},
-                "laplace": {
-                    "prior_precision_grid": [0.01, 1.0, 100.0],
-                    "temperature_grid": [1.0, 100.0],
-                    "max_pixels_fit": 50000,
-                },
-                "ablation": {
-                    "variants": VARIANTS,  # merged into the defaults' map; run picks these
-                    "run": list(VARIANTS),
-                    "policies": ["oracle", "random", "bald", "bald_region"],
-                    "max_clicks": 3,
-                },
-                "wandb": {"enabled": False},
-            }
-        )
+    override = config_writer(
+        tmp_path / "override.yaml",
+        images_root,
+        masks_root,
+        project,
+        data={"shard_size": 8},
+        prompt_generation={
+            "num_promptsets_train": 1,
+            "num_promptsets_val": 1,
+            "num_promptsets_test": 1,
+        },
+        training={"num_epochs": 1, "num_workers": 0, "device": "cpu"},
+        laplace={
+            "prior_precision_grid": [0.01, 1.0, 100.0],
+            "temperature_grid": [1.0, 100.0],
+            "max_pixels_fit": 50000,
+        },
+        ablation={
+            "variants": VARIANTS,  # merged into the defaults' map; run picks these
+            "run": list(VARIANTS),
+            "policies": ["oracle", "random", "bald", "bald_region"],
+            "max_clicks": 3,
+        },
     )
     args = ["--workflow-profile", "none", "--cores", "2"]
     configs = ["--configfile", str(REPO_ROOT / "config" / "demo.yaml"), str(override)]
