@@ -22,6 +22,11 @@ GPU_RULES = {
     "sanity_check_head",
     "active_prompting",
     "active_prompting_variant",  # `snakemake ablation`'s copy of active_prompting
+    # a `heads:` list's copies of stages 4 and 8 for each extra head variant
+    "train_head_for_head",
+    "sanity_check_head_for_head",
+    "active_prompting_for_head",
+    "active_prompting_variant_for_head",
 }
 CPU_RULES = {
     "build_manifests",
@@ -38,6 +43,15 @@ CPU_RULES = {
     "evaluate_variant",
     "active_prompting_report_variant",
     "ablation_report",
+    # a `heads:` list's copies of stages 3-8 for each extra head variant
+    "pack_hdf5_for_head",
+    "fit_laplace_for_head",
+    "evaluate_for_head",
+    "plot_training_curves_for_head",
+    "active_prompting_report_for_head",
+    "fit_laplace_variant_for_head",
+    "evaluate_variant_for_head",
+    "active_prompting_report_variant_for_head",
 }
 
 
