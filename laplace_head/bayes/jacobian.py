@@ -116,6 +116,26 @@ def head_logits(head: NoImageHead | torch.nn.Module, inputs: torch.Tensor) -> to
 
 
 @torch.no_grad()
+def head_features_and_logits(
+    head: NoImageHead | torch.nn.Module, inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward pass of :func:`head_logits`, keeping the features (B, hidden, H, W) that
+    :func:`last_layer_factors` turns into the last layer's Jacobian: (features, logits)."""
+    forward = _forward(head, inputs, None)
+    return forward[3], forward[4]
+
+
+def last_layer_factors(features: torch.Tensor) -> list[JacobianFactors]:
+    """The last layer's per-pixel Jacobian factors from the head's features (B, hidden, H, W):
+    the logit is linear in the final 1x1 conv, so a pixel's Jacobian is its features and a 1
+    for the bias (one block, ``(hidden + 1)`` wide)."""
+    phi = _pixels(features)
+    n = phi.shape[0]
+    right = torch.cat([phi, phi.new_ones(n, 1)], dim=1).unsqueeze(-1)
+    return [JacobianFactors(phi.new_ones(n, 1, 1), right)]
+
+
+@torch.no_grad()
 def jacobian_factors(
     head: NoImageHead | torch.nn.Module,
     inputs: torch.Tensor,
@@ -132,12 +152,11 @@ def jacobian_factors(
     """
     conv2, final = head.trunk[2], head.final_conv
     mask, hidden1, pre2, features, logits = _forward(head, inputs, inside)
+    if TargetLayer(layer) is TargetLayer.FINAL_CONV:
+        return logits, last_layer_factors(features)
     n = features.shape[0] * features.shape[2] * features.shape[3]
     ones = features.new_ones(n, 1, 1)
     phi = _pixels(features)
-    if TargetLayer(layer) is TargetLayer.FINAL_CONV:
-        right = torch.cat([phi, phi.new_ones(n, 1)], dim=1).unsqueeze(-1)
-        return logits, [JacobianFactors(ones, right)]
     hidden = conv2.out_channels
     g2 = _pixels((pre2 > 0).to(features.dtype) * final.weight.reshape(1, hidden, 1, 1))
     h1_patch = _pixels(F.unfold(hidden1, 3, padding=1))  # (N, hidden * 9), (c, d) order

@@ -41,7 +41,13 @@ import numpy as np
 import torch
 
 from laplace_head.bayes.curvature import BlockCurvature
-from laplace_head.bayes.jacobian import ImageJacobian, head_logits, jacobian_factors
+from laplace_head.bayes.jacobian import (
+    ImageJacobian,
+    head_features_and_logits,
+    head_logits,
+    jacobian_factors,
+    last_layer_factors,
+)
 from laplace_head.bayes.posterior_io import (
     PosteriorLoadError,
     check_against_head,
@@ -105,6 +111,19 @@ def stack_inputs(logits_256: Any, pos_map: Any, neg_map: Any, image_256: Any = N
 VARIANCE_CHUNK_PIXELS = 1 << 15
 #: Rows per band of the all-layer logit variance (keeps a band's factors in cache).
 VARIANCE_BAND_ROWS = 8
+
+
+@dataclass(frozen=True)
+class HeadPass:
+    """One forward pass of the MAP head (:meth:`Posterior.head_pass`): the checked inputs
+    (B, C, H, W), the MAP logits (B, H, W) and, for a last-layer posterior, the features
+    (B, hidden, H, W), which are that layer's Jacobian. :meth:`Posterior.logit_moments` of a
+    pass then needs no second forward pass (None: all layers, whose Jacobian needs more of
+    the pass than is worth keeping; the moments run their own)."""
+
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor | None
 
 
 @dataclass
@@ -212,35 +231,66 @@ class Posterior:
         return self.head.features(self.as_inputs(inputs))
 
     @torch.no_grad()
+    def head_pass(self, inputs: Any) -> HeadPass:
+        """The MAP head's forward pass on ``inputs``, kept for :meth:`logit_moments`: its
+        ``logits`` equal :meth:`map_logits` bit for bit."""
+        tensor = self.as_inputs(inputs)
+        if self.subset == "last_layer":
+            features, logits = head_features_and_logits(self.head, tensor)
+            return HeadPass(tensor, logits, features)
+        return HeadPass(tensor, head_logits(self.head, tensor), None)
+
+    @torch.no_grad()
     def logit_moments(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """MAP logits and their GLM posterior variance ``J Sigma J^T``, both (B, H, W) float32.
+
+        ``inputs`` may be a :class:`HeadPass` of this posterior (:meth:`head_pass`): a
+        last-layer posterior then reads its Jacobian from the pass's features instead of
+        running the head again (the same numbers, bit for bit).
 
         All-layer posteriors on the CPU go band by band through the eigenbasis
         (:meth:`_all_layer_moments`, ~4x faster there); on a GPU the per-pixel route below is
         the faster one (its few large kernels beat the bands' many small ones: 8 ms against
         53 ms per 256 x 256 image on an H200, README "GPU"). Both agree to 1e-6 relative."""
+        if isinstance(inputs, HeadPass):
+            if inputs.features is not None:
+                return self._last_layer_moments(inputs.logits, inputs.features)
+            inputs = inputs.inputs
         tensor = self.as_inputs(inputs)
         if self.subset == "all_layers" and tensor.device.type == "cpu":
             return self._all_layer_moments(tensor)
         return self._per_pixel_moments(tensor)
+
+    def _factor_variance(self, factors: list, n_pixels: int) -> torch.Tensor:
+        """``J Sigma J^T`` of ``n_pixels`` pixels from their Jacobian factors, in chunks."""
+        return torch.cat(
+            [
+                self.curvature.logit_variance(
+                    [f.rows(slice(s, s + VARIANCE_CHUNK_PIXELS)) for f in factors],
+                    self._weights,
+                )
+                for s in range(0, n_pixels, VARIANCE_CHUNK_PIXELS)
+            ]
+        )
+
+    def _last_layer_moments(
+        self, logits: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`logit_moments` of a last-layer posterior from a pass's logits and features,
+        image by image as :meth:`_per_pixel_moments` computes them."""
+        variances = [
+            self._factor_variance(last_layer_factors(image), image[0, 0].numel())
+            for image in features.split(1)
+        ]
+        return logits, torch.cat(variances).reshape(logits.shape).clamp_min(0.0)
 
     def _per_pixel_moments(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`logit_moments` from every pixel's Jacobian factors, in chunks of pixels."""
         means, variances = [], []
         for image in tensor.split(1):
             logits, factors = jacobian_factors(self.head, image, self.variant.layer)
-            n = logits.numel()
-            variance = torch.cat(
-                [
-                    self.curvature.logit_variance(
-                        [f.rows(slice(s, s + VARIANCE_CHUNK_PIXELS)) for f in factors],
-                        self._weights,
-                    )
-                    for s in range(0, n, VARIANCE_CHUNK_PIXELS)
-                ]
-            )
             means.append(logits)
-            variances.append(variance.reshape(logits.shape))
+            variances.append(self._factor_variance(factors, logits.numel()).reshape(logits.shape))
         return torch.cat(means), torch.cat(variances).clamp_min(0.0)
 
     def _all_layer_moments(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from laplace_head.bayes.posterior import Posterior, load_posterior
+from laplace_head.bayes.posterior import HeadPass, Posterior, load_posterior
 from laplace_head.bayes.predictive import (
     MAX_QUADRATURE_NODES,
     QUADRATURE_NODES,
@@ -762,8 +762,10 @@ class InteractivePredictor:
 
         start = time.perf_counter()
         # image by image, as logit_moments computes them: a batch's convolutions may round
-        # differently, and the MAP maps of predict_extended equal predict's
-        map_logits = [self.posterior.map_logits(inputs[i : i + 1])[0] for i in range(len(inputs))]
+        # differently, and the MAP maps of predict_extended equal predict's. Each pass is kept
+        # for the posterior maps (a last-layer posterior's Jacobian is the pass's features).
+        passes = [self.posterior.head_pass(inputs[i : i + 1]) for i in range(len(inputs))]
+        map_logits = [head_pass.logits[0] for head_pass in passes]
         timings["head"] = time.perf_counter() - start
         image_hw = self.image_hw
         predictions = []
@@ -781,21 +783,26 @@ class InteractivePredictor:
                 timings_s=dict(timings),
             )
             prediction.posterior_maps = functools.partial(
-                self._posterior_maps, inputs[i : i + 1], prediction.timings_s
+                self._posterior_maps, passes[i], prediction.timings_s
             )
             predictions.append(prediction)
         return predictions
 
-    def _posterior_maps(self, inputs: Any, timings: dict[str, float]) -> dict[str, np.ndarray]:
-        """The :attr:`InteractivePrediction.POSTERIOR_FIELDS` of one image's head inputs: one
-        GLM variance pass, then the quadrature (or the weight samples); adds their seconds to
-        ``timings``."""
+    def _posterior_maps(
+        self, head_pass: HeadPass, timings: dict[str, float]
+    ) -> dict[str, np.ndarray]:
+        """The :attr:`InteractivePrediction.POSTERIOR_FIELDS` of one image's head pass: the
+        GLM variance (from the pass), then the quadrature (or the weight samples); adds their
+        seconds to ``timings``."""
         start = time.perf_counter()
-        moments = self.posterior.logit_moments(inputs)
+        moments = self.posterior.logit_moments(head_pass)
         timings["head"] = timings.get("head", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         maps = self.posterior.uncertainty_maps(
-            inputs, weight_samples=self._weight_samples, n_nodes=self.n_nodes, moments=moments
+            head_pass.inputs,
+            weight_samples=self._weight_samples,
+            n_nodes=self.n_nodes,
+            moments=moments,
         )
         timings["uncertainty"] = time.perf_counter() - start
         return {

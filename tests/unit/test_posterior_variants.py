@@ -283,6 +283,33 @@ def test_logit_moments_agree_with_the_per_pixel_route_to_1e_6(target_layer, appr
         torch.testing.assert_close(gpu_variance, variance, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("channels_in", HEADS)
+@pytest.mark.parametrize(("target_layer", "approx"), VARIANT_PAIRS)
+def test_the_moments_of_a_kept_head_pass_equal_a_fresh_pass_bit_for_bit(
+    target_layer, approx, channels_in
+):
+    """The interactive predictor keeps the MAP pass of each prediction (Posterior.head_pass)
+    and reads the posterior maps from it: its logits are map_logits' and its moments
+    logit_moments' of the raw inputs, exactly; a last-layer pass keeps the features (the
+    layer's Jacobian), an all-layer pass none."""
+    variant = PosteriorVariant(target_layer, approx)
+    head = _head(2, channels_in)
+    head32 = NoImageHead(channels_in).eval().requires_grad_(False)
+    head32.load_state_dict(head.state_dict())
+    curvature = _spread_curvature(head, variant)
+    posterior = Posterior(
+        head32, parameter_vector(head32, target_layer), curvature, *SPREAD, logit_clip=20.0
+    )
+    x = torch.randn(1, channels_in, 19, 23, generator=torch.Generator().manual_seed(5))
+    x[:, 0] *= 30  # beyond the clip: the pass holds the clipped inputs
+    head_pass = posterior.head_pass(x)
+    assert torch.equal(head_pass.logits, posterior.map_logits(x))
+    assert torch.equal(head_pass.inputs, posterior.as_inputs(x))
+    assert (head_pass.features is not None) == (variant.layer is TargetLayer.FINAL_CONV)
+    for kept, fresh in zip(posterior.logit_moments(head_pass), posterior.logit_moments(x)):
+        assert torch.equal(kept, fresh)
+
+
 def _block_starts(head: NoImageHead, layer: str) -> list[int]:
     starts, offset = [], 0
     for _, n_out, n_in in block_shapes(head, layer):
