@@ -22,6 +22,7 @@ stage 6 in the posterior, and the interactive predictor checks it
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import warnings
@@ -263,6 +264,55 @@ def check_segmenter_fingerprint(
 #: The ``active_prompting`` keys the click rules read (``PolicySettings`` of
 #: :mod:`laplace_head.interactive.clicks`, which imports this module, so they are listed here).
 POLICY_SETTING_KEYS = ("region_error_level", "lookahead_candidates", "coverage_radius")
+#: Of those, the integer ones (the rest are numbers).
+INTEGER_POLICY_SETTINGS = ("lookahead_candidates",)
+#: Separates a click rule from setting overrides in a policy entry of stage 8 or the ablation:
+#: ``bald_region@region_error_level=0.15`` is bald_region with that level, so a sweep of a
+#: rule's constant is a list of such entries (:func:`parse_policy`).
+POLICY_SETTINGS_MARK = "@"
+
+
+def parse_policy(entry: str) -> tuple[str, dict[str, float | int]]:
+    """A policy entry -> (the click rule's name, its setting overrides).
+
+    ``"bald_region"`` -> ``("bald_region", {})``; ``"bald_lookahead@lookahead_candidates=5,
+    region_error_level=0.2"`` -> ``("bald_lookahead", {"lookahead_candidates": 5,
+    "region_error_level": 0.2})``. The keys are :data:`POLICY_SETTING_KEYS`; the values'
+    ranges are the config schema's (checked by the config loader and by ``PolicySettings``).
+    The name is not looked up here (the click-rule registry does that).
+
+    Raises
+    ------
+    ValueError
+        Naming the entry, for a key that is no policy setting, a key given twice, or a value
+        that is no number (no integer for :data:`INTEGER_POLICY_SETTINGS`).
+    """
+    if not isinstance(entry, str):
+        raise ValueError(f"a click policy is a name (str); got {entry!r}")
+    name, mark, rest = entry.partition(POLICY_SETTINGS_MARK)
+    overrides: dict[str, float | int] = {}
+    if not mark:
+        return name, overrides
+    for item in rest.split(","):
+        key, equals, text = (part.strip() for part in item.partition("="))
+        if key not in POLICY_SETTING_KEYS or not equals:
+            raise ValueError(
+                f"click policy {entry!r}: {item!r} is not KEY=VALUE with KEY one of "
+                f"{', '.join(POLICY_SETTING_KEYS)} (e.g. "
+                f"bald_region{POLICY_SETTINGS_MARK}region_error_level=0.15)"
+            )
+        if key in overrides:
+            raise ValueError(f"click policy {entry!r}: {key} is given twice")
+        try:
+            value: float | int = int(text) if key in INTEGER_POLICY_SETTINGS else float(text)
+            if not math.isfinite(value):
+                raise ValueError
+        except ValueError:
+            kind = "an integer" if key in INTEGER_POLICY_SETTINGS else "a finite number"
+            raise ValueError(f"click policy {entry!r}: {key} = {text!r} is not {kind}") from None
+        overrides[key] = value
+    return name, overrides
+
 
 #: laplace.fixed_temperature's named value: the pixels each training row adds to the curvature.
 PIXELS_PER_IMAGE = "pixels_per_image"

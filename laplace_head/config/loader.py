@@ -96,6 +96,18 @@ def _describe(error: jsonschema.ValidationError, config_name: str) -> str:
             f"{config_name}: unknown key {', '.join(where + e for e in extra)}. "
             f"Valid keys here: {', '.join(allowed)}. Fix the spelling or remove it."
         )
+    if error.validator == "anyOf" and isinstance(error.instance, str):
+        # a click policy entry: a name, or NAME@KEY=VALUE (the settings are checked later)
+        from laplace_head.settings import POLICY_SETTINGS_MARK
+
+        names = next((s["enum"] for s in error.validator_value if "enum" in s), None)
+        if names is not None:
+            return (
+                f"{config_name}: {key} = {error.instance!r} is not one of "
+                f"{', '.join(map(repr, names))}, nor such a name with setting overrides "
+                f"(NAME{POLICY_SETTINGS_MARK}KEY=VALUE, e.g. "
+                f"'bald_region{POLICY_SETTINGS_MARK}region_error_level=0.15'). Use one of them."
+            )
     if error.validator == "enum":
         options = ", ".join(map(repr, error.validator_value))
         return (
@@ -173,6 +185,7 @@ def validate_config(
         raise ConfigError(_describe(error, config_name))
     _coerce_integers(resolved, schema)
     _check_relations(resolved, config_name)
+    _check_policy_entries(resolved, config_name, list(sources or []), schema)
     _check_data_path_values(resolved, config_name, list(sources or []))
     if check_paths:
         _check_paths(resolved, config_name, list(sources or []))
@@ -383,6 +396,37 @@ def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
             f"{config_name}: prompt_generation.min_pairs ({prompts['min_pairs']}) is larger than "
             f"prompt_generation.max_pairs ({prompts['max_pairs']}). Make min_pairs <= max_pairs."
         )
+
+
+def _check_policy_entries(
+    config: Mapping[str, Any], default_name: str, sources: list[str], schema: Mapping[str, Any]
+) -> None:
+    """Every click policy entry with setting overrides (``NAME@KEY=VALUE``): a known rule, and
+    values that the schema accepts for ``active_prompting.KEY``."""
+    from laplace_head.settings import parse_policy
+
+    active = schema["properties"]["active_prompting"]["properties"]
+    names = next(s["enum"] for s in active["policies"]["items"]["anyOf"] if "enum" in s)
+    for section in ("active_prompting", "ablation"):
+        for index, entry in enumerate(config[section]["policies"]):
+            key = f"{section}.policies[{index}]"
+            config_name = _file_defining([section, "policies"], sources, default_name)
+            try:
+                name, overrides = parse_policy(entry)
+            except ValueError as exc:
+                raise ConfigError(f"{config_name}: {key}: {exc}. Edit {key}.") from None
+            if name not in names:
+                raise ConfigError(
+                    f"{config_name}: {key} = {entry!r}: {name!r} is not one of "
+                    f"{', '.join(map(repr, names))}. Use one of them."
+                )
+            for setting, value in overrides.items():
+                problem = next(_Validator(active[setting]).iter_errors(value), None)
+                if problem is not None:
+                    raise ConfigError(
+                        f"{config_name}: {key} = {entry!r}: {setting} = {value!r}: "
+                        f"{problem.message} (as active_prompting.{setting}). Edit {key}."
+                    )
 
 
 def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str]) -> None:

@@ -36,7 +36,7 @@ from laplace_head.evaluation.active_prompting import (
     paired_key,
     twin_key,
 )
-from laplace_head.interactive.clicks import POSTERIOR_TWINS
+from laplace_head.interactive.clicks import posterior_twin
 from laplace_head.model.head_variant import SEED_HEAD
 from laplace_head.util.atomic import (
     atomic_path,
@@ -61,7 +61,7 @@ MIN_IOU_OVER_BASE, MIN_IOU_OVER_SEED_HEAD = 0.05, 0.03
 
 def is_posterior_rule(policy: str) -> bool:
     """A click rule that reads the posterior (it has a posterior-free twin)."""
-    return policy in POSTERIOR_TWINS
+    return posterior_twin(policy) is not None
 
 
 def _overall(metrics: Mapping[str, Any], method: str, key: str) -> float | None:
@@ -87,7 +87,7 @@ def _clicks_summary(report: Mapping[str, Any] | None) -> dict[str, Any]:
                 n_images=paired["n"],
             )
         if is_posterior_rule(policy):
-            entry["twin"] = POSTERIOR_TWINS[policy]
+            entry["twin"] = posterior_twin(policy)
             twin = report.get("paired", {}).get(twin_key(policy)) or {}
             if twin.get("n"):
                 entry.update(
@@ -239,7 +239,7 @@ def choose(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         and ci
         and ci[0] > 0
     )
-    best["twin"] = POSTERIOR_TWINS[policy]
+    best["twin"] = posterior_twin(policy)
     best["test_vs_twin"] = entry.get("vs_twin")
     best["test_vs_twin_ci95"] = entry.get("vs_twin_ci95")
     twin_ci = best["test_vs_twin_ci95"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from laplace_head.interactive.clicks import POSTERIOR_TWINS
+from laplace_head.interactive.clicks import posterior_twin
 from laplace_head.interactive.records import CLASS, POLICY, SAMPLE_ID, iou_key, read_records
 from laplace_head.util.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from laplace_head.util.seeding import derive_seed
@@ -175,8 +175,10 @@ def aggregate(
         key = f"head_vs_base_{ORACLE_POLICY}"
         result["paired"][key] = paired_comparison(differences, n_bootstrap, seed, key)
     result["twins_not_run"] = {}
-    for policy in [p for p in policies if p in POSTERIOR_TWINS]:
-        twin = POSTERIOR_TWINS[policy]
+    for policy in policies:
+        twin = posterior_twin(policy)
+        if twin is None:
+            continue
         if twin not in by_policy:
             result["twins_not_run"][policy] = twin
             continue

@@ -87,10 +87,11 @@ the region band, the look-ahead's number of candidates and the coverage radius, 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any, Protocol
 
@@ -98,7 +99,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from laplace_head.bayes.predictive import tempered_moments
-from laplace_head.settings import GRID_SIZE, POLICY_SETTING_KEYS
+from laplace_head.settings import GRID_SIZE, POLICY_SETTING_KEYS, parse_policy
 from laplace_head.util.seeding import derive_seed
 from laplace_head.util.values import is_int
 
@@ -914,8 +915,7 @@ def check_suggest_arguments(policy: object, k: object, min_distance: object, see
     """Refuse (ValueError) :func:`suggest` arguments out of range, naming the argument, the
     value and the valid range: ``policy`` a suggesting policy name, ``k`` an int in [1,
     :data:`MAX_SUGGESTIONS`], ``min_distance`` a finite number >= 0, ``seed`` an int."""
-    get_policy(policy)  # type: ignore[arg-type]
-    if policy in GROUND_TRUTH_POLICIES:
+    if reads_ground_truth(policy):  # type: ignore[arg-type]  (ValueError for an unknown one)
         raise ValueError(
             f"the {policy} policy reads the ground truth: it simulates a user "
             "(laplace_head.interactive.simulate) and suggests nothing; pick one of "
@@ -979,8 +979,60 @@ def suggest(
     return suggestions
 
 
-def get_policy(name: str) -> Policy:
-    """The registered policy ``name``; ValueError listing the valid names otherwise."""
-    if not isinstance(name, str) or name not in POLICIES:
-        raise ValueError(f"unknown click policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name]
+def policy_rule(policy: str) -> tuple[str, dict[str, float | int]]:
+    """A policy entry's registered rule name and setting overrides
+    (:func:`~laplace_head.settings.parse_policy`); ValueError naming the entry and listing the
+    valid names for an unknown rule, or for an override out of :class:`PolicySettings`' range."""
+    name, overrides = parse_policy(policy)
+    if name not in POLICIES:
+        raise ValueError(
+            f"unknown click policy {policy!r}; valid: {', '.join(sorted(POLICIES))}, each "
+            "optionally with setting overrides, e.g. bald_region@region_error_level=0.15"
+        )
+    if overrides:
+        try:
+            PolicySettings(**overrides)
+        except ValueError as exc:
+            raise ValueError(f"click policy {policy!r}: {exc}") from None
+    return name, overrides
+
+
+def _with_settings(
+    rule: Policy, overrides: dict[str, float | int], state: ClickState, rng: np.random.Generator
+) -> Cell | None:
+    """``rule`` on ``state`` with its settings overridden for this one call."""
+    settings = state.settings
+    state.settings = replace(settings, **overrides)
+    try:
+        return rule(state, rng)
+    finally:
+        state.settings = settings
+
+
+def get_policy(policy: str) -> Policy:
+    """The registered policy of a policy entry: a name of :data:`POLICIES`, or a name with
+    setting overrides (``bald_region@region_error_level=0.15``: the rule with those
+    :class:`PolicySettings`, whatever the state's); ValueError as :func:`policy_rule`."""
+    name, overrides = policy_rule(policy)
+    if not overrides:
+        return POLICIES[name]
+    return functools.partial(_with_settings, POLICIES[name], overrides)
+
+
+def reads_ground_truth(policy: str) -> bool:
+    """Whether the entry's rule reads the ground truth (:data:`GROUND_TRUTH_POLICIES`)."""
+    return policy_rule(policy)[0] in GROUND_TRUTH_POLICIES
+
+
+def reads_posterior(policy: str) -> bool:
+    """Whether the entry's rule reads a posterior field (not :data:`POSTERIOR_FREE_POLICIES`)."""
+    return policy_rule(policy)[0] not in POSTERIOR_FREE_POLICIES
+
+
+def posterior_twin(policy: str) -> str | None:
+    """The posterior-free twin of a policy entry (:data:`POSTERIOR_TWINS`), with the same
+    setting overrides (``bald_region@region_error_level=0.15`` ->
+    ``map_region@region_error_level=0.15``); None for a rule without one."""
+    name, _ = policy_rule(policy)
+    twin = POSTERIOR_TWINS.get(name)
+    return None if twin is None else twin + policy[len(name) :]

@@ -39,14 +39,14 @@ import numpy as np
 
 from laplace_head.dataset.images import resize_mask_nearest
 from laplace_head.interactive.clicks import (
-    GROUND_TRUTH_POLICIES,
-    POSTERIOR_FREE_POLICIES,
     Cell,
     click_rng,
     first_click,
     get_policy,
     grid_to_image,
     oracle_click,
+    reads_ground_truth,
+    reads_posterior,
 )
 from laplace_head.interactive.predictor import InteractivePrediction, InteractivePredictor
 from laplace_head.interactive.records import click_entry, click_record
@@ -98,7 +98,7 @@ def _policy_cell(
 ) -> Cell | None:
     """The policy's next cell after ``prediction`` (``gt_256`` only for ground-truth policies;
     the posterior maps only for the policies that read them)."""
-    state = predictor.click_state(prediction, posterior=policy not in POSTERIOR_FREE_POLICIES)
+    state = predictor.click_state(prediction, posterior=reads_posterior(policy))
     state.clicked = set(clicked)
     state.gt = gt_256
     return get_policy(policy)(state, rng)
@@ -151,7 +151,7 @@ def simulate_clicks(
     cell = first_click(gt_256)  # ValueError for an empty ground truth, before any encoding
     session = ClickSession(predictor, image_rgb)
     image_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
-    policy_gt = gt_256 if policy in GROUND_TRUTH_POLICIES else None
+    policy_gt = gt_256 if reads_ground_truth(policy) else None
     trace = _Trace()
     stop_reason: str | None = None
     for index in range(max_clicks):

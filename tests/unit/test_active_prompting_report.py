@@ -122,3 +122,24 @@ def test_posterior_rules_are_paired_with_their_twins_and_missing_twins_named(tmp
     )
     assert everything["twins_not_run"] == {} and "bald_region_vs_twin" in everything["paired"]
     assert "Every posterior rule ran with its posterior-free twin" in markdown(everything)
+
+
+def test_a_rule_with_setting_overrides_is_paired_with_its_twin_at_the_same_settings():
+    """A sweep's entries (bald_region at two levels) are rules of their own: each is paired
+    with random and with map_region at its own level, never with another level's twin."""
+    records = []
+    for i in range(6):
+        records.append(_record(f"s{i}", "c", "random", [0.4, 0.5], [0.4, 0.5]))
+        for level, gain in (("0.15", 0.1), ("0.35", 0.2)):
+            rule = f"bald_region@region_error_level={level}"
+            twin = f"map_region@region_error_level={level}"
+            records.append(_record(f"s{i}", "c", rule, [0.4, 0.6 + gain], [0.4, 0.5]))
+            records.append(_record(f"s{i}", "c", twin, [0.4, 0.6], [0.4, 0.5]))
+    result = aggregate(records, max_clicks=2, n_bootstrap=100)
+    paired = result["paired"]
+    for level, gain in (("0.15", 0.1), ("0.35", 0.2)):
+        twin = paired[f"bald_region@region_error_level={level}_vs_twin"]
+        assert twin["twin"] == f"map_region@region_error_level={level}"
+        assert twin["mean_difference"] == pytest.approx(gain / 2)
+        assert f"bald_region@region_error_level={level}_vs_random" in paired
+    assert result["twins_not_run"] == {}

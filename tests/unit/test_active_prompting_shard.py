@@ -70,6 +70,32 @@ def test_shard_records_every_image_and_policy(setting):
     assert result["overall"]["oracle"]["head"]["n_images"] == len(rows)
 
 
+def test_a_policy_entry_with_settings_clicks_as_its_rule_at_those_settings(setting):
+    """bald_region@region_error_level=0.25 is bald_region at the predictor's own (default)
+    level: the same clicks and IoUs; at level 0.1 it runs as a rule of its own, with its
+    twin at the same level."""
+    root, rows, predictor = setting
+    out = root / "entries.jsonl"
+    entries = [
+        "bald_region",
+        "bald_region@region_error_level=0.25",
+        "bald_region@region_error_level=0.1",
+        "map_region@region_error_level=0.1",
+    ]
+    summary = run_shard(rows[:1], predictor, out, entries, 3, seed=0, identity=IDENTITY)
+    assert summary["failures"] == [] and summary["written"] == len(entries)
+    by_policy = {r["policy"]: r for r in _lines(out)}
+    assert set(by_policy) == set(entries)
+    same = by_policy["bald_region@region_error_level=0.25"]
+    for key in ("iou_head", "iou_base", "clicks"):
+        assert same[key] == by_policy["bald_region"][key], key
+    result = aggregate(list(by_policy.values()), 3, n_bootstrap=50)
+    assert result["twins_not_run"] == {
+        "bald_region": "map_region",
+        "bald_region@region_error_level=0.25": "map_region@region_error_level=0.25",
+    }
+
+
 class _Killed(BaseException):
     """What a kill does to a shard: nothing after it runs."""
 

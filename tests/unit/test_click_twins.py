@@ -18,8 +18,13 @@ from laplace_head.interactive.clicks import (
     PolicySettings,
     coverage,
     expected_iou,
+    get_policy,
     map_entropy,
+    posterior_twin,
+    reads_ground_truth,
+    reads_posterior,
 )
+from laplace_head.settings import parse_policy
 
 SHAPE = (256, 256)
 RNG = np.random.default_rng(0)
@@ -333,3 +338,66 @@ def test_region_band_setting_moves_the_regions() -> None:
     assert _pick("map_region", state) == (25, 25)
     state.settings = PolicySettings(region_error_level=0.1)
     assert _pick("map_region", state) == (170, 120)
+
+
+# --- policy entries with setting overrides (a sweep's entries) --------------------------------
+
+
+def test_a_policy_entry_parses_into_its_rule_and_overrides() -> None:
+    assert parse_policy("bald_region") == ("bald_region", {})
+    name, overrides = parse_policy("bald_lookahead@lookahead_candidates=5, region_error_level=0.2")
+    assert name == "bald_lookahead"
+    assert overrides == {"lookahead_candidates": 5, "region_error_level": 0.2}
+    assert isinstance(overrides["lookahead_candidates"], int)
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ("bald_region@level=0.2", "is not KEY=VALUE with KEY one of region_error_level"),
+        ("bald_region@region_error_level", "is not KEY=VALUE"),
+        ("bald_region@region_error_level=0.2,region_error_level=0.3", "given twice"),
+        ("bald_lookahead@lookahead_candidates=2.5", "is not an integer"),
+        ("bald_region@region_error_level=nan", "is not a finite number"),
+        ("bald_regoin@region_error_level=0.2", "unknown click policy 'bald_regoin"),
+        ("bald_region@region_error_level=0.7", r"click policy .*must be in \(0, 0.5\]"),
+        ("bald_lookahead@lookahead_candidates=0", "must be an integer >= 1"),
+    ],
+)
+def test_a_bad_policy_entry_is_refused_naming_it(entry, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        get_policy(entry)
+
+
+def test_an_entry_runs_its_rule_with_its_settings_and_leaves_the_state_as_it_was() -> None:
+    """Two uncertain regions: a faint one holding more BALD (p = 0.2, outside the default
+    band 0.25 <= p <= 0.75) and a strong one holding less (p = 0.5). bald_region picks the
+    strong one at the default level and the faint one at level 0.15; the entry
+    ``bald_region@region_error_level=0.15`` picks as the rule with a state of that level."""
+    probability = np.zeros(SHAPE)
+    bald = np.zeros(SHAPE)
+    probability[20:60, 20:60], bald[20:60, 20:60] = 0.2, 0.3
+    probability[150:170, 150:170], bald[150:170, 150:170] = 0.5, 0.2
+    state = _state(probability, bald=bald)
+    default = _pick("bald_region", state)
+    assert 150 <= default[0] < 170 and 150 <= default[1] < 170
+    entry = get_policy("bald_region@region_error_level=0.15")(state, np.random.default_rng(0))
+    assert 20 <= entry[0] < 60 and 20 <= entry[1] < 60
+    reference = _state(probability, bald=bald, settings=PolicySettings(region_error_level=0.15))
+    assert entry == _pick("bald_region", reference)
+    assert state.settings == PolicySettings()  # the override was for that one call
+    assert _pick("bald_region", state) == default
+
+
+def test_an_entry_keeps_its_rule_s_twin_and_kind() -> None:
+    assert posterior_twin("bald_region@region_error_level=0.15") == (
+        "map_region@region_error_level=0.15"
+    )
+    assert posterior_twin("bald_lookahead@lookahead_candidates=5") == (
+        "map_lookahead@lookahead_candidates=5"
+    )
+    assert posterior_twin("map_region@region_error_level=0.15") is None
+    assert posterior_twin("random") is None
+    assert reads_posterior("bald_region@region_error_level=0.15")
+    assert not reads_posterior("map_region@region_error_level=0.15")
+    assert reads_ground_truth("oracle") and not reads_ground_truth("bald_region")

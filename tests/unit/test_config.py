@@ -118,7 +118,37 @@ VIOLATIONS = {
     "a head twice": ({"heads": ["image", "image"]}, "heads"),
     "no head": ({"heads": []}, "heads"),
     "head.variant not built": ({"head": {"variant": "image"}}, "head.variant"),
+    "unknown click rule": ({"active_prompting": {"policies": ["bald_regoin"]}}, "policies"),
+    "unknown rule with settings": (
+        {"ablation": {"policies": ["bald_regio@region_error_level=0.2"]}},
+        "ablation.policies[0]",
+    ),
+    "unknown policy setting": (
+        {"active_prompting": {"policies": ["random", "bald_region@level=0.2"]}},
+        "active_prompting.policies[1]",
+    ),
+    "policy setting out of range": (
+        {"active_prompting": {"policies": ["bald_region@region_error_level=0.9"]}},
+        "active_prompting.policies[0]",
+    ),
 }
+
+
+def test_a_policy_entry_with_settings_is_accepted_and_its_errors_say_why() -> None:
+    entries = [
+        "random",
+        "bald_region@region_error_level=0.15",
+        "map_region@region_error_level=0.15",
+    ]
+    config = validate_config({"active_prompting": {"policies": entries}}, check_paths=False)
+    assert config["active_prompting"]["policies"] == entries
+    with pytest.raises(ConfigError, match=r"region_error_level = 0.9: 0.9 is greater than the max"):
+        validate_config(
+            {"active_prompting": {"policies": ["bald_region@region_error_level=0.9"]}},
+            check_paths=False,
+        )
+    with pytest.raises(ConfigError, match=r"nor such a name with setting overrides"):
+        validate_config({"active_prompting": {"policies": ["bald_regoin"]}}, check_paths=False)
 
 
 def test_head_variant_must_be_one_of_the_heads_built() -> None:
@@ -789,3 +819,22 @@ def test_real_large_is_an_overlay_of_real_dev(repo_root: Path) -> None:
     assert set(resolved["ablation"]["run"]) <= set(resolved["ablation"]["variants"])
     assert resolved["heads"] == ["no_image", "image"]
     assert resolved["head"]["variant"] in resolved["heads"]
+
+
+def test_the_val_sweep_overlay_merges_valid_and_pairs_every_entry_with_its_twin(
+    repo_root: Path,
+) -> None:
+    """config/sweep_val.yaml on top of real_large: every swept rule runs with its twin at the
+    same setting, the defaults included, on val only."""
+    from laplace_head.interactive.clicks import posterior_twin
+
+    names = ["config.yaml", "real_dev.yaml", "real_large.yaml", "sweep_val.yaml"]
+    config = load_configs([repo_root / "config" / name for name in names], check_paths=False)
+    ablation = config["ablation"]
+    assert ablation["splits"] == ["val"] and config["heads"] == [config["head"]["variant"]]
+    policies = ablation["policies"]
+    assert {"oracle", "random"} <= set(policies)
+    swept = [p for p in policies if posterior_twin(p) is not None]
+    assert len(swept) >= 6
+    assert all(posterior_twin(p) in policies for p in swept)
+    assert {p.split("@")[0] for p in swept} == {"bald_region", "bald_lookahead"}
