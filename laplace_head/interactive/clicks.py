@@ -983,8 +983,8 @@ def policy_rule(policy: str) -> tuple[str, dict[str, float | int]]:
     """A policy entry's registered rule name and setting overrides
     (:func:`~laplace_head.settings.parse_policy`); ValueError naming the entry and listing the
     valid names for an unknown rule, or for an override out of :class:`PolicySettings`' range."""
-    name, overrides = parse_policy(policy)
-    if name not in POLICIES:
+    name, overrides = parse_policy(policy) if isinstance(policy, str) else (policy, {})
+    if not isinstance(name, str) or name not in POLICIES:
         raise ValueError(
             f"unknown click policy {policy!r}; valid: {', '.join(sorted(POLICIES))}, each "
             "optionally with setting overrides, e.g. bald_region@region_error_level=0.15"

@@ -109,13 +109,13 @@ def _candidates(predictor, prediction) -> list[tuple[tuple[int, int], int]]:
 def test_predict_extended_equals_one_predict_per_candidate(kind, posterior, monkeypatch) -> None:
     predictor = _predictor(kind, posterior)
     head_inputs = []
-    map_logits = posterior.map_logits
+    head_pass = posterior.head_pass
 
     def spy(inputs):
         head_inputs.append(np.asarray(inputs).copy())
-        return map_logits(inputs)
+        return head_pass(inputs)
 
-    monkeypatch.setattr(posterior, "map_logits", spy)
+    monkeypatch.setattr(posterior, "head_pass", spy)
     exact = kind == "random_walker"  # decoded one set at a time; the head runs image by image
     for _, prediction in _click_states(predictor):
         requests = _candidates(predictor, prediction)

@@ -589,7 +589,7 @@ def test_posterior_free_rules_compute_no_posterior_maps_and_click_the_same(
         "c/a",
     )
     assert moments == []
-    monkeypatch.setattr(simulate, "POSTERIOR_FREE_POLICIES", set())
+    monkeypatch.setattr(simulate, "reads_posterior", lambda policy: True)
     full = simulate_clicks(
         InteractivePredictor(RandomWalkerSegmenter(), posterior, SIGMA),
         image,
