@@ -329,6 +329,9 @@ def test_ctrl_c_releases_the_lock_and_the_same_command_resumes(ctx: SimpleNamesp
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # Ctrl-C as in a terminal even when the suite itself runs in the background (`make test
+        # &` starts it with SIGINT ignored, which Python and snakemake would inherit)
+        preexec_fn=_default_sigint,
     )
     try:
         job = wait_for_pause(process, log)
@@ -346,6 +349,10 @@ def test_ctrl_c_releases_the_lock_and_the_same_command_resumes(ctx: SimpleNamesp
     snakemake(ctx, target)  # no "Directory cannot be locked": the lock was released
     assert_no_debris(project)
     assert_same_as_reference(ctx, ["manifests"])
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_pause(process: subprocess.Popen, log: Path, timeout: float = 300) -> int:
