@@ -100,7 +100,7 @@ def _describe(error: jsonschema.ValidationError, config_name: str) -> str:
         # a click policy entry: a name, or NAME@KEY=VALUE (the settings are checked later)
         from laplace_head.settings import POLICY_SETTINGS_MARK
 
-        names = next((s["enum"] for s in error.validator_value if "enum" in s), None)
+        names = _enum_of(error.validator_value)
         if names is not None:
             return (
                 f"{config_name}: {key} = {error.instance!r} is not one of "
@@ -398,35 +398,43 @@ def _check_relations(config: Mapping[str, Any], config_name: str) -> None:
         )
 
 
+def _enum_of(any_of: Sequence[Mapping[str, Any]]) -> list | None:
+    """The names an ``anyOf`` schema of click policy entries lists (its ``enum`` branch)."""
+    return next((branch["enum"] for branch in any_of if "enum" in branch), None)
+
+
+def _policy_entry_problem(entry: str, names: list, active: Mapping[str, Any]) -> str | None:
+    """Why a click policy entry (``NAME`` or ``NAME@KEY=VALUE``) is not valid, else None: an
+    unknown rule, or a setting the schema refuses for ``active_prompting.KEY``."""
+    from laplace_head.settings import parse_policy
+
+    try:
+        name, overrides = parse_policy(entry)
+    except ValueError as exc:
+        return str(exc)
+    if name not in names:
+        return f"{name!r} is not one of {', '.join(map(repr, names))}. Use one of them"
+    for setting, value in overrides.items():
+        problem = next(_Validator(active[setting]).iter_errors(value), None)
+        if problem is not None:
+            return f"{setting} = {value!r}: {problem.message} (as active_prompting.{setting})"
+    return None
+
+
 def _check_policy_entries(
     config: Mapping[str, Any], default_name: str, sources: list[str], schema: Mapping[str, Any]
 ) -> None:
-    """Every click policy entry with setting overrides (``NAME@KEY=VALUE``): a known rule, and
-    values that the schema accepts for ``active_prompting.KEY``."""
-    from laplace_head.settings import parse_policy
-
+    """Every click policy entry of stage 8 and the ablation (:func:`_policy_entry_problem`);
+    the message names the entry and the file that sets the list."""
     active = schema["properties"]["active_prompting"]["properties"]
-    names = next(s["enum"] for s in active["policies"]["items"]["anyOf"] if "enum" in s)
+    names = _enum_of(active["policies"]["items"]["anyOf"])
     for section in ("active_prompting", "ablation"):
         for index, entry in enumerate(config[section]["policies"]):
-            key = f"{section}.policies[{index}]"
-            config_name = _file_defining([section, "policies"], sources, default_name)
-            try:
-                name, overrides = parse_policy(entry)
-            except ValueError as exc:
-                raise ConfigError(f"{config_name}: {key}: {exc}. Edit {key}.") from None
-            if name not in names:
-                raise ConfigError(
-                    f"{config_name}: {key} = {entry!r}: {name!r} is not one of "
-                    f"{', '.join(map(repr, names))}. Use one of them."
-                )
-            for setting, value in overrides.items():
-                problem = next(_Validator(active[setting]).iter_errors(value), None)
-                if problem is not None:
-                    raise ConfigError(
-                        f"{config_name}: {key} = {entry!r}: {setting} = {value!r}: "
-                        f"{problem.message} (as active_prompting.{setting}). Edit {key}."
-                    )
+            problem = _policy_entry_problem(entry, names, active)
+            if problem is not None:
+                key = f"{section}.policies[{index}]"
+                config_name = _file_defining([section, "policies"], sources, default_name)
+                raise ConfigError(f"{config_name}: {key} = {entry!r}: {problem}. Edit {key}.")
 
 
 def _check_paths(config: Mapping[str, Any], default_name: str, sources: list[str]) -> None:
