@@ -821,20 +821,28 @@ def test_real_large_is_an_overlay_of_real_dev(repo_root: Path) -> None:
     assert resolved["head"]["variant"] in resolved["heads"]
 
 
-def test_the_val_sweep_overlay_merges_valid_and_pairs_every_entry_with_its_twin(
-    repo_root: Path,
+@pytest.mark.parametrize(
+    ("overlay", "rule", "key"),
+    [
+        ("sweep_val.yaml", "bald_region", "region_error_level"),
+        ("sweep_val_lookahead.yaml", "bald_lookahead", "lookahead_candidates"),
+    ],
+)
+def test_the_val_sweep_overlays_merge_valid_and_pair_every_entry_with_its_twin(
+    repo_root: Path, overlay: str, rule: str, key: str
 ) -> None:
-    """config/sweep_val.yaml on top of real_large: every swept rule runs with its twin at the
-    same setting, the defaults included, on val only."""
+    """Each val sweep overlay on top of real_large: every swept setting of the rule runs with
+    its twin at the same setting, the default included, on val only, for the shipped head."""
     from laplace_head.interactive.clicks import posterior_twin
 
-    names = ["config.yaml", "real_dev.yaml", "real_large.yaml", "sweep_val.yaml"]
+    names = ["config.yaml", "real_dev.yaml", "real_large.yaml", overlay]
     config = load_configs([repo_root / "config" / name for name in names], check_paths=False)
     ablation = config["ablation"]
     assert ablation["splits"] == ["val"] and config["heads"] == [config["head"]["variant"]]
     policies = ablation["policies"]
     assert {"oracle", "random"} <= set(policies)
     swept = [p for p in policies if posterior_twin(p) is not None]
-    assert len(swept) >= 6
+    assert len(swept) >= 3 and rule in swept
     assert all(posterior_twin(p) in policies for p in swept)
-    assert {p.split("@")[0] for p in swept} == {"bald_region", "bald_lookahead"}
+    assert {p.split("@")[0] for p in swept} == {rule}
+    assert all(p == rule or p.startswith(f"{rule}@{key}=") for p in swept)
