@@ -591,12 +591,27 @@ def test_key_order_in_a_config_file_is_no_rerun_trigger(repo_root: Path, overlay
     assert list(merged["laplace"]) == list(load_schema()["properties"]["laplace"]["properties"])
 
 
-def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path) -> None:
-    """real_dev ships a fit on 200k pixels; stage 7's baseline keeps its own cap, and
-    the cap is not a fit setting (changing it refits nothing)."""
-    from laplace_head.settings import stage_params
+def test_real_dev_ships_the_ablation_variant_it_names_key_for_key(repo_root: Path) -> None:
+    """config/real_dev.yaml's posterior is ablation.variants' last_full_fixed_t_tau, the one
+    the real_large ablation clicked with: every laplace setting of the fit is the variant's
+    (a pixel cap of its own would give another temperature T and another posterior)."""
+    from laplace_head.settings import stage_params, variant_laplace
 
     paths = [repo_root / "config" / "config.yaml", repo_root / "config" / "real_dev.yaml"]
+    config = load_configs(paths, check_paths=False)
+    shipped = stage_params(config)["fit_laplace"]["laplace"]
+    variant = variant_laplace(config, "last_full_fixed_t_tau")
+    assert {key: variant[key] for key in shipped} == shipped
+
+
+def test_temperature_scaling_cap_is_not_the_fit_cap(repo_root: Path, tmp_path: Path) -> None:
+    """A fit on 200k pixels; stage 7's baseline keeps its own cap, and the cap is not a fit
+    setting (changing it refits nothing)."""
+    from laplace_head.settings import stage_params
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("laplace:\n  max_pixels_fit: 200000\n")
+    paths = [repo_root / "config" / "config.yaml", repo_root / "config" / "real_dev.yaml", overlay]
     config = load_configs(paths, check_paths=False)
     params = stage_params(config)
     assert config["laplace"]["max_pixels_fit"] == 200_000
