@@ -36,6 +36,7 @@ from laplace_head.evaluation.active_prompting import (
     paired_key,
     twin_key,
 )
+from laplace_head.evaluation.evaluate import CALIBRATION_PAIRS, calibration_key
 from laplace_head.interactive.clicks import posterior_twin
 from laplace_head.model.head_variant import SEED_HEAD
 from laplace_head.util.atomic import (
@@ -122,6 +123,10 @@ def variant_row(
         "test_iou_base": _overall(evaluation, "base", "iou"),
         "per_image_iou": evaluation.get("per_image_iou"),
         "test_iou_vs_base": (evaluation.get("paired") or {}).get(HEAD_VS_BASE_IOU),
+        "test_calibration_vs_baselines": {
+            calibration_key(*pair): (evaluation.get("paired") or {}).get(calibration_key(*pair))
+            for pair in CALIBRATION_PAIRS
+        },
         "clicks": {split: _clicks_summary(report) for split, report in clicks.items()},
     }
     nll, nll_map, nll_ts = row["test_nll"], row["test_nll_map"], row["test_nll_temp_scaled"]
@@ -310,6 +315,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "and temperature scaling's (test). tau: the output temperature "
         "(laplace.output_temperature; 1 = none).",
         "",
+        *_calibration_section(rows),
         "## Click rules: head-mIoU AUC minus random, and a posterior rule minus its "
         "posterior-free twin, per image (mean [95% bootstrap CI])",
         "",
@@ -367,6 +373,33 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Stage 7's per-image calibration comparisons of every variant (baseline minus Laplace,
+    > 0: the posterior is better), empty when no variant has them."""
+    if not any(any((r.get("test_calibration_vs_baselines") or {}).values()) for r in rows):
+        return []
+    names = [f"{metric.upper()} {baseline}" for metric, baseline in CALIBRATION_PAIRS]
+    lines = [
+        "Test NLL and ECE, baseline minus Laplace, images resampled (mean [95% bootstrap CI]; "
+        "> 0: the posterior is better):",
+        "",
+        "| variant | " + " | ".join(names) + " |",
+        "|" + "---|" * (1 + len(names)),
+    ]
+    for r in rows:
+        entries = r.get("test_calibration_vs_baselines") or {}
+        cells = []
+        for pair in CALIBRATION_PAIRS:
+            entry = entries.get(calibration_key(*pair)) or {}
+            if not entry.get("n"):
+                cells.append("-")
+                continue
+            low, high = entry["ci95"]
+            cells.append(f"{entry['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}]")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _paired_cell(paired: Mapping[str, Any] | None) -> str:
     if not paired or not paired.get("n"):
         return "-"
@@ -404,7 +437,7 @@ def _heads_section(heads: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 #: A variant row's nested entries, which the flat CSV leaves to metrics.json.
-_NOT_IN_TABLE = ("clicks", "per_image_iou", "test_iou_vs_base")
+_NOT_IN_TABLE = ("clicks", "per_image_iou", "test_iou_vs_base", "test_calibration_vs_baselines")
 
 
 def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -86,6 +86,17 @@ def curve_metrics(ious: np.ndarray) -> dict[str, Any]:
 HEAD_VS_BASE_IOU = "head_vs_base_iou"
 
 
+def bootstrap_draws(n: int, n_bootstrap: int, seed: int, key: str) -> np.ndarray:
+    """(n_bootstrap, n) image indices drawn with replacement, seeded by ``key``."""
+    rng = np.random.default_rng(derive_seed(seed, "bootstrap", key))
+    return rng.integers(0, n, size=(n_bootstrap, n))
+
+
+def ci95(values: np.ndarray) -> list[float]:
+    """The percentile 95% interval of bootstrap statistics."""
+    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+
+
 def paired_comparison(
     differences: np.ndarray, n_bootstrap: int, seed: int, key: str
 ) -> dict[str, Any]:
@@ -96,8 +107,7 @@ def paired_comparison(
     n = len(differences)
     if n == 0:
         return {"n": 0}
-    rng = np.random.default_rng(derive_seed(seed, "bootstrap", key))
-    means = differences[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
+    means = differences[bootstrap_draws(n, n_bootstrap, seed, key)].mean(axis=1)
     if np.allclose(differences, 0.0):
         p_value = 1.0
     else:
@@ -105,7 +115,7 @@ def paired_comparison(
     return {
         "n": n,
         "mean_difference": float(differences.mean()),
-        "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
+        "ci95": ci95(means),
         "wilcoxon_p": p_value,
         "n_better": int((differences > 0).sum()),
         "n_worse": int((differences < 0).sum()),

@@ -67,8 +67,8 @@ class CalibrationAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_p = np.where(self.count > 0, self.sum_p / self.count, np.nan)
             frequency = np.where(self.count > 0, self.sum_y / self.count, np.nan)
-        gaps = np.abs(np.nan_to_num(mean_p) - np.nan_to_num(frequency)) * self.count
-        ece = float(gaps.sum() / self.n_pixels) if self.n_pixels else None
+        bins = np.stack([self.count, self.sum_p, self.sum_y])
+        ece = float(expected_calibration_error(bins)) if self.n_pixels else None
         return {
             "bin_edges": np.linspace(0, 1, self.n_bins + 1).tolist(),
             "count": self.count.astype(int).tolist(),
@@ -92,6 +92,39 @@ class CalibrationAccumulator:
         for name, (err, ok) in self.hist.items():
             out[f"auroc_{name}"] = histogram_auroc(err, ok)
         return out
+
+
+def expected_calibration_error(bins: np.ndarray) -> np.ndarray:
+    """ECE from reliability-bin sums ``bins`` (..., 3, n_bins): pixel count, sum of p and sum of
+    the labels per bin; ``sum_b |sum_p_b - sum_y_b| / n``, i.e. ``sum_b n_b / n * |mean p_b -
+    frequency_b|``. Returns the leading shape (0 where there are no pixels)."""
+    count, sum_p, sum_y = bins[..., 0, :], bins[..., 1, :], bins[..., 2, :]
+    n = count.sum(-1)
+    return np.abs(sum_p - sum_y).sum(-1) / np.maximum(n, 1)
+
+
+def row_calibration(
+    logits: torch.Tensor, target: torch.Tensor, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (B, H, W) effective logits: the mean pixel NLL (B,) and the reliability-bin
+    sums (B, 3, n_bins) of :func:`expected_calibration_error`, so that images can be
+    resampled (per-image paired comparisons of NLL and ECE)."""
+    y = target.double().flatten(1)
+    logits = logits.double().flatten(1)
+    nll = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1).numpy()
+    p = torch.sigmoid(logits)
+    rows = logits.shape[0]
+    slot = (p * n_bins).long().clamp_(0, n_bins - 1) + n_bins * torch.arange(rows)[:, None]
+    slot, p, y = slot.flatten().numpy(), p.flatten().numpy(), y.flatten().numpy()
+    size = rows * n_bins
+    bins = np.stack(
+        [
+            np.bincount(slot, minlength=size),
+            np.bincount(slot, p, minlength=size),
+            np.bincount(slot, y, minlength=size),
+        ]
+    ).astype(np.float64)
+    return nll, bins.reshape(3, rows, n_bins).transpose(1, 0, 2)
 
 
 def batch_statistics(

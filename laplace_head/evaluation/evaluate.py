@@ -41,12 +41,19 @@ from laplace_head.bayes.posterior import Posterior, load_posterior, probit_logit
 from laplace_head.bayes.predictive import gaussian_logit_uncertainty
 from laplace_head.cache.split_h5 import iter_split_batches
 from laplace_head.errors import LaplaceHeadError
-from laplace_head.evaluation.active_prompting import HEAD_VS_BASE_IOU, paired_comparison
+from laplace_head.evaluation.active_prompting import (
+    HEAD_VS_BASE_IOU,
+    bootstrap_draws,
+    ci95,
+    paired_comparison,
+)
 from laplace_head.evaluation.calibration import (
     CalibrationAccumulator,
     batch_statistics,
+    expected_calibration_error,
     fit_temperature_scaling,
     log_uncertainty,
+    row_calibration,
 )
 from laplace_head.interactive.predictor import suggest_for_inputs
 from laplace_head.model.metrics import per_image_iou
@@ -128,11 +135,16 @@ def evaluate(
         posterior, val_h5, settings.batch_rows, settings.max_pixels_calibration, settings.seed
     )
     LOGGER.info("temperature scaling on val: tau = %.4f", scaling["temperature"])
-    accumulators, examples, classes, n_rows, row_iou = _score_test_split(
+    accumulators, examples, classes, n_rows, row_iou, row_calib = _score_test_split(
         posterior, test_h5, scaling["temperature"], settings
     )
     metrics = _metrics(accumulators, classes, n_rows, posterior, scaling, settings, run_id)
     metrics.update(per_image_iou_comparison(row_iou, settings.n_bootstrap, settings.seed))
+    metrics["paired"].update(
+        calibration_comparisons(
+            row_iou["sample_id"], row_calib, settings.n_bootstrap, settings.seed
+        )
+    )
     _write_outputs(out_files, metrics)
     plot_reliability(metrics["reliability"], out_files["reliability"])
     plot_uncertainty_examples(examples, out_files["examples"])
@@ -169,12 +181,86 @@ def per_image_iou_comparison(
     return {"per_image_iou": per_image, "paired": paired}
 
 
+#: Stage 7's per-image calibration comparisons: the Laplace predictive against each baseline,
+#: as ``<metric>_<baseline>_minus_laplace`` (positive = the posterior is better).
+CALIBRATION_BASELINES = ("map", "map_temperature_scaled")
+
+
+def calibration_key(metric: str, baseline: str) -> str:
+    """The ``paired`` key of ``metric`` (nll / ece) of ``baseline`` minus the Laplace one."""
+    return f"{metric}_{baseline}_minus_laplace"
+
+
+#: (metric, baseline) of every calibration comparison of stage 7's ``paired`` record, in
+#: table order; :func:`calibration_key` names each.
+CALIBRATION_PAIRS = tuple(
+    (metric, baseline) for metric in ("nll", "ece") for baseline in CALIBRATION_BASELINES
+)
+
+
+def calibration_comparisons(
+    sample_ids: Sequence[str],
+    row_calib: Mapping[str, tuple[list[np.ndarray], list[np.ndarray]]],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Per-image paired comparisons of the Laplace predictive's NLL and ECE with each of
+    :data:`CALIBRATION_BASELINES`, images resampled (not pixels: the pixels of an image are
+    not independent).
+
+    ``row_calib[method]`` holds each test row's mean NLL and reliability-bin sums
+    (:func:`~laplace_head.evaluation.calibration.row_calibration`), in ``sample_ids`` order.
+    NLL: each image's mean over its prompt sets, the baseline minus Laplace per image, as
+    :func:`paired_comparison` (bootstrap CI, Wilcoxon p, images better / worse). ECE is not a
+    per-image mean, so the images' bin sums are resampled and the ECE difference of the
+    resampled split is taken: ``mean_difference`` is the whole split's, ``ci95`` the
+    bootstrap's (no Wilcoxon p).
+    """
+    if not sample_ids or "laplace" not in row_calib:
+        return {}
+    images, image_of_row = np.unique(np.asarray(sample_ids, dtype=str), return_inverse=True)
+    n = len(images)
+
+    def per_image(method: str) -> tuple[np.ndarray, np.ndarray]:
+        nll = np.concatenate(row_calib[method][0])
+        bins = np.concatenate(row_calib[method][1])
+        rows = np.bincount(image_of_row, minlength=n)
+        image_nll = np.bincount(image_of_row, nll, minlength=n) / rows
+        image_bins = np.zeros((n, *bins.shape[1:]))
+        np.add.at(image_bins, image_of_row, bins)
+        return image_nll, image_bins
+
+    laplace_nll, laplace_bins = per_image("laplace")
+    out: dict[str, Any] = {}
+    for baseline in CALIBRATION_BASELINES:
+        if baseline not in row_calib:
+            continue
+        nll, bins = per_image(baseline)
+        key = calibration_key("nll", baseline)
+        out[key] = paired_comparison(nll - laplace_nll, n_bootstrap, seed, key)
+        key = calibration_key("ece", baseline)
+        draws = bootstrap_draws(n, n_bootstrap, seed, key)
+        gap = expected_calibration_error(bins[draws].sum(1)) - expected_calibration_error(
+            laplace_bins[draws].sum(1)
+        )
+        whole = expected_calibration_error(bins.sum(0)) - expected_calibration_error(
+            laplace_bins.sum(0)
+        )
+        out[key] = {
+            "n": n,
+            "mean_difference": float(whole),
+            "ci95": ci95(gap),
+        }
+    return out
+
+
 def _score_test_split(
     posterior: Any, test_h5: str | os.PathLike, tau: float, settings: EvaluationSettings
-) -> tuple[dict, list[dict[str, Any]], list[str], int, dict[str, list]]:
+) -> tuple[dict, list[dict[str, Any]], list[str], int, dict[str, list], dict[str, tuple]]:
     """Stream the test split once: the calibration accumulators of every (scope, method), the
-    example panels' data, the row classes, the row count and each row's sample id with its
-    head and base IoU."""
+    example panels' data, the row classes, the row count, each row's sample id with its
+    head and base IoU, and each row's NLL and reliability bins per method
+    (:func:`calibration_comparisons`)."""
     ece_bins = settings.ece_bins
     prompt_sigma, batch_rows = settings.prompt_sigma, settings.batch_rows
     n_examples = settings.n_examples
@@ -187,6 +273,7 @@ def _score_test_split(
     examples: list[dict[str, Any]] = []
     sample_ids = index["sample_id"].astype(str).tolist() if len(index) else []
     row_iou: dict[str, list] = {"sample_id": [], "head": [], "base": []}
+    row_calib: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for batch in iter_split_batches(test_h5, batch_rows, posterior.logit_clip):
         map_logits, variance = posterior.logit_moments(batch.inputs)
         predictive = posterior.predictive_moments((map_logits, variance))
@@ -202,6 +289,10 @@ def _score_test_split(
         row_iou["sample_id"] += sample_ids[batch.start : batch.start + batch.inputs.shape[0]]
         row_iou["head"] += per_image_iou(map_logits, batch.gt_mask).tolist()
         row_iou["base"] += per_image_iou(effective["base"], batch.gt_mask).tolist()
+        for method, logits in effective.items():
+            nll, bins = row_calibration(logits, batch.gt_mask, ece_bins)
+            row_calib.setdefault(method, ([], []))[0].append(nll)
+            row_calib[method][1].append(bins)
         for cls in sorted(set(batch_classes)):
             rows = torch.tensor([i for i, c in enumerate(batch_classes) if c == cls])
             for method, logits in effective.items():
@@ -216,7 +307,7 @@ def _score_test_split(
             row = batch.start + offset
             if row in example_rows:
                 examples.append(_example(posterior, batch, offset, index.iloc[row], prompt_sigma))
-    return accumulators, examples, classes, len(index), row_iou
+    return accumulators, examples, classes, len(index), row_iou, row_calib
 
 
 def _metrics(
@@ -334,17 +425,32 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _paired_line(metrics: Mapping[str, Any]) -> str:
-    """The head-vs-base IoU comparison per image under the table, "" without one."""
-    paired = (metrics.get("paired") or {}).get(HEAD_VS_BASE_IOU) or {}
-    if not paired.get("n"):
-        return ""
-    low, high = paired["ci95"]
-    return (
-        f"\nHead IoU minus base IoU per image (mean over its prompt sets), {paired['n']} "
-        f"images: {paired['mean_difference']:+.4f} [95% CI {low:+.4f}, {high:+.4f}], "
-        f"Wilcoxon p {paired['wilcoxon_p']:.3g}, better / worse on "
-        f"{paired['n_better']} / {paired['n_worse']}.\n"
-    )
+    """The per-image comparisons under the table: head vs base IoU, and the Laplace
+    predictive's NLL and ECE against each baseline; "" without any."""
+    paired = metrics.get("paired") or {}
+    lines = []
+    iou = paired.get(HEAD_VS_BASE_IOU) or {}
+    if iou.get("n"):
+        low, high = iou["ci95"]
+        lines.append(
+            f"Head IoU minus base IoU per image (mean over its prompt sets), {iou['n']} "
+            f"images: {iou['mean_difference']:+.4f} [95% CI {low:+.4f}, {high:+.4f}], "
+            f"Wilcoxon p {iou['wilcoxon_p']:.3g}, better / worse on "
+            f"{iou['n_better']} / {iou['n_worse']}."
+        )
+    for metric, baseline in CALIBRATION_PAIRS:
+        entry = paired.get(calibration_key(metric, baseline)) or {}
+        if entry.get("n"):
+            low, high = entry["ci95"]
+            line = (
+                f"{metric.upper()} of {baseline} minus Laplace ({entry['n']} images resampled; "
+                f"> 0: the posterior is better): {entry['mean_difference']:+.5f} "
+                f"[95% CI {low:+.5f}, {high:+.5f}]"
+            )
+            if "n_better" in entry:
+                line += f", Laplace better / worse on {entry['n_better']} / {entry['n_worse']}"
+            lines.append(line + ".")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def _write_outputs(out_files: Mapping[str, str | os.PathLike], metrics: dict) -> None:

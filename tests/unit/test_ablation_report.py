@@ -266,3 +266,26 @@ def test_the_heads_table_pairs_each_head_with_the_seed_head_image_by_image():
     single = markdown({"variants": rows[:1], "splits": ["val"], "policies": list(AUCS),
                        "choice": None, "heads_iou": head_comparison(rows[:1], 500, 0)})  # fmt: skip
     assert "## Heads" not in single
+
+
+def test_the_posteriors_calibration_against_each_baseline_is_tabled_per_variant():
+    """Stage 7's per-image NLL / ECE comparisons reach the summary row (left out of the flat
+    CSV) and a table of their own, '-' where a variant has none; no table when none has."""
+    from laplace_head.evaluation.evaluate import CALIBRATION_PAIRS, calibration_key
+
+    paired = {
+        calibration_key(*pair): {"n": 60, "mean_difference": 0.001 * i, "ci95": [-0.002, 0.003]}
+        for i, pair in enumerate(CALIBRATION_PAIRS)
+    }
+    clicks = {"test": _clicks(AUCS, {"bald": 0.01})}
+    with_ci = variant_row("v1", META, {**_eval(0.3, 0.06, 0.7), "paired": paired}, clicks)
+    without = variant_row("v2", META, _eval(0.3, 0.06, 0.7), {})
+    assert with_ci["test_calibration_vs_baselines"] == paired
+    summary = {"variants": [with_ci, without], "splits": [], "policies": [], "choice": None}
+    text = markdown(summary)
+    assert "| v1 | +0.0000 [-0.0020, +0.0030] | +0.0010 [-0.0020, +0.0030] |" in text
+    assert "| v2 | - | - | - | - |" in text
+    assert "ECE map_temperature_scaled" in text
+    rows = table_rows(summary)
+    assert rows and all("test_calibration_vs_baselines" not in row for row in rows)
+    assert "baseline minus Laplace" not in markdown({**summary, "variants": [without]})

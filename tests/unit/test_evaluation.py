@@ -161,6 +161,84 @@ def test_per_image_iou_and_its_paired_comparison_with_the_base(evaluated):
     assert "Head IoU minus base IoU per image" in (out / "metrics.md").read_text()
 
 
+def test_row_calibration_gives_each_rows_nll_and_the_ece_of_any_set_of_rows() -> None:
+    """A row's bins give that row's ECE, the summed bins of any rows their pooled ECE (as the
+    NumPy reference computes it), and the NLL is the row's mean pixel NLL."""
+    from laplace_head.evaluation.calibration import expected_calibration_error, row_calibration
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 8, 9, generator=generator, dtype=torch.float64) * 3
+    target = (torch.rand(3, 8, 9, generator=generator) < 0.4).float()
+    nll, bins = row_calibration(logits, target, 10)
+    z, y = logits.numpy().reshape(3, -1), target.numpy().reshape(3, -1).astype(np.float64)
+    np.testing.assert_allclose(nll, np.mean(np.logaddexp(0, z) - y * z, axis=1), rtol=1e-12)
+    p = 1 / (1 + np.exp(-z))
+    assert bins.shape == (3, 3, 10) and bins[:, 0].sum() == z.size
+    for row in range(3):
+        assert expected_calibration_error(bins[row]) == pytest.approx(_ece(p[row], y[row], 10))
+    pooled = expected_calibration_error(bins[[0, 2]].sum(0))
+    assert pooled == pytest.approx(_ece(p[[0, 2]].ravel(), y[[0, 2]].ravel(), 10))
+
+
+def test_calibration_comparisons_resample_images_not_rows() -> None:
+    """NLL: each image's mean over its rows, baseline minus Laplace; ECE: the whole split's
+    difference, its CI from resampled images. Equal predictions give zeros everywhere."""
+    from laplace_head.evaluation.evaluate import calibration_comparisons, calibration_key
+
+    def bins(count, sum_p, sum_y):
+        return np.array([[count, 0.0], [sum_p, 0.0], [sum_y, 0.0]])
+
+    # Image a has two rows, image b one; the Laplace rows are calibrated (ECE 0).
+    sample_ids = ["a", "a", "b"]
+    laplace = (
+        [np.array([0.5, 0.3]), np.array([0.2])],
+        [np.stack([bins(4, 2, 2)] * 2), bins(4, 1, 1)[None]],
+    )
+    baseline = (
+        [np.array([0.9, 0.5]), np.array([0.2])],
+        [np.stack([bins(4, 3, 2)] * 2), bins(4, 1, 1)[None]],
+    )
+    out = calibration_comparisons(
+        sample_ids, {"laplace": laplace, "map": baseline, "map_temperature_scaled": laplace},
+        n_bootstrap=500, seed=0,
+    )  # fmt: skip
+    nll = out[calibration_key("nll", "map")]
+    assert nll["n"] == 2 and nll["mean_difference"] == pytest.approx((0.3 + 0.0) / 2)
+    assert (nll["n_better"], nll["n_worse"]) == (1, 0)
+    ece = out[calibration_key("ece", "map")]
+    assert ece["mean_difference"] == pytest.approx(2 / 12)  # |8 - 6| / 12 pixels, minus 0
+    # Resampling images: image b alone gives 0, image a alone 2 / 8: the CI spans them.
+    assert ece["ci95"][0] >= 0.0 and ece["ci95"][1] <= 2 / 8 + 1e-12
+    assert ece["ci95"][1] > ece["ci95"][0]
+    for metric in ("nll", "ece"):
+        same = out[calibration_key(metric, "map_temperature_scaled")]
+        assert same["mean_difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    assert calibration_comparisons([], {}, 10, 0) == {}
+
+
+def test_the_posterior_calibration_is_compared_with_each_baseline_per_image(evaluated):
+    """Stage 7's paired NLL / ECE records agree with the overall table (the fixture's images
+    have equally many prompt sets, so the mean of per-image NLLs is the pixel mean) and are
+    written under the table."""
+    from laplace_head.evaluation.evaluate import CALIBRATION_BASELINES, calibration_key
+
+    _, _, out, metrics = evaluated
+    overall, paired = metrics["overall"], metrics["paired"]
+    laplace = overall["laplace"]
+    for baseline in CALIBRATION_BASELINES:
+        nll = paired[calibration_key("nll", baseline)]
+        assert nll["n"] == len(metrics["per_image_iou"]["sample_id"]) >= 2
+        expected = overall[baseline]["nll"] - laplace["nll"]
+        assert nll["mean_difference"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+        ece = paired[calibration_key("ece", baseline)]
+        assert ece["mean_difference"] == pytest.approx(
+            overall[baseline]["ece"] - laplace["ece"], rel=1e-6, abs=1e-12
+        )
+        assert ece["ci95"][0] <= ece["ci95"][1]
+    text = (out / "metrics.md").read_text()
+    assert "NLL of map minus Laplace" in text and "ECE of map_temperature_scaled minus" in text
+
+
 def test_decision_metrics_shared_and_laplace_has_bald(evaluated):
     _, _, _, metrics = evaluated
     overall = metrics["overall"]
