@@ -847,7 +847,8 @@ def test_the_val_sweep_overlays_merge_valid_and_pair_every_entry_with_its_twin(
     repo_root: Path, overlay: str, rule: str, key: str
 ) -> None:
     """Each val sweep overlay on top of real_large: every swept setting of the rule runs with
-    its twin at the same setting, the default included, on val only, for the shipped head."""
+    its twin at the same setting, on val only, for the shipped head; every entry names its
+    setting, so the sweep is the same whatever level the overlays beneath set."""
     from laplace_head.interactive.clicks import posterior_twin
 
     names = ["config.yaml", "real_dev.yaml", "real_large.yaml", overlay]
@@ -857,7 +858,6 @@ def test_the_val_sweep_overlays_merge_valid_and_pair_every_entry_with_its_twin(
     policies = ablation["policies"]
     assert {"oracle", "random"} <= set(policies)
     swept = [p for p in policies if posterior_twin(p) is not None]
-    assert len(swept) >= 3 and rule in swept
+    assert len(swept) >= 3
     assert all(posterior_twin(p) in policies for p in swept)
-    assert {p.split("@")[0] for p in swept} == {rule}
-    assert all(p == rule or p.startswith(f"{rule}@{key}=") for p in swept)
+    assert all(p.startswith(f"{rule}@{key}=") for p in swept)
