@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -467,6 +468,19 @@ def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def clicks_panel_note(summary: Mapping[str, Any]) -> str | None:
+    """Why the figure's clicks-to-IoU panel has no curve (no variant has a posterior rule
+    chosen on val together with test clicks, e.g. a sweep on val only), or None."""
+    for r in summary["variants"]:
+        if val_best_posterior_rule(r) is not None and r["clicks"].get(REPORT_SPLIT):
+            return None
+    clicked = ", ".join(summary.get("splits") or []) or "no split"
+    return (
+        f"No curve: it needs a posterior rule chosen on val and clicks on {REPORT_SPLIT}; "
+        f"this run clicked on {clicked} (ablation.splits). The tables hold its figures."
+    )
+
+
 def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     """Left: test BALD error-AUROC vs test NLL per variant (MAP and temperature scaling as
     lines). Right: test mIoU vs clicks of each variant's val-best posterior rule, random,
@@ -516,6 +530,11 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
 
+    note = clicks_panel_note(summary)
+    if note is not None:
+        right.text(
+            0.5, 0.5, textwrap.fill(note, 55), ha="center", va="center", transform=right.transAxes
+        )
     drawn_reference: set[str] = set()  # heads whose random and oracle curves are drawn
     for index, r in enumerate(rows):
         test = r["clicks"].get(REPORT_SPLIT) or {}
@@ -550,7 +569,8 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     right.set_ylabel("test head mIoU")
     right.set_title("Clicks-to-IoU: each variant's posterior rule chosen on val")
     right.grid(alpha=0.3)
-    right.legend(fontsize=7, loc="lower right")
+    if note is None:
+        right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110)

@@ -289,3 +289,21 @@ def test_the_posteriors_calibration_against_each_baseline_is_tabled_per_variant(
     rows = table_rows(summary)
     assert rows and all("test_calibration_vs_baselines" not in row for row in rows)
     assert "baseline minus Laplace" not in markdown({**summary, "variants": [without]})
+
+
+def test_the_clicks_panel_says_why_it_is_empty_for_a_sweep_on_one_split(tmp_path):
+    """A val-only sweep (no test clicks) or a test-only run (no val choice) gets a note in
+    the figure's clicks panel instead of empty axes; a run with both gets curves, no note."""
+    from laplace_head.evaluation.ablation import clicks_panel_note, plot
+
+    both = variant_row("v1", META, {}, {s: _clicks(AUCS, {"bald": 0.01}) for s in ("val", "test")})
+    val_only = variant_row("v1", META, {}, {"val": _clicks(AUCS, {"bald": 0.01})})
+    test_only = variant_row("v1", META, {}, {"test": _clicks(AUCS, {"bald": 0.01})})
+    assert clicks_panel_note({"variants": [both], "splits": ["val", "test"]}) is None
+    note = clicks_panel_note({"variants": [val_only], "splits": ["val"]})
+    assert note is not None and "clicked on val" in note
+    note = clicks_panel_note({"variants": [test_only], "splits": ["test"]})
+    assert note is not None and "clicked on test" in note
+    out = tmp_path / "ablation.png"
+    plot({"variants": [test_only], "splits": ["test"]}, out)
+    assert out.stat().st_size > 10_000
