@@ -128,18 +128,23 @@ def row_calibration(
 
 
 def batch_statistics(
-    logits: torch.Tensor, target: torch.Tensor, scores: dict[str, torch.Tensor], n_bins: int
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    scores: dict[str, torch.Tensor],
+    n_bins: int,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Sums over (B, H, W) effective logits / targets that :class:`CalibrationAccumulator` adds.
 
     ``scores`` maps a name to (B, H, W) log-uncertainties (higher = more uncertain) whose
-    histograms over misclassified / correct pixels give the AUROC.
+    histograms over misclassified / correct pixels give the AUROC. ``rows``: these rows'
+    :func:`row_calibration` (NLL, reliability bins) when the caller has it already; the NLL
+    and bin sums are theirs.
     """
+    row_nll, row_bins = rows if rows is not None else row_calibration(logits, target, n_bins)
     y = target.double()
     logits = logits.double()
-    p = torch.sigmoid(logits)
-    bins = (p * n_bins).long().clamp_(0, n_bins - 1).flatten().numpy()
-    p_flat, y_flat = p.flatten().numpy(), y.flatten().numpy()
+    p_flat, y_flat = torch.sigmoid(logits).flatten().numpy(), y.flatten().numpy()
     errors = ((logits > 0) != (target > 0)).flatten().numpy()
     hist = {}
     low, high = SCORE_RANGE
@@ -151,11 +156,12 @@ def batch_statistics(
             np.bincount(index[errors], minlength=SCORE_BINS),
             np.bincount(index[~errors], minlength=SCORE_BINS),
         )
+    count, sum_p, sum_y = row_bins.sum(0)
     return {
-        "count": np.bincount(bins, minlength=n_bins),
-        "sum_p": np.bincount(bins, p_flat, minlength=n_bins),
-        "sum_y": np.bincount(bins, y_flat, minlength=n_bins),
-        "nll_sum": float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum")),
+        "count": count,
+        "sum_p": sum_p,
+        "sum_y": sum_y,
+        "nll_sum": float(row_nll.sum() * logits[0].numel()) if len(row_nll) else 0.0,
         "brier_sum": float(np.square(p_flat - y_flat).sum()),
         "n_pixels": int(y.numel()),
         "n_errors": int(errors.sum()),

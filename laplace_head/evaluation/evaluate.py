@@ -289,17 +289,21 @@ def _score_test_split(
         row_iou["sample_id"] += sample_ids[batch.start : batch.start + batch.inputs.shape[0]]
         row_iou["head"] += per_image_iou(map_logits, batch.gt_mask).tolist()
         row_iou["base"] += per_image_iou(effective["base"], batch.gt_mask).tolist()
+        calibration = {}
         for method, logits in effective.items():
-            nll, bins = row_calibration(logits, batch.gt_mask, ece_bins)
+            calibration[method] = nll, bins = row_calibration(logits, batch.gt_mask, ece_bins)
             row_calib.setdefault(method, ([], []))[0].append(nll)
             row_calib[method][1].append(bins)
         for cls in sorted(set(batch_classes)):
-            rows = torch.tensor([i for i, c in enumerate(batch_classes) if c == cls])
+            rows = np.array([i for i, c in enumerate(batch_classes) if c == cls])
             for method, logits in effective.items():
                 scores = {"entropy": log_uncertainty(logits[rows])}
                 if method == "laplace":
                     scores["bald"] = bald_score[rows]
-                stats = batch_statistics(logits[rows], batch.gt_mask[rows], scores, ece_bins)
+                nll, bins = calibration[method]
+                stats = batch_statistics(
+                    logits[rows], batch.gt_mask[rows], scores, ece_bins, (nll[rows], bins[rows])
+                )
                 for key in ((OVERALL_SCOPE, method), (_CLASS, cls, method)):
                     accumulators.setdefault(key, CalibrationAccumulator(ece_bins))
                     accumulators[key].add(stats)
