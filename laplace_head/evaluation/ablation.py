@@ -125,8 +125,8 @@ def variant_row(
         "per_image_iou": evaluation.get("per_image_iou"),
         "test_iou_vs_base": (evaluation.get("paired") or {}).get(HEAD_VS_BASE_IOU),
         "test_calibration_vs_baselines": {
-            calibration_key(*pair): (evaluation.get("paired") or {}).get(calibration_key(*pair))
-            for pair in CALIBRATION_PAIRS
+            key: (evaluation.get("paired") or {}).get(key)
+            for key in (calibration_key(*pair) for pair in CALIBRATION_PAIRS)
         },
         "clicks": {split: _clicks_summary(report) for split, report in clicks.items()},
     }
@@ -468,12 +468,22 @@ def table_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _curve_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping, str, Mapping]]:
+    """(index, row, its posterior rule chosen on val, its test clicks) of every variant the
+    clicks-to-IoU panel draws."""
+    curves = []
+    for index, r in enumerate(rows):
+        best, test = val_best_posterior_rule(r), r["clicks"].get(REPORT_SPLIT)
+        if best is not None and test:
+            curves.append((index, r, best[0], test))
+    return curves
+
+
 def clicks_panel_note(summary: Mapping[str, Any]) -> str | None:
     """Why the figure's clicks-to-IoU panel has no curve (no variant has a posterior rule
     chosen on val together with test clicks, e.g. a sweep on val only), or None."""
-    for r in summary["variants"]:
-        if val_best_posterior_rule(r) is not None and r["clicks"].get(REPORT_SPLIT):
-            return None
+    if _curve_rows(summary["variants"]):
+        return None
     clicked = ", ".join(summary.get("splits") or []) or "no split"
     return (
         f"No curve: it needs a posterior rule chosen on val and clicks on {REPORT_SPLIT}; "
@@ -536,12 +546,7 @@ def plot(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
             0.5, 0.5, textwrap.fill(note, 55), ha="center", va="center", transform=right.transAxes
         )
     drawn_reference: set[str] = set()  # heads whose random and oracle curves are drawn
-    for index, r in enumerate(rows):
-        test = r["clicks"].get(REPORT_SPLIT) or {}
-        best = val_best_posterior_rule(r)
-        if best is None or not test:
-            continue
-        rule = best[0]
+    for index, r, rule, test in _curve_rows(rows):
         entry = test.get(rule) or {}
         if entry.get("miou"):
             clicks = np.arange(1, len(entry["miou"]) + 1)
