@@ -145,9 +145,43 @@ def gaussian_prompt_map(
     """
     points = np.asarray(points_xy_256, dtype=np.float64).reshape(-1, 2)
     axis = np.arange(size, dtype=np.float64)
-    total = np.zeros((size, size), dtype=np.float64)
-    for x, y in points:
-        gx = np.exp(-((axis - x) ** 2) / (2.0 * sigma**2))
-        gy = np.exp(-((axis - y) ** 2) / (2.0 * sigma**2))
-        total += np.outer(gy, gx)
-    return np.clip(total, 0.0, 1.0).astype(np.float16)
+    gx = _gaussian_profile(axis, points[:, :1], sigma)  # (N, size) along x, one row per point
+    gy = _gaussian_profile(axis, points[:, 1:], sigma)
+    total = gy.T @ gx  # sum over points of outer(gy, gx): the separable Gaussians
+    return nonnegative_to_float16(np.clip(total, 0.0, 1.0))
+
+
+#: The smallest normal float16, 2**-14; below it float16 steps by 2**-24 (its subnormals).
+_FLOAT16_TINY = 2.0**-14
+
+
+def nonnegative_to_float16(values: np.ndarray) -> np.ndarray:
+    """``values.astype(np.float16)`` for finite values in [0, 65504], bit for bit, ~20x faster
+    on a prompt map.
+
+    NumPy converts a value that becomes a float16 subnormal (or 0) element by element (~100 ns
+    each), and a Gaussian map is mostly tail. Below :data:`_FLOAT16_TINY` the float16 is
+    ``k * 2**-24`` with ``k = rint(v * 2**24)`` (round half to even, as NumPy rounds), whose
+    bit pattern is ``k`` itself (``k = 1024`` is 2**-14's); the rest converts through NumPy's
+    fast path."""
+    values = np.asarray(values, dtype=np.float64)
+    small = values < _FLOAT16_TINY
+    normal = np.where(small, 0.0, values).astype(np.float16)
+    steps = np.rint(np.where(small, values, 0.0) * 2.0**24).astype(np.uint16)
+    return (normal.view(np.uint16) | steps).view(np.float16)
+
+
+#: A 1-D Gaussian factor below this is set to 0. Every product of two kept factors is then a
+#: normal float64 (>= 1e-300): the outer product of two far tails otherwise underflows to
+#: subnormals, whose arithmetic is ~10x slower on x86 (a 10-click map took 12 ms instead of 1).
+#: A dropped term is < 1e-150, far below float16's smallest step (2**-24 ~ 6e-8), so the float16
+#: map is unchanged (tests/unit/test_prompts.py compares it with the untruncated sum).
+_PROFILE_FLOOR = 1e-150
+
+
+def _gaussian_profile(axis: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    """``exp(-(axis - centre)^2 / (2 sigma^2))`` (broadcast), values below
+    :data:`_PROFILE_FLOOR` as 0."""
+    profile = np.exp(-((axis - centre) ** 2) / (2.0 * sigma**2))
+    profile[profile < _PROFILE_FLOOR] = 0.0
+    return profile

@@ -8,6 +8,7 @@ import pytest
 from laplace_head.prompts.sampling import (
     PromptSet,
     gaussian_prompt_map,
+    nonnegative_to_float16,
     rescale_points,
     sample_promptsets,
 )
@@ -171,6 +172,49 @@ def test_gaussian_map_sums_and_clamps() -> None:
     # Far apart, the maps simply add.
     single = gaussian_prompt_map(points[2:], 8.0).astype(np.float32)
     np.testing.assert_allclose(prompt_map[:60, 170:], single[:60, 170:], atol=1e-3)
+
+
+def test_gaussian_map_equals_the_untruncated_sum_bit_for_bit() -> None:
+    """Dropping the Gaussians' far tails (the speed-up against subnormal arithmetic) leaves the
+    float16 map unchanged: the same map as the plain sum of exp(-d^2 / 2 sigma^2) over points,
+    for point sets on, near and off the grid and several sigmas."""
+    rng = np.random.default_rng(3)
+    axis = np.arange(GRID_SIZE, dtype=np.float64)
+    for trial in range(40):
+        points = rng.uniform(-40.0, GRID_SIZE + 40.0, size=(int(rng.integers(1, 12)), 2))
+        sigma = float(rng.choice([0.5, 2.0, 8.0, 20.0, 60.0]))
+        reference = np.zeros((GRID_SIZE, GRID_SIZE))
+        for x, y in points:
+            squared = (axis[:, None] - y) ** 2 + (axis[None, :] - x) ** 2
+            reference += np.exp(-squared / (2 * sigma**2))
+        expected = np.clip(reference, 0.0, 1.0).astype(np.float16)
+        np.testing.assert_array_equal(
+            gaussian_prompt_map(points, sigma), expected, err_msg=str(trial)
+        )
+
+
+def test_nonnegative_to_float16_equals_numpys_conversion() -> None:
+    """The prompt maps' float16 conversion equals NumPy's astype bit for bit: random values on
+    every scale of [0, 1], float16's subnormal steps and the ties between them (round half to
+    even), the edges 2**-25 (a tie, to 0) and 2**-14 (the smallest normal), and 0 and 1."""
+    rng = np.random.default_rng(5)
+    steps = np.arange(0, 1100, dtype=np.float64)
+    values = np.concatenate(
+        [
+            10.0 ** rng.uniform(-12, 0, 200_000),
+            rng.uniform(0, 2.0**-13, 100_000),
+            steps * 2.0**-24,
+            (steps + 0.5) * 2.0**-24,
+            np.nextafter((steps + 0.5) * 2.0**-24, 0),
+            np.nextafter((steps + 0.5) * 2.0**-24, 1),
+            [0.0, 2.0**-25, np.nextafter(2.0**-25, 1), 2.0**-14, np.nextafter(2.0**-14, 0)],
+            [0.5, 1.0, np.nextafter(1.0, 0), 65504.0],
+        ]
+    )
+    converted = nonnegative_to_float16(values)
+    assert converted.dtype == np.float16
+    expected = values.astype(np.float16)
+    np.testing.assert_array_equal(converted.view(np.uint16), expected.view(np.uint16))
 
 
 def test_gaussian_map_of_no_points_is_zero_and_subpixel_points_work() -> None:
