@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from laplace_head.bayes.variant import TargetLayer
-from laplace_head.model.head import NoImageHead
+from laplace_head.model.head import NoImageHead, as_head_layout
 
 
 @dataclass(frozen=True)
@@ -94,18 +94,23 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
 def _forward(
     head: NoImageHead | torch.nn.Module, inputs: torch.Tensor, inside: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
-    """The head's forward pass, keeping what the Jacobians need: the first conv's ReLU mask
-    (times ``inside``), its output, the second conv's pre-activation, the features and the
-    logits (B, H, W)."""
+    """The head's forward pass, keeping what the Jacobians need: the first conv's output
+    (times ``inside``), the second conv's pre-activation, the features and the logits (B, H, W).
+
+    In the channels-last memory format, as :meth:`NoImageHead.features` runs it (the same
+    numbers bit for bit; :func:`~laplace_head.model.head.as_head_layout`)."""
     conv1, conv2, final = head.trunk[0], head.trunk[2], head.final_conv
-    pre1 = F.conv2d(inputs, conv1.weight, conv1.bias, padding=1)
-    mask = (pre1 > 0).to(inputs.dtype)
+    hidden1 = F.relu(F.conv2d(as_head_layout(inputs), conv1.weight, conv1.bias, padding=1))
     if inside is not None:
-        mask = mask * inside
-    hidden1 = pre1 * mask  # relu, and 0 outside the image
+        hidden1 = hidden1 * inside  # 0 outside the image
     pre2 = F.conv2d(hidden1, conv2.weight, conv2.bias, padding=1)
     features = F.relu(pre2)
-    return mask, hidden1, pre2, features, final(features)[:, 0]
+    return hidden1, pre2, features, final(features)[:, 0]
+
+
+def _active(hidden1: torch.Tensor) -> torch.Tensor:
+    """The first conv's ReLU derivative (times ``inside``): 1 where its output is > 0."""
+    return (hidden1 > 0).to(hidden1.dtype)
 
 
 @torch.no_grad()
@@ -121,8 +126,8 @@ def head_features_and_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass of :func:`head_logits`, keeping the features (B, hidden, H, W) that
     :func:`last_layer_factors` turns into the last layer's Jacobian: (features, logits)."""
-    forward = _forward(head, inputs, None)
-    return forward[3], forward[4]
+    _, _, features, logits = _forward(head, inputs, None)
+    return features, logits
 
 
 def last_layer_factors(features: torch.Tensor) -> list[JacobianFactors]:
@@ -151,7 +156,7 @@ def jacobian_factors(
     does (patches of border pixels); None means every position is inside.
     """
     conv2, final = head.trunk[2], head.final_conv
-    mask, hidden1, pre2, features, logits = _forward(head, inputs, inside)
+    hidden1, pre2, features, logits = _forward(head, inputs, inside)
     if TargetLayer(layer) is TargetLayer.FINAL_CONV:
         return logits, last_layer_factors(features)
     n = features.shape[0] * features.shape[2] * features.shape[3]
@@ -160,7 +165,7 @@ def jacobian_factors(
     hidden = conv2.out_channels
     g2 = _pixels((pre2 > 0).to(features.dtype) * final.weight.reshape(1, hidden, 1, 1))
     h1_patch = _pixels(F.unfold(hidden1, 3, padding=1))  # (N, hidden * 9), (c, d) order
-    active1 = _pixels(F.unfold(mask, 3, padding=1))
+    active1 = _pixels(F.unfold(_active(hidden1), 3, padding=1))
     back = torch.einsum("no,ocd->ncd", g2, conv2.weight.reshape(hidden, hidden, 9))
     g1 = back * active1.reshape(n, hidden, 9)  # (N, hidden, 9); 0 outside the image
     patches = F.unfold(inputs, 3, padding=1)  # (B, channels * 9, H * W)
@@ -224,14 +229,14 @@ class ImageJacobian:
                 f"{len(rotations)} (the last layer's factors come from jacobian_factors)"
             )
         self.rotations = list(rotations)
-        mask, hidden1, pre2, features, self.logits = _forward(head, inputs, None)
+        hidden1, pre2, features, self.logits = _forward(head, inputs, None)
         conv2, final = head.trunk[2], head.final_conv
         hidden = conv2.out_channels
         # W2 as (o, (d, c)): sum_o g2_o W2[o, c, d] for every pixel is one matrix product
         self._conv2 = conv2.weight.permute(0, 2, 3, 1).reshape(hidden, -1)
         self._g2 = _channels_last((pre2 > 0).to(features.dtype) * final.weight.view(1, -1, 1, 1))
         self._features = _channels_last(features)
-        self._mask = _channels_last(mask, pad=True)
+        self._mask = _channels_last(_active(hidden1), pad=True)
         # every pixel's input patch in unfold's (c, k) order, rotated: (B, H, W, C * 9)
         patches = F.unfold(inputs, 3, padding=1).reshape(inputs.shape[0], -1, *pre2.shape[2:])
         patches = _rotate(patches.permute(0, 2, 3, 1), self.rotations[0][1])

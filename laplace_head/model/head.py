@@ -6,6 +6,14 @@ import torch
 from torch import nn
 
 
+def as_head_layout(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` in the memory format every head pass runs its convolutions in: channels-last,
+    2-3x faster than the default layout for these narrow 3x3 convolutions on the CPU (oneDNN).
+    The two layouts round differently, so the module, the Jacobians' forward pass
+    (:mod:`laplace_head.bayes.jacobian`) and training all go through here and agree bit for bit."""
+    return inputs.contiguous(memory_format=torch.channels_last)
+
+
 class NoImageHead(nn.Module):
     """Refine base-segmenter logits given Gaussian prompt maps (and, as the image head, the
     image: ``channels_in`` 6; the class keeps the seed's name).
@@ -52,7 +60,7 @@ class NoImageHead(nn.Module):
                 f"NoImageHead expects inputs of shape (B, {self.channels_in}, H, W); "
                 f"got {tuple(inputs.shape)}"
             )
-        return self.trunk(inputs)
+        return self.trunk(as_head_layout(inputs))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Refined logits (B, 1, H, W) for inputs (B, channels_in, H, W)."""

@@ -68,7 +68,7 @@ def _numpy_features(head: NoImageHead, h5_path, clip: float = 20.0):
         inputs = np.stack([logits, handle["pos_map"][:], handle["neg_map"][:]], axis=1)
         labels = handle["gt_mask_256"][:].reshape(len(logits), -1).astype(np.float64)
     with torch.no_grad():
-        feats = head.trunk(torch.from_numpy(inputs.astype(np.float32))).numpy()
+        feats = head.features(torch.from_numpy(inputs.astype(np.float32))).numpy()
     return feats.reshape(feats.shape[0], feats.shape[1], -1).transpose(0, 2, 1), labels
 
 
