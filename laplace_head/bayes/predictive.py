@@ -239,24 +239,31 @@ def _hermite_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, tor
     return _NODE_CACHE[key]  # type: ignore[return-value]
 
 
-def _laguerre_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Gauss-Laguerre nodes ``t``, weights, ``sigmoid(t)`` and ``e^t H(sigmoid(t))``, float64."""
+def _laguerre_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Laguerre nodes ``t`` as the columns ``[1, t, t^2 | 1, -t, t^2]`` (3, 2N), and the
+    (2N, 2) weights that turn the Gaussian density at ``(t | -t)`` into ``(p_bar - Phi(m / s),
+    H_exp)``: ``w sigmoid(t)`` (``-`` at ``t``, ``+`` at ``-t``) and ``w e^t H(sigmoid(t))``
+    (both), float64."""
     key = ("laguerre", n_nodes, str(device))
     if key not in _NODE_CACHE:
         from numpy.polynomial.laguerre import laggauss
 
         nodes, weights = laggauss(n_nodes)
         t = torch.as_tensor(nodes, dtype=torch.float64, device=device)
+        w = torch.as_tensor(weights, dtype=torch.float64, device=device)
         u = torch.exp(-t)  # > 0 for every node (t < 100 for n_nodes <= 24)
         log1p_u = torch.log1p(u)
         scaled_entropy = torch.sigmoid(t) * (t + log1p_u + log1p_u / u)
+        powers = torch.stack([torch.ones_like(t), t, t * t])
+        mirrored = powers * torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64, device=device)
+        sigmoid_w, entropy_w = torch.sigmoid(t) * w, scaled_entropy * w
         _NODE_CACHE[key] = (
-            t,
-            torch.as_tensor(weights, dtype=torch.float64, device=device),
-            torch.sigmoid(t),
-            scaled_entropy,
+            torch.cat([powers, mirrored], dim=1),
+            torch.stack(
+                [torch.cat([-sigmoid_w, sigmoid_w]), torch.cat([entropy_w, entropy_w])], dim=1
+            ),
         )
-    return _NODE_CACHE[key]
+    return _NODE_CACHE[key]  # type: ignore[return-value]
 
 
 def _hermite_moments(
@@ -266,25 +273,39 @@ def _hermite_moments(
     nodes, weights = _hermite_rule(n_nodes, mean.device)
     z = torch.addcmul(mean[:, None], torch.sqrt(2.0 * variance)[:, None], nodes)
     log_p = F.logsigmoid(z)
-    log_q = log_p - z  # = log sigmoid(-z) up to a rounding of z (< 1e-13 for |z| < 500)
-    p, q = log_p.exp(), log_q.exp()
-    negative_entropy = (p * log_p).addcmul_(q, log_q)  # as binary_entropy_from_logits
-    return p @ weights, q @ weights, -(negative_entropy @ weights)
+    # log sigmoid(-z) = log_p - z up to a rounding of z (< 1e-13 for |z| < 500). In place from
+    # here on: each fresh (pixels, nodes) temporary costs as much as the arithmetic (page faults)
+    log_q = z.neg_().add_(log_p)
+    p = log_p.exp()
+    p_bar = p @ weights
+    negative_entropy = log_p.mul_(p)  # p log p + q log q, as binary_entropy_from_logits
+    q = torch.exp(log_q, out=p)
+    negative_entropy.addcmul_(q, log_q)
+    return p_bar, q @ weights, -(negative_entropy @ weights)
 
 
 def _laguerre_moments(
     mean: torch.Tensor, variance: torch.Tensor, n_nodes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits (v > 0) by Gauss-Laguerre."""
-    t, weights, sigmoid_t, scaled_entropy = _laguerre_rule(n_nodes, mean.device)
+    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits (v > 0) by Gauss-Laguerre.
+
+    The log density of N(m, v) at ``+-t`` is ``a + b (+-t) + c t^2`` per pixel, so every node
+    of every pixel comes from one (P, 3) x (3, 2N) matrix product, one exp and one (2N, 2)
+    product (the exponent's expansion costs < 1e-12 of it for |m| <= 1e3); exponents below
+    -700 (densities < 1e-304, nothing at float64 next to Phi) are clamped there, off the
+    exp's slow subnormal path."""
+    basis, combine = _laguerre_rule(n_nodes, mean.device)
     std = torch.sqrt(variance)
-    norm = 1.0 / (std * math.sqrt(2.0 * math.pi))
-    density_pos = torch.exp(-((t - mean[:, None]) ** 2) / (2.0 * variance[:, None])) * norm[:, None]
-    density_neg = torch.exp(-((t + mean[:, None]) ** 2) / (2.0 * variance[:, None])) * norm[:, None]
-    correction = ((density_neg - density_pos) * sigmoid_t) @ weights
+    half_precision = -0.5 / variance
+    log_norm = -torch.log(std * math.sqrt(2.0 * math.pi))
+    exponents = torch.stack(
+        [half_precision * mean * mean + log_norm, -2.0 * half_precision * mean, half_precision],
+        dim=1,
+    )
+    density = (exponents @ basis).clamp_min_(-700.0).exp_()  # N(t; m, v) | N(-t; m, v)
+    correction, expected = (density @ combine).unbind(1)
     p_bar = torch.special.ndtr(mean / std) + correction
     q_bar = torch.special.ndtr(-mean / std) - correction
-    expected = ((density_pos + density_neg) * scaled_entropy) @ weights
     return p_bar, q_bar, expected
 
 
