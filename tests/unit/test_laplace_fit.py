@@ -32,7 +32,8 @@ from laplace_head.bayes.laplace_torch import (
 from laplace_head.bayes.pixels import PixelStream, pixel_subset, pixels_per_row
 from laplace_head.bayes.posterior import load_posterior
 from laplace_head.bayes.posterior_io import meta_summary, read_meta, read_posterior_files
-from laplace_head.bayes.tuning import edge_report
+from laplace_head.bayes.predictive import probit_logits, tempered_moments
+from laplace_head.bayes.tuning import edge_report, probit_nll_sums
 from laplace_head.bayes.variant import PosteriorVariant
 from laplace_head.errors import LaplaceHeadError
 from laplace_head.model.head import NoImageHead
@@ -364,3 +365,24 @@ def test_settings_defaults_are_the_schema_defaults():
     assert settings.max_pixels_fit == defaults["laplace"]["max_pixels_fit"]
     assert settings.logit_clip == defaults["training"]["logit_clip"]
     assert settings.seed == 3 and settings.variant == LAST_LAYER_DIAGONAL
+
+
+def test_probit_nll_sums_equal_the_bce_of_the_tempered_probit_logits():
+    """The tuning grid's summed NLL (rearranged into two buffers) equals the plain BCE of
+    probit_logits(*tempered_moments(z, v, tau)) summed over pixels, to 1e-13 relative, with
+    logits up to +-1000 (where a naive softplus overflows) and several taus and pairs."""
+    generator = torch.Generator().manual_seed(4)
+    n = 3000
+    z = torch.randn(n, generator=generator, dtype=torch.float64) * 8
+    z[:20] = torch.linspace(-1000, 1000, 20, dtype=torch.float64)
+    variance = torch.rand(3, n, generator=generator, dtype=torch.float64) * 5
+    variance[0] = 0.0
+    labels = (torch.rand(n, generator=generator) > 0.4).double()
+    taus = torch.tensor([0.25, 1.0, 1.19, 8.0], dtype=torch.float64)[:, None, None]
+    got = probit_nll_sums(z, variance, labels, taus)
+    logits = probit_logits(*tempered_moments(z, variance, taus))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels.expand_as(logits), reduction="none"
+    ).sum(-1)
+    assert got.shape == (4, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=0.0)
