@@ -108,9 +108,10 @@ def _forward(
     return hidden1, pre2, features, final(features)[:, 0]
 
 
-def _active(hidden1: torch.Tensor) -> torch.Tensor:
-    """The first conv's ReLU derivative (times ``inside``): 1 where its output is > 0."""
-    return (hidden1 > 0).to(hidden1.dtype)
+def _active(values: torch.Tensor) -> torch.Tensor:
+    """ReLU's derivative: 1 where ``values > 0``, else 0, in their dtype (of ``pre2``: the
+    second conv's; of ``hidden1 = relu(pre1) * inside``: the first conv's times ``inside``)."""
+    return (values > 0).to(values.dtype)
 
 
 @torch.no_grad()
@@ -163,7 +164,7 @@ def jacobian_factors(
     ones = features.new_ones(n, 1, 1)
     phi = _pixels(features)
     hidden = conv2.out_channels
-    g2 = _pixels((pre2 > 0).to(features.dtype) * final.weight.reshape(1, hidden, 1, 1))
+    g2 = _pixels(_active(pre2) * final.weight.reshape(1, hidden, 1, 1))
     h1_patch = _pixels(F.unfold(hidden1, 3, padding=1))  # (N, hidden * 9), (c, d) order
     active1 = _pixels(F.unfold(_active(hidden1), 3, padding=1))
     back = torch.einsum("no,ocd->ncd", g2, conv2.weight.reshape(hidden, hidden, 9))
@@ -234,7 +235,7 @@ class ImageJacobian:
         hidden = conv2.out_channels
         # W2 as (o, (d, c)): sum_o g2_o W2[o, c, d] for every pixel is one matrix product
         self._conv2 = conv2.weight.permute(0, 2, 3, 1).reshape(hidden, -1)
-        self._g2 = _channels_last((pre2 > 0).to(features.dtype) * final.weight.view(1, -1, 1, 1))
+        self._g2 = _channels_last(_active(pre2) * final.weight.view(1, -1, 1, 1))
         self._features = _channels_last(features)
         self._mask = _channels_last(_active(hidden1), pad=True)
         # every pixel's input patch in unfold's (c, k) order, rotated: (B, H, W, C * 9)

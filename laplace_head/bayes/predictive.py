@@ -253,10 +253,11 @@ def _laguerre_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, to
         w = torch.as_tensor(weights, dtype=torch.float64, device=device)
         u = torch.exp(-t)  # > 0 for every node (t < 100 for n_nodes <= 24)
         log1p_u = torch.log1p(u)
-        scaled_entropy = torch.sigmoid(t) * (t + log1p_u + log1p_u / u)
+        sigmoid_t = torch.sigmoid(t)
+        scaled_entropy = sigmoid_t * (t + log1p_u + log1p_u / u)
         powers = torch.stack([torch.ones_like(t), t, t * t])
         mirrored = powers * torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64, device=device)
-        sigmoid_w, entropy_w = torch.sigmoid(t) * w, scaled_entropy * w
+        sigmoid_w, entropy_w = sigmoid_t * w, scaled_entropy * w
         _NODE_CACHE[key] = (
             torch.cat([powers, mirrored], dim=1),
             torch.stack(

@@ -108,6 +108,7 @@ def variant_row(
     clicks: Mapping[str, Mapping[str, Any] | None],
 ) -> dict[str, Any]:
     """Everything the summary knows about one variant (``meta``: its posterior_meta.json)."""
+    paired = evaluation.get("paired") or {}
     row: dict[str, Any] = {
         "variant": name,
         "head": meta.get("head", SEED_HEAD.value),  # fits from before heads: no_image
@@ -123,10 +124,9 @@ def variant_row(
         "test_iou": _overall(evaluation, "laplace", "iou"),
         "test_iou_base": _overall(evaluation, "base", "iou"),
         "per_image_iou": evaluation.get("per_image_iou"),
-        "test_iou_vs_base": (evaluation.get("paired") or {}).get(HEAD_VS_BASE_IOU),
+        "test_iou_vs_base": paired.get(HEAD_VS_BASE_IOU),
         "test_calibration_vs_baselines": {
-            key: (evaluation.get("paired") or {}).get(key)
-            for key in (calibration_key(*pair) for pair in CALIBRATION_PAIRS)
+            calibration_key(*pair): paired.get(calibration_key(*pair)) for pair in CALIBRATION_PAIRS
         },
         "clicks": {split: _clicks_summary(report) for split, report in clicks.items()},
     }
