@@ -231,3 +231,34 @@ def test_the_wide_rule_equals_its_node_by_node_form() -> None:
         ("expected_entropy", expected),
     ):
         np.testing.assert_allclose(out[name].numpy(), reference, rtol=1e-11, atol=4e-15)
+
+
+@pytest.mark.parametrize("n_nodes", [4, 9, 14, 20])
+def test_the_hermite_rule_equals_its_log_sigmoid_form(n_nodes: int) -> None:
+    """_hermite_moments (one exp and one log per node, from e^-|z|) equals the same rule written
+    with log-sigmoids node by node, to float64 rounding: p_bar and 1 - p_bar relatively (each
+    keeps its digits when tiny, from 1e-26 up; 2e-16 absolute where the nodes straddle 0), H_exp
+    to 2e-16 absolute or 1e-12 relative."""
+    from numpy.polynomial.hermite import hermgauss
+
+    from laplace_head.bayes.predictive import _hermite_moments
+
+    grid_m, grid_v = np.meshgrid(
+        np.linspace(-60.0, 60.0, 481), [1e-10, 1e-3, 0.3, 1.0, 2.0, 4.0], indexing="ij"
+    )
+    mean, variance = grid_m.ravel(), grid_v.ravel()
+    nodes, weights = hermgauss(n_nodes)
+    weights = weights / np.sqrt(np.pi)
+    z = mean[:, None] + np.sqrt(2.0 * variance)[:, None] * nodes
+    log_p, log_q = log_expit(z), log_expit(-z)
+    p, q = np.exp(log_p), np.exp(log_q)
+    reference = (p @ weights, q @ weights, -((p * log_p + q * log_q) @ weights))
+    out = _hermite_moments(torch.from_numpy(mean), torch.from_numpy(variance), n_nodes)
+    p_bar, q_bar, expected = (value.numpy() for value in out)
+    assert min(reference[0].min(), reference[1].min()) < 1e-20  # tiny probabilities are checked
+    for value, wanted in ((p_bar, reference[0]), (q_bar, reference[1])):
+        # where the nodes straddle z = 0 the sums E[d] +- E[sign(z) d] round to ~1e-16
+        np.testing.assert_allclose(value, wanted, rtol=1e-12, atol=2e-16)
+        tiny = wanted < 1e-14  # every node on one side: the two sums cancel exactly
+        np.testing.assert_allclose(value[tiny], wanted[tiny], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(expected, reference[2], rtol=1e-12, atol=2e-16)
