@@ -246,8 +246,16 @@ QUADRATURE_WIDE_VARIANCE = 4.0
 # Pixels per pass of a rule: its (pixels, nodes) buffers stay in the CPU's cache between the
 # element-wise passes (~1.6x faster than whole-image passes at 65,536 pixels, 1 thread).
 _NODE_CHUNK = 4096
+# On a GPU one launch per step over many pixels is what pays; the chunk only bounds memory.
+_DEVICE_NODE_CHUNK = 1 << 18
 _TINY = torch.finfo(torch.float64).tiny  # log's argument floor: 0 log 0 = 0 log tiny = 0
 _NODE_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, ...]] = {}
+
+
+def _node_chunk(mean: torch.Tensor) -> int:
+    """Pixels per pass of a rule over ``mean``'s pixels (>= 1)."""
+    chunk = _NODE_CHUNK if mean.device.type == "cpu" else _DEVICE_NODE_CHUNK
+    return max(1, min(chunk, mean.numel()))
 
 
 def _hermite_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,12 +313,12 @@ def _hermite_moments(
     the same with ``-``; where every node has one sign the two sums cancel exactly, so a tiny
     probability keeps its digits.
 
-    The pixels go in chunks of :data:`_NODE_CHUNK` through buffers allocated once, small
-    enough to stay in the CPU's cache between the passes (each pass over a (pixels, nodes)
+    The pixels go in chunks (:func:`_node_chunk`) through buffers allocated once, on the CPU
+    small enough to stay in its cache between the passes (each pass over a (pixels, nodes)
     array is memory-bound otherwise)."""
     nodes, weights = _hermite_rule(n_nodes, mean.device)
     scale = torch.sqrt(2.0 * variance)
-    rows = max(1, min(_NODE_CHUNK, mean.numel()))
+    rows = _node_chunk(mean)
     z, magnitude = torch.empty(2, rows, n_nodes, dtype=torch.float64, device=mean.device)
     # per node: sigmoid(-|z|), d, sign(z) d, H(sigmoid(z)); one product sums all four
     terms = torch.empty(4 * rows * n_nodes, dtype=torch.float64, device=mean.device)
@@ -354,7 +362,7 @@ def _laguerre_moments(
         [half_precision * mean * mean + log_norm, -2.0 * half_precision * mean, half_precision],
         dim=1,
     )
-    rows = max(1, min(_NODE_CHUNK, mean.numel()))
+    rows = _node_chunk(mean)
     density = torch.empty(rows, basis.shape[1], dtype=torch.float64, device=mean.device)
     sums = torch.empty(mean.numel(), 2, dtype=torch.float64, device=mean.device)
     for start in range(0, mean.numel(), rows):  # in cache-sized chunks, as _hermite_moments
@@ -391,9 +399,10 @@ def gaussian_logit_uncertainty(
         (round-off) are treated as 0.
     n_nodes
         Quadrature nodes of the widest logits, 2 to :data:`MAX_QUADRATURE_NODES` (16-24 are
-        tested; 20 by default): the Gauss-Laguerre rule and Gauss-Hermite for ``var(z) > 2``.
-        Narrower logits take the fewer nodes of :data:`HERMITE_BANDS` (never more than
-        ``n_nodes``), at least as accurate as 20 nodes are at the switch.
+        tested; 20 by default): the Gauss-Laguerre rule and Gauss-Hermite above the last band of
+        :data:`HERMITE_BANDS` (``var(z) > 3.1``). Narrower logits take their band's fewer
+        nodes (never more than ``n_nodes``), at least as accurate as 20 nodes are at the
+        switch.
 
     Returns
     -------
