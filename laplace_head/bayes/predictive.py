@@ -164,13 +164,24 @@ def uncertainty_from_samples(logit_samples: torch.Tensor) -> dict[str, torch.Ten
     samples = logit_samples.double()
     p_mean = torch.sigmoid(samples).mean(0)
     q_mean = torch.sigmoid(-samples).mean(0)  # 1 - p_mean without cancellation
-    total = -(p_mean * torch.log(p_mean.clamp_min(1e-300)))
-    total = total - q_mean * torch.log(q_mean.clamp_min(1e-300))
     expected = binary_entropy_from_logits(samples).mean(0)
-    bald = (total - expected).clamp_min(0.0)
-    return dict(
-        zip(UNCERTAINTY_FIELDS, (p_mean.float(), total.float(), expected.float(), bald.float()))
-    )
+    fields = _uncertainty_fields(p_mean, q_mean, expected)
+    return {name: value.float() for name, value in zip(UNCERTAINTY_FIELDS, fields)}
+
+
+_TINY = torch.finfo(torch.float64).tiny  # log's argument floor: 0 log 0 = 0 log tiny = 0
+
+
+def _uncertainty_fields(
+    p_bar: torch.Tensor, q_bar: torch.Tensor, expected: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The :data:`UNCERTAINTY_FIELDS` from the predictive probability, its complement (given
+    apart, so a tiny one keeps its digits) and the expected entropy: ``(p_bar, H(p_bar),
+    expected, BALD)``, with ``0 log 0 = 0`` (as ``xlogy``, at half its cost) and BALD clamped
+    at 0."""
+    total = p_bar * torch.log(p_bar.clamp_min(_TINY))
+    total.addcmul_(q_bar, torch.log(q_bar.clamp_min(_TINY))).neg_()
+    return p_bar, total, expected, (total - expected).clamp_min(0.0)
 
 
 # --- Predictive probability, entropies and BALD of a Gaussian logit, by quadrature -------------
@@ -248,7 +259,6 @@ QUADRATURE_WIDE_VARIANCE = 4.0
 _NODE_CHUNK = 4096
 # On a GPU one launch per step over many pixels is what pays; the chunk only bounds memory.
 _DEVICE_NODE_CHUNK = 1 << 18
-_TINY = torch.finfo(torch.float64).tiny  # log's argument floor: 0 log 0 = 0 log tiny = 0
 _NODE_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, ...]] = {}
 
 
@@ -455,11 +465,7 @@ def gaussian_logit_uncertainty(
     moments[:2].clamp_(0.0, 1.0)
     p_bar, q_bar, expected = moments
     expected.clamp_min_(0.0)
-    # H(p_bar) as xlogy would give it (0 log 0 = 0), at half its cost
-    total = p_bar * torch.log(p_bar.clamp_min(_TINY))
-    total.addcmul_(q_bar, torch.log(q_bar.clamp_min(_TINY))).neg_()
-    bald = (total - expected).clamp_min(0.0)
     return {
         name: value.reshape(shape).to(out_dtype)
-        for name, value in zip(UNCERTAINTY_FIELDS, (p_bar, total, expected, bald))
+        for name, value in zip(UNCERTAINTY_FIELDS, _uncertainty_fields(p_bar, q_bar, expected))
     }
