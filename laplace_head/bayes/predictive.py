@@ -269,14 +269,17 @@ def _node_chunk(mean: torch.Tensor) -> int:
 
 
 def _hermite_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Hermite nodes ``x`` and weights ``w / sqrt(pi)`` (summing to 1), float64."""
+    """Gauss-Hermite nodes as the rows ``[1, x]`` (N, 2), so that one matrix product with the
+    pixels' ``[m; sqrt(2 v)]`` gives every node's logit, and the weights ``w / sqrt(pi)``
+    (summing to 1), float64."""
     key = ("hermite", n_nodes, str(device))
     if key not in _NODE_CACHE:
         from numpy.polynomial.hermite import hermgauss
 
         nodes, weights = hermgauss(n_nodes)
+        x = torch.as_tensor(nodes, dtype=torch.float64, device=device)
         _NODE_CACHE[key] = (
-            torch.as_tensor(nodes, dtype=torch.float64, device=device),
+            torch.stack([torch.ones_like(x), x], dim=1),
             torch.as_tensor(weights / math.sqrt(math.pi), dtype=torch.float64, device=device),
         )
     return _NODE_CACHE[key]  # type: ignore[return-value]
@@ -326,20 +329,22 @@ def _hermite_moments(
     The pixels go in chunks (:func:`_node_chunk`) through buffers allocated once, on the CPU
     small enough to stay in its cache between the passes (each pass over a (pixels, nodes)
     array is memory-bound otherwise)."""
-    nodes, weights = _hermite_rule(n_nodes, mean.device)
-    scale = torch.sqrt(2.0 * variance)
+    basis, weights = _hermite_rule(n_nodes, mean.device)
+    location_scale = torch.stack([mean, torch.sqrt(2.0 * variance)])  # (2, P)
     rows = _node_chunk(mean)
-    z, magnitude = torch.empty(2, rows, n_nodes, dtype=torch.float64, device=mean.device)
-    # per node: sigmoid(-|z|), d, sign(z) d, H(sigmoid(z)); one product sums all four
-    terms = torch.empty(4 * rows * n_nodes, dtype=torch.float64, device=mean.device)
+    z, magnitude = torch.empty(2, n_nodes * rows, dtype=torch.float64, device=mean.device)
+    # per node: sigmoid(-|z|), d, sign(z) d, H(sigmoid(z)) of each pixel; node-major, so one
+    # vector-matrix product sums all four
+    terms = torch.empty(n_nodes * 4 * rows, dtype=torch.float64, device=mean.device)
     sums = torch.empty(4, mean.numel(), dtype=torch.float64, device=mean.device)
     for start in range(0, mean.numel(), rows):
         stop = min(start + rows, mean.numel())
         n = stop - start
-        chunk = terms[: 4 * n * n_nodes].view(4, n, n_nodes)  # contiguous for every n
-        small, spread, signed, entropy = chunk
-        z_n, magnitude_n = z[:n], magnitude[:n]
-        torch.addcmul(mean[start:stop, None], scale[start:stop, None], nodes, out=z_n)
+        chunk = terms[: n_nodes * 4 * n].view(n_nodes, 4, n)  # contiguous for every n
+        small, spread, signed, entropy = chunk.unbind(1)
+        z_n = z[: n_nodes * n].view(n_nodes, n)
+        magnitude_n = magnitude[: n_nodes * n].view(n_nodes, n)
+        torch.mm(basis, location_scale[:, start:stop], out=z_n)  # m + sqrt(2 v) x
         torch.abs(z_n, out=magnitude_n)
         torch.neg(magnitude_n, out=small).exp_()  # u
         torch.add(small, 1.0, out=spread)
@@ -348,8 +353,8 @@ def _hermite_moments(
         small.mul_(spread)  # sigmoid(-|z|)
         entropy.addcmul_(magnitude_n, small)
         spread.sub_(small)
-        torch.copysign(spread, z_n, out=signed)
-        sums[:, start:stop] = torch.mv(chunk.view(-1, n_nodes), weights).view(4, n)
+        torch.sign(z_n, out=signed).mul_(spread)
+        sums[:, start:stop] = (weights @ chunk.view(n_nodes, 4 * n)).view(4, n)
     tail, total, skew, expected = sums
     return tail + 0.5 * (total + skew), tail + 0.5 * (total - skew), expected
 

@@ -84,6 +84,31 @@ def test_sam_matches_sam_predictor_reference(tiny_sam, image):
     np.testing.assert_allclose(logits, _on_grid(masks[branch]), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("low", "padded", "hw"),
+    [(256, 1024, (480, 640)), (256, 1024, (1000, 333)), (256, 1024, (37, 50)), (32, 128, (50, 70))],
+)
+def test_the_resize_matrices_equal_the_interpolation_chain(low, padded, hw):
+    """Step 4 as one matrix per axis (resize_matrix) = Sam.postprocess_masks' bilinear chain
+    (up to the padded side, crop, to the image size) then the antialiased resize to 256, on
+    random logits of a batch: downscaled (480 x 640, a tall 1000 x 333) and upscaled (37 x 50)
+    to the grid, and the tiny SAM's 32-cell decoder."""
+    from laplace_head.segmenters.sam import resize_matrix
+
+    scale = padded / max(hw)
+    size = (int(hw[0] * scale + 0.5), int(hw[1] * scale + 0.5))  # ResizeLongestSide's rounding
+    logits = torch.randn(3, 1, low, low, generator=torch.Generator().manual_seed(0)) * 8
+    up = F.interpolate(logits, (padded, padded), mode="bilinear", align_corners=False)
+    full = F.interpolate(up[..., : size[0], : size[1]], hw, mode="bilinear", align_corners=False)
+    reference = F.interpolate(
+        full, (256, 256), mode="bilinear", align_corners=False, antialias=True
+    )[:, 0]
+    rows = resize_matrix(low, padded, size[0], hw[0])
+    cols = resize_matrix(low, padded, size[1], hw[1])
+    assert rows.shape == (256, low) and cols.shape == (256, low)
+    np.testing.assert_allclose(rows @ logits[:, 0] @ cols.T, reference, rtol=0, atol=1e-5)
+
+
 def test_sam_mask_input_matches_sam_predictor_reference(tiny_sam, image):
     """predict_with_mask = SamPredictor.predict(mask_input=...)'s best branch: the previous
     low-res logits go into the prompt encoder, and the kept low-res logits come back."""
