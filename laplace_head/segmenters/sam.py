@@ -349,14 +349,13 @@ class SamSegmenter(BaseSegmenter):
     def _postprocess(self, low_res: torch.Tensor) -> np.ndarray:
         """(B, 1, 256, 256) decoder logits -> (B, 256, 256) float32 at the image's 256 grid:
         ``rows @ logits @ cols^T`` with the image's :func:`resize_matrix` per axis."""
-        rows, cols = self._resize_matrices()
+        rows, cols = self._resize_matrices(*low_res.shape[-2:])
         return (rows @ low_res[:, 0].float() @ cols.T).cpu().numpy().astype(np.float32)
 
-    def _resize_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (256, h) row and (256, w) column :func:`resize_matrix` of the current image (h x w
-        the decoder's low-resolution size), kept until the image size changes."""
+    def _resize_matrices(self, low_h: int, low_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (256, low_h) row and (256, low_w) column :func:`resize_matrix` of the current
+        image for decoder logits of ``low_h x low_w``, kept until either size changes."""
         height, width = self.image_hw
-        low_h, low_w = self.mask_input_hw
         key = (height, width, *self.predictor.input_size, low_h, low_w)
         if self._resize_key != key:
             padded = self.model.image_encoder.img_size
