@@ -21,8 +21,8 @@ How logits are produced, per image and prompt set
    to 256 x 256 with bilinear interpolation (``align_corners=False``, ``antialias=True``, i.e.
    area-aware when downscaling and plain bilinear when upscaling). Only the kept branch is
    post-processed. Each step is linear and separable, so the chain is computed as one
-   (256, 256) matrix per axis (:func:`resize_matrix`), equal to it to float32 rounding, with no
-   H x W plane.
+   (256, 256) matrix per axis for the official models (:func:`resize_matrix`), equal to it to
+   float32 rounding, with no H x W plane.
 
 :meth:`~laplace_head.segmenters.base.BaseSegmenter.predict_with_mask` is the same decode with
 SAM's previous low-resolution logits as the prompt encoder's mask input (``SamPredictor``'s
@@ -74,7 +74,7 @@ def resize_matrix(low: int, padded: int, size: int, original: int) -> torch.Tens
     then bilinear with antialias to the grid, all ``align_corners=False``.
 
     Every step is linear and works on each axis alone, so the whole post-processing of
-    (B, low_h, low_w) logits is ``rows @ logits @ cols^T``: no full-size plane, ~7x faster on a
+    (B, low_h, low_w) logits is ``rows @ logits @ cols^T``: no full-size plane, ~6x faster on a
     CPU for a 480 x 640 image. The columns are the steps' own ``F.interpolate`` calls on the
     unit vectors (as ``Sam.postprocess_masks`` and the 256 resize run them), so the product
     equals that chain to float32 rounding (tests/unit/test_segmenters.py). The unit vectors lie
