@@ -350,7 +350,10 @@ class SamSegmenter(BaseSegmenter):
         """(B, 1, 256, 256) decoder logits -> (B, 256, 256) float32 at the image's 256 grid:
         ``rows @ logits @ cols^T`` with the image's :func:`resize_matrix` per axis."""
         rows, cols = self._resize_matrices(*low_res.shape[-2:])
-        return (rows @ low_res[:, 0].float() @ cols.T).cpu().numpy().astype(np.float32)
+        # float32 even under a caller's autocast (bench/gpu_check.py times stage 3 in bf16)
+        with torch.autocast(low_res.device.type, enabled=False):
+            resized = rows @ low_res[:, 0].float() @ cols.T
+        return resized.cpu().numpy().astype(np.float32)
 
     def _resize_matrices(self, low_h: int, low_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (256, low_h) row and (256, low_w) column :func:`resize_matrix` of the current

@@ -109,6 +109,17 @@ def test_the_resize_matrices_equal_the_interpolation_chain(low, padded, hw):
     np.testing.assert_allclose(rows @ logits[:, 0] @ cols.T, reference, rtol=0, atol=1e-5)
 
 
+def test_the_post_processing_stays_float32_under_autocast(tiny_sam, image):
+    """Stage 3 timed under bf16 autocast (bench/gpu_check.py) post-processes in float32: the
+    same logits as without autocast, for the same decoder output."""
+    tiny_sam.set_image(image)
+    low_res = torch.randn(2, 1, *tiny_sam.mask_input_hw, generator=torch.Generator().manual_seed(4))
+    plain = tiny_sam._postprocess(low_res)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = tiny_sam._postprocess(low_res)
+    np.testing.assert_array_equal(autocast, plain)
+
+
 def test_sam_mask_input_matches_sam_predictor_reference(tiny_sam, image):
     """predict_with_mask = SamPredictor.predict(mask_input=...)'s best branch: the previous
     low-res logits go into the prompt encoder, and the kept low-res logits come back."""
