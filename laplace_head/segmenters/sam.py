@@ -209,8 +209,8 @@ class SamSegmenter(BaseSegmenter):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.predictor = SamPredictor(self.model)
-        self._resize_key: tuple[int, ...] | None = None
-        self._resize: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (sizes, (rows, cols)) of the last image's resize_matrix pair
+        self._resize: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
         identity = {
             "name": self.name,
             "model_type": self.model_type,
@@ -353,19 +353,19 @@ class SamSegmenter(BaseSegmenter):
         # float32 even under a caller's autocast (bench/gpu_check.py times stage 3 in bf16)
         with torch.autocast(low_res.device.type, enabled=False):
             resized = rows @ low_res[:, 0].float() @ cols.T
-        return resized.cpu().numpy().astype(np.float32)
+        return resized.cpu().numpy()
 
     def _resize_matrices(self, low_h: int, low_w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (256, low_h) row and (256, low_w) column :func:`resize_matrix` of the current
         image for decoder logits of ``low_h x low_w``, kept until either size changes."""
         height, width = self.image_hw
-        key = (height, width, *self.predictor.input_size, low_h, low_w)
-        if self._resize_key != key:
+        input_h, input_w = self.predictor.input_size
+        key = (height, width, input_h, input_w, low_h, low_w)
+        if self._resize is None or self._resize[0] != key:
             padded = self.model.image_encoder.img_size
-            input_h, input_w = self.predictor.input_size
-            self._resize = tuple(
+            rows, cols = (
                 resize_matrix(low, padded, size, original).to(self.device)
                 for low, size, original in ((low_h, input_h, height), (low_w, input_w, width))
             )
-            self._resize_key = key
-        return self._resize  # type: ignore[return-value]
+            self._resize = (key, (rows, cols))
+        return self._resize[1]
