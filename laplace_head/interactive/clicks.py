@@ -556,21 +556,27 @@ def map_entropy(probability: np.ndarray) -> np.ndarray:
     return binary_entropy_from_logits(logits).numpy()
 
 
+def error_regions(state: ClickState, probability: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(labels, count)`` of the regions :func:`region_centres` ranks: the 4-connected
+    components (:func:`scipy.ndimage.label`) of the clickable cells whose predicted error
+    ``min(p, 1 - p)`` of ``probability`` is at least ``state.settings.region_error_level``."""
+    level = state.settings.region_error_level
+    labels, count = ndimage.label(~state.blocked() & (predicted_error(probability) >= level))
+    return labels, int(count)
+
+
 def region_centres(
     state: ClickState, n: int, probability: np.ndarray, weight: np.ndarray
 ) -> list[Cell]:
     """Centres of the ``n`` regions of predicted error with the largest ``weight`` sums, best
     first.
 
-    The regions are the 4-connected components of the clickable cells whose predicted error
-    ``min(p, 1 - p)`` of ``probability`` is at least ``state.settings.region_error_level``;
-    they are ranked by the sum of ``weight`` over them (ties: first in label, i.e. scan,
-    order) and each is clicked at its :func:`interior_point` (blocked cells count as
-    boundary). Fewer than ``n`` when there are fewer regions.
+    The regions are the :func:`error_regions` of ``probability``; they are ranked by the sum
+    of ``weight`` over them (ties: first in label, i.e. scan, order) and each is clicked at
+    its :func:`interior_point` (blocked cells count as boundary). Fewer than ``n`` when there
+    are fewer regions.
     """
-    level = state.settings.region_error_level
-    region_mask = ~state.blocked() & (predicted_error(probability) >= level)
-    labels, n_regions = ndimage.label(region_mask)  # 4-connectivity
+    labels, n_regions = error_regions(state, probability)
     if n_regions == 0 or n <= 0:
         return []
     weight = np.asarray(weight, dtype=np.float64)

@@ -14,6 +14,7 @@ from laplace_head.interactive.clicks import (
     REGION_ERROR_LEVEL,
     ClickState,
     click_rng,
+    error_regions,
     first_click,
     grid_to_image,
     image_to_grid,
@@ -435,6 +436,23 @@ def test_bald_region_uses_4_connectivity_and_the_error_level() -> None:
     # Just below the error level the strip is no region: a corner square wins.
     probability[10:21, 200:216] = 0.76
     assert POLICIES["bald_region"](state, np.random.default_rng(0)) == (205, 205)
+
+
+def test_error_regions_are_the_regions_the_region_rules_rank() -> None:
+    state = _region_state()
+    labels, count = error_regions(state, state.predictive_probability)
+    assert count == 3 and labels.max() == 3
+    # each box is one region, in scan order; nothing else (the BALD-only cell included)
+    for index, box in enumerate((SMALL, MID, BIG), start=1):
+        assert np.array_equal(labels == index, _box((256, 256), *box))
+    # the clicked cell and the excluded cells leave them (blocked cells are no region)
+    state.clicked.add((112, 60))
+    state.excluded = _box((256, 256), *SMALL)
+    labels, count = error_regions(state, state.predictive_probability)
+    assert count == 2 and labels[112, 60] == 0 and not labels[_box((256, 256), *SMALL)].any()
+    # bald_region clicks inside the region with the largest BALD sum
+    row, col = POLICIES["bald_region"](state, np.random.default_rng(0))
+    assert labels[row, col] == labels[100, 48] != 0
 
 
 def test_bald_region_falls_back_to_smoothed_bald_without_an_uncertain_region() -> None:
