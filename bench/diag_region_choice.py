@@ -125,14 +125,17 @@ def summarise(states: list, n_bootstrap: int, seed: int) -> None:
             f"{rule:<12} {cells.mean():>12.0f} {wrong.mean():>11.0f} "
             f"{np.mean(wrong / np.maximum(cells, 1)):>14.3f} {hit:>10.2f} {gain:>+16.4f}"
         )
-    measures = {
-        "1-click IoU gain": lambda c: c["gain"],
-        "wrong fraction of the region": lambda c: c["wrong_cells"] / max(c["region_cells"], 1),
-        "wrong cells in the region": lambda c: c["wrong_cells"],
-        "region cells": lambda c: c["region_cells"],
+    measures = {  # name -> (measure of one choice, digits)
+        "1-click IoU gain": (lambda c: c["gain"], 4),
+        "wrong fraction of the region": (
+            lambda c: c["wrong_cells"] / max(c["region_cells"], 1),
+            4,
+        ),
+        "wrong cells in the region": (lambda c: c["wrong_cells"], 0),
+        "region cells": (lambda c: c["region_cells"], 0),
     }
     print("\nbald_region - map_region, per image (mean over its states), 95% bootstrap CI:")
-    for name, measure in measures.items():
+    for name, (measure, digits) in measures.items():
         per_image: dict[str, list[float]] = {}
         for s in differ:
             per_image.setdefault(s["sample_id"], []).append(
@@ -142,7 +145,8 @@ def summarise(states: list, n_bootstrap: int, seed: int) -> None:
         result = paired_comparison(diff, n_bootstrap, seed, "diag_region_choice")
         low, high = result["ci95"]
         print(
-            f"  {name:<30} {result['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}] "
+            f"  {name:<30} {result['mean_difference']:+.{digits}f} [{low:+.{digits}f}, "
+            f"{high:+.{digits}f}] "
             f"({result['n']} images, {result['n_better']} up / {result['n_worse']} down)"
         )
 
