@@ -9,6 +9,7 @@ the default folder is missing, the tests that need it are SKIPPED with a reason 
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -30,6 +31,22 @@ REAL_DEV_ENV = "LAPLACE_HEAD_REAL_DEV"
 def repo_root() -> Path:
     """The repository root (the folder holding the Snakefile)."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def bench_script(repo_root: Path) -> Callable[[str], Any]:
+    """Import a script of ``bench/`` by module name (``bench/`` is a folder of scripts, not a
+    package; it is on the import path only while the script and its imports load)."""
+
+    def load(name: str) -> Any:
+        folder = str(repo_root / "bench")
+        sys.path.insert(0, folder)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(folder)
+
+    return load
 
 
 @pytest.fixture(scope="session")

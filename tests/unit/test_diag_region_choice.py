@@ -3,8 +3,6 @@ trajectory, each choice checked against the rule itself and against a prediction
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from helpers.laplace_fixtures import make_fitted_run
@@ -26,14 +24,8 @@ from laplace_head.settings import GRID_SIZE
 
 
 @pytest.fixture(scope="module")
-def bench_modules(repo_root):
-    sys.path.insert(0, str(repo_root / "bench"))
-    try:
-        import bench_precompute
-        import diag_region_choice
-    finally:
-        sys.path.remove(str(repo_root / "bench"))
-    return diag_region_choice, bench_precompute
+def bench_modules(bench_script):
+    return bench_script("diag_region_choice"), bench_script("bench_precompute")
 
 
 def test_states_hold_each_rules_own_choice_and_its_one_click_gain(

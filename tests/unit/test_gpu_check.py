@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from helpers.tiny_sam import build_tiny_sam
@@ -12,13 +10,8 @@ from laplace_head.segmenters.sam import SamSegmenter
 
 
 @pytest.fixture(scope="module")
-def gpu_check(repo_root):
-    sys.path.insert(0, str(repo_root / "bench"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(repo_root / "bench"))
-    return gpu_check
+def gpu_check(bench_script):
+    return bench_script("gpu_check")
 
 
 @pytest.fixture(scope="module")
