@@ -79,6 +79,26 @@ class CurvatureBlock:
         squares = (m * m).reshape(m.shape[0], -1)
         return weights.reshape(*weights.shape[:-2], -1) @ squares.T
 
+    def feature_variance(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """:meth:`variance` of a one-output layer with a bias (the final 1x1 conv, block
+        (1, C + 1)) straight from its input features (..., C), whose Jacobian is ``[phi, 1]``:
+        ``sum_i w_i ((Q_in^T [phi; 1])_i)^2`` with ``w = (Q_out^2)^T W``, one weight set (1,
+        C + 1). No per-pixel factors are built (the features may be a channels-last view);
+        equal to :meth:`variance` of :func:`~laplace_head.bayes.jacobian.last_layer_factors` to
+        float rounding. Returns (...)."""
+        assert weights.ndim == 2 and weights.shape[0] == 1, "one output, one weight set"
+        weight = weights[0] if self.rot_out is None else (self.rot_out**2).T @ weights
+        weight = weight.reshape(-1)
+        # Element-wise products and a sum over the last axis (not a matrix-vector product,
+        # whose rounding may depend on the operands' addresses): the same features give the
+        # same variance bit for bit, wherever they sit in memory.
+        if self.rot_in is None:
+            return features.square().mul_(weight[:-1]).sum(-1).add_(weight[-1])
+        rotated = torch.addmm(
+            self.rot_in[-1:], features.reshape(-1, features.shape[-1]), self.rot_in[:-1]
+        )
+        return rotated.square_().mul_(weight).sum(-1).reshape(features.shape[:-1])
+
     def marginal_variance(self, weights: torch.Tensor) -> torch.Tensor:
         """The diagonal of ``Q diag(W) Q^T``, (out, in)."""
         out = weights

@@ -46,7 +46,6 @@ from laplace_head.bayes.jacobian import (
     head_features_and_logits,
     head_logits,
     jacobian_factors,
-    last_layer_factors,
 )
 from laplace_head.bayes.posterior_io import (
     PosteriorLoadError,
@@ -248,7 +247,9 @@ class Posterior:
         last-layer posterior then reads its Jacobian from the pass's features instead of
         running the head again (the same numbers, bit for bit).
 
-        All-layer posteriors on the CPU go band by band through the eigenbasis
+        A last-layer posterior's variance comes straight from the head's features
+        (:meth:`_last_layer_moments`). All-layer posteriors on the CPU go band by band through
+        the eigenbasis
         (:meth:`_all_layer_moments`, ~4x faster there); on a GPU the per-pixel route below is
         the faster one (its few large kernels beat the bands' many small ones: 8 ms against
         53 ms per 256 x 256 image on an H200, README "GPU"). Both agree to 1e-6 relative."""
@@ -257,7 +258,10 @@ class Posterior:
                 return self._last_layer_moments(inputs.logits, inputs.features)
             inputs = inputs.inputs
         tensor = self.as_inputs(inputs)
-        if self.subset == "all_layers" and tensor.device.type == "cpu":
+        if self.subset == "last_layer":
+            features, logits = head_features_and_logits(self.head, tensor)
+            return self._last_layer_moments(logits, features)
+        if tensor.device.type == "cpu":
             return self._all_layer_moments(tensor)
         return self._per_pixel_moments(tensor)
 
@@ -276,13 +280,13 @@ class Posterior:
     def _last_layer_moments(
         self, logits: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`logit_moments` of a last-layer posterior from a pass's logits and features,
-        image by image as :meth:`_per_pixel_moments` computes them."""
-        variances = [
-            self._factor_variance(last_layer_factors(image), image[0, 0].numel())
-            for image in features.split(1)
-        ]
-        return logits, torch.cat(variances).reshape(logits.shape).clamp_min(0.0)
+        """:meth:`logit_moments` of a last-layer posterior from a pass's logits and features
+        (B, C, H, W): the variance straight from the features
+        (:meth:`~laplace_head.bayes.curvature.CurvatureBlock.feature_variance`), equal to
+        :meth:`_per_pixel_moments`' to float rounding."""
+        (block,), (weights,) = self.curvature.blocks, self._weights
+        variance = block.feature_variance(features.permute(0, 2, 3, 1), weights)
+        return logits, variance.clamp_min(0.0)
 
     def _per_pixel_moments(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`logit_moments` from every pixel's Jacobian factors, in chunks of pixels."""

@@ -314,9 +314,10 @@ def _laguerre_rule(n_nodes: int, device: torch.device) -> tuple[torch.Tensor, to
 
 
 def _hermite_moments(
-    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int
+    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits by Gauss-Hermite.
+    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits by Gauss-Hermite, written into
+    the rows of ``out`` (3, P) when given.
 
     One exp and one log per node, from ``u = e^-|z|``: ``sigmoid(|z|) = 1 / (1 + u)``,
     ``sigmoid(-|z|) = u / (1 + u)`` and ``H(sigmoid(z)) = log(1 + u) + |z| sigmoid(-|z|)``,
@@ -356,13 +357,19 @@ def _hermite_moments(
         torch.sign(z_n, out=signed).mul_(spread)
         sums[:, start:stop] = (weights @ chunk.view(n_nodes, 4 * n)).view(4, n)
     tail, total, skew, expected = sums
-    return tail + 0.5 * (total + skew), tail + 0.5 * (total - skew), expected
+    if out is None:
+        out = torch.empty(3, mean.numel(), dtype=torch.float64, device=mean.device)
+    p_bar, q_bar, h_exp = out.unbind()
+    torch.add(total, skew, out=p_bar).mul_(0.5).add_(tail)
+    torch.sub(total, skew, out=q_bar).mul_(0.5).add_(tail)
+    return p_bar, q_bar, h_exp.copy_(expected)
 
 
 def _laguerre_moments(
-    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int
+    mean: torch.Tensor, variance: torch.Tensor, n_nodes: int, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits (v > 0) by Gauss-Laguerre.
+    """(p_bar, 1 - p_bar, H_exp) of (P,) float64 Gaussian logits (v > 0) by Gauss-Laguerre,
+    written into the rows of ``out`` (3, P) when given.
 
     The log density of N(m, v) at ``+-t`` is ``a + b (+-t) + c t^2`` per pixel, so every node
     of every pixel comes from one (P, 3) x (3, 2N) matrix product, one exp and one (2N, 2)
@@ -387,9 +394,12 @@ def _laguerre_moments(
         chunk.clamp_min_(-700.0).exp_()  # N(t; m, v) | N(-t; m, v)
         torch.matmul(chunk, combine, out=sums[start:stop])
     correction, expected = sums.unbind(1)
-    p_bar = torch.special.ndtr(mean / std) + correction
-    q_bar = torch.special.ndtr(-mean / std) - correction
-    return p_bar, q_bar, expected
+    if out is None:
+        out = torch.empty(3, mean.numel(), dtype=torch.float64, device=mean.device)
+    p_bar, q_bar, h_exp = out.unbind()
+    torch.special.ndtr(mean / std, out=p_bar).add_(correction)
+    torch.special.ndtr(-mean / std, out=q_bar).sub_(correction)
+    return p_bar, q_bar, h_exp.copy_(expected)
 
 
 def gaussian_logit_uncertainty(
@@ -460,10 +470,7 @@ def gaussian_logit_uncertainty(
     for (rule, nodes), count in zip(rules, counts):
         if count:
             stop = start + count
-            for field, value in zip(
-                moments[:, start:stop], rule(mean[start:stop], variance[start:stop], nodes)
-            ):
-                field.copy_(value)
+            rule(mean[start:stop], variance[start:stop], nodes, out=moments[:, start:stop])
             start = stop
     if order is not None:
         moments = torch.empty_like(moments).index_copy_(1, order, moments)

@@ -858,7 +858,6 @@ def suggest_cells(
     ``seed``, ``stream`` and the pick's index.
     """
     chooser = get_policy(policy)
-    rows, cols = np.mgrid[: state.shape[0], : state.shape[1]]
     if state.excluded is None:
         state.excluded = np.zeros(state.shape, dtype=bool)
     cells: list[Cell] = []
@@ -868,10 +867,23 @@ def suggest_cells(
         if cell is None:
             break
         cells.append(cell)
-        if min_distance > 0:
-            state.excluded |= (rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < min_distance**2
-        state.excluded |= clicked_mask({cell}, state.shape)
+        _exclude_disc(state.excluded, cell, min_distance)
     return cells
+
+
+def _exclude_disc(excluded: np.ndarray, cell: Cell, radius: float) -> None:
+    """Mark ``cell`` and the cells closer than ``radius`` to it in ``excluded`` (in place),
+    computed on the disc's bounding box only."""
+    row, col = cell
+    excluded[row, col] = True
+    if radius <= 0:
+        return
+    reach = math.ceil(radius)
+    top, left = max(row - reach, 0), max(col - reach, 0)
+    bottom, right = min(row + reach + 1, excluded.shape[0]), min(col + reach + 1, excluded.shape[1])
+    rows = np.arange(top, bottom)[:, None] - row
+    cols = np.arange(left, right)[None, :] - col
+    excluded[top:bottom, left:right] |= rows**2 + cols**2 < radius**2
 
 
 def likely_label(predictive_probability: np.ndarray, cell: Cell) -> int:

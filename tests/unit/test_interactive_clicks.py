@@ -359,6 +359,24 @@ def test_suggest_cells_points_at_different_regions_best_first() -> None:
     assert all(state.excluded[cell] for cell in cells)  # the state remembers the picks
 
 
+@pytest.mark.parametrize("radius", [0.0, 0.5, 1.0, 2.5, 16.0, 40.0, 300.0])
+@pytest.mark.parametrize("cell", [(0, 0), (3, 250), (128, 77), (255, 255)])
+def test_a_picks_exclusion_disc_is_every_cell_closer_than_the_distance(cell, radius) -> None:
+    """The disc suggest_cells excludes around a pick (computed on its bounding box) is the
+    pick and every grid cell whose centre is closer than ``min_distance``, and nothing
+    already excluded is lost."""
+    from laplace_head.interactive.clicks import _exclude_disc
+
+    rows, cols = np.mgrid[:256, :256]
+    earlier = np.zeros((256, 256), dtype=bool)
+    earlier[200:, :10] = True
+    expected = earlier | ((rows - cell[0]) ** 2 + (cols - cell[1]) ** 2 < radius**2)
+    expected[cell] = True
+    excluded = earlier.copy()
+    _exclude_disc(excluded, cell, radius)
+    assert np.array_equal(excluded, expected)
+
+
 def test_suggest_cells_without_distance_never_repeats_and_runs_out() -> None:
     shape = (4, 4)
     state = ClickState(np.full(shape, 0.9), np.zeros(shape), np.zeros(shape))
