@@ -14,7 +14,11 @@ from laplace_head.segmenters import (
     build_segmenter,
     build_segmenter_from_settings,
 )
-from laplace_head.segmenters.random_walker import RandomWalkerSegmenter, probability_to_logits
+from laplace_head.segmenters.random_walker import (
+    RandomWalkerSegmenter,
+    graph_laplacian,
+    probability_to_logits,
+)
 from laplace_head.segmenters.sam import CHECKPOINTS_URL, SamCheckpointError, SamSegmenter
 from laplace_head.util.devices import resolve_device
 
@@ -304,6 +308,93 @@ def test_random_walker_is_deterministic():
     assert outputs[0][2] == outputs[1][2]
     fingerprints = {RandomWalkerSegmenter(beta=b).info["fingerprint"] for b in (10, 20, 10)}
     assert len(fingerprints) == 2
+
+
+def test_the_walkers_graph_laplacian_is_scikit_images():
+    """graph_laplacian on a hand-checked 2 x 2 image (edge weights exp(-beta g^2 / (10 std
+    sqrt(C))) + 1e-10, degrees on the diagonal) and on a photo-like image, where it equals
+    the matrix scikit-image's random_walker builds (its private _build_laplacian)."""
+    from skimage.segmentation import random_walker_segmentation as skimage_walker
+
+    image = np.array([[[0.0], [1.0]], [[0.0], [0.5]]])  # nodes 0 1 / 2 3
+    laplacian = graph_laplacian(image, beta=10.0).toarray()
+    scale = -10.0 / (10 * image.std())
+    w01, w23, w02, w13 = np.exp(scale * np.array([1.0, 0.25, 0.0, 0.25])) + 1e-10
+    expected = np.array(
+        [
+            [w01 + w02, -w01, -w02, 0],
+            [-w01, w01 + w13, 0, -w13],
+            [-w02, 0, w02 + w23, -w23],
+            [0, -w13, -w23, w13 + w23],
+        ]
+    )
+    np.testing.assert_allclose(laplacian, expected, rtol=1e-15, atol=0)
+    photo = _disk_image()[0].astype(np.float64) / 255.0
+    theirs = skimage_walker._build_laplacian(
+        photo[:, :, None, :], np.ones(3), None, 2000.0, multichannel=True
+    )
+    assert abs(graph_laplacian(photo, 2000.0) - theirs).max() < 1e-14
+
+
+def _walker_prompt_sets(image: np.ndarray, n: int, seed: int):
+    """``n`` growing prompt sets of random points, alternately positive and negative."""
+    rng = np.random.default_rng(seed)
+    height, width = image.shape[:2]
+    points = rng.uniform([0, 0], [width, height], size=(n, 2))
+    labels = np.arange(n) % 2 == 0
+    return [(points[: k + 1], labels[: k + 1].astype(int)) for k in range(1, n)]
+
+
+def test_the_kept_factorization_solves_the_walker_as_scikit_image_does():
+    """The bf mode's WalkerSystem (one factorization per image, kept columns, one refinement)
+    against scikit-image's random_walker(mode="bf") on a noisy photo-like image with 2-12
+    seeds: p agrees to 1e-5 (both residuals at float64 rounding; the gap is the conditioning
+    of the weak edges), and its own residual L_UU p_U + L_US p_S is below 1e-12."""
+    from skimage.segmentation import random_walker
+
+    rng = np.random.default_rng(3)
+    image = np.clip(_disk_image()[0] + rng.normal(0, 25, (60, 90, 3)), 0, 255).astype(np.uint8)
+    segmenter = RandomWalkerSegmenter(max_side=90)
+    segmenter.set_image(image)
+    laplacian = graph_laplacian(segmenter._small, segmenter.beta)
+    compared = 0
+    for points, labels in _walker_prompt_sets(image, 12, seed=5):
+        seeds = segmenter._seed_labels(points, labels)
+        if set(np.unique(seeds)) != {0, 1, 2}:
+            continue
+        mine = segmenter._foreground_probability(seeds)
+        theirs = random_walker(
+            segmenter._small,
+            seeds,
+            beta=2000.0,
+            mode="bf",
+            return_full_prob=True,
+            channel_axis=-1,
+        )[0]
+        np.testing.assert_allclose(mine, np.clip(theirs, 0, 1), rtol=0, atol=1e-5)
+        unseeded = seeds.ravel() == 0
+        residual = (laplacian @ np.where(seeds.ravel() == 1, 1.0, mine.ravel()))[unseeded]
+        assert np.abs(residual).max() < 1e-12
+        compared += 1
+    assert compared >= 8
+    assert segmenter._system is not None  # factorized once, on the first prompt set
+
+
+def test_the_walkers_kept_columns_are_bounded_and_do_not_change_p(monkeypatch):
+    """A WalkerSystem keeps at most KEPT_COLUMNS columns (the least recently used go); a
+    prompt set predicted with its columns evicted and solved again gives p bit for bit."""
+    from laplace_head.segmenters import random_walker as walker_module
+
+    monkeypatch.setattr(walker_module, "KEPT_COLUMNS", 4)
+    image, _ = _disk_image()
+    segmenter = RandomWalkerSegmenter(max_side=48)
+    segmenter.set_image(image)
+    points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
+    first = segmenter.predict(points, labels)[0]
+    for other, other_labels in _walker_prompt_sets(image, 8, seed=2):
+        segmenter.predict(other, other_labels)
+    assert len(segmenter._system._columns) <= 9  # at most the last set's 8 seeds and the anchor
+    np.testing.assert_array_equal(segmenter.predict(points, labels)[0], first)
 
 
 def test_random_walker_degenerate_inputs():
