@@ -397,6 +397,31 @@ def test_the_walkers_kept_columns_are_bounded_and_do_not_change_p(monkeypatch):
     np.testing.assert_array_equal(segmenter.predict(points, labels)[0], first)
 
 
+def test_a_failed_kept_solve_falls_back_to_scikit_images(monkeypatch, caplog):
+    """Should the small seed system of the kept factorization ever be singular, the prompt set
+    is solved afresh by scikit-image (a warning says so), not lost."""
+    from skimage.segmentation import random_walker
+
+    from laplace_head.segmenters import random_walker as walker_module
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    image, _ = _disk_image()
+    segmenter = RandomWalkerSegmenter(max_side=48)
+    segmenter.set_image(image)
+    points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
+    seeds = segmenter._seed_labels(points, labels)
+    monkeypatch.setattr(walker_module.np.linalg, "solve", singular)
+    with caplog.at_level("WARNING", logger=walker_module.LOGGER.name):
+        probability = segmenter._foreground_probability(seeds)
+    theirs = random_walker(
+        segmenter._small, seeds, beta=2000.0, mode="bf", return_full_prob=True, channel_axis=-1
+    )[0]
+    np.testing.assert_array_equal(probability, np.clip(theirs, 0.0, 1.0))
+    assert "solving afresh" in caplog.text
+
+
 def test_random_walker_degenerate_inputs():
     segmenter = RandomWalkerSegmenter(max_side=16)
     segmenter.set_image(np.full((40, 40, 3), 128, dtype=np.uint8))  # constant image
