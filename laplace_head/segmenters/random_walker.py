@@ -17,7 +17,9 @@ machines. What it does, per image and prompt set:
    Laplacian ``L + c e_a e_a^T`` is factorized once (sparse LU), every seed pixel's column of its
    inverse is solved once and kept, and a prompt set's ``p`` is those columns' combination that
    meets the seeds (a (seeds + 1)-square system), refined once against ``L`` itself. A
-   prompt set costs a few ms instead of a ~60 ms factorization (``bench/bench_interactive.py``),
+   prompt set costs a few ms instead of a ~60 ms factorization (``bench/bench_interactive.py``);
+   grids above 131,072 pixels (:data:`MIN_KEPT_COLUMNS` columns in :data:`KEPT_COLUMN_BYTES`)
+   are solved afresh per prompt set by scikit-image instead,
    and its residual is at float64 rounding, like scikit-image's ``random_walker(mode="bf")``,
    from which it differs by < 1e-5 in ``p`` (the weak edges make the system ill-conditioned;
    tests/unit/test_segmenters.py). ``cg_j`` is scikit-image's Jacobi-preconditioned CG.
@@ -59,9 +61,12 @@ ALGORITHM_VERSION = 1
 POSITIVE_LABEL, NEGATIVE_LABEL = 1, 2
 # scikit-image's edge-weight floor: the graph stays connected across the strongest edge.
 EDGE_WEIGHT_FLOOR = 1e-10
-# Columns of the grounded Laplacian's inverse a WalkerSystem keeps (one per seed pixel seen,
-# 8 bytes per small-grid pixel each: 154 KB at 120 x 160).
-KEPT_COLUMNS = 256
+# Memory for the columns of the grounded Laplacian's inverse a WalkerSystem keeps (one per seed
+# pixel seen, 8 bytes per small-grid pixel each: 154 KB at 120 x 160, so ~436 columns there).
+KEPT_COLUMN_BYTES = 64 * 2**20
+# A grid too large to keep this many columns in that memory (> 131,072 pixels, a longer side
+# above ~400) is solved afresh per prompt set by scikit-image, as before WalkerSystem.
+MIN_KEPT_COLUMNS = 64
 
 
 def probability_to_logits(prob: np.ndarray, eps: float = PROB_EPS) -> np.ndarray:
@@ -133,7 +138,7 @@ class WalkerSystem:
                 self._columns[q] = np.ascontiguousarray(column)
         for q in nodes:
             self._columns.move_to_end(q)
-        while len(self._columns) > max(KEPT_COLUMNS, len(nodes)):
+        while len(self._columns) > max(KEPT_COLUMN_BYTES // (8 * self.n), len(nodes)):
             self._columns.popitem(last=False)
         return np.stack([self._columns[q] for q in nodes], axis=1)
 
@@ -273,7 +278,7 @@ class RandomWalkerSegmenter(BaseSegmenter):
             return np.full(seeds.shape, 1.0 if POSITIVE_LABEL in present else 0.0)
         if not (seeds == 0).any():
             return (seeds == POSITIVE_LABEL).astype(np.float64)
-        if self.mode == "bf":
+        if self.mode == "bf" and 8 * seeds.size * MIN_KEPT_COLUMNS <= KEPT_COLUMN_BYTES:
             assert self._small is not None
             if self._system is None:
                 self._system = WalkerSystem(graph_laplacian(self._small, self.beta))

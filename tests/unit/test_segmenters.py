@@ -381,20 +381,45 @@ def test_the_kept_factorization_solves_the_walker_as_scikit_image_does():
 
 
 def test_the_walkers_kept_columns_are_bounded_and_do_not_change_p(monkeypatch):
-    """A WalkerSystem keeps at most KEPT_COLUMNS columns (the least recently used go); a
-    prompt set predicted with its columns evicted and solved again gives p bit for bit."""
+    """A WalkerSystem keeps the columns KEPT_COLUMN_BYTES holds (the least recently used go);
+    a prompt set predicted with its columns evicted and solved again gives p bit for bit."""
     from laplace_head.segmenters import random_walker as walker_module
 
-    monkeypatch.setattr(walker_module, "KEPT_COLUMNS", 4)
     image, _ = _disk_image()
+    n_pixels = 32 * 48  # the small grid at max_side 48
+    monkeypatch.setattr(walker_module, "KEPT_COLUMN_BYTES", 4 * 8 * n_pixels)  # 4 columns
+    monkeypatch.setattr(walker_module, "MIN_KEPT_COLUMNS", 4)
     segmenter = RandomWalkerSegmenter(max_side=48)
     segmenter.set_image(image)
+    assert segmenter._small.shape[:2] == (32, 48)
     points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
     first = segmenter.predict(points, labels)[0]
     for other, other_labels in _walker_prompt_sets(image, 8, seed=2):
         segmenter.predict(other, other_labels)
     assert len(segmenter._system._columns) <= 9  # at most the last set's 8 seeds and the anchor
     np.testing.assert_array_equal(segmenter.predict(points, labels)[0], first)
+
+
+def test_a_grid_too_large_to_keep_its_columns_is_solved_by_scikit_image(monkeypatch):
+    """Above MIN_KEPT_COLUMNS columns in KEPT_COLUMN_BYTES (large random_walker_max_side), every
+    prompt set is solved afresh by scikit-image's random_walker, with no factorization kept."""
+    from skimage.segmentation import random_walker
+
+    from laplace_head.segmenters import random_walker as walker_module
+
+    monkeypatch.setattr(walker_module, "KEPT_COLUMN_BYTES", 8 * 32 * 48 * 63)  # 63 columns
+    image, _ = _disk_image()
+    segmenter = RandomWalkerSegmenter(max_side=48)
+    segmenter.set_image(image)
+    points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
+    seeds = segmenter._seed_labels(points, labels)
+    theirs = random_walker(
+        segmenter._small, seeds, beta=2000.0, mode="bf", return_full_prob=True, channel_axis=-1
+    )[0]
+    np.testing.assert_array_equal(
+        segmenter._foreground_probability(seeds), np.clip(theirs, 0.0, 1.0)
+    )
+    assert segmenter._system is None
 
 
 def test_a_failed_kept_solve_falls_back_to_scikit_images(monkeypatch, caplog):
