@@ -19,9 +19,9 @@ machines. What it does, per image and prompt set:
    meets the seeds (a (seeds + 1)-square system), refined once against ``L`` itself. A
    prompt set costs a few ms instead of a ~60 ms factorization (``bench/bench_interactive.py``);
    grids above 131,072 pixels (:data:`MIN_KEPT_COLUMNS` columns in :data:`KEPT_COLUMN_BYTES`)
-   are solved afresh per prompt set by scikit-image instead,
-   and its residual is at float64 rounding, like scikit-image's ``random_walker(mode="bf")``,
-   from which it differs by < 1e-5 in ``p`` (the weak edges make the system ill-conditioned;
+   are solved afresh per prompt set by scikit-image instead. Its residual is at float64
+   rounding, like that of scikit-image's ``random_walker(mode="bf")``, from which it differs by
+   < 1e-5 in ``p`` (the weak edges make the system ill-conditioned;
    tests/unit/test_segmenters.py). ``cg_j`` is scikit-image's Jacobi-preconditioned CG.
 4. ``p`` is resized to 256 x 256 (Pillow bilinear, pixel centres aligned), clipped to
    [1e-4, 1 - 1e-4] and turned into logits ``log(p / (1 - p))``, so ``|logit| <= 9.21``.
