@@ -69,6 +69,11 @@ KEPT_COLUMN_BYTES = 64 * 2**20
 MIN_KEPT_COLUMNS = 64
 
 
+def kept_columns(n_pixels: int) -> int:
+    """How many float64 columns of ``n_pixels`` fit in :data:`KEPT_COLUMN_BYTES`."""
+    return KEPT_COLUMN_BYTES // (np.dtype(np.float64).itemsize * n_pixels)
+
+
 def probability_to_logits(prob: np.ndarray, eps: float = PROB_EPS) -> np.ndarray:
     """``log(p / (1 - p))`` of ``p`` clipped to [eps, 1 - eps]; float32, same shape."""
     clipped = np.clip(np.asarray(prob, dtype=np.float64), eps, 1.0 - eps)
@@ -138,7 +143,7 @@ class WalkerSystem:
                 self._columns[q] = np.ascontiguousarray(column)
         for q in nodes:
             self._columns.move_to_end(q)
-        while len(self._columns) > max(KEPT_COLUMN_BYTES // (8 * self.n), len(nodes)):
+        while len(self._columns) > max(kept_columns(self.n), len(nodes)):
             self._columns.popitem(last=False)
         return np.stack([self._columns[q] for q in nodes], axis=1)
 
@@ -170,8 +175,7 @@ class WalkerSystem:
         x = self._constrained(seeds, columns, values, None)
         residual = -(self.laplacian @ x)
         residual[seeds] = 0.0
-        x += self._constrained(seeds, columns, np.zeros(len(seeds)), residual)
-        x[seeds] = values
+        x += self._constrained(seeds, columns, np.zeros(len(seeds)), residual)  # 0 at S
         return x
 
 
@@ -278,7 +282,7 @@ class RandomWalkerSegmenter(BaseSegmenter):
             return np.full(seeds.shape, 1.0 if POSITIVE_LABEL in present else 0.0)
         if not (seeds == 0).any():
             return (seeds == POSITIVE_LABEL).astype(np.float64)
-        if self.mode == "bf" and 8 * seeds.size * MIN_KEPT_COLUMNS <= KEPT_COLUMN_BYTES:
+        if self.mode == "bf" and kept_columns(seeds.size) >= MIN_KEPT_COLUMNS:
             assert self._small is not None
             if self._system is None:
                 self._system = WalkerSystem(graph_laplacian(self._small, self.beta))
