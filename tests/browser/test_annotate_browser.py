@@ -108,6 +108,10 @@ def test_click_suggest_undo_save_in_chromium(browser, server, project, tmp_path)
         lambda d: d.execute_script("return document.body.dataset.ready") == "1",
         "the page did not load its image list",
     )
+    # the header names the run's head, posterior, base segmenter and click rule
+    header = browser.find_element(By.ID, "run-info").text
+    assert header.startswith("run ") and "no_image head, " in header
+    assert "random_walker, suggestions: bald_region" in header
     items = browser.find_elements(By.CSS_SELECTOR, "#image-list li")
     assert len(items) == 6
     image_id = items[0].get_attribute("data-id")

@@ -440,7 +440,8 @@ async function start() {
     const info = (page.info = await api("/api/info"));
     els("run-info").textContent =
       `run ${info.run_id}${info.posterior_variant ? ` / ${info.posterior_variant}` : ""}, ` +
-      `${info.posterior} posterior, ${info.base_segmenter}, suggestions: ${info.suggest_policy}`;
+      `${info.head} head, ${info.posterior} posterior, ${info.base_segmenter}, ` +
+      `suggestions: ${info.suggest_policy}`;
     for (const name of info.classes) {
       const option = document.createElement("option");
       option.value = option.textContent = name;
