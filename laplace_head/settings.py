@@ -389,6 +389,7 @@ def stage_params(
     """
     data, prompts, laplace = config["data"], config["prompt_generation"], config["laplace"]
     active = dict(config["active_prompting"])
+    policy_settings = {key: active[key] for key in POLICY_SETTING_KEYS}
     fit = laplace if variant is None else variant_laplace(config, variant)
     if variant is not None:
         ablation = config["ablation"]
@@ -434,6 +435,8 @@ def stage_params(
             "max_pixels_calibration": laplace["max_pixels_calibration"],
             "seed": laplace["seed"],
             "n_bootstrap": config["active_prompting"]["n_bootstrap"],
+            # the example panels' suggestions follow the shipped rule's settings
+            "policy_settings": policy_settings,
         },
         "visualize_sanity": dict(config["sanity_panels"]),
         "ablation": {
@@ -452,7 +455,7 @@ def stage_params(
             "shard_size": data["shard_size"],
             "policies": stage8_policies(active["policies"], active["suggest_policy"]),
             "suggest_policy": active["suggest_policy"],
-            "policy_settings": {key: active[key] for key in POLICY_SETTING_KEYS},
+            "policy_settings": policy_settings,
             "max_clicks": active["max_clicks"],
             "seed": active["seed"],
             "n_bootstrap": active["n_bootstrap"],
@@ -535,6 +538,8 @@ class EvaluationSettings:
     max_pixels_calibration: int | None = 4_000_000
     seed: int = 0
     n_bootstrap: int = 2000  # active_prompting.n_bootstrap: the paired per-image IoU comparison
+    # the active_prompting keys of the click rules (POLICY_SETTING_KEYS; None: the schema's)
+    policy_settings: Mapping[str, Any] | None = None
     n_examples: int = 4
     batch_rows: int = 4
 

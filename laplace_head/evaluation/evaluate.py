@@ -55,6 +55,7 @@ from laplace_head.evaluation.calibration import (
     log_uncertainty,
     row_calibration,
 )
+from laplace_head.interactive.clicks import PolicySettings
 from laplace_head.interactive.predictor import suggest_for_inputs
 from laplace_head.model.metrics import per_image_iou
 from laplace_head.settings import EvaluationSettings
@@ -264,6 +265,7 @@ def _score_test_split(
     ece_bins = settings.ece_bins
     prompt_sigma, batch_rows = settings.prompt_sigma, settings.batch_rows
     n_examples = settings.n_examples
+    rules = PolicySettings(**(settings.policy_settings or {}))
     from laplace_head.cache.split_h5 import read_h5_index
 
     index = read_h5_index(test_h5)
@@ -310,7 +312,9 @@ def _score_test_split(
         for offset in range(batch.inputs.shape[0]):
             row = batch.start + offset
             if row in example_rows:
-                examples.append(_example(posterior, batch, offset, index.iloc[row], prompt_sigma))
+                examples.append(
+                    _example(posterior, batch, offset, index.iloc[row], prompt_sigma, rules)
+                )
     return accumulators, examples, classes, len(index), row_iou, row_calib
 
 
@@ -365,13 +369,23 @@ EXAMPLE_CLICK_RULE = "bald_region"
 
 
 def _example(
-    posterior: Posterior, batch: Any, offset: int, index_row: pd.Series, sigma: float
+    posterior: Posterior,
+    batch: Any,
+    offset: int,
+    index_row: pd.Series,
+    sigma: float,
+    rules: PolicySettings,
 ) -> dict[str, Any]:
     inputs = batch.inputs[offset]
     height, width = inputs.shape[1:]
     # The row's quadrature maps and the next clicks from them, off the row's given clicks.
     prompts, maps = suggest_for_inputs(
-        posterior, inputs, k=5, policy=EXAMPLE_CLICK_RULE, min_distance=2.0 * sigma
+        posterior,
+        inputs,
+        k=5,
+        policy=EXAMPLE_CLICK_RULE,
+        min_distance=2.0 * sigma,
+        policy_settings=rules,
     )
     image_path = str(index_row.get("image_path", ""))
     return {

@@ -1041,6 +1041,7 @@ def suggest_for_inputs(
     policy: str = "bald_region",
     min_distance: float | None = None,
     prompt_sigma: float = 8.0,
+    policy_settings: PolicySettings | None = None,
 ) -> tuple[list[Suggestion], dict[str, np.ndarray]]:
     """Suggested next clicks for one head input, e.g. a stage-3 prompt set.
 
@@ -1058,6 +1059,8 @@ def suggest_for_inputs(
         segmenter to re-decode with).
     min_distance
         Grid pixels between suggestions; default ``2 * prompt_sigma``.
+    policy_settings
+        The rules' constants (e.g. the region level); default: the schema's.
 
     Returns
     -------
@@ -1094,5 +1097,6 @@ def suggest_for_inputs(
         bald=maps["bald"],
         excluded=(pos_map > 0.5) | (neg_map > 0.5),
         predictive_probability=maps["predictive_probability"],
+        settings=PolicySettings() if policy_settings is None else policy_settings,
     )
     return suggest(state, policy, k, distance, state.shape), maps

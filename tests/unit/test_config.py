@@ -558,6 +558,8 @@ def test_a_variant_overrides_only_its_keys_for_stages_6_and_8(repo_root: Path) -
     )
     assert laplace["prior_precision_grid"] == base["fit_laplace"]["laplace"]["prior_precision_grid"]
     assert variant["evaluate"] == base["evaluate"]  # the same test-time settings for all
+    # stage 7's example suggestions follow the click rules' settings, as stage 8's clicks do
+    assert base["evaluate"]["policy_settings"] == base["active_prompting"]["policy_settings"]
     assert variant["active_prompting"]["policies"] == config["ablation"]["policies"]
     assert variant["active_prompting"]["max_clicks"] == config["ablation"]["max_clicks"]
     with pytest.raises(KeyError, match="unknown ablation variant 'nope'"):

@@ -365,3 +365,30 @@ def test_markdown_table_keeps_one_row_per_line_for_any_class_name():
     lines = markdown_table(frame).splitlines()
     assert len(lines) == 3
     assert lines[2] == "| class:a\\|b c | map | 0.5000 |"
+
+
+def test_example_panels_use_the_configured_rule_settings(evaluated, tmp_path, monkeypatch):
+    """The panels' suggestions read the run's active_prompting rule settings (e.g. real_dev's
+    region level 0.15), as stage 8 and the annotator do; without them, the schema's."""
+    from dataclasses import replace
+
+    import laplace_head.evaluation.plots as plots
+    import laplace_head.interactive.predictor as predictor
+    from laplace_head.interactive.clicks import REGION_ERROR_LEVEL
+
+    run, test_h5, _, _ = evaluated
+    monkeypatch.setattr(plots, "plot_uncertainty_examples", lambda ex, path: None)
+    levels = []
+    suggest = predictor.suggest
+
+    def spy(state, *args, **kwargs):
+        levels.append(state.settings.region_error_level)
+        return suggest(state, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "suggest", spy)
+    evaluate(run.laplace_dir, test_h5, run.val_h5, _files(tmp_path / "default"), SETTINGS)
+    assert levels and set(levels) == {REGION_ERROR_LEVEL}
+    levels.clear()
+    configured = replace(SETTINGS, policy_settings={"region_error_level": 0.15})
+    evaluate(run.laplace_dir, test_h5, run.val_h5, _files(tmp_path / "set"), configured)
+    assert levels and set(levels) == {0.15}
