@@ -327,16 +327,20 @@ MID = ((100, 125), (48, 73))
 BIG = ((180, 231), (180, 231))
 
 
+def _boxes(regions) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, BALD) maps: p = 0.02 and BALD 0 outside the ``(box, p, bald)`` regions."""
+    probability, bald = np.full((256, 256), 0.02), np.zeros((256, 256))
+    for (rows, cols), p, b in regions:
+        probability[rows[0] : rows[1], cols[0] : cols[1]] = p
+        bald[rows[0] : rows[1], cols[0] : cols[1]] = b
+    return probability, bald
+
+
 def _region_state() -> ClickState:
-    shape = (256, 256)
-    probability = np.full(shape, 0.02)
-    bald = np.zeros(shape)
-    for box, p, b in ((SMALL, 0.5, 0.6), (MID, 0.4, 0.1), (BIG, 0.7, 0.01)):
-        probability[box[0][0] : box[0][1], box[1][0] : box[1][1]] = p
-        bald[box[0][0] : box[0][1], box[1][0] : box[1][1]] = b
+    probability, bald = _boxes(((SMALL, 0.5, 0.6), (MID, 0.4, 0.1), (BIG, 0.7, 0.01)))
     bald[150, 150] = 0.05  # BALD outside every region does not count
     return ClickState(
-        probability, np.zeros(shape), bald, clicked=set(), predictive_probability=probability
+        probability, np.zeros(probability.shape), bald, predictive_probability=probability
     )
 
 
@@ -367,19 +371,14 @@ SQUARE = ((200, 210), (200, 210))
 
 
 def _band_state() -> ClickState:
-    shape = (256, 256)
-    probability = np.full(shape, 0.02)
-    bald = np.zeros(shape)
-    for box, p in ((BAND, 0.5), (SQUARE, 0.4)):
-        probability[box[0][0] : box[0][1], box[1][0] : box[1][1]] = p
-        bald[box[0][0] : box[0][1], box[1][0] : box[1][1]] = 0.1
+    probability, bald = _boxes(((BAND, 0.5, 0.1), (SQUARE, 0.4, 0.1)))
 
     def lookahead(requests, field="predictive_probability"):  # no click changes anything
         return [probability for _ in requests]
 
     return ClickState(
         probability,
-        np.zeros(shape),
+        np.zeros(probability.shape),
         bald,
         predictive_probability=probability,
         lookahead=lookahead,
