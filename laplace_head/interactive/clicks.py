@@ -441,27 +441,15 @@ GROUND_TRUTH_POLICIES: set[str] = set()
 #: Names of the registered policies that read no posterior field of the state (``entropy``,
 #: ``bald``, ``predictive_probability``, ``lookahead``): a simulation may leave those None.
 POSTERIOR_FREE_POLICIES: set[str] = set()
-#: The policies that click error regions, each with ``regions(state) -> labels`` (the (H, W)
-#: int labels of the regions it picks from, 0 outside): :func:`suggest_cells` excludes a pick's
-#: whole region, so the next suggestion of one state comes from another region.
-PICK_REGIONS: dict[str, Callable[[ClickState], np.ndarray]] = {}
 
 
 def register_policy(
-    name: str,
-    uses_ground_truth: bool = False,
-    uses_posterior: bool = True,
-    regions: Callable[[ClickState], np.ndarray] | None = None,
+    name: str, uses_ground_truth: bool = False, uses_posterior: bool = True
 ) -> Callable[[Policy], Policy]:
-    """Decorator adding ``policy(state, rng) -> (row, col) | None`` to :data:`POLICIES`
-    (``regions``: its :data:`PICK_REGIONS` entry, for a rule that clicks error regions)."""
+    """Decorator adding ``policy(state, rng) -> (row, col) | None`` to :data:`POLICIES`."""
 
     def decorate(policy: Policy) -> Policy:
         POLICIES[name] = policy
-        if regions is None:
-            PICK_REGIONS.pop(name, None)
-        else:
-            PICK_REGIONS[name] = regions
         for names, member in (
             (GROUND_TRUTH_POLICIES, uses_ground_truth),
             (POSTERIOR_FREE_POLICIES, not uses_posterior),
@@ -605,17 +593,6 @@ def region_centres(
     return centres
 
 
-def posterior_error_regions(state: ClickState) -> np.ndarray:
-    """The :func:`error_regions` labels of the posterior predictive probability (the regions
-    of ``bald_region`` and the posterior look-ahead rules)."""
-    return error_regions(state, _predictive_probability(state, "error regions"))[0]
-
-
-def map_error_regions(state: ClickState) -> np.ndarray:
-    """The :func:`error_regions` labels of the MAP probability (those of the twins)."""
-    return error_regions(state, _map_probability(state))[0]
-
-
 def bald_region_centres(state: ClickState, n: int, policy: str = "bald_region") -> list[Cell]:
     """:func:`region_centres` of the posterior predictive probability, ranked by BALD sum."""
     probability = _predictive_probability(state, policy)
@@ -629,7 +606,7 @@ def map_region_centres(state: ClickState, n: int) -> list[Cell]:
     return region_centres(state, n, probability, predicted_error(probability))
 
 
-@register_policy("bald_region", regions=posterior_error_regions)
+@register_policy("bald_region")
 def bald_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Centre of the uncertain region with the largest BALD sum (``bald`` without one)."""
     centres = bald_region_centres(state, 1)
@@ -649,7 +626,7 @@ def map_entropy_raw_policy(state: ClickState, rng: np.random.Generator) -> Cell 
     return _best_cell(map_entropy(state.map_probability), state.blocked())
 
 
-@register_policy("map_region", uses_posterior=False, regions=map_error_regions)
+@register_policy("map_region", uses_posterior=False)
 def map_region_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Centre of the MAP predicted-error region with the largest error mass (``map_entropy``
     without one): the twin of ``bald_region``."""
@@ -732,7 +709,7 @@ def _least_expected_error(
     return _label_weighted_best(candidates, label_probability, errors[0::2], errors[1::2], True)
 
 
-@register_policy("bald_lookahead", regions=posterior_error_regions)
+@register_policy("bald_lookahead")
 def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """The candidate click with the least expected predicted error after it (one step ahead).
 
@@ -747,7 +724,7 @@ def bald_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell |
     return _least_expected_error(candidates, probability, state.lookahead(_requests(candidates)))
 
 
-@register_policy("map_lookahead", uses_posterior=False, regions=map_error_regions)
+@register_policy("map_lookahead", uses_posterior=False)
 def map_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """``bald_lookahead`` on the MAP head: candidates from :func:`map_region_centres` (topped
     up with smoothed MAP-entropy argmaxes), the label probability and the remaining error
@@ -795,7 +772,7 @@ def expected_iou(
     return total
 
 
-@register_policy("iou_lookahead", regions=posterior_error_regions)
+@register_policy("iou_lookahead")
 def iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """Of ``bald_lookahead``'s candidates, the click with the largest expected IoU of the head
     mask after it (:func:`expected_iou` of the look-ahead's MAP logits and logit variance,
@@ -809,7 +786,7 @@ def iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | 
     return _label_weighted_best(candidates, probability, ious[0::2], ious[1::2], False)
 
 
-@register_policy("map_iou_lookahead", uses_posterior=False, regions=map_error_regions)
+@register_policy("map_iou_lookahead", uses_posterior=False)
 def map_iou_lookahead_policy(state: ClickState, rng: np.random.Generator) -> Cell | None:
     """``iou_lookahead`` on the MAP head (its twin): ``map_lookahead``'s candidates, the label
     probability from the MAP probability and the expected IoU without variance."""
@@ -876,14 +853,11 @@ def suggest_cells(
     """The next ``k`` cells ``policy`` proposes from one state, best first.
 
     After each pick the cell and the disc of radius ``min_distance`` (grid cells; 0: only the
-    cell) around it join ``state.excluded``, and so does the pick's whole error region for a
-    rule that clicks regions (:data:`PICK_REGIONS`; a long band of doubt would otherwise give
-    its next centre one disc further along), so the next pick points at a different region.
+    cell) around it join ``state.excluded``, so the next pick points at a different region.
     Fewer than ``k`` when the policy runs out of cells. The ``random`` policy is seeded by
     ``seed``, ``stream`` and the pick's index.
     """
     chooser = get_policy(policy)
-    regions = PICK_REGIONS.get(policy)
     if state.excluded is None:
         state.excluded = np.zeros(state.shape, dtype=bool)
     cells: list[Cell] = []
@@ -893,10 +867,6 @@ def suggest_cells(
         if cell is None:
             break
         cells.append(cell)
-        if regions is not None and index + 1 < k:
-            labels = regions(state)
-            if labels[cell]:  # 0: a fallback pick outside every region
-                state.excluded |= labels == labels[cell]
         _exclude_disc(state.excluded, cell, min_distance)
     return cells
 

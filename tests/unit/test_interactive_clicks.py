@@ -10,7 +10,6 @@ import pytest
 from laplace_head.interactive.clicks import (
     GROUND_TRUTH_POLICIES,
     LOOKAHEAD_CANDIDATES,
-    PICK_REGIONS,
     POLICIES,
     REGION_ERROR_LEVEL,
     ClickState,
@@ -327,20 +326,16 @@ MID = ((100, 125), (48, 73))
 BIG = ((180, 231), (180, 231))
 
 
-def _boxes(regions) -> tuple[np.ndarray, np.ndarray]:
-    """(probability, BALD) maps: p = 0.02 and BALD 0 outside the ``(box, p, bald)`` regions."""
-    probability, bald = np.full((256, 256), 0.02), np.zeros((256, 256))
-    for (rows, cols), p, b in regions:
-        probability[rows[0] : rows[1], cols[0] : cols[1]] = p
-        bald[rows[0] : rows[1], cols[0] : cols[1]] = b
-    return probability, bald
-
-
 def _region_state() -> ClickState:
-    probability, bald = _boxes(((SMALL, 0.5, 0.6), (MID, 0.4, 0.1), (BIG, 0.7, 0.01)))
+    shape = (256, 256)
+    probability = np.full(shape, 0.02)
+    bald = np.zeros(shape)
+    for box, p, b in ((SMALL, 0.5, 0.6), (MID, 0.4, 0.1), (BIG, 0.7, 0.01)):
+        probability[box[0][0] : box[0][1], box[1][0] : box[1][1]] = p
+        bald[box[0][0] : box[0][1], box[1][0] : box[1][1]] = b
     bald[150, 150] = 0.05  # BALD outside every region does not count
     return ClickState(
-        probability, np.zeros(probability.shape), bald, predictive_probability=probability
+        probability, np.zeros(shape), bald, clicked=set(), predictive_probability=probability
     )
 
 
@@ -362,60 +357,6 @@ def test_suggest_cells_points_at_different_regions_best_first() -> None:
     for i, j in itertools.combinations(range(len(cells)), 2):
         assert np.hypot(cells[i][0] - cells[j][0], cells[i][1] - cells[j][1]) >= 40
     assert all(state.excluded[cell] for cell in cells)  # the state remembers the picks
-
-
-# A long band of doubt (the usual boundary band) with the largest BALD sum and error mass, and
-# a small square: a pick's disc covers only a stretch of the band.
-BAND = ((100, 104), (20, 220))
-SQUARE = ((200, 210), (200, 210))
-
-
-def _band_state() -> ClickState:
-    probability, bald = _boxes(((BAND, 0.5, 0.1), (SQUARE, 0.4, 0.1)))
-
-    def lookahead(requests, field="predictive_probability"):  # no click changes anything
-        return [probability for _ in requests]
-
-    return ClickState(
-        probability,
-        np.zeros(probability.shape),
-        bald,
-        predictive_probability=probability,
-        lookahead=lookahead,
-        lookahead_fields=lookahead,
-    )
-
-
-@pytest.mark.parametrize(
-    "policy",
-    ["bald_region", "map_region", "bald_lookahead", "map_lookahead", "iou_lookahead"],
-)
-def test_the_second_suggestion_of_a_region_rule_comes_from_another_region(policy) -> None:
-    """Each region rule's first pick is the band's centre; the second is the square's, not
-    a cell one disc (16) further along the band."""
-    band, square = _box((256, 256), *BAND), _box((256, 256), *SQUARE)
-    first, second = suggest_cells(_band_state(), policy, k=2, min_distance=16.0)
-    assert band[first] and first == _brute_force_centre(band)
-    assert second == _brute_force_centre(square)
-    # every rule whose picks are region centres (the look-aheads' candidates) has its regions
-    assert set(PICK_REGIONS) == {
-        "bald_region",
-        "map_region",
-        "bald_lookahead",
-        "map_lookahead",
-        "iou_lookahead",
-        "map_iou_lookahead",
-    }
-
-
-def test_without_its_region_a_pick_excludes_only_the_disc(monkeypatch) -> None:
-    """The control: bald_region with no PICK_REGIONS entry suggests the band twice, one disc
-    apart."""
-    monkeypatch.delitem(PICK_REGIONS, "bald_region")
-    first, second = suggest_cells(_band_state(), "bald_region", k=2, min_distance=16.0)
-    band = _box((256, 256), *BAND)
-    assert band[first] and band[second]
-    assert 16.0 <= np.hypot(first[0] - second[0], first[1] - second[1]) < 18.0
 
 
 @pytest.mark.parametrize("radius", [0.0, 0.5, 1.0, 2.5, 16.0, 40.0, 300.0])
