@@ -436,7 +436,7 @@ def stage_params(
             "seed": laplace["seed"],
             "n_bootstrap": config["active_prompting"]["n_bootstrap"],
             # the example panels' suggestions follow the shipped rule's settings
-            "policy_settings": policy_settings,
+            "policy_settings": dict(policy_settings),
         },
         "visualize_sanity": dict(config["sanity_panels"]),
         "ablation": {
