@@ -366,7 +366,7 @@ def test_the_kept_factorization_solves_the_walker_as_scikit_image_does():
         theirs = random_walker(
             segmenter._small,
             seeds,
-            beta=2000.0,
+            beta=segmenter.beta,
             mode="bf",
             return_full_prob=True,
             channel_axis=-1,
@@ -414,7 +414,12 @@ def test_a_grid_too_large_to_keep_its_columns_is_solved_by_scikit_image(monkeypa
     points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
     seeds = segmenter._seed_labels(points, labels)
     theirs = random_walker(
-        segmenter._small, seeds, beta=2000.0, mode="bf", return_full_prob=True, channel_axis=-1
+        segmenter._small,
+        seeds,
+        beta=segmenter.beta,
+        mode="bf",
+        return_full_prob=True,
+        channel_axis=-1,
     )[0]
     np.testing.assert_array_equal(
         segmenter._foreground_probability(seeds), np.clip(theirs, 0.0, 1.0)
@@ -441,7 +446,12 @@ def test_a_failed_kept_solve_falls_back_to_scikit_images(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger=walker_module.LOGGER.name):
         probability = segmenter._foreground_probability(seeds)
     theirs = random_walker(
-        segmenter._small, seeds, beta=2000.0, mode="bf", return_full_prob=True, channel_axis=-1
+        segmenter._small,
+        seeds,
+        beta=segmenter.beta,
+        mode="bf",
+        return_full_prob=True,
+        channel_axis=-1,
     )[0]
     np.testing.assert_array_equal(probability, np.clip(theirs, 0.0, 1.0))
     assert "solving afresh" in caplog.text
