@@ -92,20 +92,25 @@ def _pixels(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(
-    head: NoImageHead | torch.nn.Module, inputs: torch.Tensor, inside: torch.Tensor | None
+    head: NoImageHead | torch.nn.Module,
+    inputs: torch.Tensor,
+    inside: torch.Tensor | None,
+    keep_pre: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """The head's forward pass, keeping what the Jacobians need: the first conv's output
     (times ``inside``), the second conv's pre-activation, the features and the logits (B, H, W).
 
     In the channels-last memory format, as :meth:`NoImageHead.features` runs it (the same
-    numbers bit for bit; :func:`~laplace_head.model.head.as_head_layout`)."""
+    numbers bit for bit; :func:`~laplace_head.model.head.as_head_layout`). The ReLUs run in
+    place on the convolutions' fresh outputs; with ``keep_pre`` False the second one overwrites
+    the pre-activation, returned as None (one (B, hidden, H, W) buffer less per pass)."""
     conv1, conv2, final = head.trunk[0], head.trunk[2], head.final_conv
-    hidden1 = F.relu(F.conv2d(as_head_layout(inputs), conv1.weight, conv1.bias, padding=1))
+    hidden1 = F.conv2d(as_head_layout(inputs), conv1.weight, conv1.bias, padding=1).relu_()
     if inside is not None:
         hidden1 = hidden1 * inside  # 0 outside the image
     pre2 = F.conv2d(hidden1, conv2.weight, conv2.bias, padding=1)
-    features = F.relu(pre2)
-    return hidden1, pre2, features, final(features)[:, 0]
+    features = F.relu(pre2) if keep_pre else pre2.relu_()
+    return hidden1, pre2 if keep_pre else None, features, final(features)[:, 0]
 
 
 def _active(values: torch.Tensor) -> torch.Tensor:
@@ -118,7 +123,7 @@ def _active(values: torch.Tensor) -> torch.Tensor:
 def head_logits(head: NoImageHead | torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The head's MAP logits (B, H, W): the forward pass of :func:`jacobian_factors` and
     :class:`ImageJacobian` alone, so the three agree bit for bit."""
-    return _forward(head, inputs, None)[-1]
+    return _forward(head, inputs, None, keep_pre=False)[-1]
 
 
 @torch.no_grad()
@@ -127,7 +132,7 @@ def head_features_and_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass of :func:`head_logits`, keeping the features (B, hidden, H, W) that
     :func:`last_layer_factors` turns into the last layer's Jacobian: (features, logits)."""
-    _, _, features, logits = _forward(head, inputs, None)
+    _, _, features, logits = _forward(head, inputs, None, keep_pre=False)
     return features, logits
 
 

@@ -218,10 +218,10 @@ class Posterior:
                 f"{tuple(tensor.shape)}. Use stack_inputs(logits_256, pos_map, neg_map"
                 f"{', image_256' if self.head_variant.needs_image else ''}) to build them."
             )
-        tensor = tensor.to(self.device, torch.float32).clone()
+        tensor = tensor.to(self.device, torch.float32, copy=True)
         if not torch.isfinite(tensor[:, 1:]).all():
             raise UncertaintyInputError("pos_map / neg_map contain NaN or infinite values")
-        tensor[:, 0] = tensor[:, 0].nan_to_num(0.0).clamp(-self.logit_clip, self.logit_clip)
+        tensor[:, 0].nan_to_num_(0.0).clamp_(-self.logit_clip, self.logit_clip)  # on the copy
         return tensor
 
     @torch.no_grad()

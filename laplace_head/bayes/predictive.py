@@ -354,7 +354,7 @@ def _hermite_moments(
         small.mul_(spread)  # sigmoid(-|z|)
         entropy.addcmul_(magnitude_n, small)
         spread.sub_(small)
-        torch.sign(z_n, out=signed).mul_(spread)
+        torch.copysign(spread, z_n, out=signed)  # sign(z) d (d = 0 where z = 0)
         sums[:, start:stop] = (weights @ chunk.view(n_nodes, 4 * n)).view(4, n)
     tail, total, skew, expected = sums
     if out is None:

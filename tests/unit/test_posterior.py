@@ -136,6 +136,34 @@ def test_uncertainty_maps_are_quadrature_unless_sampling_is_asked_for():
     )
 
 
+def test_as_inputs_cleans_a_copy_and_leaves_the_callers_tensor_alone():
+    """The logits channel loses its NaN (-> 0) and is clipped to +-logit_clip in the returned
+    tensor only: the caller's float32 tensor (which ``.to`` alone would return as is) keeps
+    its values."""
+    posterior = _posterior()
+    given = torch.from_numpy(_inputs(1).astype(np.float32))
+    given[0, 0, 0, 0], given[0, 0, 0, 1], given[0, 0, 0, 2] = float("nan"), 50.0, -float("inf")
+    before = given.clone()
+    tensor = posterior.as_inputs(given)
+    assert torch.equal(given.nan_to_num(1234.0), before.nan_to_num(1234.0))  # untouched
+    assert tensor.data_ptr() != given.data_ptr()
+    assert tensor[0, 0, 0, :3].tolist() == [0.0, 20.0, -20.0]
+    assert torch.equal(tensor[:, 1:], given[:, 1:])
+    clipped = before[:, 0].nan_to_num(0.0).clamp(-20.0, 20.0)
+    assert torch.equal(tensor[:, 0], clipped)
+
+
+def test_the_head_pass_keeps_the_modules_features_and_logits_bit_for_bit():
+    """The posterior's forward pass (ReLUs in place, the pre-activation overwritten) gives the
+    module's own features and logits exactly."""
+    posterior = _posterior()
+    tensor = posterior.as_inputs(_inputs(2))
+    head_pass = posterior.head_pass(tensor)
+    assert torch.equal(head_pass.features, posterior.head.features(tensor))
+    assert torch.equal(head_pass.logits, posterior.head(tensor)[:, 0])
+    assert torch.equal(posterior.map_logits(tensor), head_pass.logits)
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
