@@ -20,6 +20,7 @@ form of :mod:`laplace_head.bayes.curvature`.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -50,12 +51,33 @@ ASDL_IMPORT_WARNING = r"`torch\.jit\.script` is deprecated"
 ASDL_HOOK_WARNING = r"Using a non-full backward hook when the forward contains multiple"
 
 
+# laplace-torch's curvature package logs, through the root logger at import, one INFO line per
+# optional backend it does not find (the old asdfghjkl one with a pip command): it lands in every
+# fit's log, and this workflow uses none of those backends.
+ABSENT_BACKEND_MESSAGE = "backend not available"
+
+
+def _is_absent_backend_notice(record: logging.LogRecord) -> bool:
+    """False for laplace-torch's INFO "<backend> backend not available" records at import."""
+    return not (
+        record.levelno == logging.INFO
+        and ABSENT_BACKEND_MESSAGE in record.getMessage()
+        and "laplace" in record.pathname
+    )
+
+
 def import_laplace() -> Any:
-    """Import laplace-torch, filtering only asdl's jit FutureWarning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=ASDL_IMPORT_WARNING, category=FutureWarning)
-        import laplace
-        import laplace.curvature  # noqa: F401 - imports asdl under the filter
+    """Import laplace-torch, filtering only asdl's jit FutureWarning and laplace-torch's INFO
+    notices of optional curvature backends it does not find (root logger, during the import)."""
+    root = logging.getLogger()
+    root.addFilter(_is_absent_backend_notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=ASDL_IMPORT_WARNING, category=FutureWarning)
+            import laplace
+            import laplace.curvature  # noqa: F401 - imports asdl under the filter
+    finally:
+        root.removeFilter(_is_absent_backend_notice)
     return laplace
 
 

@@ -330,6 +330,21 @@ def test_import_filters_only_the_asdl_jit_warning():
     assert "FutureWarning" not in result.stderr
 
 
+def test_import_drops_only_the_absent_backend_notices_from_the_log():
+    """A rule's log (root logger at INFO) gets no "... backend not available ... pip install"
+    lines from laplace-torch's import, and the root logger keeps logging INFO afterwards."""
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+        "from laplace_head.bayes.laplace_torch import import_laplace; import_laplace()\n"
+        "logging.info('Asdfghjkl backend not available, said by us after the import')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "not available" in line]
+    assert lines == ["INFO:root:Asdfghjkl backend not available, said by us after the import"]
+    assert "pip install" not in result.stdout + result.stderr
+
+
 def test_outputs_deleted_by_snakemake_are_restored_without_refitting(run, tmp_path, monkeypatch):
     """Snakemake deletes a job's declared outputs before re-running it: with best.pt, the packed
     splits and the settings unchanged, the fit is restored from .reuse/, not redone."""
