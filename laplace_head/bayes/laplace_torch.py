@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -62,7 +63,7 @@ def _is_absent_backend_notice(record: logging.LogRecord) -> bool:
     return not (
         record.levelno == logging.INFO
         and ABSENT_BACKEND_MESSAGE in record.getMessage()
-        and "laplace" in record.pathname
+        and f"{os.sep}laplace{os.sep}" in record.pathname  # laplace-torch's package
     )
 
 
