@@ -46,8 +46,10 @@ from laplace_head.model.head import NoImageHead
 #: of them (the head's own subset is :attr:`PosteriorVariant.subset_of_weights`).
 WRAPPER_SUBSET = "all"
 LIKELIHOOD = "classification"
-# asdl (imported by laplace-torch) decorates functions with torch.jit.script at import time.
-ASDL_IMPORT_WARNING = r"`torch\.jit\.script` is deprecated"
+# torch deprecates its own torch.jit.script, which asdl (imported by laplace-torch) calls at
+# import time and torch's forward-mode AD calls when a fit's first GGN product (curvlinops)
+# loads its decompositions: a FutureWarning per call, none of them ours to act on.
+JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is deprecated"
 # asdl registers module backward hooks that torch flags while fitting; the GGN is unaffected.
 ASDL_HOOK_WARNING = r"Using a non-full backward hook when the forward contains multiple"
 
@@ -74,7 +76,7 @@ def import_laplace() -> Any:
     root.addFilter(_is_absent_backend_notice)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=ASDL_IMPORT_WARNING, category=FutureWarning)
+            warnings.filterwarnings("ignore", message=JIT_SCRIPT_WARNING, category=FutureWarning)
             import laplace
             import laplace.curvature  # noqa: F401 - imports asdl under the filter
     finally:
@@ -225,11 +227,13 @@ def make_laplace(
 
 
 def fit_laplace_model(la: Any, data: Any) -> None:
-    """``la.fit`` on an iterable of (inputs, labels) chunks, without asdl's hook warning."""
+    """``la.fit`` on an iterable of (inputs, labels) chunks, without asdl's hook warning or
+    torch's jit deprecation (:data:`JIT_SCRIPT_WARNING`)."""
     from torch.utils.data import DataLoader
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ASDL_HOOK_WARNING, category=FutureWarning)
+        warnings.filterwarnings("ignore", message=JIT_SCRIPT_WARNING, category=FutureWarning)
         la.fit(DataLoader(data, batch_size=None))
 
 

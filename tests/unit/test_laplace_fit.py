@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -328,6 +329,22 @@ def test_import_filters_only_the_asdl_jit_warning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "FutureWarning" not in result.stderr
+
+
+def test_a_fit_raises_no_jit_deprecation_warning(tmp_path):
+    """The first GGN product of a fresh process loads torch's forward-AD decompositions, which
+    call torch.jit.script: the fit keeps that FutureWarning out of the rule's log (here: an
+    error if it escaped)."""
+    code = (
+        "import sys, warnings, pathlib; warnings.simplefilter('error', FutureWarning)\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from helpers.laplace_fixtures import make_fitted_run\n"
+        f"make_fitted_run(pathlib.Path({str(tmp_path)!r}), approx='full')\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "jit.script" not in result.stderr
 
 
 def test_import_drops_only_the_absent_backend_notices_from_the_log():
