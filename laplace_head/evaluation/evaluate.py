@@ -265,7 +265,7 @@ def _score_test_split(
     ece_bins = settings.ece_bins
     prompt_sigma, batch_rows = settings.prompt_sigma, settings.batch_rows
     n_examples = settings.n_examples
-    rules = PolicySettings(**(settings.policy_settings or {}))
+    rules = PolicySettings.of(settings.policy_settings)
     from laplace_head.cache.split_h5 import read_h5_index
 
     index = read_h5_index(test_h5)

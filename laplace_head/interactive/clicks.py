@@ -90,7 +90,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any, Protocol
@@ -192,6 +192,16 @@ class PolicySettings:
                 f"coverage_radius (active_prompting.coverage_radius) = "
                 f"{self.coverage_radius!r} must be > 0"
             )
+
+    @classmethod
+    def of(cls, settings: PolicySettings | Mapping[str, Any] | None) -> PolicySettings:
+        """``settings`` as a :class:`PolicySettings`: itself, the fields of a mapping (a run's
+        ``policy_settings`` parameters, stages 7 and 8), or the defaults for None."""
+        if settings is None:
+            return cls()
+        if isinstance(settings, cls):
+            return settings
+        return cls(**settings)
 
 
 #: The most suggestions one :func:`suggest` call returns (its ``k``): an annotator looks at a

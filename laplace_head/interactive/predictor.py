@@ -452,7 +452,8 @@ class InteractivePredictor:
     policy_settings
         The click rules' tunable constants, :attr:`ClickState.settings
         <laplace_head.interactive.clicks.ClickState.settings>` of :meth:`click_state`
-        (``active_prompting.region_error_level`` etc.; None: the schema's defaults).
+        (``active_prompting.region_error_level`` etc.), or a mapping of its fields; None: the
+        schema's defaults.
 
     Every public method refuses what it cannot honour with a ValueError (TypeError for an
     object of the wrong kind) naming the argument, the value and what is accepted: clicks by
@@ -473,7 +474,7 @@ class InteractivePredictor:
         n_nodes: int = QUADRATURE_NODES,
         sam_mask_input: bool = False,
         suggest_policy: str | None = None,
-        policy_settings: PolicySettings | None = None,
+        policy_settings: PolicySettings | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(segmenter, BaseSegmenter):
             raise TypeError(
@@ -521,7 +522,7 @@ class InteractivePredictor:
                 f"a click rule that suggests; pick one of {', '.join(suggesting_policies())}"
             )
         self.suggest_policy = suggest_policy
-        self.policy_settings = PolicySettings() if policy_settings is None else policy_settings
+        self.policy_settings = PolicySettings.of(policy_settings)
         self._weight_samples: torch.Tensor | None = None
         if uncertainty == "samples":
             generator = torch.Generator(device=posterior.device).manual_seed(
@@ -587,8 +588,7 @@ class InteractivePredictor:
         segmenter = build_segmenter_from_settings(**segmenter_settings)
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
         kwargs.setdefault("suggest_policy", settings["suggest_policy"])
-        if settings.get("policy_settings") is not None:
-            kwargs.setdefault("policy_settings", PolicySettings(**settings["policy_settings"]))
+        kwargs.setdefault("policy_settings", PolicySettings.of(settings.get("policy_settings")))
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
 
     @classmethod
@@ -1041,7 +1041,7 @@ def suggest_for_inputs(
     policy: str = "bald_region",
     min_distance: float | None = None,
     prompt_sigma: float = 8.0,
-    policy_settings: PolicySettings | None = None,
+    policy_settings: PolicySettings | Mapping[str, Any] | None = None,
 ) -> tuple[list[Suggestion], dict[str, np.ndarray]]:
     """Suggested next clicks for one head input, e.g. a stage-3 prompt set.
 
@@ -1060,7 +1060,8 @@ def suggest_for_inputs(
     min_distance
         Grid pixels between suggestions; default ``2 * prompt_sigma``.
     policy_settings
-        The rules' constants (e.g. the region level); default: the schema's.
+        The rules' constants (e.g. the region level), or a mapping of them; default: the
+        schema's.
 
     Returns
     -------
@@ -1097,6 +1098,6 @@ def suggest_for_inputs(
         bald=maps["bald"],
         excluded=(pos_map > 0.5) | (neg_map > 0.5),
         predictive_probability=maps["predictive_probability"],
-        settings=PolicySettings() if policy_settings is None else policy_settings,
+        settings=PolicySettings.of(policy_settings),
     )
     return suggest(state, policy, k, distance, state.shape), maps

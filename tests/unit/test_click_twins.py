@@ -330,6 +330,19 @@ def test_bad_policy_settings_are_refused(bad, match) -> None:
         PolicySettings(**bad)
 
 
+def test_policy_settings_of_takes_none_an_instance_or_a_mapping() -> None:
+    """PolicySettings.of: None -> the defaults, an instance as is, a run's settings mapping ->
+    its fields, checked like the constructor's."""
+    assert PolicySettings.of(None) == PolicySettings()
+    given = PolicySettings(region_error_level=0.15)
+    assert PolicySettings.of(given) is given
+    mapping = {"region_error_level": 0.15, "lookahead_candidates": 2, "coverage_radius": 8.0}
+    assert PolicySettings.of(mapping) == PolicySettings(**mapping)
+    assert PolicySettings.of({"coverage_radius": 4.0}).coverage_radius == 4.0
+    with pytest.raises(ValueError, match="active_prompting.region_error_level"):
+        PolicySettings.of({"region_error_level": 0.6})
+
+
 def test_region_band_setting_moves_the_regions() -> None:
     probability = np.full(SHAPE, 0.98)
     probability[20:31, 20:31] = 0.45  # inside every band
