@@ -201,6 +201,12 @@ class PolicySettings:
             return cls()
         if isinstance(settings, cls):
             return settings
+        unknown = sorted(set(settings) - set(POLICY_SETTING_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown click-rule setting(s) {', '.join(map(repr, unknown))}; valid: "
+                f"{', '.join(POLICY_SETTING_KEYS)}"
+            )
         return cls(**settings)
 
 

@@ -341,6 +341,8 @@ def test_policy_settings_of_takes_none_an_instance_or_a_mapping() -> None:
     assert PolicySettings.of({"coverage_radius": 4.0}).coverage_radius == 4.0
     with pytest.raises(ValueError, match="active_prompting.region_error_level"):
         PolicySettings.of({"region_error_level": 0.6})
+    with pytest.raises(ValueError, match="'region_level'.*valid: region_error_level"):
+        PolicySettings.of({"region_level": 0.15})
 
 
 def test_region_band_setting_moves_the_regions() -> None:
