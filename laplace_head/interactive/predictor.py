@@ -588,7 +588,7 @@ class InteractivePredictor:
         segmenter = build_segmenter_from_settings(**segmenter_settings)
         kwargs.setdefault("sam_mask_input", settings["sam_mask_input"])
         kwargs.setdefault("suggest_policy", settings["suggest_policy"])
-        kwargs.setdefault("policy_settings", PolicySettings.of(settings.get("policy_settings")))
+        kwargs.setdefault("policy_settings", settings.get("policy_settings"))  # __init__: .of
         return cls(segmenter, posterior, settings["prompt_sigma"], **kwargs)
 
     @classmethod

@@ -320,14 +320,21 @@ def test_clear_errors(run, tmp_path):
         fit_laplace(run.best, empty, *args[1:], settings)
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by this Python in a fresh process (no PYTHONWARNINGS from outside); it must
+    exit 0."""
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_import_filters_only_the_asdl_jit_warning():
     code = (
         "import warnings; warnings.simplefilter('error', FutureWarning)\n"
         "from laplace_head.bayes.laplace_torch import import_laplace; import_laplace()\n"
     )
-    env = {**os.environ, "PYTHONWARNINGS": ""}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+    result = _python(code)
     assert "FutureWarning" not in result.stderr
 
 
@@ -341,9 +348,7 @@ def test_a_fit_raises_no_jit_deprecation_warning(tmp_path):
         "from helpers.laplace_fixtures import make_fitted_run\n"
         f"make_fitted_run(pathlib.Path({str(tmp_path)!r}), approx='full')\n"
     )
-    env = {**os.environ, "PYTHONWARNINGS": ""}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _python(code)
     assert "jit.script" not in result.stderr
 
 
@@ -355,8 +360,7 @@ def test_import_drops_only_the_absent_backend_notices_from_the_log():
         "from laplace_head.bayes.laplace_torch import import_laplace; import_laplace()\n"
         "logging.info('Asdfghjkl backend not available, said by us after the import')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result = _python(code)
     lines = [line for line in result.stdout.splitlines() if "not available" in line]
     assert lines == ["INFO:root:Asdfghjkl backend not available, said by us after the import"]
     assert "pip install" not in result.stdout + result.stderr

@@ -345,13 +345,27 @@ def _walker_prompt_sets(image: np.ndarray, n: int, seed: int):
     return [(points[: k + 1], labels[: k + 1].astype(int)) for k in range(1, n)]
 
 
+def _scikit_image_p(segmenter, seeds: np.ndarray) -> np.ndarray:
+    """The reference: scikit-image's random_walker(mode="bf") foreground probability of the
+    segmenter's small grid and ``seeds`` at its beta, clipped to [0, 1]."""
+    from skimage.segmentation import random_walker
+
+    theirs = random_walker(
+        segmenter._small,
+        seeds,
+        beta=segmenter.beta,
+        mode="bf",
+        return_full_prob=True,
+        channel_axis=-1,
+    )[0]
+    return np.clip(theirs, 0.0, 1.0)
+
+
 def test_the_kept_factorization_solves_the_walker_as_scikit_image_does():
     """The bf mode's WalkerSystem (one factorization per image, kept columns, one refinement)
     against scikit-image's random_walker(mode="bf") on a noisy photo-like image with 2-12
     seeds: p agrees to 1e-5 (both residuals at float64 rounding; the gap is the conditioning
     of the weak edges), and its own residual L_UU p_U + L_US p_S is below 1e-12."""
-    from skimage.segmentation import random_walker
-
     rng = np.random.default_rng(3)
     image = np.clip(_disk_image()[0] + rng.normal(0, 25, (60, 90, 3)), 0, 255).astype(np.uint8)
     segmenter = RandomWalkerSegmenter(max_side=90)
@@ -363,15 +377,7 @@ def test_the_kept_factorization_solves_the_walker_as_scikit_image_does():
         if set(np.unique(seeds)) != {0, 1, 2}:
             continue
         mine = segmenter._foreground_probability(seeds)
-        theirs = random_walker(
-            segmenter._small,
-            seeds,
-            beta=segmenter.beta,
-            mode="bf",
-            return_full_prob=True,
-            channel_axis=-1,
-        )[0]
-        np.testing.assert_allclose(mine, np.clip(theirs, 0, 1), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(mine, _scikit_image_p(segmenter, seeds), rtol=0, atol=1e-5)
         unseeded = seeds.ravel() == 0
         residual = (laplacian @ np.where(seeds.ravel() == 1, 1.0, mine.ravel()))[unseeded]
         assert np.abs(residual).max() < 1e-12
@@ -403,8 +409,6 @@ def test_the_walkers_kept_columns_are_bounded_and_do_not_change_p(monkeypatch):
 def test_a_grid_too_large_to_keep_its_columns_is_solved_by_scikit_image(monkeypatch):
     """Above MIN_KEPT_COLUMNS columns in KEPT_COLUMN_BYTES (large random_walker_max_side), every
     prompt set is solved afresh by scikit-image's random_walker, with no factorization kept."""
-    from skimage.segmentation import random_walker
-
     from laplace_head.segmenters import random_walker as walker_module
 
     monkeypatch.setattr(walker_module, "KEPT_COLUMN_BYTES", 8 * 32 * 48 * 63)  # 63 columns
@@ -413,16 +417,8 @@ def test_a_grid_too_large_to_keep_its_columns_is_solved_by_scikit_image(monkeypa
     segmenter.set_image(image)
     points, labels = np.array([[50, 28], [5, 5], [70, 50]], float), np.array([1, 0, 0])
     seeds = segmenter._seed_labels(points, labels)
-    theirs = random_walker(
-        segmenter._small,
-        seeds,
-        beta=segmenter.beta,
-        mode="bf",
-        return_full_prob=True,
-        channel_axis=-1,
-    )[0]
     np.testing.assert_array_equal(
-        segmenter._foreground_probability(seeds), np.clip(theirs, 0.0, 1.0)
+        segmenter._foreground_probability(seeds), _scikit_image_p(segmenter, seeds)
     )
     assert segmenter._system is None
 
@@ -430,8 +426,6 @@ def test_a_grid_too_large_to_keep_its_columns_is_solved_by_scikit_image(monkeypa
 def test_a_failed_kept_solve_falls_back_to_scikit_images(monkeypatch, caplog):
     """Should the small seed system of the kept factorization ever be singular, the prompt set
     is solved afresh by scikit-image (a warning says so), not lost."""
-    from skimage.segmentation import random_walker
-
     from laplace_head.segmenters import random_walker as walker_module
 
     def singular(*args, **kwargs):
@@ -445,15 +439,7 @@ def test_a_failed_kept_solve_falls_back_to_scikit_images(monkeypatch, caplog):
     monkeypatch.setattr(walker_module.np.linalg, "solve", singular)
     with caplog.at_level("WARNING", logger=walker_module.LOGGER.name):
         probability = segmenter._foreground_probability(seeds)
-    theirs = random_walker(
-        segmenter._small,
-        seeds,
-        beta=segmenter.beta,
-        mode="bf",
-        return_full_prob=True,
-        channel_axis=-1,
-    )[0]
-    np.testing.assert_array_equal(probability, np.clip(theirs, 0.0, 1.0))
+    np.testing.assert_array_equal(probability, _scikit_image_p(segmenter, seeds))
     assert "solving afresh" in caplog.text
 
 
